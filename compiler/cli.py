@@ -1,0 +1,201 @@
+"""The squeezeedge command line. Commands parse, validate, call a stage function and print; no logic here."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from . import console
+from .errors import NotBuiltYet, SqueezeEdgeError
+
+EPILOG = "Exit codes: see 'Errors and exit codes' in README.md."
+
+
+class Group(click.Group):
+    """Turns any SqueezeEdgeError into a one-line message and its exit code; never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SqueezeEdgeError as exc:
+            click.echo(f"squeezeedge: {exc.kind}: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("squeezeedge: interrupted; no partial artifact was left behind", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug of ours: one line by default, the traceback with -v
+            if console.VERBOSITY >= 2:
+                traceback.print_exc()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"squeezeedge: internal error: {type(exc).__name__}: {first} (rerun with -v for details)",
+                       err=True)
+            ctx.exit(1)
+
+
+def _emit(ctx, payload: dict, text: str) -> None:
+    if ctx.obj["json"]:
+        click.echo(json.dumps(payload, indent=2, default=str))
+    else:
+        click.echo(text)
+
+
+def _stage_payload(run) -> dict:
+    return {"path": str(run.artifact.path), "skipped": run.skipped, "manifest": run.artifact.manifest}
+
+
+@click.group(cls=Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("build"), show_default=True,
+              help="Where stage outputs go when --out is not given.")
+@click.option("-v", "--verbose", count=True, help="More detail (tool chatter, tracebacks of internal errors).")
+@click.option("-q", "--quiet", is_flag=True, help="Only results and errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+@click.version_option(package_name="squeezeedge")
+@click.pass_context
+def main(ctx, workdir: Path, verbose: int, quiet: bool, as_json: bool):
+    """squeezeedge: compile SqueezeBERT to calibrated int8, tuned TVM libraries for edge boards.
+
+    \b
+    The flow (each stage reads an artifact directory and writes a new one with manifest.json):
+      export    PyTorch -> ONNX, validated against PyTorch
+      quantize  ONNX + calibration text -> int8 QDQ ONNX + fidelity report
+      tune      MetaSchedule tuning database for one target
+      build     deployable library (.so) + metadata.json
+      bench     latency of a library and baselines on a device
+      report    tables and plots from bench results
+      run       every stage, cached, for one or more targets
+    A stage whose inputs have not changed is skipped; --force reruns it.
+    """
+    console.VERBOSITY = 0 if quiet else 1 + verbose
+    ctx.obj = {"workdir": workdir, "json": as_json}
+
+
+def _out(ctx, out: Path | None, stage: str) -> Path:
+    return out if out is not None else ctx.obj["workdir"] / stage
+
+
+@main.command(epilog=EPILOG)
+@click.option("--model", default="squeezebert-uncased", show_default=True,
+              help="Preset: squeezebert-uncased (published config, 51.1M params, seeded random init) or "
+                   "squeezebert-tiny (2 layers, hidden 64, for tests). Ignored with --checkpoint.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="A local Hugging Face model directory (config.json + model.safetensors, or "
+                   "pytorch_model.bin read with weights_only=True). model_type squeezebert or bert.")
+@click.option("--head", type=click.Choice(["auto", "classify", "embed"]), default="auto", show_default=True,
+              help="classify: output 'logits'. embed: output 'embedding' (mask-mean-pooled last hidden "
+                   "state, for sentence-embedding models). auto: classify for presets and checkpoints "
+                   "whose architecture is *ForSequenceClassification, else embed.")
+@click.option("--num-labels", type=int, default=2, show_default=True, help="Classifier outputs (classify head).")
+@click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
+@click.option("--seq-len", type=int, default=128, show_default=True, help="Static sequence length.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random init and test inputs.")
+@click.option("--dynamic", is_flag=True, help="Dynamic batch and sequence axes (TVM builds want static).")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="Fail if onnxruntime differs from PyTorch by more than this (max abs).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory [WORKDIR/export].")
+@click.option("--force", is_flag=True, help="Rerun even if --out already holds this export.")
+@click.pass_context
+def export(ctx, model, checkpoint, head, num_labels, batch, seq_len, seed, dynamic, tolerance, out, force):
+    """Export SqueezeBERT to ONNX and check it against PyTorch.
+
+    Builds the model (a preset with seeded random init, as no model hub is reachable, or a local
+    checkpoint), exports it with torch.export to ONNX opset 18 with static shapes, and runs onnxruntime
+    and PyTorch on several random inputs: the max abs difference is recorded in manifest.json and the
+    export fails past --tolerance. Prints the parameter count, file size and time.
+
+    \b
+    Example:
+      squeezeedge export --model squeezebert-tiny --seq-len 64 --out build/tiny
+    """
+    from .export import ExportConfig, export_model
+
+    cfg = ExportConfig(model=model, checkpoint=checkpoint, head=head, num_labels=num_labels, batch=batch,
+                       seq_len=seq_len, seed=seed, dynamic=dynamic, tolerance=tolerance)
+    run = export_model(cfg, _out(ctx, out, "export"), force=force)
+    r = run.artifact.results
+    text = (f"{'skipped (unchanged)' if run.skipped else 'exported'}: {run.artifact.file('model.onnx')}\n"
+            f"  {r['model_type']} {r['head']}, {r['parameters'] / 1e6:.1f}M parameters, "
+            f"{r['onnx_bytes'] / 1e6:.1f} MB, max abs diff vs PyTorch {r['validation']['max_abs_diff']:.2e} "
+            f"(limit {r['validation']['tolerance']:g}), {run.artifact.manifest['wall_time_s']:.1f} s")
+    if run.skipped:
+        console.info("  same inputs as the existing artifact: stage skipped (use --force to rerun)")
+    _emit(ctx, _stage_payload(run), text)
+
+
+def _not_built(name: str, issue: int):
+    @main.command(name=name, epilog=EPILOG, context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def cmd(args):
+        raise NotBuiltYet(f"'squeezeedge {name}' is not built yet (tracked in issue #{issue})")
+
+    return cmd
+
+
+_STAGES_TODO = {
+    "quantize": (3, "Quantize an exported model to int8 with calibration data, with a fidelity report."),
+    "tune": (5, "Tune TVM kernels for a target with MetaSchedule into a per-target database."),
+    "build": (4, "Compile a model for a target into a deployable library + metadata.json."),
+    "bench": (7, "Measure a built library's latency next to PyTorch, onnxruntime and TFLite baselines."),
+    "report": (7, "Render bench results into Markdown/HTML tables and PNG plots."),
+    "run": (7, "Run every stage, cached, for one or more targets."),
+}
+for _name, (_issue, _doc) in _STAGES_TODO.items():
+    _not_built(_name, _issue).help = _doc + f"\n\nNot built yet (issue #{_issue}): exits with code {NotBuiltYet.exit_code}."
+
+
+@main.group(invoke_without_command=True, epilog=EPILOG)
+@click.pass_context
+def targets(ctx):
+    """List the known boards (targets/*.toml), or show one with 'targets show NAME'.
+
+    A board is one TOML file: a user adds a board by adding a file (or passing --target-file PATH).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from .targets import known_targets, load_target
+
+    rows = [load_target(n) for n in known_targets()]
+    payload = [{"name": t.name, "device": t.device, "cross_triple": t.cross_triple, "description": t.description}
+               for t in rows]
+    text = "\n".join(f"{t.name:<18} {t.device:<5} {t.cross_triple or 'native':<18} {t.description}" for t in rows)
+    _emit(ctx, {"targets": payload}, text)
+
+
+@targets.command("show", epilog=EPILOG)
+@click.argument("name", required=False)
+@click.option("--target-file", type=click.Path(path_type=Path), default=None, help="A user's board TOML file.")
+@click.pass_context
+def targets_show(ctx, name, target_file):
+    """Print a target file as parsed and the TVM target it resolves to (host included).
+
+    TVM itself checks the target here, so a board file TVM would reject fails now, not mid-build.
+    """
+    from .targets import load_target
+
+    t = load_target(name, target_file)
+    resolved = t.tvm_target_json()
+    payload = t.to_dict() | {"tvm_target": resolved}
+    text = (f"# {t.source}\n{t.text.rstrip()}\n\n# resolved TVM target (accepted by TVM)\n"
+            f"{json.dumps(resolved, indent=2)}")
+    _emit(ctx, payload, text)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.pass_context
+def inspect(ctx, directory):
+    """Print an artifact's story: stage, parent, config, results, tool versions, files (sha256 checked)."""
+    from .artifact import load_artifact
+    from .inspect import describe
+
+    art = load_artifact(directory, verify=True)
+    _emit(ctx, art.manifest, describe(art))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

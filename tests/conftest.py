@@ -1,0 +1,30 @@
+"""Shared fixtures: one tiny export per test session (tests reuse it rather than re-exporting)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from compiler.cli import main
+
+TINY_SEQ = 32
+
+
+def cli(*args: str, **kw):
+    """Run the CLI in-process; returns click's Result (exit_code, stdout, stderr, output)."""
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("art") / "tiny-export"
+    res = cli("-q", "export", "--model", "squeezebert-tiny", "--seq-len", TINY_SEQ, "--out", out)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def manifest(path: Path) -> dict:
+    return json.loads((Path(path) / "manifest.json").read_text())
