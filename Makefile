@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 SE     := $(VENV)/bin/squeezeedge
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup demo test test-slow bench bench-fidelity clean
 
 setup: $(STAMP)
 
@@ -16,16 +16,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The embedded default: the full-size SqueezeBERT (seeded init), exported and validated.
+# The embedded default: full-size SqueezeBERT (seeded init) exported and validated, then quantized to
+# int8 on the shipped calibration corpus with the host target's preset, fidelity checked.
 demo: $(STAMP)
 	$(SE) export --model squeezebert-uncased --out build/demo/export
-	$(SE) inspect build/demo/export
+	$(SE) quantize build/demo/export --target host --out build/demo/int8
+	$(SE) inspect build/demo/int8
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# Benchmarks write results/ (full-size models; minutes, not seconds).
+bench: bench-fidelity
+
+bench-fidelity: $(STAMP)
+	$(PY) -m compiler.fidelity_bench --workdir build/bench --results results
 
 clean:
 	rm -rf build .pytest_cache

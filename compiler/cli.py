@@ -127,6 +127,74 @@ def export(ctx, model, checkpoint, head, num_labels, batch, seq_len, seed, dynam
     _emit(ctx, _stage_payload(run), text)
 
 
+@main.command(epilog=EPILOG)
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--calibration-data", type=click.Path(path_type=Path), default=None,
+              help="Texts to calibrate on: .txt (one per line), .jsonl (a 'text' field or --text-column), "
+                   ".csv/.tsv (--text-column, default 'text'). Default: calibration/sentences.txt (1,030 "
+                   "English sentences shipped with squeezeedge).")
+@click.option("--text-column", default=None, help="Field or column holding the text (.jsonl/.csv/.tsv).")
+@click.option("--num-samples", type=int, default=128, show_default=True, help="Texts used for calibration.")
+@click.option("--num-heldout", type=int, default=64, show_default=True,
+              help="Other texts, never seen by calibration, on which fidelity is measured.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="onnxruntime calibration method for activation ranges.")
+@click.option("--per-channel/--per-tensor", default=None,
+              help="Weight scales per output channel or per tensor [default: the target's int8 preset].")
+@click.option("--activations", type=click.Choice(["uint8", "int8"]), default=None,
+              help="Activation dtype [default: the target's int8 preset, e.g. uint8 for x86 VNNI].")
+@click.option("--target", default="host", show_default=True, help="Target whose int8 preset applies.")
+@click.option("--target-file", type=click.Path(path_type=Path), default=None, help="A user's board TOML file.")
+@click.option("--keep-float", type=click.Choice(["gelu-out"]), multiple=True,
+              help="Leave these layers in float. gelu-out: the FFN output projections, fed by GELU, where "
+                   "trained BERT models keep their activation outliers (costs speed, buys fidelity).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration/held-out split.")
+@click.option("--min-cosine", type=float, default=0.99, show_default=True,
+              help="Fail if the mean cosine similarity of fp32 and int8 outputs is below this.")
+@click.option("--min-agreement", type=float, default=0.9, show_default=True,
+              help="Fail if top-1 agreement is below this (argmax of logits; for embedding models, "
+                   "nearest-embedding retrieval).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory [WORKDIR/quantize].")
+@click.option("--force", is_flag=True, help="Rerun even if --out already holds this result.")
+@click.pass_context
+def quantize(ctx, export_dir, calibration_data, text_column, num_samples, num_heldout, method, per_channel,
+             activations, target, target_file, keep_float, seed, min_cosine, min_agreement, out, force):
+    """Quantize an exported model to int8 (QDQ) with calibration text, and check its fidelity.
+
+    Tokenizes the texts with the model's tokenizer (a checkpoint's own, else the bert-base-uncased
+    WordPiece vocabulary SqueezeBERT uses), splits them by --seed into calibration and held-out sets,
+    and runs onnxruntime's quantize_static (QDQ format; Conv, MatMul and Gemm quantized; s8 weights,
+    activations per the target's preset). Writes model.onnx (int8 QDQ), quant_params.json (scale, zero
+    point, dtype and axis of every quantized tensor, for the TVM int8 lowering) and manifest.json.
+
+    Fidelity, fp32 vs int8 on the held-out texts: max abs error, mean cosine, top-1 agreement. It is
+    printed, recorded, and the stage fails (exit 6, nothing written) below --min-cosine or --min-agreement.
+
+    \b
+    Example:
+      squeezeedge quantize build/tiny --method percentile --out build/tiny-int8
+    """
+    from .quantize import QuantizeConfig, quantize_model
+
+    cfg = QuantizeConfig(calibration_data=calibration_data, text_column=text_column, num_samples=num_samples,
+                         num_heldout=num_heldout, method=method, per_channel=per_channel, activations=activations,
+                         target=target, target_file=target_file, keep_float=tuple(keep_float), seed=seed,
+                         min_cosine=min_cosine,
+                         min_agreement=min_agreement)
+    run = quantize_model(export_dir, cfg, _out(ctx, out, "quantize"), force=force)
+    r = run.artifact.results
+    f = r["fidelity"]
+    if run.skipped:
+        console.info("  same inputs as the existing artifact: stage skipped (use --force to rerun)")
+    text = (f"{'skipped (unchanged)' if run.skipped else 'quantized'}: {run.artifact.file('model.onnx')}\n"
+            f"  {r['method']}, {r['scheme']['activations']}/{r['scheme']['weights']}, "
+            f"{r['quantized_tensors']} quantized tensors, {r['fp32_bytes'] / 1e6:.1f} MB -> "
+            f"{r['int8_bytes'] / 1e6:.1f} MB\n"
+            f"  fidelity on {f['samples']} held-out texts: mean cosine {f['mean_cosine']:.5f}, top-1 agreement "
+            f"{f['top1_agreement']:.3f}, max abs error {f['max_abs_error']:.3g}")
+    _emit(ctx, _stage_payload(run), text)
+
+
 def _not_built(name: str, issue: int):
     @main.command(name=name, epilog=EPILOG, context_settings={"ignore_unknown_options": True})
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -137,7 +205,6 @@ def _not_built(name: str, issue: int):
 
 
 _STAGES_TODO = {
-    "quantize": (3, "Quantize an exported model to int8 with calibration data, with a fidelity report."),
     "tune": (5, "Tune TVM kernels for a target with MetaSchedule into a per-target database."),
     "build": (4, "Compile a model for a target into a deployable library + metadata.json."),
     "bench": (7, "Measure a built library's latency next to PyTorch, onnxruntime and TFLite baselines."),

@@ -1,0 +1,281 @@
+"""Stage 2: fp32 ONNX + calibration text -> int8 QDQ ONNX, with a fidelity report that fails hard.
+
+Scales and zero points come from onnxruntime.quantization.quantize_static (MinMax / Entropy /
+Percentile calibrators); nothing here recomputes calibration statistics. What we add: real text as
+calibration data, a seeded held-out split, a record of every quantized tensor for the TVM lowering, and
+the fp32-vs-int8 fidelity check.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import console
+from .artifact import Artifact, StageRun, load_artifact, run_stage
+from .calibdata import DEFAULT_CORPUS, encode, load_tokenizer, read_texts, split
+from .errors import InputError, ValidationError
+from .targets import load_target
+
+ONNX_FILE = "model.onnx"
+PARAMS_FILE = "quant_params.json"
+METHODS = ("minmax", "entropy", "percentile")
+# The compute ops the TVM int8 lowering turns into integer kernels: SqueezeBERT's 1x1 convolutions, the
+# attention matmuls and the classifier. Data-movement ops stay float (no extra QDQ pairs around them).
+OP_TYPES = ("Conv", "MatMul", "Gemm")
+# Histogram calibrators keep every intermediate output of every sample until the end
+# (microsoft/onnxruntime#10503); feeding them in strides of this many samples bounds memory.
+CALIB_STRIDE = 16
+# Layers that may be kept in float. "gelu-out": the FFN output projection, whose input is the GELU
+# output, the classic BERT activation-outlier site. Measured on trained MiniLM (results/): keeping those
+# 6 of 42 matmuls in float lifts the mean cosine from 0.940 to 0.992.
+KEEP_FLOAT = ("gelu-out",)
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    calibration_data: Path | None = None  # None: the shipped corpus (calibration/sentences.txt)
+    text_column: str | None = None
+    num_samples: int = 128
+    num_heldout: int = 64
+    method: str = "minmax"
+    per_channel: bool | None = None  # None: the target's int8 preset
+    activations: str | None = None  # "uint8" | "int8"; None: the target's int8 preset
+    target: str = "host"
+    target_file: Path | None = None
+    keep_float: tuple[str, ...] = ()
+    seed: int = 0
+    min_cosine: float = 0.99
+    min_agreement: float = 0.9
+
+
+def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool = False) -> StageRun:
+    """Quantize an export artifact to int8 QDQ with onnxruntime, calibrated on real text.
+
+    Args:
+        export_dir: an artifact written by ``export``.
+        cfg: calibration data, method, int8 scheme (defaults from the target's preset), thresholds.
+        out: the artifact directory to write (model.onnx, quant_params.json, manifest.json).
+        force: rerun even when ``out`` already holds this exact result.
+
+    Returns:
+        StageRun; ``results`` holds the data record, the resolved scheme and the fidelity numbers.
+
+    Raises:
+        ArtifactError: ``export_dir`` is not an export artifact.
+        CalibrationError: unusable calibration data (missing, empty, not UTF-8, too few texts, ...).
+        ValidationError: fidelity below ``min_cosine`` or ``min_agreement`` (nothing is written).
+    """
+    if cfg.method not in METHODS:
+        raise InputError(f"unknown calibration method '{cfg.method}' ({', '.join(METHODS)})")
+    if cfg.num_samples < 1 or cfg.num_heldout < 1:
+        raise InputError("--num-samples and --num-heldout must be >= 1")
+    if bad := set(cfg.keep_float) - set(KEEP_FLOAT):
+        raise InputError(f"unknown --keep-float '{sorted(bad)[0]}' ({', '.join(KEEP_FLOAT)})")
+    if cfg.activations not in (None, "uint8", "int8"):
+        raise InputError(f"--activations must be uint8 or int8, got {cfg.activations}")
+    parent = load_artifact(export_dir, stage="export")
+    target = load_target(cfg.target, cfg.target_file)
+    scheme = {
+        "activations": cfg.activations or target.int8.activations,
+        "weights": target.int8.weights,
+        "per_channel": target.int8.per_channel if cfg.per_channel is None else cfg.per_channel,
+        "preset": target.name,
+        "preset_reason": target.int8.reason,
+        "op_types": list(OP_TYPES),
+        "keep_float": sorted(set(cfg.keep_float)),
+    }
+    corpus = read_texts(cfg.calibration_data or DEFAULT_CORPUS, cfg.text_column)
+    calib, heldout = split(corpus.texts, cfg.num_samples, cfg.num_heldout, cfg.seed, corpus.path)
+    batch, seq_len = parent.manifest["config"]["batch"], parent.manifest["config"]["seq_len"]
+    if len(calib) % batch or len(heldout) % batch:
+        raise InputError(f"--num-samples and --num-heldout must be multiples of the exported batch size {batch}")
+    tok, tok_info = load_tokenizer(parent.manifest["config"].get("checkpoint"), seq_len)
+    key = {
+        "method": cfg.method, "num_samples": cfg.num_samples, "num_heldout": cfg.num_heldout, "seed": cfg.seed,
+        "scheme": scheme, "min_cosine": cfg.min_cosine, "min_agreement": cfg.min_agreement,
+        "data_sha256": corpus.sha256, "text_column": corpus.column, "tokenizer_sha256": tok_info.sha256,
+        "calib_stride": CALIB_STRIDE,
+    }
+    data = {"path": str(corpus.path), "sha256": corpus.sha256, "format": corpus.format, "column": corpus.column,
+            "records": corpus.records, "usable": len(corpus.texts), "calibration": len(calib),
+            "heldout": len(heldout), "seed": cfg.seed, "tokenizer": asdict(tok_info)}
+    vocab = parent.results["model_config"]["vocab_size"]
+    console.info(f"  quantize: {cfg.method}, {scheme['activations']} activations x {scheme['weights']} weights, "
+                 f"{'per-channel' if scheme['per_channel'] else 'per-tensor'} (preset {target.name}); "
+                 f"{len(calib)} calibration / {len(heldout)} held-out texts from {corpus.path.name}")
+
+    def work(tmp: Path) -> dict:
+        feeds_cal = encode(tok, calib, vocab)
+        feeds_eval = encode(tok, heldout, vocab)
+        with console.step(f"calibrating ({cfg.method}) and quantizing with onnxruntime"):
+            float_layers = _quantize(parent.file(ONNX_FILE), tmp, feeds_cal, batch, cfg.method, scheme)
+        params = quant_record(tmp / ONNX_FILE)
+        (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=1) + "\n")
+        with console.step("measuring fidelity on held-out texts (fp32 vs int8, onnxruntime)"):
+            fid = fidelity(parent.file(ONNX_FILE), tmp / ONNX_FILE, feeds_eval, batch, parent.results["head"])
+        console.info(fidelity_table(fid, cfg))
+        _check(fid, cfg)
+        return {"data": data, "scheme": scheme, "method": cfg.method, "fidelity": fid,
+                "quantized_tensors": len(params["tensors"]), "float_layers": float_layers, "head": parent.results["head"],
+                "fp32_bytes": parent.file(ONNX_FILE).stat().st_size, "int8_bytes": (tmp / ONNX_FILE).stat().st_size,
+                "inputs": parent.results["inputs"], "outputs": parent.results["outputs"],
+                "model_config": parent.results["model_config"]}
+
+    return run_stage("quantize", out, key, work, parent=parent, force=force)
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over pre-tokenized arrays, with strided ranges."""
+
+    def __init__(self, feeds: dict, batch: int):
+        n = len(feeds["input_ids"])
+        self.batches = [{k: v[i:i + batch] for k, v in feeds.items()} for i in range(0, n, batch)]
+        self.set_range(0, len(self.batches))
+
+    def __len__(self):
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int):
+        self._it = iter(self.batches[start_index:end_index])
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):
+        self.set_range(0, len(self.batches))
+
+
+def _quantize(src: Path, tmp: Path, feeds: dict, batch: int, method: str, scheme: dict) -> int:
+    """Run onnxruntime's calibration and QDQ quantization into tmp; returns how many layers stay float."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    reader = _Reader(feeds, batch)
+    stride = next(s for s in (CALIB_STRIDE, 8, 4, 2, 1) if len(reader) % s == 0)
+    with tempfile.TemporaryDirectory(dir=tmp) as scratch, console.quiet_warnings():
+        pre = Path(scratch) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        exclude = gelu_consumers(pre, scheme["op_types"]) if "gelu-out" in scheme["keep_float"] else []
+        if exclude:
+            console.info(f"  keeping {len(exclude)} GELU-fed layers in float (--keep-float gelu-out)")
+        quantize_static(
+            str(pre), str(tmp / ONNX_FILE), reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(scheme["op_types"]),
+            nodes_to_exclude=exclude,
+            per_channel=scheme["per_channel"],
+            activation_type=QuantType.QUInt8 if scheme["activations"] == "uint8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[method],
+            extra_options={
+                "CalibStridedMinMax": stride,  # applies to every calibrator: bounds memory (ORT #10503)
+                "ActivationSymmetric": scheme["activations"] == "int8",  # s8 x s8 dot products, no zero point
+                "WeightSymmetric": True,
+            },
+        )
+    return len(exclude)
+
+
+def gelu_consumers(path: Path, op_types) -> list[str]:
+    """Names of the compute nodes whose data input comes from a GELU (Gelu op, or the Erf form)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def from_gelu(name: str, depth: int = 0) -> bool:
+        node = producer.get(name)
+        if node is None or depth > 4:
+            return False
+        if node.op_type in ("Gelu", "Erf"):
+            return True
+        if node.op_type in ("Mul", "Add", "Div", "Reshape", "Transpose", "Cast"):
+            return any(from_gelu(i, depth + 1) for i in node.input[:2])
+        return False
+
+    return [n.name for n in graph.node if n.op_type in op_types and from_gelu(n.input[0])]
+
+
+def quant_record(path: Path) -> dict:
+    """Every QuantizeLinear/DequantizeLinear tensor: scale(s), zero point(s), dtype, axis, role."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    tensors = {}
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        x, scale, zp = node.input[0], inits[node.input[1]], inits[node.input[2]] if len(node.input) > 2 else None
+        name = node.output[0] if node.op_type == "QuantizeLinear" else x
+        if name in tensors:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+        tensors[name] = {
+            "float_tensor": x if node.op_type == "QuantizeLinear" else None,
+            "role": "weight" if x in inits else "activation",
+            "dtype": str(zp.dtype) if zp is not None else "uint8",
+            "scale": scale.reshape(-1).tolist(),
+            "zero_point": zp.reshape(-1).tolist() if zp is not None else [0],
+            "axis": axis if scale.size > 1 else None,
+        }
+    return {"format": "QDQ", "tensors": tensors}
+
+
+def _run_all(sess, feeds: dict, batch: int, out_name: str):
+    import numpy as np
+
+    n = len(feeds["input_ids"])
+    return np.concatenate([sess.run([out_name], {k: v[i:i + batch] for k, v in feeds.items()})[0]
+                           for i in range(0, n, batch)])
+
+
+def fidelity(fp32_path: Path, int8_path: Path, feeds: dict, batch: int, head: str) -> dict:
+    """fp32 vs int8 on the same inputs: max abs error, cosine per sample, top-1 agreement.
+
+    Top-1 agreement is the argmax of the logits for a classifier; for an embedding model it is
+    retrieval: the int8 embedding's nearest fp32 embedding (by cosine) is its own text's.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    out_name = "logits" if head == "classify" else "sentence_embedding"
+    a = _run_all(ort.InferenceSession(str(fp32_path), opts, providers=["CPUExecutionProvider"]), feeds, batch, out_name)
+    b = _run_all(ort.InferenceSession(str(int8_path), opts, providers=["CPUExecutionProvider"]), feeds, batch, out_name)
+    a2, b2 = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    na, nb = np.linalg.norm(a2, axis=1), np.linalg.norm(b2, axis=1)
+    cos = (a2 * b2).sum(1) / np.maximum(na * nb, 1e-30)
+    if head == "classify":
+        agree = float(np.mean(a2.argmax(1) == b2.argmax(1)))
+    else:
+        sim = (b2 / nb[:, None]) @ (a2 / na[:, None]).T
+        agree = float(np.mean(sim.argmax(1) == np.arange(len(a2))))
+    return {"samples": len(a2), "max_abs_error": float(np.max(np.abs(a2 - b2))),
+            "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "top1_agreement": agree,
+            "agreement_kind": "argmax of logits" if head == "classify" else "nearest-embedding retrieval"}
+
+
+def fidelity_table(fid: dict, cfg: QuantizeConfig) -> str:
+    rows = [("max abs error", f"{fid['max_abs_error']:.4g}", ""),
+            ("mean cosine", f"{fid['mean_cosine']:.5f}", f">= {cfg.min_cosine}"),
+            ("min cosine", f"{fid['min_cosine']:.5f}", ""),
+            (f"top-1 agreement ({fid['agreement_kind']})", f"{fid['top1_agreement']:.3f}", f">= {cfg.min_agreement}")]
+    w = max(len(r[0]) for r in rows)
+    return "\n".join([f"  fidelity, fp32 vs int8 on {fid['samples']} held-out texts"] +
+                     [f"    {n:<{w}}  {v:>10}  {lim}" for n, v, lim in rows])
+
+
+def _check(fid: dict, cfg: QuantizeConfig) -> None:
+    if not fid["mean_cosine"] >= cfg.min_cosine:
+        raise ValidationError(f"int8 fidelity too low: mean cosine {fid['mean_cosine']:.4f} < --min-cosine "
+                              f"{cfg.min_cosine} (try --method percentile or --per-channel)")
+    if not fid["top1_agreement"] >= cfg.min_agreement:
+        raise ValidationError(f"int8 fidelity too low: top-1 agreement {fid['top1_agreement']:.3f} < "
+                              f"--min-agreement {cfg.min_agreement}")
