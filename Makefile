@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 SE     := $(VENV)/bin/squeezeedge
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow bench bench-fidelity clean
+.PHONY: setup demo test test-slow bench bench-fidelity bench-quantize-cost clean
 
 setup: $(STAMP)
 
@@ -30,10 +30,13 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 # Benchmarks write results/ (full-size models; minutes, not seconds).
-bench: bench-fidelity
+bench: bench-fidelity bench-quantize-cost
 
 bench-fidelity: $(STAMP)
 	$(PY) -m compiler.fidelity_bench --workdir build/bench --results results
+
+bench-quantize-cost: $(STAMP)
+	$(PY) -m compiler.quantize_cost_bench --workdir build/bench --results results
 
 clean:
 	rm -rf build .pytest_cache

@@ -126,8 +126,18 @@ def load_artifact(path: Path, stage: str | None = None, verify: bool = True) -> 
     return Artifact(path, manifest)
 
 
+def code_sha256() -> str:
+    """Hash of squeezeedge's own source: a code change must invalidate cached stages (the version string
+    does not change between development commits)."""
+    h = hashlib.sha256()
+    for p in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
 def _cache_key(stage: str, config: dict, parent_sha: str | None) -> str:
-    return sha256_json({"schema": SCHEMA_VERSION, "stage": stage, "config": config, "parent": parent_sha})
+    return sha256_json({"schema": SCHEMA_VERSION, "stage": stage, "config": config, "parent": parent_sha,
+                        "code": code_sha256(), "versions": tool_versions()})
 
 
 def _reusable(out: Path, key: str) -> Artifact | None:

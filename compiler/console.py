@@ -59,3 +59,24 @@ def quiet_warnings():
         root.setLevel(level)
         for lg, lv in zip(loggers, levels):
             lg.setLevel(lv)
+
+
+@contextlib.contextmanager
+def native_stderr_to_debug():
+    """Capture what C++ code (TVM's logging) writes to fd 2; show it only with -v."""
+    import os
+    import tempfile
+
+    if VERBOSITY >= 2:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)

@@ -132,6 +132,7 @@ def build_torch_model(spec: ModelSpec):
     torch.manual_seed(spec.seed)
     if spec.checkpoint is None:
         model = cls(config)
+        _perturb_init(model)
     else:
         ckpt = Path(spec.checkpoint)
         weights = _weights_file(ckpt)
@@ -152,6 +153,22 @@ def build_torch_model(spec: ModelSpec):
         if body:
             raise InputError(f"checkpoint {ckpt}: {len(body)} weights missing from the file (e.g. {body[0]})")
     return Wrapped(model, head).eval(), config, head, report
+
+
+def _perturb_init(model) -> None:
+    """Give biases and LayerNorm weights seeded small random values instead of HF's exact 0 and 1.
+
+    Exact zeros let the ONNX optimizer drop every bias add, so a preset export would skip code paths
+    (bias adds, int32 bias in QDQ) that every real checkpoint takes.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.02)
+            elif "LayerNorm" in name or "layernorm" in name:
+                p.add_(torch.randn_like(p) * 0.02)
 
 
 def _wrapped_class():

@@ -8,7 +8,10 @@ the fp32-vs-int8 fidelity check.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -156,7 +159,9 @@ def _quantize(src: Path, tmp: Path, feeds: dict, batch: int, method: str, scheme
 
     reader = _Reader(feeds, batch)
     stride = next(s for s in (CALIB_STRIDE, 8, 4, 2, 1) if len(reader) % s == 0)
-    with tempfile.TemporaryDirectory(dir=tmp) as scratch, console.quiet_warnings():
+    # onnxruntime's histogram calibrators print progress on stdout, which belongs to --json: send it to stderr
+    with tempfile.TemporaryDirectory(dir=tmp) as scratch, console.quiet_warnings(), \
+            contextlib.redirect_stdout(sys.stderr if console.VERBOSITY >= 2 else io.StringIO()):
         pre = Path(scratch) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         exclude = gelu_consumers(pre, scheme["op_types"]) if "gelu-out" in scheme["keep_float"] else []
@@ -219,7 +224,7 @@ def quant_record(path: Path) -> dict:
         axis = next((a.i for a in node.attribute if a.name == "axis"), None)
         tensors[name] = {
             "float_tensor": x if node.op_type == "QuantizeLinear" else None,
-            "role": "weight" if x in inits else "activation",
+            "role": ("bias" if inits[x].dtype.name == "int32" else "weight") if x in inits else "activation",
             "dtype": str(zp.dtype) if zp is not None else "uint8",
             "scale": scale.reshape(-1).tolist(),
             "zero_point": zp.reshape(-1).tolist() if zp is not None else [0],

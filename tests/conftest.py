@@ -28,3 +28,14 @@ def tiny_export(tmp_path_factory) -> Path:
 
 def manifest(path: Path) -> dict:
     return json.loads((Path(path) / "manifest.json").read_text())
+
+
+FAST_Q = ["--num-samples", "16", "--num-heldout", "16"]
+
+
+@pytest.fixture(scope="session")
+def tiny_int8(tiny_export, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("q") / "tiny-int8"
+    res = cli("-q", "quantize", tiny_export, *FAST_Q, "--out", out)
+    assert res.exit_code == 0, res.output
+    return out

@@ -14,18 +14,10 @@ from onnx import numpy_helper
 from compiler.artifact import sha256_file
 from compiler.calibdata import DEFAULT_CORPUS, encode, load_tokenizer, read_texts, split
 
-from .conftest import TINY_SEQ, cli, manifest
+from .conftest import FAST_Q, TINY_SEQ, cli, manifest
 
-FAST = ["--num-samples", "16", "--num-heldout", "16"]
+FAST = FAST_Q
 TEXTS = [line for line in DEFAULT_CORPUS.read_text().splitlines()][:60]
-
-
-@pytest.fixture(scope="module")
-def tiny_int8(tiny_export, tmp_path_factory):
-    out = tmp_path_factory.mktemp("q") / "tiny-int8"
-    res = cli("-q", "quantize", tiny_export, *FAST, "--out", out)
-    assert res.exit_code == 0, res.output
-    return out
 
 
 def _write(path, fmt):
@@ -110,7 +102,10 @@ def test_signed_activations_are_symmetric(tiny_export, tmp_path):
     res = cli("-q", "quantize", tiny_export, *FAST, "--activations", "int8", "--per-tensor", "--out", out)
     assert res.exit_code == 0, res.output
     record = json.loads((out / "quant_params.json").read_text())["tensors"]
-    assert all(r["dtype"] == "int8" and set(r["zero_point"]) == {0} for r in record.values())
+    assert {r["role"] for r in record.values()} == {"activation", "weight", "bias"}
+    assert all(set(r["zero_point"]) == {0} for r in record.values())
+    assert all(r["dtype"] == "int8" for r in record.values() if r["role"] != "bias")
+    assert all(r["dtype"] == "int32" for r in record.values() if r["role"] == "bias")  # scale s_x * s_w
     assert all(len(r["scale"]) == 1 for r in record.values())  # per-tensor weights
     assert manifest(out)["results"]["scheme"]["per_channel"] is False
 
@@ -199,3 +194,10 @@ def test_keep_float_gelu_out_leaves_exactly_the_ffn_outputs_float(tiny_export, t
                 seen.add(node.name)
                 stack.extend(node.input)
         assert any(producers[o].op_type == "Erf" for o in producers if producers[o].name in seen)
+
+
+def test_json_output_is_clean_for_histogram_methods(tiny_export, tmp_path):
+    """onnxruntime's entropy/percentile calibrators print progress; --json stdout must stay pure JSON."""
+    res = cli("-q", "--json", "quantize", tiny_export, *FAST, "--method", "entropy", "--out", tmp_path / "e")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["manifest"]["results"]["method"] == "entropy"

@@ -1,0 +1,229 @@
+"""Stage: ONNX (fp32 export or int8 QDQ) -> TVM Relax -> deployable shared library + metadata.json.
+
+For int8 models the Relax module is rewritten to integer kernels first (compiler.int8); a build whose
+quantized layers still multiply in float fails. Host builds are run once on random inputs and checked
+against onnxruntime on the same ONNX file before the library is written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import console
+from .artifact import Artifact, StageRun, load_artifact, run_stage, sha256_file, tool_versions
+from .errors import CompileError, InputError, NotBuiltYet, ToolchainError, ValidationError
+from .targets import Target, load_target
+
+LIB_FILE = "model.so"
+METADATA_FILE = "metadata.json"
+CROSS_PACKAGES = {"aarch64-linux-gnu": "g++-aarch64-linux-gnu"}  # Debian package of each cross g++
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    target: str = "host"
+    target_file: Path | None = None
+    database: Path | None = None
+    integer: bool = True  # int8 models: rewrite to integer kernels (False: TVM's float QDQ, for comparison)
+    fp32_tolerance: float = 1e-4  # max abs difference from onnxruntime, fp32 libraries
+    int8_min_cosine: float = 0.99  # cosine to onnxruntime's int8 output, int8 libraries
+    validation_runs: int = 3
+
+
+def build_library(model_dir: Path, cfg: BuildConfig, out: Path, force: bool = False) -> StageRun:
+    """Compile an export (fp32) or quantize (int8) artifact for a target into ``out``.
+
+    Args:
+        model_dir: artifact written by ``export`` or ``quantize``.
+        cfg: target, optional tuning database, validation limits.
+        out: artifact directory to write: model.so, metadata.json, manifest.json.
+        force: rebuild even if ``out`` already holds this build.
+
+    Returns:
+        StageRun; ``results`` repeats metadata.json (precision, integer-layer coverage, validation).
+
+    Raises:
+        ArtifactError: ``model_dir`` is not an export or quantize artifact.
+        TargetError / ToolchainError: unknown target, or its cross toolchain is not installed.
+        CompileError: an ONNX operator TVM cannot import (named), or float compute left in an int8 build.
+        ValidationError: the library disagrees with onnxruntime past the limits.
+    """
+    parent = load_artifact(model_dir)
+    if parent.stage not in ("export", "quantize"):
+        raise InputError(f"{model_dir} is a '{parent.stage}' artifact; build takes an export or quantize artifact")
+    target = load_target(cfg.target, cfg.target_file)
+    if target.device != "cpu":
+        raise NotBuiltYet(f"target {target.name}: {target.device} builds are not built yet (tracked in issue #6)")
+    if cfg.database is not None:
+        raise NotBuiltYet("--database: applying a tuning database is not built yet (tracked in issue #5)")
+    tvm_target = target.tvm_target()  # TargetError if TVM rejects it
+    compiler = _cross_compiler(target)
+    key = {"target": target.to_dict() | {"resolved": str(tvm_target)}, "integer": cfg.integer,
+           "fp32_tolerance": cfg.fp32_tolerance, "int8_min_cosine": cfg.int8_min_cosine,
+           "validation_runs": cfg.validation_runs}
+
+    def work(tmp: Path) -> dict:
+        return _build(parent, target, tvm_target, compiler, cfg, tmp)
+
+    return run_stage("build", out, key, work, parent=parent, force=force)
+
+
+def _cross_compiler(target: Target):
+    if not target.is_cross:
+        return None
+    gxx = f"{target.cross_triple}-g++"
+    if shutil.which(gxx) is None:
+        pkg = CROSS_PACKAGES.get(target.cross_triple, f"a {target.cross_triple} cross g++")
+        raise ToolchainError(f"target {target.name} links with {gxx}, which is not installed "
+                             f"(apt-get install {pkg})")
+    from tvm.support import cc
+
+    return cc.cross_compiler(gxx)
+
+
+def import_onnx(path: Path, inputs: list[dict]):
+    """ONNX -> Relax IRModule with the artifact's static input shapes; unknown ops are named."""
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    model = onnx.load(str(path))
+    known = _get_convert_map()
+    missing = sorted({n.op_type for n in model.graph.node if n.op_type not in known})
+    if missing:
+        node = next(n for n in model.graph.node if n.op_type == missing[0])
+        raise CompileError(f"{path}: TVM's ONNX importer cannot convert operator {', '.join(missing)} "
+                           f"(first at node '{node.name}')")
+    shapes = {i["name"]: [int(d) for d in i["shape"]] for i in inputs}
+    try:
+        return from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
+    except Exception as exc:
+        raise CompileError(f"{path}: TVM could not import the model: {_first_line(exc)}") from exc
+
+
+def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildConfig, tmp: Path) -> dict:
+    import tvm
+    from tvm import relax
+
+    from .int8 import float_compute_layers, integerize, mac_kernels
+
+    precision = "int8" if parent.stage == "quantize" else "fp32"
+    onnx_path = parent.file("model.onnx")
+    t0 = time.perf_counter()
+    with console.step(f"importing {precision} ONNX into TVM Relax"):
+        mod = import_onnx(onnx_path, parent.results["inputs"])
+    coverage = None
+    if precision == "int8":
+        quantized = _quantized_layers(onnx_path)
+        if cfg.integer:
+            with console.step("rewriting QDQ layers to integer kernels"):
+                mod, report = integerize(mod)
+            floats = float_compute_layers(mod)
+            expected_float = parent.results.get("float_layers", 0)
+            if len(floats) != expected_float or report.total != quantized:
+                raise CompileError(f"int8 lowering incomplete: {report.total} of {quantized} quantized layers "
+                                   f"became integer kernels, {len(floats)} still multiply in float "
+                                   f"(expected {expected_float} kept float); skipped: {report.skipped}")
+            coverage = {"quantized_layers": quantized, "integer_kernels": report.total, "conv1d": report.conv1d,
+                        "matmul_weight": report.matmul_weight, "matmul_activation": report.matmul_activation,
+                        "float_layers_kept": len(floats)}
+        else:
+            coverage = {"quantized_layers": quantized, "integer_kernels": 0, "mode": "float QDQ simulation"}
+    with console.step(f"compiling for {target.name} ({tvm_target.kind.name}, "
+                      f"{tvm_target.attrs.get('mcpu', 'generic')})"), console.native_stderr_to_debug():
+        try:
+            with tvm_target:  # legalize, fold constants, fuse each kernel with its epilogue
+                mod = relax.get_pipeline("zero")(mod)
+            macs = mac_kernels(mod)
+            if precision == "int8" and cfg.integer and len(macs["float"]) > coverage["float_layers_kept"]:
+                raise CompileError(f"int8 lowering incomplete: {len(macs['float'])} compiled kernels still "
+                                   f"multiply in float ({sorted(set(macs['float']))[0]}, ...)")
+            ex = tvm.compile(mod, target=tvm_target)
+        except CompileError:
+            raise
+        except Exception as exc:
+            raise CompileError(f"TVM failed to compile the model for {target.name}: {_first_line(exc)}") from exc
+    if coverage is not None:
+        coverage |= {"compiled_integer_mac_kernels": len(macs["integer"]),
+                     "compiled_float_mac_kernels": len(macs["float"])}
+    compile_s = time.perf_counter() - t0
+    lib = tmp / LIB_FILE
+    with console.step("linking " + (f"with {target.cross_triple}-g++" if compiler else "the shared library")):
+        if compiler is not None:
+            ex.export_library(str(lib), fcompile=compiler)
+        else:
+            ex.export_library(str(lib))
+    validation = None
+    if not target.is_cross:
+        with console.step(f"checking the library against onnxruntime on {cfg.validation_runs} random inputs"):
+            validation = _validate(lib, onnx_path, parent, precision, cfg)
+    meta = {
+        "schema_version": 1,
+        "model": {"stage": parent.stage, "sha256": parent.sha256, "model_type": parent.results["model_config"]
+                  ["model_type"], "head": parent.results["head"]},
+        "precision": precision,
+        "int8": coverage,
+        "target": {"name": target.name, "device": target.device, "cross_triple": target.cross_triple,
+                   "threads": target.threads, "tvm": json.loads(str(tvm_target))},
+        "database": None,
+        "tuning": {"tuned_tasks": 0, "total_tasks": None, "note": "untuned default schedules"},
+        "inputs": parent.results["inputs"],
+        "outputs": parent.results["outputs"],
+        "vocab_size": parent.results["model_config"]["vocab_size"],
+        "type_vocab_size": parent.results["model_config"].get("type_vocab_size", 2),
+        "library": {"file": LIB_FILE, "sha256": sha256_file(lib), "bytes": lib.stat().st_size},
+        "validation": validation,
+        "compile_s": round(compile_s, 2),
+        "versions": tool_versions(),
+    }
+    (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _quantized_layers(onnx_path: Path) -> int:
+    """Compute nodes of the QDQ model whose weight (second) input comes through DequantizeLinear."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    return sum(1 for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
+               and producer.get(n.input[1]) == "DequantizeLinear" and producer.get(n.input[0]) == "DequantizeLinear")
+
+
+def _validate(lib: Path, onnx_path: Path, parent: Artifact, precision: str, cfg: BuildConfig) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    from .export import random_inputs
+    from .runtime import LoadedModel
+
+    model = LoadedModel.from_files(lib, parent.results["inputs"], parent.results["outputs"])
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    conf = parent.results["model_config"]
+    batch, seq = parent.results["inputs"][0]["shape"]
+    diffs, cosines = [], []
+    for i in range(cfg.validation_runs):
+        feed = random_inputs(conf["vocab_size"], conf.get("type_vocab_size", 2), batch, seq, 2000 + i)
+        got = model(**feed)[0].astype(np.float64).ravel()
+        ref = sess.run(None, feed)[0].astype(np.float64).ravel()
+        diffs.append(float(np.max(np.abs(got - ref))))
+        cosines.append(float(got @ ref / max(np.linalg.norm(got) * np.linalg.norm(ref), 1e-30)))
+    result = {"reference": "onnxruntime on the same ONNX file", "runs": len(diffs), "max_abs_diff": max(diffs),
+              "min_cosine": min(cosines)}
+    if precision == "fp32" and not max(diffs) <= cfg.fp32_tolerance:
+        raise ValidationError(f"fp32 library disagrees with onnxruntime: max abs diff {max(diffs):.3g} > "
+                              f"{cfg.fp32_tolerance:g}")
+    if precision == "int8" and not min(cosines) >= cfg.int8_min_cosine:
+        raise ValidationError(f"int8 library disagrees with onnxruntime int8: cosine {min(cosines):.4f} < "
+                              f"{cfg.int8_min_cosine}")
+    return result
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(("Traceback", "  File", "    "))]
+    return (lines[-1] if lines else type(exc).__name__)[:300]

@@ -1,0 +1,198 @@
+"""Real integer compute for QDQ models in TVM Relax.
+
+TVM 0.27's ONNX importer turns QuantizeLinear/DequantizeLinear into relax.quantize/relax.dequantize,
+which legalize to float arithmetic: an imported QDQ model multiplies in float. This pass rewrites
+
+    conv1d(dequantize(xq), dequantize(Wq))              SqueezeBERT's grouped 1x1 convolutions
+    matmul(dequantize(xq), [permute_dims](dequantize(Wq)))  the classifier / pooler (Gemm), MatMul weights
+    matmul(dequantize(aq), dequantize(bq))              the attention matmuls (activation x activation)
+
+into integer kernels, u8/s8 x s8/u8 -> int32, followed by one fused epilogue: zero-point correction
+(precomputed from the constant weights where possible), a float rescale by s_x * s_w, and whatever came
+next (bias add, the next layer's quantize). Scales and zero points are the quantize stage's, read from
+the graph's constants. Layers whose pattern does not match are left as they are, and counted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+INT_DTYPES = ("uint8", "int8")
+
+
+@dataclass
+class RewriteReport:
+    conv1d: int = 0
+    matmul_weight: int = 0
+    matmul_activation: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.conv1d + self.matmul_weight + self.matmul_activation
+
+
+def _np(expr) -> np.ndarray:
+    return expr.value.numpy()
+
+
+def _dtype(expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def _scalar_zp(zp: np.ndarray) -> int | None:
+    """An activation zero point as one int, or None if it varies per channel (not expected for QDQ)."""
+    flat = zp.reshape(-1).astype(np.int64)
+    return int(flat[0]) if np.all(flat == flat[0]) else None
+
+
+def _dq_pattern(data):
+    return is_op("relax.dequantize")(data, is_const(), is_const())
+
+
+def integerize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, RewriteReport]:
+    """Rewrite dequantize -> conv1d/matmul patterns of ``mod[func_name]`` into integer kernels."""
+    report = RewriteReport()
+    x, a, b = wildcard(), wildcard(), wildcard()
+    wconst = is_const()
+    x_dq, a_dq, b_dq = _dq_pattern(x), _dq_pattern(a), _dq_pattern(b)
+    w_dq = _dq_pattern(wconst)
+    w_t = is_op("relax.permute_dims")(w_dq)
+    conv = is_op("relax.nn.conv1d")(x_dq, w_dq)
+    mm_w = is_op("relax.matmul")(x_dq, w_dq | w_t)
+    mm_a = is_op("relax.matmul")(a_dq, b_dq)
+
+    def act(m, pat):
+        """(integer tensor, scale float, zero point int) of a dequantized activation, or None."""
+        dq = m[pat]
+        q, scale, zp = dq.args
+        if _dtype(q) not in INT_DTYPES or _np(scale).size != 1:
+            return None
+        z = _scalar_zp(_np(zp))
+        return None if z is None else (q, float(_np(scale).reshape(-1)[0]), z)
+
+    def weight(dq):
+        q, scale, zp = dq.args
+        wq, sw, zw = _np(q), _np(scale).astype(np.float64), _np(zp)
+        if wq.dtype != np.int8 or np.any(zw != 0):
+            return None  # symmetric s8 weights only (the quantize stage always writes those)
+        return wq, sw, int(dq.attrs.axis)
+
+    def rewrite_conv(orig, m):
+        at = orig.attrs
+        xa = act(m, x_dq)
+        w = weight(m[w_dq])
+        if xa is None or w is None or any(int(p) for p in at.padding) or at.data_layout != "NCW" \
+                or at.kernel_layout != "OIW":
+            report.skipped.append("conv1d")
+            return orig
+        (xq, sx, zx), (wq, sw, axis) = xa, w
+        if sw.size > 1 and axis != 0:
+            report.skipped.append("conv1d (weight scale axis)")
+            return orig
+        out_ch = wq.shape[0]
+        acc = relax.op.nn.conv1d(xq, relax.const(wq), strides=at.strides, padding=at.padding,
+                                 dilation=at.dilation, groups=at.groups, data_layout="NCW", kernel_layout="OIW",
+                                 out_dtype="int32")
+        if zx:  # conv(xq - zx, W) = conv(xq, W) - zx * sum(W[o]) for an unpadded convolution
+            corr = zx * wq.astype(np.int64).reshape(out_ch, -1).sum(1)
+            acc = relax.op.subtract(acc, relax.const(corr.astype(np.int32).reshape(1, out_ch, 1)))
+        scale = (sx * np.broadcast_to(sw.reshape(-1), (out_ch,))).astype(np.float32).reshape(1, out_ch, 1)
+        report.conv1d += 1
+        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
+
+    def rewrite_mm_weight(orig, m):
+        xa = act(m, x_dq)
+        w = weight(m[w_dq])
+        if xa is None or w is None or orig.attrs.out_dtype not in ("", None, "void", "float32"):
+            report.skipped.append("matmul")
+            return orig
+        (xq, sx, zx), (wq, sw, axis) = xa, w
+        transposed = w_t in m
+        if wq.ndim != 2 or (transposed and [int(i) for i in m[w_t].attrs.axes] != [1, 0]):
+            report.skipped.append("matmul (weight shape)")
+            return orig
+        n_axis = 0 if transposed else 1  # the weight axis that becomes the output's last axis
+        if sw.size > 1 and axis != n_axis:
+            report.skipped.append("matmul (weight scale axis)")
+            return orig
+        wkn = wq.T if transposed else wq  # [K, N]
+        n = wkn.shape[1]
+        acc = relax.op.matmul(xq, relax.const(np.ascontiguousarray(wkn)), out_dtype="int32")
+        if zx:
+            acc = relax.op.subtract(acc, relax.const((zx * wkn.astype(np.int64).sum(0)).astype(np.int32)))
+        scale = (sx * np.broadcast_to(sw.reshape(-1), (n,))).astype(np.float32)
+        report.matmul_weight += 1
+        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
+
+    def rewrite_mm_act(orig, m):
+        aa, ba = act(m, a_dq), act(m, b_dq)
+        if aa is None or ba is None:
+            report.skipped.append("matmul (activations)")
+            return orig
+        (aq, sa, za), (bq, sb, zb) = aa, ba
+        k = int(aq.ty.shape[-1])
+        acc = relax.op.matmul(aq, bq, out_dtype="int32")
+        # (a - za)(b - zb) summed over k = ab - zb*rowsum(a) - za*colsum(b) + k*za*zb
+        if zb:
+            rows = relax.op.sum(relax.op.astype(aq, "int32"), axis=[-1], keepdims=True)
+            acc = relax.op.subtract(acc, relax.op.multiply(rows, relax.const(zb, "int32")))
+        if za:
+            cols = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)
+            acc = relax.op.subtract(acc, relax.op.multiply(cols, relax.const(za, "int32")))
+        if za and zb:
+            acc = relax.op.add(acc, relax.const(k * za * zb, "int32"))
+        report.matmul_activation += 1
+        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(np.float32(sa * sb)))
+
+    func = mod[func_name]
+    for pat, fn in ((conv, rewrite_conv), (mm_w, rewrite_mm_weight), (mm_a, rewrite_mm_act)):
+        func = rewrite_call(pat, fn, func)
+    mod = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != func_name}})
+    mod[func_name] = func
+    mod = relax.transform.DeadCodeElimination()(mod)
+    return mod, report
+
+
+def float_compute_layers(mod: tvm.IRModule, func_name: str = "main") -> list[str]:
+    """conv1d/matmul calls in a Relax function that still multiply float tensors."""
+    found = []
+
+    @relax.expr_functor.visitor
+    class Visit(relax.PyExprVisitor):
+        def visit_call_(self, call):
+            if isinstance(call.op, tvm.ir.Op) and call.op.name in ("relax.nn.conv1d", "relax.matmul"):
+                if any(_dtype(arg).startswith("float") for arg in call.args[:2]):
+                    found.append(call.op.name)
+            super().visit_call_(call)
+
+    Visit().visit_expr(mod[func_name])
+    return found
+
+
+_REDUCE_UPDATE = re.compile(r"^\s*(\w+)\[([^\]]*)\] = \1\[\2\] \+ (.*\*.*)$")
+
+
+def mac_kernels(mod: tvm.IRModule) -> dict[str, list[str]]:
+    """Multiply-accumulate kernels of a lowered (TIR) module, split by the arithmetic they really do.
+
+    Reads the reduction updates (``acc[i] = acc[i] + a * b``) of every conv1d/matmul PrimFunc after
+    legalization and fusion: integer kernels cast their u8/s8 operands to int32 before the multiply;
+    anything else multiplies in float. Returns {"integer": [names], "float": [names]}.
+    """
+    out: dict[str, list[str]] = {"integer": [], "float": []}
+    for gv, func in mod.functions.items():
+        name = gv.name_hint
+        if not isinstance(func, tvm.tirx.PrimFunc) or not ("conv1d" in name or "matmul" in name):
+            continue
+        for line in func.script().splitlines():
+            m = _REDUCE_UPDATE.match(line)
+            if m:
+                out["integer" if 'T.Cast("int32"' in m.group(3) else "float"].append(name)
+    return out

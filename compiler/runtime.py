@@ -1,0 +1,119 @@
+"""Load a built library and call it like a function: ``compiler.runtime.load(DIR)(input_ids=...)``.
+
+The library is loaded only after its sha256 matches metadata.json and its ELF machine matches this
+host; inputs are checked by name, shape, dtype and range (TVM's embedding gather does not bounds-check:
+an out-of-vocabulary id would read out of bounds instead of failing).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+from .artifact import sha256_file
+from .errors import ArtifactError, InputError
+
+ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
+
+
+def elf_machine(path: Path) -> str:
+    """The ELF machine of a shared library, after checking that every segment and the section table lie
+    inside the file: dlopen of a truncated library dies with SIGBUS instead of failing."""
+    data = Path(path).read_bytes()
+    corrupt = ArtifactError(f"{path} is not a complete ELF shared library (truncated or corrupt)")
+    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2:  # ELF64 only
+        raise corrupt
+    u = lambda off, n: int.from_bytes(data[off:off + n], "little")  # noqa: E731
+    phoff, shoff, phentsize, phnum, shentsize, shnum = u(32, 8), u(40, 8), u(54, 2), u(56, 2), u(58, 2), u(60, 2)
+    if phoff + phnum * phentsize > len(data) or shoff + shnum * shentsize > len(data):
+        raise corrupt
+    for i in range(phnum):
+        ph = phoff + i * phentsize
+        if u(ph + 8, 8) + u(ph + 32, 8) > len(data):  # p_offset + p_filesz
+            raise corrupt
+    code = u(18, 2)
+    return ELF_MACHINES.get(code, f"ELF machine {code}")
+
+
+class LoadedModel:
+    """A compiled model: ``model(**inputs) -> list of numpy arrays`` in the metadata's output order."""
+
+    def __init__(self, vm, inputs: list[dict], outputs: list[dict], vocab_size: int | None = None,
+                 type_vocab_size: int | None = None):
+        self._vm, self.inputs, self.outputs = vm, inputs, outputs
+        self.vocab_size, self.type_vocab_size = vocab_size, type_vocab_size
+
+    @classmethod
+    def from_files(cls, lib: Path, inputs: list[dict], outputs: list[dict], **limits) -> "LoadedModel":
+        import tvm
+        from tvm import relax
+
+        arch = elf_machine(lib)
+        if arch != platform.machine():
+            raise ArtifactError(f"{lib} is built for {arch}; this machine is {platform.machine()} "
+                                "(run it on the board, under qemu, or through --tracker)")
+        try:
+            module = tvm.runtime.load_module(str(lib))
+            vm = relax.VirtualMachine(module, tvm.cpu())
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            raise ArtifactError(f"cannot load library {lib}: {first[:200]}") from None
+        return cls(vm, inputs, outputs, **limits)
+
+    def _check(self, feeds: dict):
+        import numpy as np
+
+        names = [i["name"] for i in self.inputs]
+        unknown = sorted(set(feeds) - set(names))
+        missing = [n for n in names if n not in feeds]
+        if unknown:
+            raise InputError(f"unknown input '{unknown[0]}' (the model takes {', '.join(names)})")
+        if missing:
+            raise InputError(f"missing input '{missing[0]}' (the model takes {', '.join(names)})")
+        arrays = []
+        for spec in self.inputs:
+            arr = np.asarray(feeds[spec["name"]])
+            if list(arr.shape) != list(spec["shape"]):
+                raise InputError(f"input '{spec['name']}' has shape {list(arr.shape)}, the library was built "
+                                 f"for {spec['shape']}")
+            if arr.dtype.kind not in "iu":
+                raise InputError(f"input '{spec['name']}' has dtype {arr.dtype}, expected integers ({spec['dtype']})")
+            limit = {"input_ids": self.vocab_size, "token_type_ids": self.type_vocab_size,
+                     "attention_mask": 2}.get(spec["name"])
+            if limit is not None and arr.size and (arr.min() < 0 or arr.max() >= limit):
+                raise InputError(f"input '{spec['name']}' has values outside 0..{limit - 1}")
+            arrays.append(np.ascontiguousarray(arr, dtype=spec["dtype"]))
+        return arrays
+
+    def __call__(self, **feeds):
+        import tvm
+
+        args = [tvm.runtime.tensor(a) for a in self._check(feeds)]
+        out = self._vm["main"](*args)
+        outs = list(out) if not hasattr(out, "numpy") else [out]
+        return [o.numpy() for o in outs]
+
+
+def load(directory: Path) -> LoadedModel:
+    """Load a build artifact directory (model.so + metadata.json) after checking its sha256.
+
+    Raises ArtifactError for a missing, truncated or tampered library, or one built for another machine.
+    """
+    directory = Path(directory)
+    meta_path = directory / "metadata.json"
+    if not meta_path.is_file():
+        raise ArtifactError(f"{directory} is not a built library: no metadata.json")
+    try:
+        meta = json.loads(meta_path.read_text())
+        lib = directory / meta["library"]["file"]
+        expected = meta["library"]["sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{meta_path} is unreadable: {exc}") from None
+    if not lib.is_file():
+        raise ArtifactError(f"{lib} is missing")
+    if sha256_file(lib) != expected:
+        raise ArtifactError(f"{lib} does not match the sha256 in metadata.json (truncated or tampered); "
+                            "refusing to load it")
+    return LoadedModel.from_files(lib, meta["inputs"], meta["outputs"], vocab_size=meta.get("vocab_size"),
+                                  type_vocab_size=meta.get("type_vocab_size"))

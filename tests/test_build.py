@@ -1,0 +1,191 @@
+"""TVM build: fp32 and real-integer int8 libraries of the tiny model, loaded and checked by number."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from compiler import runtime
+from compiler.calibdata import DEFAULT_CORPUS, encode, load_tokenizer, read_texts
+from compiler.export import random_inputs
+
+from .conftest import TINY_SEQ, cli, manifest
+
+NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+@pytest.fixture(scope="session")
+def fp32_lib(tiny_export, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "fp32-host"
+    res = cli("-q", "build", tiny_export, "--target", "host", "--out", out)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def int8_lib(tiny_int8, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "int8-host"
+    res = cli("-q", "build", tiny_int8, "--target", "host", "--out", out)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _feeds(n, seed=77):
+    return [random_inputs(30528, 2, 1, TINY_SEQ, seed + i) for i in range(n)]
+
+
+def test_fp32_library_matches_onnxruntime(fp32_lib, tiny_export):
+    model = runtime.load(fp32_lib)
+    sess = ort.InferenceSession(str(tiny_export / "model.onnx"))
+    for feed in _feeds(4):
+        got = model(**feed)
+        assert isinstance(got, list) and got[0].shape == (1, 2) and got[0].dtype == np.float32
+        np.testing.assert_allclose(got[0], sess.run(None, feed)[0], atol=1e-4, rtol=0)
+
+
+def test_int8_library_matches_onnxruntime_int8(int8_lib, tiny_int8):
+    """Stated tolerance: max abs 1e-3 from onnxruntime's own int8 execution of the same QDQ model."""
+    model = runtime.load(int8_lib)
+    sess = ort.InferenceSession(str(tiny_int8 / "model.onnx"))
+    for feed in _feeds(4):
+        np.testing.assert_allclose(model(**feed)[0], sess.run(None, feed)[0], atol=1e-3, rtol=0)
+
+
+def test_int8_library_keeps_quantize_fidelity(int8_lib, tiny_export):
+    """On held-out real text, the TVM int8 library vs fp32 onnxruntime meets the quantize thresholds."""
+    model = runtime.load(int8_lib)
+    sess = ort.InferenceSession(str(tiny_export / "model.onnx"))
+    texts = list(read_texts(DEFAULT_CORPUS).texts[-48:])
+    tok, _ = load_tokenizer(None, TINY_SEQ)
+    feeds = encode(tok, texts, 30528)
+    cos, agree = [], []
+    for i in range(len(texts)):
+        feed = {k: v[i:i + 1] for k, v in feeds.items()}
+        a, b = sess.run(None, feed)[0].ravel(), model(**feed)[0].ravel()
+        cos.append(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+        agree.append(a.argmax() == b.argmax())
+    assert np.mean(cos) >= 0.99 and np.mean(agree) >= 0.9
+
+
+def test_int8_library_computes_in_integers(int8_lib):
+    """Every quantized layer became an integer kernel, and no compiled conv1d/matmul multiplies in float."""
+    meta = json.loads((int8_lib / "metadata.json").read_text())
+    cov = meta["int8"]
+    assert cov["quantized_layers"] == 18  # 2 layers x (6 convs + 2 attention matmuls) + pooler + classifier
+    assert cov["integer_kernels"] == 18 and (cov["conv1d"], cov["matmul_weight"], cov["matmul_activation"]) == (12, 2, 4)
+    assert cov["compiled_float_mac_kernels"] == 0 and cov["compiled_integer_mac_kernels"] >= 12
+
+
+def test_simulated_int8_is_detected_as_float(tiny_int8, tmp_path):
+    """The same inspection sees float multiplies in TVM's as-imported QDQ build (the check can fail)."""
+    out = tmp_path / "sim"
+    res = cli("-q", "build", tiny_int8, "--simulated-int8", "--out", out)
+    assert res.exit_code == 0, res.output
+    cov = json.loads((out / "metadata.json").read_text())["int8"]
+    assert cov["compiled_float_mac_kernels"] == 18 and cov["compiled_integer_mac_kernels"] == 0
+
+
+def test_metadata_describes_the_library(int8_lib, tiny_int8):
+    meta = json.loads((int8_lib / "metadata.json").read_text())
+    assert meta["precision"] == "int8" and meta["target"]["name"] == "host"
+    assert meta["model"]["sha256"] == manifest(tiny_int8)["artifact_sha256"]
+    assert [i["name"] for i in meta["inputs"]] == NAMES
+    assert meta["inputs"][0]["shape"] == [1, TINY_SEQ] and meta["inputs"][0]["dtype"] == "int64"
+    assert meta["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [1, 2]}]
+    assert meta["tuning"]["tuned_tasks"] == 0 and meta["database"] is None
+    assert meta["versions"]["apache-tvm"] == "0.27.0.post1"
+    res = cli("inspect", int8_lib)
+    assert res.exit_code == 0 and "metadata.json" in res.stdout and "integer_kernels" in res.stdout
+
+
+@pytest.mark.parametrize("feed_change, words", [
+    (lambda f: f.pop("token_type_ids"), "missing input 'token_type_ids'"),
+    (lambda f: f.update(position_ids=f["input_ids"]), "unknown input 'position_ids'"),
+    (lambda f: f.update(input_ids=f["input_ids"][:, :8]), "has shape [1, 8], the library was built for [1, 32]"),
+    (lambda f: f.update(input_ids=f["input_ids"].astype(np.float32)), "has dtype float32"),
+    (lambda f: f.update(input_ids=f["input_ids"] + 40000), "values outside 0..30527"),
+])
+def test_bad_runtime_inputs(fp32_lib, feed_change, words):
+    model = runtime.load(fp32_lib)
+    feed = _feeds(1)[0]
+    feed_change(feed)
+    from compiler.errors import InputError
+
+    with pytest.raises(InputError, match=None) as err:
+        model(**feed)
+    assert words in str(err.value)
+
+
+def _flip_byte(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "does not match the sha256"),
+    (lambda p: _flip_byte(p, 1000), "does not match the sha256"),
+    (lambda p: p.unlink(), "is missing"),
+])
+def test_corrupt_library_is_refused(fp32_lib, tmp_path, damage, words):
+    copy = tmp_path / "lib"
+    shutil.copytree(fp32_lib, copy)
+    damage(copy / "model.so")
+    from compiler.errors import ArtifactError
+
+    with pytest.raises(ArtifactError) as err:
+        runtime.load(copy)
+    assert words in str(err.value)
+
+
+def test_truncated_library_with_matching_metadata_fails_cleanly(fp32_lib, tmp_path):
+    """Even if metadata were rewritten to match, a truncated .so fails with one line, not a crash."""
+    copy = tmp_path / "lib"
+    shutil.copytree(fp32_lib, copy)
+    lib = copy / "model.so"
+    lib.write_bytes(lib.read_bytes()[:4096])
+    meta = json.loads((copy / "metadata.json").read_text())
+    from compiler.artifact import sha256_file
+    from compiler.errors import ArtifactError
+
+    meta["library"]["sha256"] = sha256_file(lib)
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="not a complete ELF shared library"):
+        runtime.load(copy)
+
+
+def test_unimportable_onnx_op_is_named(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ConvInteger", ["input_ids", "w"], ["logits"], name="the_conv")], "g",
+        [helper.make_tensor_value_info("input_ids", TensorProto.UINT8, [1, 2, 4])], 
+        [helper.make_tensor_value_info("logits", TensorProto.INT32, [1, 2, 4])],
+        [helper.make_tensor("w", TensorProto.UINT8, [2, 2, 1], [1, 2, 3, 4])])
+    from compiler.build import import_onnx
+    from compiler.errors import CompileError
+
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(CompileError) as err:
+        import_onnx(path, [{"name": "input_ids", "shape": [1, 2, 4]}])
+    assert "cannot convert operator ConvInteger (first at node 'the_conv')" in str(err.value)
+
+
+def test_missing_cross_toolchain_names_the_package(tiny_export, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    out = tmp_path / "rpi4"
+    res = cli("build", tiny_export, "--target", "rpi4", "--out", out)
+    assert res.exit_code == 9
+    assert "aarch64-linux-gnu-g++, which is not installed (apt-get install g++-aarch64-linux-gnu)" in res.stderr
+    assert not out.exists()
+
+
+def test_build_refuses_a_non_model_artifact(int8_lib, tmp_path):
+    res = cli("build", int8_lib, "--out", tmp_path / "o")
+    assert res.exit_code == 3 and "build takes an export or quantize artifact" in res.stderr
