@@ -85,12 +85,50 @@ def _cross_compiler(target: Target):
     return cc.cross_compiler(gxx)
 
 
-def import_onnx(path: Path, inputs: list[dict]):
-    """ONNX -> Relax IRModule with the artifact's static input shapes; unknown ops are named."""
+def static_onnx(path: Path, dims: dict[str, int], scratch: Path) -> Path:
+    """Workaround for TVM 0.27's importer on dynamic-shape models: fix the named dims, then let
+    onnxruntime's BASIC optimizer fold the shape arithmetic (Shape/Range/Expand) away.
+
+    Imported as-is, a dynamic SqueezeBERT export fails in VM codegen ("CodeGenVM cannot emit this Relax
+    operator directly: R.add(...)") even with a static shape_dict; its Expand and ConstantOfShape
+    converters also mishandle symbolic shapes. Static models skip this.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
+
+    model = onnx.load(str(path))
+    for name, value in dims.items():
+        make_dim_param_fixed(model.graph, name, value)
+    fixed, out = scratch / "fixed.onnx", scratch / "static.onnx"
+    onnx.save(model, str(fixed))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(fixed), opts, providers=["CPUExecutionProvider"])
+    return out
+
+
+def import_onnx(path: Path, inputs: list[dict], static_dims: dict[str, int] | None = None):
+    """ONNX -> Relax IRModule with static input shapes; unknown ops are named.
+
+    ``inputs`` are the artifact's input records; a symbolic dim (a --dynamic export) takes its value
+    from ``static_dims`` (the export's batch and seq-len) and goes through :func:`static_onnx`.
+    """
+    import tempfile
+
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
+    symbolic = {d for i in inputs for d in i["shape"] if not isinstance(d, int)}
+    if symbolic:
+        if not static_dims or symbolic - set(static_dims):
+            raise CompileError(f"{path}: dynamic dims {sorted(symbolic)} need static values to build")
+        with tempfile.TemporaryDirectory() as scratch:
+            fixed = static_onnx(path, {d: static_dims[d] for d in symbolic}, Path(scratch))
+            inputs = [i | {"shape": [static_dims.get(d, d) for d in i["shape"]]} for i in inputs]
+            return import_onnx(fixed, inputs)
     model = onnx.load(str(path))
     known = _get_convert_map()
     missing = sorted({n.op_type for n in model.graph.node if n.op_type not in known})
@@ -115,7 +153,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
     onnx_path = parent.file("model.onnx")
     t0 = time.perf_counter()
     with console.step(f"importing {precision} ONNX into TVM Relax"):
-        mod = import_onnx(onnx_path, parent.results["inputs"])
+        mod = import_onnx(onnx_path, parent.results["inputs"], _static_dims(parent))
     coverage = None
     if precision == "int8":
         quantized = _quantized_layers(onnx_path)
@@ -171,8 +209,8 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
                    "threads": target.threads, "tvm": json.loads(str(tvm_target))},
         "database": None,
         "tuning": {"tuned_tasks": 0, "total_tasks": None, "note": "untuned default schedules"},
-        "inputs": parent.results["inputs"],
-        "outputs": parent.results["outputs"],
+        "inputs": static_inputs(parent),
+        "outputs": static_inputs(parent, "outputs"),
         "vocab_size": parent.results["model_config"]["vocab_size"],
         "type_vocab_size": parent.results["model_config"].get("type_vocab_size", 2),
         "library": {"file": LIB_FILE, "sha256": sha256_file(lib), "bytes": lib.stat().st_size},
@@ -182,6 +220,20 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
     }
     (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _static_dims(parent: Artifact) -> dict[str, int]:
+    """Values for a --dynamic export's symbolic dims: the batch and seq-len it was exported (and validated) at."""
+    conf = parent.manifest["config"] if parent.stage == "export" else load_artifact(
+        Path(parent.manifest["parent"]["path"]), verify=False).manifest["config"]
+    return {"batch": conf["batch"], "seq": conf["seq_len"]}
+
+
+def static_inputs(parent: Artifact, key: str = "inputs") -> list[dict]:
+    """The artifact's input (or output) records with any symbolic dim replaced by its static value."""
+    records = parent.results[key]
+    dims = _static_dims(parent) if any(not isinstance(d, int) for i in records for d in i["shape"]) else {}
+    return [i | {"shape": [dims.get(d, d) for d in i["shape"]]} for i in records]
 
 
 def _quantized_layers(onnx_path: Path) -> int:
@@ -201,10 +253,10 @@ def _validate(lib: Path, onnx_path: Path, parent: Artifact, precision: str, cfg:
     from .export import random_inputs
     from .runtime import LoadedModel
 
-    model = LoadedModel.from_files(lib, parent.results["inputs"], parent.results["outputs"])
+    model = LoadedModel.from_files(lib, static_inputs(parent), parent.results["outputs"])
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     conf = parent.results["model_config"]
-    batch, seq = parent.results["inputs"][0]["shape"]
+    batch, seq = static_inputs(parent)[0]["shape"]
     diffs, cosines = [], []
     for i in range(cfg.validation_runs):
         feed = random_inputs(conf["vocab_size"], conf.get("type_vocab_size", 2), batch, seq, 2000 + i)
