@@ -165,12 +165,16 @@ def _lock(out: Path):
         os.close(fd)
 
 
-def prepare_output(out: Path) -> Path:
-    """Check that ``out`` can be created (or replaced) before any long work starts."""
+def prepare_output(out: Path, marker: str = MANIFEST) -> Path:
+    """Check that ``out`` can be created (or replaced) before any long work starts.
+
+    A non-empty existing directory must be ours: it holds a manifest, or ``marker`` (the state file of
+    a resumable stage that has not finished yet).
+    """
     out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file() and not (out / marker).is_file():
         raise OutputError(f"{out} exists, is not empty and is not a squeezeedge artifact; choose another --out")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

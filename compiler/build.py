@@ -7,6 +7,7 @@ against onnxruntime on the same ONNX file before the library is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -58,18 +59,31 @@ def build_library(model_dir: Path, cfg: BuildConfig, out: Path, force: bool = Fa
     target = load_target(cfg.target, cfg.target_file)
     if target.device != "cpu":
         raise NotBuiltYet(f"target {target.name}: {target.device} builds are not built yet (tracked in issue #6)")
-    if cfg.database is not None:
-        raise NotBuiltYet("--database: applying a tuning database is not built yet (tracked in issue #5)")
     tvm_target = target.tvm_target()  # TargetError if TVM rejects it
+    database = _check_database(cfg.database, parent, target, tvm_target) if cfg.database is not None else None
     compiler = _cross_compiler(target)
     key = {"target": target.to_dict() | {"resolved": str(tvm_target)}, "integer": cfg.integer,
+           "database": database.sha256 if database else None,
            "fp32_tolerance": cfg.fp32_tolerance, "int8_min_cosine": cfg.int8_min_cosine,
            "validation_runs": cfg.validation_runs}
 
     def work(tmp: Path) -> dict:
-        return _build(parent, target, tvm_target, compiler, cfg, tmp)
+        return _build(parent, target, tvm_target, compiler, cfg, tmp, database)
 
     return run_stage("build", out, key, work, parent=parent, force=force)
+
+
+def _check_database(path: Path, parent: Artifact, target: Target, tvm_target) -> Artifact:
+    """A finished tuning database made for exactly this model and target (apache/tvm#15549)."""
+    db = load_artifact(path, stage="tune")
+    ident = db.manifest["config"]["identity"]
+    if ident["target"] != target.name or ident["tvm_target"] != str(tvm_target):
+        raise InputError(f"database {path} was tuned for target {ident['target']}, not {target.name} "
+                         "(MetaSchedule databases ignore the target, so squeezeedge keeps one per target)")
+    if ident["model_sha256"] != parent.sha256:
+        raise InputError(f"database {path} was tuned for model {ident['model_sha256'][:12]}, not this "
+                         f"{parent.stage} artifact ({parent.sha256[:12]})")
+    return db
 
 
 def _cross_compiler(target: Target):
@@ -143,7 +157,8 @@ def import_onnx(path: Path, inputs: list[dict], static_dims: dict[str, int] | No
         raise CompileError(f"{path}: TVM could not import the model: {_first_line(exc)}") from exc
 
 
-def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildConfig, tmp: Path) -> dict:
+def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildConfig, tmp: Path,
+           database: Artifact | None) -> dict:
     import tvm
     from tvm import relax
 
@@ -174,9 +189,16 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
     with console.step(f"compiling for {target.name} ({tvm_target.kind.name}, "
                       f"{tvm_target.attrs.get('mcpu', 'generic')})"), console.native_stderr_to_debug():
         try:
-            with tvm_target:  # legalize, fold constants, fuse each kernel with its epilogue
+            with contextlib.ExitStack() as ctx:  # legalize, fold, fuse each kernel with its epilogue,
+                ctx.enter_context(tvm_target)  # and apply the tuned schedules if there is a database
+                if database is not None:
+                    from .tune import open_database
+
+                    ctx.enter_context(open_database(database.path))
                 mod = relax.get_pipeline("zero")(mod)
             macs = mac_kernels(mod)
+            scheduled = sum(1 for f in mod.functions.values()
+                            if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled"))
             if precision == "int8" and cfg.integer and len(macs["float"]) > coverage["float_layers_kept"]:
                 raise CompileError(f"int8 lowering incomplete: {len(macs['float'])} compiled kernels still "
                                    f"multiply in float ({sorted(set(macs['float']))[0]}, ...)")
@@ -207,8 +229,10 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
         "int8": coverage,
         "target": {"name": target.name, "device": target.device, "cross_triple": target.cross_triple,
                    "threads": target.threads, "tvm": json.loads(str(tvm_target))},
-        "database": None,
-        "tuning": {"tuned_tasks": 0, "total_tasks": None, "note": "untuned default schedules"},
+        "database": {"path": str(database.path), "sha256": database.sha256} if database else None,
+        "tuning": ({k: database.results[k] for k in ("tuned_tasks", "tasks", "trials", "tuning_wall_s_total")}
+                   if database else {"tuned_tasks": 0, "tasks": None, "note": "untuned default schedules"})
+                  | {"kernels_with_tuned_schedule": scheduled},
         "inputs": static_inputs(parent),
         "outputs": static_inputs(parent, "outputs"),
         "vocab_size": parent.results["model_config"]["vocab_size"],

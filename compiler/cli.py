@@ -232,16 +232,62 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, out, fo
     if run.skipped:
         console.info("  same inputs as the existing artifact: stage skipped (use --force to rerun)")
     cov = r["int8"]
+    tuned = r["tuning"]
+    tuning = (f", tuned {tuned['tuned_tasks']}/{tuned['tasks']} tasks" if r["database"] else ", untuned")
     ints = (f", {cov['integer_kernels']}/{cov['quantized_layers']} quantized layers as integer kernels"
             if cov else "")
     val = r["validation"]
     check = (f", vs onnxruntime: max abs diff {val['max_abs_diff']:.2e}, min cosine {val['min_cosine']:.5f}"
              if val else " (cross-built: not run here)")
     text = (f"{'skipped (unchanged)' if run.skipped else 'built'}: {run.artifact.file('model.so')}\n"
-            f"  {r['precision']} for {r['target']['name']}{ints}, {r['library']['bytes'] / 1e6:.1f} MB{check}\n"
+            f"  {r['precision']} for {r['target']['name']}{ints}{tuning}, {r['library']['bytes'] / 1e6:.1f} MB"
+            f"{check}\n"
             f"  load it: python -c \"import compiler.runtime as rt; m = rt.load('{run.artifact.path}'); "
             f"print(m.inputs)\"")
     _emit(ctx, _stage_payload(run), text)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--target", default="host", show_default=True, help="A board in targets/ (squeezeedge targets).")
+@click.option("--target-file", type=click.Path(path_type=Path), default=None, help="A user's board TOML file.")
+@click.option("--trials", type=int, default=None, help="Total measured trials for this database "
+              "[default: the target's tuning.trials]. Rerunning with more continues where it stopped.")
+@click.option("--per-iteration", type=int, default=None,
+              help="Candidates measured per batch [default: the target's tuning.per_iteration].")
+@click.option("--population", type=int, default=512, show_default=True,
+              help="Evolutionary search population per task (smaller is faster, less thorough).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Database directory [WORKDIR/tune].")
+@click.option("--force", is_flag=True, help="Discard the database in --out and start again.")
+@click.pass_context
+def tune(ctx, model_dir, target, target_file, trials, per_iteration, population, seed, out, force):
+    """Tune a model's kernels for one target with TVM MetaSchedule, into a database directory.
+
+    Extracts the tuning tasks from the module exactly as 'build' compiles it (int8 models after the
+    integer rewrite), then measures candidate schedules on this machine. The database is one per
+    target and model: MetaSchedule's database ignores the target (apache/tvm#15549), so the directory
+    records both and 'build --database' refuses any other pairing.
+
+    Records are written as they are measured: a killed run loses at most the batch in flight, and
+    rerunning the same command continues from the database up to --trials. Progress (trials done,
+    task, best latency, ETA) goes to stderr; --json prints the summary.
+
+    \b
+    Example:
+      squeezeedge tune build/tiny-int8 --target host --trials 64 --out build/tiny-int8-db
+      squeezeedge build build/tiny-int8 --target host --database build/tiny-int8-db --out build/lib
+    """
+    from .tune import TuneConfig, tune_model
+
+    cfg = TuneConfig(target=target, target_file=target_file, trials=trials, per_iteration=per_iteration,
+                     population=population, seed=seed)
+    art = tune_model(model_dir, cfg, _out(ctx, out, "tune"), force=force)
+    r = art.results
+    text = (f"tuned: {art.path}\n  {r['trials']} trials in the database ({r['trials_requested']} asked), "
+            f"{r['tuned_tasks']}/{r['tasks']} tasks with a tuned schedule, this run {r['this_run_s']} s, "
+            f"all runs {r['tuning_wall_s_total']} s")
+    _emit(ctx, {"path": str(art.path), "manifest": art.manifest}, text)
 
 
 def _not_built(name: str, issue: int):
@@ -254,7 +300,6 @@ def _not_built(name: str, issue: int):
 
 
 _STAGES_TODO = {
-    "tune": (5, "Tune TVM kernels for a target with MetaSchedule into a per-target database."),
     "bench": (7, "Measure a built library's latency next to PyTorch, onnxruntime and TFLite baselines."),
     "report": (7, "Render bench results into Markdown/HTML tables and PNG plots."),
     "run": (7, "Run every stage, cached, for one or more targets."),

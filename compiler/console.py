@@ -9,16 +9,17 @@ import time
 import warnings
 
 VERBOSITY = 1  # 0 quiet, 1 normal, 2 verbose; set once by the CLI
+_stream = None  # while native stderr is captured, our own messages go to a copy of the real stderr
 
 
 def info(msg: str) -> None:
     if VERBOSITY >= 1:
-        print(msg, file=sys.stderr, flush=True)
+        print(msg, file=_stream or sys.stderr, flush=True)
 
 
 def debug(msg: str) -> None:
     if VERBOSITY >= 2:
-        print(msg, file=sys.stderr, flush=True)
+        print(msg, file=_stream or sys.stderr, flush=True)
 
 
 class step:
@@ -63,20 +64,30 @@ def quiet_warnings():
 
 @contextlib.contextmanager
 def native_stderr_to_debug():
-    """Capture what C++ code (TVM's logging) writes to fd 2; show it only with -v."""
+    """Capture what C++ code (TVM's logging) writes to fd 2; show it only with -v. Our own progress
+    messages keep going to the real stderr."""
     import os
     import tempfile
 
-    if VERBOSITY >= 2:
+    global _stream
+    if VERBOSITY >= 2 or _stream is not None:
+        yield
+        return
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr is not a real file (e.g. Click's test runner)
         yield
         return
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = os.dup(fd)
+    _stream = os.fdopen(os.dup(saved), "w")
     with tempfile.TemporaryFile(mode="w+b") as buf:
-        os.dup2(buf.fileno(), 2)
+        os.dup2(buf.fileno(), fd)
         try:
             yield
         finally:
             sys.stderr.flush()
-            os.dup2(saved, 2)
+            os.dup2(saved, fd)
             os.close(saved)
+            _stream.close()
+            _stream = None

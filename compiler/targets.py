@@ -67,6 +67,10 @@ class Target:
             import tvm
 
             d["mcpu"] = str(tvm.target.codegen.llvm_get_system_cpu())
+        if d.get("kind") == "llvm" and "num-cores" not in d:  # MetaSchedule requires it
+            import os
+
+            d["num-cores"] = self.threads or os.cpu_count() or 1
         return d
 
     def tvm_target(self):

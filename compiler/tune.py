@@ -1,0 +1,211 @@
+"""Stage: MetaSchedule tuning of a model's kernels for one target -> a tuning database directory.
+
+One database per target and model: MetaSchedule's database ignores the target (apache/tvm#15549), so
+the directory's manifest names both and ``build --database`` refuses a database made for anything else.
+The database is written as MetaSchedule measures (one JSON line per record), so a killed run loses at
+most the batch in flight, and rerunning with the same --out continues from what is there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import console
+from .artifact import MANIFEST, Artifact, hash_tree, load_artifact, peak_rss_mb, prepare_output, sha256_json, \
+    tool_versions, _lock
+from .errors import ArtifactError, InputError
+from .targets import load_target
+
+STATE_FILE = "tune-state.json"
+DB_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    target: str = "host"
+    target_file: Path | None = None
+    trials: int | None = None  # None: the target's tuning default
+    per_iteration: int | None = None  # None: the target's tuning default
+    population: int = 512  # evolutionary search population per task (MetaSchedule's default)
+    seed: int = 0
+
+
+def lowered_module(parent: Artifact, tvm_target):
+    """The module as build compiles it: imported, integerized (int8), legalized and fused."""
+    from tvm import relax
+
+    from .build import _static_dims, import_onnx
+    from .int8 import integerize
+
+    mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], _static_dims(parent))
+    if parent.stage == "quantize":
+        mod, _ = integerize(mod)
+    with tvm_target:
+        return relax.get_pipeline("zero")(mod)
+
+
+def _repair(path: Path) -> int:
+    """Drop a torn last line (a kill mid-write) from a JSON-lines database file; returns lines kept."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    good = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            break
+        good.append(line)
+    if len(good) != len(lines):
+        path.write_text("".join(line + "\n" for line in good))
+    return len(good)
+
+
+def tune_model(model_dir: Path, cfg: TuneConfig, out: Path, force: bool = False) -> Artifact:
+    """Tune the kernels of an export or quantize artifact for a target with MetaSchedule.
+
+    Args:
+        model_dir: an export (fp32) or quantize (int8) artifact.
+        cfg: target, total trials for this database, candidates per batch, seed.
+        out: the database directory; an unfinished one for the same model and target is resumed.
+        force: discard an existing database in ``out`` and start again.
+
+    Returns:
+        The finished artifact; ``results`` holds trials, tasks, tuned tasks and wall time.
+
+    Raises:
+        InputError: trials <= 0, or ``out`` holds a database for another model or target.
+    """
+    parent = load_artifact(model_dir)
+    if parent.stage not in ("export", "quantize"):
+        raise InputError(f"{model_dir} is a '{parent.stage}' artifact; tune takes an export or quantize artifact")
+    target = load_target(cfg.target, cfg.target_file)
+    trials = cfg.trials if cfg.trials is not None else target.tuning.trials
+    per_iter = cfg.per_iteration if cfg.per_iteration is not None else target.tuning.per_iteration
+    if trials <= 0 or per_iter <= 0:
+        raise InputError(f"--trials and --per-iteration must be > 0 (got {trials}, {per_iter})")
+    tvm_target = target.tvm_target()
+    identity = {"model_sha256": parent.sha256, "model_stage": parent.stage, "target": target.name,
+                "tvm_target": str(tvm_target)}
+    out = prepare_output(out, marker=STATE_FILE)
+    with _lock(out):
+        state_path = out / STATE_FILE
+        if out.exists() and force:
+            import shutil
+
+            shutil.rmtree(out)
+        if (out / MANIFEST).is_file() or state_path.is_file():
+            state = json.loads(state_path.read_text()) if state_path.is_file() else \
+                load_artifact(out, stage="tune", verify=False).manifest["config"]["identity"]
+            if state != identity:
+                raise InputError(f"{out} holds a database for {state['target']} / model {state['model_sha256'][:12]}; "
+                                 f"this run is {target.name} / {parent.sha256[:12]} (one database per target and "
+                                 "model: MetaSchedule ignores the target, apache/tvm#15549). Use another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        state_path.write_text(json.dumps(identity, indent=2) + "\n")
+        return _tune(parent, target, tvm_target, identity, trials, per_iter, cfg, out)
+
+
+def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfig, out: Path) -> Artifact:
+    from tvm.s_tir import meta_schedule as ms
+
+    t0 = time.perf_counter()
+    done_before = min(_repair(out / DB_FILES[1]), trials)
+    _repair(out / DB_FILES[0])
+    (out / MANIFEST).unlink(missing_ok=True)  # not finished until the manifest is rewritten
+    with console.step("extracting tuning tasks"), console.native_stderr_to_debug():
+        mod = lowered_module(parent, tvm_target)
+        tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
+    remaining = trials - done_before
+    console.info(f"  {len(tasks)} tasks; {done_before} trials already in the database, {remaining} to run "
+                 f"in batches of {per_iter} (target {target.name})")
+    if remaining > 0:
+        progress = _progress_callback([t.task_name for t in tasks], done_before, trials)
+        ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+        level = ms_logger.level
+        if console.VERBOSITY < 2:
+            ms_logger.setLevel(logging.WARNING)
+        try:
+            # MetaSchedule logs its tables to stdout, which belongs to --json
+            sink = sys.stderr if console.VERBOSITY >= 2 else io.StringIO()
+            with console.native_stderr_to_debug(), contextlib.redirect_stdout(sink):
+                strategy = ms.search_strategy.EvolutionarySearch(population_size=cfg.population)
+                ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                    tasks, str(out / "logs"), strategy=strategy, seed=cfg.seed)
+                ms.tune.tune_tasks(
+                    tasks=ctxs, task_weights=weights, work_dir=str(out / "logs"), max_trials_global=remaining,
+                    num_trials_per_iter=per_iter, database=ms.database.JSONDatabase(
+                        path_workload=str(out / DB_FILES[0]), path_tuning_record=str(out / DB_FILES[1])),
+                    measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [progress],
+                )
+        finally:
+            ms_logger.setLevel(level)
+    records = _repair(out / DB_FILES[1])
+    tuned = tuned_tasks(tasks, tvm_target, out)
+    results = {"tasks": len(tasks), "tuned_tasks": tuned, "trials": records, "trials_requested": trials,
+               "per_iteration": per_iter, "this_run_s": round(time.perf_counter() - t0, 1)}
+    prev = out / "tune-history.json"
+    history = json.loads(prev.read_text()) if prev.is_file() else []
+    history.append({"trials_before": done_before, "trials_after": records, "wall_s": results["this_run_s"],
+                    "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    prev.write_text(json.dumps(history, indent=2) + "\n")
+    results["tuning_wall_s_total"] = round(sum(h["wall_s"] for h in history), 1)
+    files = hash_tree(out)
+    manifest = {"schema_version": 1, "stage": "tune", "created": history[-1]["when"], "cache_key": None,
+                "parent": {"path": str(parent.path), "stage": parent.stage, "sha256": parent.sha256},
+                "config": {"identity": identity, "trials": trials, "per_iteration": per_iter, "seed": cfg.seed,
+                           "population": cfg.population},
+                "results": results, "versions": tool_versions(), "wall_time_s": results["this_run_s"],
+                "peak_rss_mb": peak_rss_mb(), "files": {k: v for k, v in files.items() if not k.startswith("logs/")},
+                "artifact_sha256": sha256_json({k: v for k, v in files.items() if k in DB_FILES})}
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.rename(out / MANIFEST)
+    return Artifact(out, manifest)
+
+
+def open_database(db_dir: Path):
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.database.JSONDatabase(path_workload=str(db_dir / DB_FILES[0]),
+                                    path_tuning_record=str(db_dir / DB_FILES[1]))
+
+
+def tuned_tasks(tasks, tvm_target, db_dir: Path) -> int:
+    """How many extracted tasks the database holds a measured schedule for."""
+    db = open_database(db_dir)
+    return sum(1 for t in tasks if db.query_tuning_record(t.dispatched[0], tvm_target, t.task_name) is not None)
+
+
+def _progress_callback(names: list[str], done_before: int, total: int):
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class Progress(PyMeasureCallback):
+        def __init__(self):
+            self.done, self.best, self.t0 = done_before, {}, time.perf_counter()
+            self.start = done_before
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            for res in runner_results:
+                if res.run_secs:
+                    sec = sum(float(s) for s in res.run_secs) / len(res.run_secs)
+                    self.best[task_id] = min(self.best.get(task_id, sec), sec)
+            self.done += len(measure_candidates)
+            rate = (time.perf_counter() - self.t0) / max(self.done - self.start, 1)
+            eta = rate * max(total - self.done, 0)
+            best = self.best.get(task_id)
+            console.info(f"  [{self.done}/{total} trials] task {task_id + 1}/{len(names)} "
+                         f"{names[task_id][:40]}: best {best * 1e6:.1f} us" if best is not None else
+                         f"  [{self.done}/{total} trials] task {task_id + 1}/{len(names)}: no valid candidate yet")
+            console.info(f"      {len(self.best)} tasks measured, ETA {eta / 60:.1f} min")
+
+    return Progress()

@@ -1,0 +1,108 @@
+"""MetaSchedule tuning: a real database, applied by build, resumable after SIGKILL, one per target."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from compiler import runtime
+from compiler.export import random_inputs
+
+from .conftest import TINY_SEQ, cli
+
+QUICK = ["--per-iteration", "8", "--population", "32"]
+
+
+def run_cli(*args, **kw):
+    """The real command in its own process, as a user runs it (MetaSchedule's worker pools behave
+    differently inside a pytest process that already holds torch and onnxruntime)."""
+    return subprocess.run([sys.executable, "-m", "compiler", *map(str, args)], capture_output=True, text=True,
+                          timeout=900, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_db(tiny_int8, tmp_path_factory):
+    out = tmp_path_factory.mktemp("t") / "db-host"
+    res = run_cli("-q", "tune", tiny_int8, "--target", "host", "--trials", "16", *QUICK, "--out", out)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_tune_writes_a_database_for_model_and_target(tiny_db, tiny_int8):
+    m = json.loads((tiny_db / "manifest.json").read_text())
+    r = m["results"]
+    assert m["stage"] == "tune" and r["trials"] == 16 and r["tasks"] > 10 and 1 <= r["tuned_tasks"] <= r["tasks"]
+    ident = m["config"]["identity"]
+    assert ident["target"] == "host"
+    assert ident["model_sha256"] == json.loads((tiny_int8 / "manifest.json").read_text())["artifact_sha256"]
+    records = (tiny_db / "database_tuning_record.json").read_text().splitlines()
+    assert len(records) == 16 and all(json.loads(line) for line in records)
+
+
+def test_build_applies_the_database(tiny_db, tiny_int8, tmp_path):
+    out = tmp_path / "tuned"
+    res = cli("-q", "build", tiny_int8, "--database", tiny_db, "--out", out)
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["tuning"]["kernels_with_tuned_schedule"] >= 1
+    assert meta["tuning"]["tuned_tasks"] >= 1 and meta["tuning"]["tasks"] > 10
+    assert meta["database"]["sha256"] == json.loads((tiny_db / "manifest.json").read_text())["artifact_sha256"]
+    assert meta["int8"]["compiled_float_mac_kernels"] == 0
+    model, sess = runtime.load(out), ort.InferenceSession(str(tiny_int8 / "model.onnx"))
+    for i in range(3):
+        feed = random_inputs(30528, 2, 1, TINY_SEQ, 500 + i)
+        np.testing.assert_allclose(model(**feed)[0], sess.run(None, feed)[0], atol=1e-3, rtol=0)
+
+
+def test_database_of_another_target_is_refused(tiny_db, tiny_int8, tmp_path):
+    res = cli("build", tiny_int8, "--target", "x86-avx512", "--database", tiny_db, "--out", tmp_path / "o")
+    assert res.exit_code == 3 and "was tuned for target host, not x86-avx512" in res.stderr
+
+
+def test_database_of_another_model_is_refused(tiny_db, tiny_export, tmp_path):
+    res = cli("build", tiny_export, "--database", tiny_db, "--out", tmp_path / "o")
+    assert res.exit_code == 3 and "was tuned for model" in res.stderr
+    res = cli("tune", tiny_export, "--trials", "8", *QUICK, "--out", tiny_db)
+    assert res.exit_code == 3 and "holds a database for host" in res.stderr
+
+
+@pytest.mark.parametrize("trials", ["0", "-5"])
+def test_zero_or_negative_trials(tiny_int8, tmp_path, trials):
+    res = cli("tune", tiny_int8, "--trials", trials, "--out", tmp_path / "db")
+    assert res.exit_code == 3 and "--trials and --per-iteration must be > 0" in res.stderr
+    assert not (tmp_path / "db").exists()
+
+
+def test_sigkill_mid_tune_then_resume(tiny_int8, tmp_path):
+    """Kill a real tuning process after its first batch; the rerun keeps those records and finishes."""
+    db = tmp_path / "db"
+    cmd = [sys.executable, "-m", "compiler", "-q", "tune", str(tiny_int8), "--trials", "16", *QUICK,
+           "--out", str(db)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = db / "database_tuning_record.json"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if records.is_file() and len(records.read_text().splitlines()) >= 8:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "tuning ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    kept = len(records.read_text().splitlines())
+    assert 8 <= kept < 16 and not (db / "manifest.json").exists()
+    res = run_cli("-q", "--json", "tune", tiny_int8, "--trials", "16", *QUICK, "--out", db)
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)["manifest"]["results"]
+    assert r["trials"] == 16
+    history = json.loads((db / "tune-history.json").read_text())
+    assert history[-1]["trials_before"] >= 8  # resumed, not restarted
