@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 SE     := $(VENV)/bin/squeezeedge
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow bench bench-fidelity bench-quantize-cost bench-build clean
+.PHONY: setup demo test test-slow bench bench-fidelity bench-quantize-cost bench-build pretune clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,15 @@ bench-build: $(STAMP)
 
 bench-quantize-cost: $(STAMP)
 	$(PY) -m compiler.quantize_cost_bench --workdir build/bench --results results
+
+# Pre-tuned databases for the reference x86 target (x86-avx512), shipped in results/databases/ so that
+# users get tuned builds without tuning. Rerunning with a larger TRIALS extends them.
+TRIALS ?= 300
+pretune: $(STAMP)
+	$(SE) export --model squeezebert-uncased --out build/ref/export
+	$(SE) quantize build/ref/export --target x86-avx512 --out build/ref/int8
+	$(SE) tune build/ref/int8 --target x86-avx512 --trials $(TRIALS) --out results/databases/x86-avx512-int8
+	$(SE) tune build/ref/export --target x86-avx512 --trials $(TRIALS) --out results/databases/x86-avx512-fp32
 
 clean:
 	rm -rf build .pytest_cache

@@ -257,11 +257,17 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, out, fo
               help="Candidates measured per batch [default: the target's tuning.per_iteration].")
 @click.option("--population", type=int, default=512, show_default=True,
               help="Evolutionary search population per task (smaller is faster, less thorough).")
+@click.option("--tracker", default=None, metavar="HOST:PORT",
+              help="Measure on boards registered at this TVM RPC tracker instead of this machine.")
+@click.option("--key", default=None, help="The boards' key at the tracker [default: the target's rpc_key].")
+@click.option("--all-tasks", is_flag=True,
+              help="Tune every kernel, not only the conv1d/matmul ones where nearly all the time goes.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Database directory [WORKDIR/tune].")
 @click.option("--force", is_flag=True, help="Discard the database in --out and start again.")
 @click.pass_context
-def tune(ctx, model_dir, target, target_file, trials, per_iteration, population, seed, out, force):
+def tune(ctx, model_dir, target, target_file, trials, per_iteration, population, tracker, key, all_tasks, seed, out,
+         force):
     """Tune a model's kernels for one target with TVM MetaSchedule, into a database directory.
 
     Extracts the tuning tasks from the module exactly as 'build' compiles it (int8 models after the
@@ -281,7 +287,7 @@ def tune(ctx, model_dir, target, target_file, trials, per_iteration, population,
     from .tune import TuneConfig, tune_model
 
     cfg = TuneConfig(target=target, target_file=target_file, trials=trials, per_iteration=per_iteration,
-                     population=population, seed=seed)
+                     population=population, all_tasks=all_tasks, seed=seed, tracker=tracker, key=key)
     art = tune_model(model_dir, cfg, _out(ctx, out, "tune"), force=force)
     r = art.results
     text = (f"tuned: {art.path}\n  {r['trials']} trials in the database ({r['trials_requested']} asked), "
@@ -306,6 +312,68 @@ _STAGES_TODO = {
 }
 for _name, (_issue, _doc) in _STAGES_TODO.items():
     _not_built(_name, _issue).help = _doc + f"\n\nNot built yet (issue #{_issue}): exits with code {NotBuiltYet.exit_code}."
+
+
+@main.group(epilog=EPILOG)
+def fleet():
+    """Start, query and stop a board fleet: TVM's own RPC tracker and servers.
+
+    \b
+      squeezeedge fleet up --server host       # tracker on 127.0.0.1:9190 + one local server
+      squeezeedge fleet status                 # registered keys and free boards
+      squeezeedge tune MODEL --tracker 127.0.0.1:9190 --key host ...
+      squeezeedge fleet down
+    Boards join with: python -m tvm.exec.rpc_server --tracker HOST:9190 --key rpi4
+    Security: TVM RPC has no authentication; anyone who reaches the tracker or a server can run code
+    on it. Everything here binds to 127.0.0.1 unless --host says otherwise; expose it only on a
+    network you trust (or through an SSH tunnel).
+    """
+
+
+def _fleet_dir(ctx) -> Path:
+    return ctx.obj["workdir"] / "fleet"
+
+
+@fleet.command("up", epilog=EPILOG)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the tracker binds to.")
+@click.option("--port", type=int, default=9190, show_default=True)
+@click.option("--server", "servers", multiple=True, metavar="KEY",
+              help="Also start an RPC server on this machine registered under KEY (repeatable).")
+@click.pass_context
+def fleet_up(ctx, host, port, servers):
+    """Start a TVM RPC tracker (and local RPC servers) in the background."""
+    from .fleet import up
+
+    state = up(_fleet_dir(ctx), host=host, port=port, servers=tuple(servers))
+    _emit(ctx, state, f"tracker up at {state['tracker']} (pids {state['pids']}); registered: "
+                      f"{', '.join(f'{k} ({n} free)' for k, n in state['registered'].items()) or 'none'}")
+
+
+@fleet.command("status", epilog=EPILOG)
+@click.option("--tracker", default=None, metavar="HOST:PORT", help="[default: the tracker 'fleet up' started]")
+@click.pass_context
+def fleet_status(ctx, tracker):
+    """List the keys registered at the tracker and how many boards under each are free."""
+    from .fleet import STATE, registered_keys, summary
+
+    if tracker is None:
+        state_path = _fleet_dir(ctx) / STATE
+        if not state_path.is_file():
+            raise click.UsageError("no fleet started here; give --tracker HOST:PORT")
+        tracker = json.loads(state_path.read_text())["tracker"]
+    keys = registered_keys(summary(tracker))
+    _emit(ctx, {"tracker": tracker, "registered": keys},
+          f"tracker {tracker}: " + (", ".join(f"{k} ({n} free)" for k, n in sorted(keys.items())) or "no boards"))
+
+
+@fleet.command("down", epilog=EPILOG)
+@click.pass_context
+def fleet_down(ctx):
+    """Stop the tracker and servers that 'fleet up' started."""
+    from .fleet import down
+
+    stopped = down(_fleet_dir(ctx))
+    _emit(ctx, {"stopped": stopped}, f"stopped {len(stopped)} process(es)")
 
 
 @main.group(invoke_without_command=True, epilog=EPILOG)
