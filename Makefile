@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 SE     := $(VENV)/bin/squeezeedge
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow bench bench-fidelity bench-quantize-cost bench-build pretune clean
+.PHONY: setup demo test test-slow bench bench-fidelity bench-quantize-cost bench-build bench-tuned pretune clean
 
 setup: $(STAMP)
 
@@ -31,13 +31,18 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 # Benchmarks write results/ (full-size models; minutes, not seconds).
-bench: bench-fidelity bench-quantize-cost bench-build
+bench: bench-fidelity bench-quantize-cost bench-build bench-tuned
 
 bench-fidelity: $(STAMP)
 	$(PY) -m compiler.fidelity_bench --workdir build/bench --results results
 
 bench-build: $(STAMP)
 	$(PY) -m compiler.build_bench --workdir build/bench --results results
+
+# Tuned builds of the reference target with the shipped databases (make pretune made them).
+bench-tuned: $(STAMP)
+	$(PY) -m compiler.build_bench --workdir build/bench --results results --target x86-avx512 \
+		--databases results/databases --name x86-avx512-tuned-latency
 
 bench-quantize-cost: $(STAMP)
 	$(PY) -m compiler.quantize_cost_bench --workdir build/bench --results results

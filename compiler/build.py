@@ -162,7 +162,8 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
     import tvm
     from tvm import relax
 
-    from .int8 import float_compute_layers, integerize, mac_kernels
+    from . import intrinsics  # noqa: F401  (VNNI intrinsic that builds with the wheel's LLVM)
+    from .int8 import float_compute_layers, has_vnni, integerize, mac_kernels
 
     precision = "int8" if parent.stage == "quantize" else "fp32"
     onnx_path = parent.file("model.onnx")
@@ -173,8 +174,9 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
     if precision == "int8":
         quantized = _quantized_layers(onnx_path)
         if cfg.integer:
-            with console.step("rewriting QDQ layers to integer kernels"):
-                mod, report = integerize(mod)
+            vnni = has_vnni(tvm_target)
+            with console.step("rewriting QDQ layers to integer kernels" + (" (VNNI-packed weights)" if vnni else "")):
+                mod, report = integerize(mod, vnni=vnni)
             floats = float_compute_layers(mod)
             expected_float = parent.results.get("float_layers", 0)
             if len(floats) != expected_float or report.total != quantized:
@@ -182,6 +184,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
                                    f"became integer kernels, {len(floats)} still multiply in float "
                                    f"(expected {expected_float} kept float); skipped: {report.skipped}")
             coverage = {"quantized_layers": quantized, "integer_kernels": report.total, "conv1d": report.conv1d,
+                        "vnni_packed_kernels": report.vnni_packed,
                         "matmul_weight": report.matmul_weight, "matmul_activation": report.matmul_activation,
                         "float_layers_kept": len(floats)}
         else:

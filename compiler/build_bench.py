@@ -30,15 +30,23 @@ from .quantize import QuantizeConfig, quantize_model
 @click.option("--results", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("--rounds", type=int, default=7, show_default=True, help="Timed rounds (after one warm-up).")
 @click.option("--threads", type=int, default=2, show_default=True)
-def main(workdir: Path, results: Path, rounds: int, threads: int):
+@click.option("--target", default="host", show_default=True)
+@click.option("--databases", type=click.Path(path_type=Path), default=None,
+              help="Directory with TARGET-fp32 and TARGET-int8 tuning databases (e.g. results/databases): "
+                   "measure tuned builds.")
+@click.option("--name", default="host-build-latency", show_default=True, help="results/NAME.{json,md}")
+def main(workdir: Path, results: Path, rounds: int, threads: int, target: str, databases: Path | None, name: str):
     import onnxruntime as ort
 
     from . import runtime
 
     os.environ["TVM_NUM_THREADS"] = str(threads)
     exp = export_model(ExportConfig(model="squeezebert-uncased", seq_len=128), workdir / "squeezebert-export")
-    q = quantize_model(exp.artifact.path, QuantizeConfig(), workdir / "squeezebert-int8")
-    libs = {p: build_library(a.artifact.path, BuildConfig(target="host"), workdir / f"squeezebert-{p}-host")
+    q = quantize_model(exp.artifact.path, QuantizeConfig(target=target), workdir / f"squeezebert-int8-{target}")
+    dbs = {p: (databases / f"{target}-{p}" if databases else None) for p in ("fp32", "int8")}
+    tag = "tuned" if databases else "untuned"
+    libs = {p: build_library(a.artifact.path, BuildConfig(target=target, database=dbs[p]),
+                             workdir / f"squeezebert-{p}-{target}-{tag}")
             for p, a in (("fp32", exp), ("int8", q))}
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
@@ -69,19 +77,22 @@ def main(workdir: Path, results: Path, rounds: int, threads: int):
              "vs_ort_int8": round(med[k] / med["onnxruntime int8"], 2),
              "artifact_mb": round(sizes[k] / 1e6, 1), "samples_ms": [round(x, 2) for x in samples[k]]}
             for k in runners]
-    rep = {"schema_version": 1, "benchmark": "untuned host builds vs onnxruntime, full-size SqueezeBERT",
+    tuning = {p: libs[p].artifact.results["tuning"] for p in libs}
+    rep = {"schema_version": 1, "benchmark": f"{tag} {target} builds vs onnxruntime, full-size SqueezeBERT",
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": _cpu(), "cores": os.cpu_count(),
            "threads": threads, "batch": 1, "seq_len": 128, "rounds": rounds, "warmup": 1,
-           "tuning": "none (TVM default schedules)", "int8_coverage": libs["int8"].artifact.results["int8"],
+           "target": target, "tuning": tuning, "int8_coverage": libs["int8"].artifact.results["int8"],
            "compile_s": {p: libs[p].artifact.results["compile_s"] for p in libs},
            "versions": tool_versions(), "rows": rows}
     results.mkdir(parents=True, exist_ok=True)
-    (results / "host-build-latency.json").write_text(json.dumps(rep, indent=2) + "\n")
+    (results / f"{name}.json").write_text(json.dumps(rep, indent=2) + "\n")
     md = [f"# {rep['benchmark']}", "",
           f"Measured {rep['created']} on {rep['cpu']} ({rep['cores']} cores), {threads} threads, batch 1, seq 128; "
-          f"{rounds} interleaved rounds after 1 warm-up, same input for all. TVM builds are UNTUNED (default "
-          "schedules: naive loops until MetaSchedule tunes them, issue #5), so this is the starting point, "
-          f"not the result. int8 library: {rep['int8_coverage']['integer_kernels']}/"
+          f"{rounds} interleaved rounds after 1 warm-up, same input for all. TVM target {target}; "
+          + ("UNTUNED (TVM default schedules: naive loops until MetaSchedule tunes them). " if not databases else
+             "tuned with " + "; ".join(f"{p}: {t['trials']} trials, {t['tuned_tasks']}/{t['tasks']} tasks, "
+                                       f"{t['tuning_wall_s_total']} s of tuning" for p, t in tuning.items()) + ". ")
+          + f"int8 library: {rep['int8_coverage']['integer_kernels']}/"
           f"{rep['int8_coverage']['quantized_layers']} quantized layers as integer kernels.", "",
           "| runtime | median ms | p90 ms | x ORT fp32 | x ORT int8 | model/library MB |",
           "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -89,8 +100,8 @@ def main(workdir: Path, results: Path, rounds: int, threads: int):
            f"{r['artifact_mb']} |" for r in rows]
     md += ["", "The int8 library keeps the embedding tables in fp32 (94 MB of its size): only Conv/MatMul/Gemm "
            "are quantized. onnxruntime's int8 file is the QDQ model.", "",
-           "Reproduce: `make bench-build`.", ""]
-    (results / "host-build-latency.md").write_text("\n".join(md))
+           f"Reproduce: `make {'bench-tuned' if databases else 'bench-build'}`.", ""]
+    (results / f"{name}.md").write_text("\n".join(md))
     click.echo("\n".join(md))
 
 

@@ -31,6 +31,7 @@ class RewriteReport:
     conv1d: int = 0
     matmul_weight: int = 0
     matmul_activation: int = 0
+    vnni_packed: int = 0  # distinct pre-packed VNNI kernels emitted
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -56,9 +57,58 @@ def _dq_pattern(data):
     return is_op("relax.dequantize")(data, is_const(), is_const())
 
 
-def integerize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, RewriteReport]:
-    """Rewrite dequantize -> conv1d/matmul patterns of ``mod[func_name]`` into integer kernels."""
+def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str):
+    """u8 [..., K] x s8 weights pre-packed [G, N/G/16, K/G/4, 16, 4] -> int32 [..., N]: the layout x86
+    VNNI's vpdpbusd (16 outputs x 4 bytes) wants, so MetaSchedule can tensorize the inner 16x4 block."""
+    from tvm import te
+
+    *lead, k_all = shape_x
+    kg, ng = k_all // groups, n_out // groups
+    i64 = lambda *dims: tuple(tvm.tirx.const(d, "int64") for d in dims)  # noqa: E731 (Relax shapes are int64)
+    x = te.placeholder(i64(*shape_x), "uint8", name="x")
+    w = te.placeholder(i64(groups, ng // 16, kg // 4, 16, 4), "int8", name="w")
+    k = te.reduce_axis(i64(0, kg), "k")
+
+    def body(*idx):
+        *lead_idx, n = idx
+        g = n // ng
+        return te.sum(x[(*lead_idx, g * kg + k)].astype("int32")
+                      * w[g, (n % ng) // 16, k // 4, n % 16, k % 4].astype("int32"), axis=k)
+
+    y = te.compute(i64(*lead, n_out), body, name="vnni_dot")
+    return te.create_prim_func([x, w, y]).with_attr("global_symbol", name)
+
+
+def _pack(w_nk: np.ndarray, groups: int) -> np.ndarray:
+    """[N, K/G] per-group weights -> [G, N/G/16, K/G/4, 16, 4]."""
+    n, kg = w_nk.shape
+    ng = n // groups
+    return np.ascontiguousarray(w_nk.reshape(groups, ng // 16, 16, kg // 4, 4).transpose(0, 1, 3, 2, 4))
+
+
+def integerize(mod: tvm.IRModule, func_name: str = "main", vnni: bool = False) -> tuple[tvm.IRModule, RewriteReport]:
+    """Rewrite dequantize -> conv1d/matmul patterns of ``mod[func_name]`` into integer kernels.
+
+    With ``vnni`` (x86 targets with AVX-512 VNNI), weight-stationary layers with u8 activations use
+    pre-packed weights and a channels-last kernel (see :func:`_te_packed`) instead of conv1d/matmul.
+    """
     report = RewriteReport()
+    prim_funcs: dict[str, tuple[tvm.ir.GlobalVar, tvm.tirx.PrimFunc]] = {}
+
+    def packed_call(x, shape: tuple[int, ...], w_nk: np.ndarray, groups: int):
+        """call_tir of the packed kernel on u8 x of ``shape`` [..., K] -> [..., N] int32, or None if it
+        does not fit (the fallback is the plain integer conv1d/matmul)."""
+        n, kg = w_nk.shape
+        if n % (16 * groups) or kg % 4 or shape[-1] != kg * groups:
+            return None
+        name = "vnni_dot_" + "x".join(map(str, shape)) + f"_n{n}_g{groups}"
+        if name not in prim_funcs:
+            func = _te_packed(shape, n, groups, name)
+            gv = tvm.ir.GlobalVar(name)
+            relax.expr._update_type(gv, func.ty)  # call_tir checks its callee's type
+            prim_funcs[name] = (gv, func)
+        out_ty = relax.TensorType((*shape[:-1], n), "int32")
+        return relax.call_tir(prim_funcs[name][0], [x, relax.const(_pack(w_nk, groups))], out_ty)
     x, a, b = wildcard(), wildcard(), wildcard()
     wconst = is_const()
     x_dq, a_dq, b_dq = _dq_pattern(x), _dq_pattern(a), _dq_pattern(b)
@@ -97,9 +147,16 @@ def integerize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule
             report.skipped.append("conv1d (weight scale axis)")
             return orig
         out_ch = wq.shape[0]
-        acc = relax.op.nn.conv1d(xq, relax.const(wq), strides=at.strides, padding=at.padding,
-                                 dilation=at.dilation, groups=at.groups, data_layout="NCW", kernel_layout="OIW",
-                                 out_dtype="int32")
+        acc = None
+        if vnni and _dtype(xq) == "uint8" and wq.shape[2] == 1 and all(int(v) == 1 for v in (*at.strides,
+                                                                                           *at.dilation)):
+            b, c, w = (int(d) for d in xq.ty.shape)
+            acc_t = packed_call(relax.op.permute_dims(xq, [0, 2, 1]), (b, w, c), wq[:, :, 0], int(at.groups))
+            acc = None if acc_t is None else relax.op.permute_dims(acc_t, [0, 2, 1])  # NWC -> NCW
+        if acc is None:
+            acc = relax.op.nn.conv1d(xq, relax.const(wq), strides=at.strides, padding=at.padding,
+                                     dilation=at.dilation, groups=at.groups, data_layout="NCW",
+                                     kernel_layout="OIW", out_dtype="int32")
         if zx:  # conv(xq - zx, W) = conv(xq, W) - zx * sum(W[o]) for an unpadded convolution
             corr = zx * wq.astype(np.int64).reshape(out_ch, -1).sum(1)
             acc = relax.op.subtract(acc, relax.const(corr.astype(np.int32).reshape(1, out_ch, 1)))
@@ -124,7 +181,11 @@ def integerize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule
             return orig
         wkn = wq.T if transposed else wq  # [K, N]
         n = wkn.shape[1]
-        acc = relax.op.matmul(xq, relax.const(np.ascontiguousarray(wkn)), out_dtype="int32")
+        acc = None
+        if vnni and _dtype(xq) == "uint8":
+            acc = packed_call(xq, tuple(int(d) for d in xq.ty.shape), np.ascontiguousarray(wkn.T), 1)
+        if acc is None:
+            acc = relax.op.matmul(xq, relax.const(np.ascontiguousarray(wkn)), out_dtype="int32")
         if zx:
             acc = relax.op.subtract(acc, relax.const((zx * wkn.astype(np.int64).sum(0)).astype(np.int32)))
         scale = (sx * np.broadcast_to(sw.reshape(-1), (n,))).astype(np.float32)
@@ -154,10 +215,20 @@ def integerize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule
     func = mod[func_name]
     for pat, fn in ((conv, rewrite_conv), (mm_w, rewrite_mm_weight), (mm_a, rewrite_mm_act)):
         func = rewrite_call(pat, fn, func)
-    mod = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != func_name}})
+    mod = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != func_name},
+                        **{gv: f for gv, f in prim_funcs.values()}})
     mod[func_name] = func
+    report.vnni_packed = len(prim_funcs)
     mod = relax.transform.DeadCodeElimination()(mod)
     return mod, report
+
+
+def has_vnni(tvm_target) -> bool:
+    """An x86 LLVM target whose CPU has AVX-512 VNNI (vpdpbusd)."""
+    host = tvm_target.host if tvm_target.kind.name != "llvm" and tvm_target.host is not None else tvm_target
+    if host.kind.name != "llvm" or not str(host.attrs.get("mtriple", "x86_64")).startswith("x86_64"):
+        return False
+    return bool(tvm.target.codegen.llvm_cpu_has_features(["avx512vnni"], host))
 
 
 def float_compute_layers(mod: tvm.IRModule, func_name: str = "main") -> list[str]:
@@ -189,7 +260,7 @@ def mac_kernels(mod: tvm.IRModule) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {"integer": [], "float": []}
     for gv, func in mod.functions.items():
         name = gv.name_hint
-        if not isinstance(func, tvm.tirx.PrimFunc) or not ("conv1d" in name or "matmul" in name):
+        if not isinstance(func, tvm.tirx.PrimFunc) or not any(op in name for op in ("conv1d", "matmul", "vnni_dot")):
             continue
         for line in func.script().splitlines():
             m = _REDUCE_UPDATE.match(line)

@@ -48,12 +48,13 @@ def lowered_module(parent: Artifact, tvm_target):
     """The module as build compiles it: imported, integerized (int8), legalized and fused."""
     from tvm import relax
 
+    from . import intrinsics  # noqa: F401  (VNNI intrinsic that builds with the wheel's LLVM)
     from .build import _static_dims, import_onnx
-    from .int8 import integerize
+    from .int8 import has_vnni, integerize
 
     mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], _static_dims(parent))
     if parent.stage == "quantize":
-        mod, _ = integerize(mod)
+        mod, _ = integerize(mod, vnni=has_vnni(tvm_target))
     with tvm_target:
         return relax.get_pipeline("zero")(mod)
 
@@ -137,7 +138,8 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
         mod = lowered_module(parent, tvm_target)
         tasks = ms.relax_integration.extract_tasks(mod, tvm_target, module_equality=MODULE_EQUALITY)
     remaining = trials - done_before
-    chosen = tasks if cfg.all_tasks else [t for t in tasks if "conv1d" in t.task_name or "matmul" in t.task_name]
+    chosen = tasks if cfg.all_tasks else [t for t in tasks if any(op in t.task_name
+                                                                  for op in ("conv1d", "matmul", "vnni_dot"))]
     console.info(f"  {len(tasks)} tasks, tuning {len(chosen)} ({'all' if cfg.all_tasks else 'conv1d/matmul'}); "
                  f"{done_before} trials already in the database, {remaining} to run in batches of {per_iter} "
                  f"(target {target.name})")
@@ -160,8 +162,10 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
                     runner = ms.runner.RPCRunner(rpc_config=ms.runner.RPCConfig(
                         tracker_host=host, tracker_port=int(port), tracker_key=cfg.key or target.rpc_key,
                         session_timeout_sec=60))
+                # 30 s (the default) is too short on a busy 2-core machine for full-size kernels
+                builder = ms.builder.LocalBuilder(timeout_sec=120)
                 ms.tune.tune_tasks(
-                    runner=runner,
+                    runner=runner, builder=builder,
                     tasks=ctxs, task_weights=weights, work_dir=str(out / "logs"), max_trials_global=remaining,
                     num_trials_per_iter=per_iter, database=ms.database.JSONDatabase(
                         path_workload=str(out / DB_FILES[0]), path_tuning_record=str(out / DB_FILES[1]),

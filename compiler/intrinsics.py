@@ -1,0 +1,37 @@
+"""x86 VNNI tensor intrinsic that builds with the wheel's LLVM (>= 21).
+
+TVM 0.27 registers ``dot_16x4_vnni`` calling llvm.x86.avx512.vpdpbusd.512 with <16 x i32> operands; LLVM
+now declares that intrinsic on <64 x i8> operands, so every tensorized candidate fails to build ("Call
+parameter type does not match function signature"). Re-register the same name, same description, with
+byte-vector operands. Import this module before tuning or applying a database.
+"""
+
+from __future__ import annotations
+
+from tvm.s_tir import TensorIntrin
+from tvm.s_tir.tensor_intrin.x86 import VNNI_DOT_16x4_INTRIN, dot_product_16x4_u8i8i32_desc
+from tvm.script import tirx as T
+
+
+@T.prim_func(s_tir=True)
+def _dot_product_16x4_u8i8i32_vnni(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        a_u8x4 = A.vload([0], "uint8x4")
+        a_i32 = T.reinterpret(a_u8x4, dtype="int32")
+        a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
+        b_i8x64 = B.vload([0, 0], dtype="int8x64")
+        c_i32x16 = C.vload([0], dtype="int32x16")
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            c_i32x16, a_u8x64, b_i8x64, dtype="int32x16",
+        )
+
+
+TensorIntrin.register(VNNI_DOT_16x4_INTRIN, dot_product_16x4_u8i8i32_desc, _dot_product_16x4_u8i8i32_vnni,
+                      override=True)
