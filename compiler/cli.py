@@ -79,6 +79,22 @@ def _out(ctx, out: Path | None, stage: str) -> Path:
     return out if out is not None else ctx.obj["workdir"] / stage
 
 
+def target_options(help_target: str = "A board in targets/ (squeezeedge targets)."):
+    """--target NAME and --target-file PATH, the same on every command that takes a board."""
+    def wrap(fn):
+        fn = click.option("--target-file", type=click.Path(path_type=Path), default=None,
+                          help="A user's board TOML file (wins over --target).")(fn)
+        return click.option("--target", default="host", show_default=True, help=help_target)(fn)
+    return wrap
+
+
+def _finish(ctx, run, verb: str, path: Path, details: str) -> None:
+    """Print a stage's outcome: what was written (or skipped), then its numbers."""
+    if run.skipped:
+        console.info("  same inputs as the existing artifact: stage skipped (use --force to rerun)")
+    _emit(ctx, _stage_payload(run), f"{'skipped (unchanged)' if run.skipped else verb}: {path}\n{details}")
+
+
 @main.command(epilog=EPILOG)
 @click.option("--model", default="squeezebert-uncased", show_default=True,
               help="Preset: squeezebert-uncased (published config, 51.1M params, seeded random init) or "
@@ -118,13 +134,10 @@ def export(ctx, model, checkpoint, head, num_labels, batch, seq_len, seed, dynam
                        seq_len=seq_len, seed=seed, dynamic=dynamic, tolerance=tolerance)
     run = export_model(cfg, _out(ctx, out, "export"), force=force)
     r = run.artifact.results
-    text = (f"{'skipped (unchanged)' if run.skipped else 'exported'}: {run.artifact.file('model.onnx')}\n"
+    _finish(ctx, run, "exported", run.artifact.file("model.onnx"),
             f"  {r['model_type']} {r['head']}, {r['parameters'] / 1e6:.1f}M parameters, "
             f"{r['onnx_bytes'] / 1e6:.1f} MB, max abs diff vs PyTorch {r['validation']['max_abs_diff']:.2e} "
             f"(limit {r['validation']['tolerance']:g}), {run.artifact.manifest['wall_time_s']:.1f} s")
-    if run.skipped:
-        console.info("  same inputs as the existing artifact: stage skipped (use --force to rerun)")
-    _emit(ctx, _stage_payload(run), text)
 
 
 @main.command(epilog=EPILOG)
@@ -143,8 +156,7 @@ def export(ctx, model, checkpoint, head, num_labels, batch, seq_len, seed, dynam
               help="Weight scales per output channel or per tensor [default: the target's int8 preset].")
 @click.option("--activations", type=click.Choice(["uint8", "int8"]), default=None,
               help="Activation dtype [default: the target's int8 preset, e.g. uint8 for x86 VNNI].")
-@click.option("--target", default="host", show_default=True, help="Target whose int8 preset applies.")
-@click.option("--target-file", type=click.Path(path_type=Path), default=None, help="A user's board TOML file.")
+@target_options("Target whose int8 preset applies.")
 @click.option("--keep-float", type=click.Choice(["gelu-out"]), multiple=True,
               help="Leave these layers in float. gelu-out: the FFN output projections, fed by GELU, where "
                    "trained BERT models keep their activation outliers (costs speed, buys fidelity).")
@@ -184,21 +196,17 @@ def quantize(ctx, export_dir, calibration_data, text_column, num_samples, num_he
     run = quantize_model(export_dir, cfg, _out(ctx, out, "quantize"), force=force)
     r = run.artifact.results
     f = r["fidelity"]
-    if run.skipped:
-        console.info("  same inputs as the existing artifact: stage skipped (use --force to rerun)")
-    text = (f"{'skipped (unchanged)' if run.skipped else 'quantized'}: {run.artifact.file('model.onnx')}\n"
+    _finish(ctx, run, "quantized", run.artifact.file("model.onnx"),
             f"  {r['method']}, {r['scheme']['activations']}/{r['scheme']['weights']}, "
             f"{r['quantized_tensors']} quantized tensors, {r['fp32_bytes'] / 1e6:.1f} MB -> "
             f"{r['int8_bytes'] / 1e6:.1f} MB\n"
             f"  fidelity on {f['samples']} held-out texts: mean cosine {f['mean_cosine']:.5f}, top-1 agreement "
             f"{f['top1_agreement']:.3f}, max abs error {f['max_abs_error']:.3g}")
-    _emit(ctx, _stage_payload(run), text)
 
 
 @main.command(epilog=EPILOG)
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--target", default="host", show_default=True, help="A board in targets/ (squeezeedge targets).")
-@click.option("--target-file", type=click.Path(path_type=Path), default=None, help="A user's board TOML file.")
+@target_options()
 @click.option("--database", type=click.Path(path_type=Path), default=None,
               help="A MetaSchedule tuning database made by 'squeezeedge tune' for this target.")
 @click.option("--simulated-int8", is_flag=True,
@@ -229,8 +237,6 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, out, fo
     cfg = BuildConfig(target=target, target_file=target_file, database=database, integer=not simulated_int8)
     run = build_library(model_dir, cfg, _out(ctx, out, "build"), force=force)
     r = run.artifact.results
-    if run.skipped:
-        console.info("  same inputs as the existing artifact: stage skipped (use --force to rerun)")
     cov = r["int8"]
     tuned = r["tuning"]
     tuning = (f", tuned {tuned['tuned_tasks']}/{tuned['tasks']} tasks" if r["database"] else ", untuned")
@@ -239,18 +245,16 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, out, fo
     val = r["validation"]
     check = (f", vs onnxruntime: max abs diff {val['max_abs_diff']:.2e}, min cosine {val['min_cosine']:.5f}"
              if val else " (cross-built: not run here)")
-    text = (f"{'skipped (unchanged)' if run.skipped else 'built'}: {run.artifact.file('model.so')}\n"
+    _finish(ctx, run, "built", run.artifact.file("model.so"),
             f"  {r['precision']} for {r['target']['name']}{ints}{tuning}, {r['library']['bytes'] / 1e6:.1f} MB"
             f"{check}\n"
             f"  load it: python -c \"import compiler.runtime as rt; m = rt.load('{run.artifact.path}'); "
             f"print(m.inputs)\"")
-    _emit(ctx, _stage_payload(run), text)
 
 
 @main.command(epilog=EPILOG)
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--target", default="host", show_default=True, help="A board in targets/ (squeezeedge targets).")
-@click.option("--target-file", type=click.Path(path_type=Path), default=None, help="A user's board TOML file.")
+@target_options()
 @click.option("--trials", type=int, default=None, help="Total measured trials for this database "
               "[default: the target's tuning.trials]. Rerunning with more continues where it stopped.")
 @click.option("--per-iteration", type=int, default=None,
