@@ -163,7 +163,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
     from tvm import relax
 
     from . import intrinsics  # noqa: F401  (VNNI intrinsic that builds with the wheel's LLVM)
-    from .int8 import float_compute_layers, has_vnni, integerize, mac_kernels
+    from .int8 import float_compute_layers, has_vnni, integerize, mac_kernels, tensorized_kernels
 
     precision = "int8" if parent.stage == "quantize" else "fp32"
     onnx_path = parent.file("model.onnx")
@@ -200,6 +200,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
                     ctx.enter_context(open_database(database.path))
                 mod = relax.get_pipeline("zero")(mod)
             macs = mac_kernels(mod)
+            tensorized = tensorized_kernels(mod)
             scheduled = sum(1 for f in mod.functions.values()
                             if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled"))
             if precision == "int8" and cfg.integer and len(macs["float"]) > coverage["float_layers_kept"]:
@@ -212,7 +213,8 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
             raise CompileError(f"TVM failed to compile the model for {target.name}: {_first_line(exc)}") from exc
     if coverage is not None:
         coverage |= {"compiled_integer_mac_kernels": len(macs["integer"]),
-                     "compiled_float_mac_kernels": len(macs["float"])}
+                     "compiled_float_mac_kernels": len(macs["float"]),
+                     "tensorized_kernels": len(tensorized)}
     compile_s = time.perf_counter() - t0
     lib = tmp / LIB_FILE
     with console.step("linking " + (f"with {target.cross_triple}-g++" if compiler else "the shared library")):

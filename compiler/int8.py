@@ -267,3 +267,10 @@ def mac_kernels(mod: tvm.IRModule) -> dict[str, list[str]]:
             if m:
                 out["integer" if 'T.Cast("int32"' in m.group(3) else "float"].append(name)
     return out
+
+
+def tensorized_kernels(mod: tvm.IRModule) -> list[str]:
+    """PrimFuncs of a lowered module whose code calls a dot-product intrinsic (x86 vpdpbusd, ARM sdot/udot)."""
+    marks = ("vpdpbusd", "sdot", "udot")
+    return [gv.name_hint for gv, f in mod.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc) and any(m in f.script() for m in marks)]
