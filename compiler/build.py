@@ -7,7 +7,6 @@ against onnxruntime on the same ONNX file before the library is written.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import time
@@ -192,13 +191,13 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
     with console.step(f"compiling for {target.name} ({tvm_target.kind.name}, "
                       f"{tvm_target.attrs.get('mcpu', 'generic')})"), console.native_stderr_to_debug():
         try:
-            with contextlib.ExitStack() as ctx:  # legalize, fold, fuse each kernel with its epilogue,
-                ctx.enter_context(tvm_target)  # and apply the tuned schedules if there is a database
-                if database is not None:
-                    from .tune import open_database
-
-                    ctx.enter_context(open_database(database.path))
+            with tvm_target:  # legalize, fold constants, fuse each kernel with its epilogue
                 mod = relax.get_pipeline("zero")(mod)
+            db_failed = 0
+            if database is not None:
+                from .tune import apply_database
+
+                mod, _, db_failed = apply_database(mod, tvm_target, database.path)
             macs = mac_kernels(mod)
             tensorized = tensorized_kernels(mod)
             scheduled = sum(1 for f in mod.functions.values()
@@ -237,7 +236,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
         "database": {"path": str(database.path), "sha256": database.sha256} if database else None,
         "tuning": ({k: database.results[k] for k in ("tuned_tasks", "tasks", "trials", "tuning_wall_s_total")}
                    if database else {"tuned_tasks": 0, "tasks": None, "note": "untuned default schedules"})
-                  | {"kernels_with_tuned_schedule": scheduled},
+                  | {"kernels_with_tuned_schedule": scheduled, "kernels_where_schedule_failed": db_failed},
         "inputs": static_inputs(parent),
         "outputs": static_inputs(parent, "outputs"),
         "vocab_size": parent.results["model_config"]["vocab_size"],

@@ -239,3 +239,52 @@ def _progress_callback(names: list[str], done_before: int, total: int):
             console.info(f"      {len(self.best)} tasks measured, ETA {eta / 60:.1f} min")
 
     return Progress()
+
+
+def apply_database(mod, tvm_target, db_dir: Path):
+    """Apply the database's best schedules to a fused module, kernel by kernel; returns (mod, applied, failed).
+
+    With anchor-block equality, a record tuned on one layer's kernel is found for every layer whose
+    conv/matmul block matches, but replaying its trace verbatim fails where the epilogue differs (TVM
+    0.27's MetaScheduleApplyDatabase then aborts the whole build: "inst->outputs.size() <=
+    outputs.size()"). Here a verbatim replay is tried first, then MetaSchedule's anchor-trace transfer,
+    and a kernel that takes neither keeps its default schedule and is counted.
+    """
+    import tvm
+    from tvm.s_tir import Schedule
+    from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace
+
+    db = open_database(db_dir)
+    applied = failed = 0
+    updates = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
+            continue
+        one = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+        try:
+            record = db.query_tuning_record(one, tvm_target, "main")
+        except Exception:
+            record = None
+        if record is None:
+            continue
+        sch = None
+        for attempt in ("replay", "anchor"):
+            try:
+                sch = Schedule(one)
+                if attempt == "replay":
+                    record.trace.apply_to_schedule(sch, remove_postproc=False)
+                else:
+                    schedule_using_anchor_trace(sch, record.trace, tvm_target)
+                break
+            except Exception:
+                sch = None
+        if sch is None:
+            failed += 1
+            continue
+        new = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        updates[gv] = new.without_attr("global_symbol") if not (func.attrs and "global_symbol" in func.attrs) \
+            else new.with_attr("global_symbol", func.attrs["global_symbol"])
+        applied += 1
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod, applied, failed
