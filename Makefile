@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 SE     := $(VENV)/bin/squeezeedge
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow bench bench-fidelity bench-quantize-cost bench-build bench-tuned pretune clean
+.PHONY: setup demo test bench bench-fidelity bench-quantize-cost bench-build bench-tuned pretune clean
 
 setup: $(STAMP)
 
@@ -28,9 +28,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
-
-test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
 
 # Benchmarks write results/ (full-size models; minutes, not seconds).
 bench: bench-fidelity bench-quantize-cost bench-build bench-tuned

@@ -221,8 +221,15 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
             ex.export_library(str(lib), fcompile=compiler)
         else:
             ex.export_library(str(lib))
+    from .runtime import isa_features, missing_cpu_features
+
+    cpu_target = tvm_target.host if target.device != "cpu" else tvm_target
+    cpu_features = sorted(isa_features(cpu_target)) if cpu_target.kind.name == "llvm" else []
     validation = None
-    if not target.is_cross:
+    missing = [] if target.is_cross else missing_cpu_features(cpu_features)
+    if missing:
+        console.info(f"  not running the library here: this CPU lacks {', '.join(missing)}")
+    if not target.is_cross and not missing:
         with console.step(f"checking the library against onnxruntime on {cfg.validation_runs} random inputs"):
             validation = _validate(lib, onnx_path, parent, precision, cfg)
     meta = {
@@ -232,7 +239,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
         "precision": precision,
         "int8": coverage,
         "target": {"name": target.name, "device": target.device, "cross_triple": target.cross_triple,
-                   "threads": target.threads, "tvm": json.loads(str(tvm_target))},
+                   "threads": target.threads, "tvm": json.loads(str(tvm_target)), "cpu_features": cpu_features},
         "database": {"path": str(database.path), "sha256": database.sha256} if database else None,
         "tuning": ({k: database.results[k] for k in ("tuned_tasks", "tasks", "trials", "tuning_wall_s_total")}
                    if database else {"tuned_tasks": 0, "tasks": None, "note": "untuned default schedules"})

@@ -15,6 +15,22 @@ from .artifact import sha256_file
 from .errors import ArtifactError, InputError
 
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
+ISA_PREFIXES = ("avx", "sse", "fma", "bmi", "f16c", "amx", "neon", "dotprod", "i8mm", "sve")
+
+
+def isa_features(tvm_target) -> set[str]:
+    """Instruction-set extensions an LLVM target compiles for (tuning flags left out)."""
+    import tvm
+
+    return {f for f in tvm.target.codegen.llvm_get_cpu_features(tvm_target) if f.startswith(ISA_PREFIXES)}
+
+
+def missing_cpu_features(required: list[str]) -> list[str]:
+    """Which of a library's required ISA extensions this machine's CPU lacks."""
+    import tvm
+
+    host = tvm.target.Target({"kind": "llvm", "mcpu": str(tvm.target.codegen.llvm_get_system_cpu())})
+    return sorted(set(required) - isa_features(host))
 
 
 def elf_machine(path: Path) -> str:
@@ -115,5 +131,9 @@ def load(directory: Path) -> LoadedModel:
     if sha256_file(lib) != expected:
         raise ArtifactError(f"{lib} does not match the sha256 in metadata.json (truncated or tampered); "
                             "refusing to load it")
+    required = meta.get("target", {}).get("cpu_features") or []
+    if required and elf_machine(lib) == platform.machine() and (missing := missing_cpu_features(required)):
+        raise ArtifactError(f"{lib} was built for a CPU with {', '.join(missing)}, which this CPU lacks "
+                            f"(target {meta['target'].get('name')}); rebuild with --target host")
     return LoadedModel.from_files(lib, meta["inputs"], meta["outputs"], vocab_size=meta.get("vocab_size"),
                                   type_vocab_size=meta.get("type_vocab_size"))

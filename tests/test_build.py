@@ -206,3 +206,17 @@ def test_dynamic_export_builds_through_the_static_workaround(tmp_path):
     sess = ort.InferenceSession(str(exp / "model.onnx"))
     feed = random_inputs(30528, 2, 1, 16, seed=3)
     np.testing.assert_allclose(model(**feed)[0], sess.run(None, feed)[0], atol=1e-4, rtol=0)
+
+
+def test_library_for_a_cpu_this_machine_lacks_is_refused(fp32_lib, tmp_path):
+    """metadata.json records the target's ISA extensions; load refuses before an illegal instruction."""
+    copy = tmp_path / "lib"
+    shutil.copytree(fp32_lib, copy)
+    meta = json.loads((copy / "metadata.json").read_text())
+    assert "avx2" in meta["target"]["cpu_features"]
+    meta["target"]["cpu_features"].append("avx1024vnni")  # an extension no CPU has
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    from compiler.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="built for a CPU with avx1024vnni, which this CPU lacks"):
+        runtime.load(copy)
