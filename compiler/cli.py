@@ -244,7 +244,7 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, out, fo
             if cov else "")
     val = r["validation"]
     check = (f", vs onnxruntime: max abs diff {val['max_abs_diff']:.2e}, min cosine {val['min_cosine']:.5f}"
-             if val else " (cross-built: not run here)")
+             if val else " (not run on this machine: cross-built, or this CPU lacks its ISA extensions)")
     _finish(ctx, run, "built", run.artifact.file("model.so"),
             f"  {r['precision']} for {r['target']['name']}{ints}{tuning}, {r['library']['bytes'] / 1e6:.1f} MB"
             f"{check}\n"
