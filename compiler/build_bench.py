@@ -55,17 +55,17 @@ def main(workdir: Path, results: Path, rounds: int, threads: int, target: str, d
         "tvm int8": runtime.load(libs["int8"].artifact.path),
     }
     sessions = {"onnxruntime fp32": exp.artifact.file("model.onnx"), "onnxruntime int8": q.artifact.file("model.onnx")}
-    for name, path in sessions.items():
+    for runtime_name, path in sessions.items():
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        runners[name] = lambda s=sess, **feed: s.run(None, feed)
+        runners[runtime_name] = lambda s=sess, **feed: s.run(None, feed)
     feed = random_inputs(30528, 2, 1, 128, seed=1)
     samples: dict[str, list[float]] = {k: [] for k in runners}
     for r in range(rounds + 1):
-        for name, fn in runners.items():
+        for runtime_name, fn in runners.items():
             t0 = time.perf_counter()
             fn(**feed)
             if r:  # round 0 is the warm-up
-                samples[name].append((time.perf_counter() - t0) * 1e3)
+                samples[runtime_name].append((time.perf_counter() - t0) * 1e3)
         console.info(f"  round {r}/{rounds}: " + ", ".join(f"{k} {v[-1]:.1f} ms" for k, v in samples.items() if v))
     med = {k: float(np.median(v)) for k, v in samples.items()}
     sizes = {"tvm fp32": libs["fp32"].artifact.results["library"]["bytes"],
