@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import console
-from .artifact import Artifact, StageRun, load_artifact, run_stage
+from .artifact import StageRun, load_artifact, run_stage
 from .calibdata import DEFAULT_CORPUS, encode, load_tokenizer, read_texts, split
 from .errors import InputError, ValidationError
 from .targets import load_target

@@ -20,7 +20,7 @@ from pathlib import Path
 from . import console
 from .artifact import MANIFEST, Artifact, hash_tree, load_artifact, peak_rss_mb, prepare_output, sha256_json, \
     tool_versions, _lock
-from .errors import ArtifactError, InputError
+from .errors import InputError
 from .targets import load_target
 
 STATE_FILE = "tune-state.json"
