@@ -156,26 +156,45 @@ def import_onnx(path: Path, inputs: list[dict], static_dims: dict[str, int] | No
         raise CompileError(f"{path}: TVM could not import the model: {_first_line(exc)}") from exc
 
 
+def relax_module(parent: Artifact, tvm_target, integer: bool = True):
+    """(Relax module, RewriteReport | None): the artifact's ONNX imported with static shapes and, for an
+    int8 model with ``integer``, rewritten to integer kernels (VNNI-packed on VNNI targets). Build and
+    tune both start here, so a tuning database sees exactly the kernels the build compiles."""
+    from .int8 import has_vnni, integerize
+
+    mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], _static_dims(parent))
+    if parent.stage != "quantize" or not integer:
+        return mod, None
+    return integerize(mod, vnni=has_vnni(tvm_target))
+
+
+def fuse(mod, tvm_target):
+    """Legalize, fold constants and fuse each kernel with its epilogue (Relax's "zero" pipeline)."""
+    from tvm import relax
+
+    with tvm_target:
+        return relax.get_pipeline("zero")(mod)
+
+
 def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildConfig, tmp: Path,
            database: Artifact | None) -> dict:
     import tvm
-    from tvm import relax
 
     from . import intrinsics  # noqa: F401  (VNNI intrinsic that builds with the wheel's LLVM)
-    from .int8 import float_compute_layers, has_vnni, integerize, mac_kernels, tensorized_kernels
+    from .int8 import float_compute_layers, has_vnni, mac_kernels, tensorized_kernels
 
     precision = "int8" if parent.stage == "quantize" else "fp32"
     onnx_path = parent.file("model.onnx")
     t0 = time.perf_counter()
-    with console.step(f"importing {precision} ONNX into TVM Relax"):
-        mod = import_onnx(onnx_path, parent.results["inputs"], _static_dims(parent))
+    integer = precision == "int8" and cfg.integer
+    rewrite = (" and rewriting QDQ layers to integer kernels" + (" (VNNI-packed weights)" if has_vnni(tvm_target)
+                                                                  else "")) if integer else ""
+    with console.step(f"importing {precision} ONNX into TVM Relax{rewrite}"):
+        mod, report = relax_module(parent, tvm_target, integer=cfg.integer)
     coverage = None
     if precision == "int8":
         quantized = _quantized_layers(onnx_path)
-        if cfg.integer:
-            vnni = has_vnni(tvm_target)
-            with console.step("rewriting QDQ layers to integer kernels" + (" (VNNI-packed weights)" if vnni else "")):
-                mod, report = integerize(mod, vnni=vnni)
+        if integer:
             floats = float_compute_layers(mod)
             expected_float = parent.results.get("float_layers", 0)
             if len(floats) != expected_float or report.total != quantized:
@@ -191,8 +210,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
     with console.step(f"compiling for {target.name} ({tvm_target.kind.name}, "
                       f"{tvm_target.attrs.get('mcpu', 'generic')})"), console.native_stderr_to_debug():
         try:
-            with tvm_target:  # legalize, fold constants, fuse each kernel with its epilogue
-                mod = relax.get_pipeline("zero")(mod)
+            mod = fuse(mod, tvm_target)
             db_failed = 0
             if database is not None:
                 from .tune import apply_database

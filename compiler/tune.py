@@ -46,17 +46,10 @@ class TuneConfig:
 
 def lowered_module(parent: Artifact, tvm_target):
     """The module as build compiles it: imported, integerized (int8), legalized and fused."""
-    from tvm import relax
-
     from . import intrinsics  # noqa: F401  (VNNI intrinsic that builds with the wheel's LLVM)
-    from .build import _static_dims, import_onnx
-    from .int8 import has_vnni, integerize
+    from .build import fuse, relax_module
 
-    mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], _static_dims(parent))
-    if parent.stage == "quantize":
-        mod, _ = integerize(mod, vnni=has_vnni(tvm_target))
-    with tvm_target:
-        return relax.get_pipeline("zero")(mod)
+    return fuse(relax_module(parent, tvm_target)[0], tvm_target)
 
 
 def _repair(path: Path) -> int:
