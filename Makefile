@@ -5,6 +5,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 SE     := $(VENV)/bin/squeezeedge
 STAMP  := $(VENV)/.installed
+# The TFLite baseline's converters (litert-torch, ai-edge-quantizer). Installed after the project:
+# their xdsl pins typing-extensions<4.13 while TVM's ffi needs >=4.13; both run on 4.16 (the bench
+# tests convert a model through them), so typing-extensions is put back to 4.16 right after.
+TFLITE_CONVERTERS := litert-torch==0.10.0 ai-edge-quantizer==0.10.0 litert-converter==0.5.0
 
 .PHONY: setup demo test bench bench-fidelity bench-quantize-cost bench-build bench-tuned pretune clean
 
@@ -14,6 +18,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet $(TFLITE_CONVERTERS) 2>&1 | grep -v "dependency resolver\|typing-extensions" || true
+	$(PY) -m pip install --quiet typing-extensions==4.16.0 2>&1 | grep -v "dependency resolver\|typing-extensions" || true
+	$(PY) -c "import tvm.relax, litert_torch, ai_edge_quantizer"
 	touch $(STAMP)
 
 # The embedded default: full-size SqueezeBERT (seeded init) exported and validated, quantized to int8

@@ -307,7 +307,10 @@ def _validate(lib: Path, onnx_path: Path, parent: Artifact, precision: str, cfg:
     from .runtime import LoadedModel
 
     model = LoadedModel.from_files(lib, static_inputs(parent), parent.results["outputs"])
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    from .quantize import reference_session
+
+    sess = (reference_session(onnx_path) if precision == "int8"
+            else ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]))
     conf = parent.results["model_config"]
     batch, seq = static_inputs(parent)[0]["shape"]
     diffs, cosines = [], []
@@ -317,7 +320,7 @@ def _validate(lib: Path, onnx_path: Path, parent: Artifact, precision: str, cfg:
         ref = sess.run(None, feed)[0].astype(np.float64).ravel()
         diffs.append(float(np.max(np.abs(got - ref))))
         cosines.append(float(got @ ref / max(np.linalg.norm(got) * np.linalg.norm(ref), 1e-30)))
-    result = {"reference": "onnxruntime on the same ONNX file", "runs": len(diffs), "max_abs_diff": max(diffs),
+    result = {"reference": "onnxruntime on the same ONNX file" + (", QDQ op by op" if precision == "int8" else ""), "runs": len(diffs), "max_abs_diff": max(diffs),
               "min_cosine": min(cosines)}
     if precision == "fp32" and not max(diffs) <= cfg.fp32_tolerance:
         raise ValidationError(f"fp32 library disagrees with onnxruntime: max abs diff {max(diffs):.3g} > "

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from . import console
-from .errors import NotBuiltYet, SqueezeEdgeError
+from .errors import SqueezeEdgeError
 
 EPILOG = "Exit codes: see 'Errors and exit codes' in README.md."
 
@@ -68,7 +68,6 @@ def main(ctx, workdir: Path, verbose: int, quiet: bool, as_json: bool):
       build     deployable library (.so) + metadata.json
       bench     latency of a library and baselines on a device
       report    tables and plots from bench results
-      run       every stage, cached, for one or more targets
     A stage whose inputs have not changed is skipped; --force reruns it.
     """
     console.VERBOSITY = 0 if quiet else 1 + verbose
@@ -300,22 +299,66 @@ def tune(ctx, model_dir, target, target_file, trials, per_iteration, population,
     _emit(ctx, {"path": str(art.path), "manifest": art.manifest}, text)
 
 
-def _not_built(name: str, issue: int):
-    @main.command(name=name, epilog=EPILOG, context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def cmd(args):
-        raise NotBuiltYet(f"'squeezeedge {name}' is not built yet (tracked in issue #{issue})")
+@main.command(epilog=EPILOG)
+@click.argument("lib_dirs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="LIB_DIR...")
+@click.option("--device", type=click.Choice(["local"]), default="local", show_default=True,
+              help="Where to run: this machine, or a board through --tracker/--key.")
+@click.option("--tracker", default=None, metavar="HOST:PORT", help="Run the libraries on a board behind this tracker.")
+@click.option("--key", default=None, help="The board's RPC key (with --tracker).")
+@click.option("--baselines", default=",".join(("torch", "ort", "tflite")), show_default=True,
+              help="Comma list of torch, ort, tflite; 'none' for the libraries alone.")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed rounds first.")
+@click.option("--repeat", type=int, default=None, help="Timed rounds (instead of --min-seconds).")
+@click.option("--min-seconds", type=float, default=2.0, show_default=True,
+              help="Rounds until every runtime has this much measured time (at least 10 rounds).")
+@click.option("--threads", type=int, default=None, help="[default: the library's target threads]")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="results/NAME.json")
+@click.pass_context
+def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_seconds, threads, out):
+    """Time built libraries next to PyTorch, onnxruntime and TFLite on the same device, in one run.
 
-    return cmd
+    Every runtime gets the same input and thread count; rounds are interleaved so machine noise hits
+    all alike. Writes median, p90, p99, std, raw samples, a VALID/INVALID verdict with reasons, the
+    machine, git commit and tool versions (schema: compiler/bench_schema.json). A baseline that
+    cannot run here is reported as skipped, with why, and the rest run.
+
+    \b
+    Example:
+      squeezeedge bench build/demo/int8-host build/demo/fp32-host --out results/host.json
+      squeezeedge report results/host.json --out results/report
+    """
+    from .bench import BenchConfig, bench as run_bench
+
+    wanted = tuple(b for b in baselines.split(",") if b and b != "none")
+    if threads is None:  # the first library's target says how many threads it was built for
+        meta = Path(lib_dirs[0]) / "metadata.json"
+        threads = (json.loads(meta.read_text()).get("target", {}).get("threads") if meta.is_file() else None) or 2
+    cfg = BenchConfig(baselines=wanted, warmup=warmup, repeat=repeat, min_seconds=min_seconds, threads=threads,
+                      tracker=tracker, key=key, workdir=ctx.obj["workdir"])
+    rep = run_bench(list(lib_dirs), cfg, out)
+    from .report import _md, headline_table
+
+    _emit(ctx, rep, f"bench: {out} ({rep['verdict']}, {rep['method']['rounds']} rounds on {rep['device']['label']})\n"
+                    + _md(headline_table(rep)))
 
 
-_STAGES_TODO = {
-    "bench": (7, "Measure a built library's latency next to PyTorch, onnxruntime and TFLite baselines."),
-    "report": (7, "Render bench results into Markdown/HTML tables and PNG plots."),
-    "run": (7, "Run every stage, cached, for one or more targets."),
-}
-for _name, (_issue, _doc) in _STAGES_TODO.items():
-    _not_built(_name, _issue).help = _doc + f"\n\nNot built yet (issue #{_issue}): exits with code {NotBuiltYet.exit_code}."
+@main.command(epilog=EPILOG)
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RESULT.json...")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for report.md/.html and PNGs.")
+@click.option("--fail-on", default=None, metavar="median:P%",
+              help="Exit 13 if a library's median is more than P% above the previous run on the same device.")
+@click.pass_context
+def report(ctx, results, out, fail_on):
+    """Render bench results into Markdown and HTML tables and PNG plots.
+
+    Latency per device per runtime, speed-up over each baseline, output agreement (int8 fidelity),
+    model size; compares across devices and across runs (history per device).
+    """
+    from .report import render
+
+    res = render(list(results), out, fail_on)
+    _emit(ctx, res, f"report: {out / 'report.md'} ({res['runs']} run(s)); also report.html and "
+                    f"{', '.join(res['files'][2:])}\n{res['headline']}")
 
 
 @main.group(epilog=EPILOG)

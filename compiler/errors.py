@@ -84,6 +84,13 @@ class NotBuiltYet(SqueezeEdgeError):
     kind = "not implemented"
 
 
+class RegressionError(SqueezeEdgeError):
+    """A report's --fail-on check found a slower library than the previous run on the same device."""
+
+    exit_code = 13
+    kind = "regression"
+
+
 ALL_ERRORS = (
     SqueezeEdgeError,
     InputError,
@@ -96,6 +103,7 @@ ALL_ERRORS = (
     CompileError,
     ExportError,
     NotBuiltYet,
+    RegressionError,
 )
 
 # exit code -> (class name, meaning); 0 is success and 2 is Click's own usage error.

@@ -233,6 +233,18 @@ def quant_record(path: Path) -> dict:
     return {"format": "QDQ", "tensors": tensors}
 
 
+def reference_session(path: Path):
+    """onnxruntime running a QDQ model op by op as ONNX defines it (DequantizeLinear -> float op ->
+    QuantizeLinear): the reference for integer kernels. onnxruntime's own fused u8 x s8 kernels use
+    vpmaddubsw on x86 CPUs without VNNI, whose int16 pair sums saturate (its docs say so), so their
+    answer depends on the CPU; this one does not."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 def _run_all(sess, feeds: dict, batch: int, out_name: str):
     import numpy as np
 

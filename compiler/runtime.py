@@ -111,10 +111,10 @@ class LoadedModel:
         return [o.numpy() for o in outs]
 
 
-def load(directory: Path) -> LoadedModel:
-    """Load a build artifact directory (model.so + metadata.json) after checking its sha256.
+def load_metadata(directory: Path) -> tuple[dict, Path]:
+    """(metadata.json, library path) of a build directory, after checking the library's sha256.
 
-    Raises ArtifactError for a missing, truncated or tampered library, or one built for another machine.
+    Raises ArtifactError for a missing, unreadable, truncated or tampered library.
     """
     directory = Path(directory)
     meta_path = directory / "metadata.json"
@@ -131,6 +131,15 @@ def load(directory: Path) -> LoadedModel:
     if sha256_file(lib) != expected:
         raise ArtifactError(f"{lib} does not match the sha256 in metadata.json (truncated or tampered); "
                             "refusing to load it")
+    return meta, lib
+
+
+def load(directory: Path) -> LoadedModel:
+    """Load a build artifact directory (model.so + metadata.json) after checking its sha256.
+
+    Raises ArtifactError for a missing, truncated or tampered library, or one built for another machine.
+    """
+    meta, lib = load_metadata(directory)
     required = meta.get("target", {}).get("cpu_features") or []
     if required and elf_machine(lib) == platform.machine() and (missing := missing_cpu_features(required)):
         raise ArtifactError(f"{lib} was built for a CPU with {', '.join(missing)}, which this CPU lacks "

@@ -39,3 +39,19 @@ def tiny_int8(tiny_export, tmp_path_factory) -> Path:
     res = cli("-q", "quantize", tiny_export, *FAST_Q, "--out", out)
     assert res.exit_code == 0, res.output
     return out
+
+
+@pytest.fixture(scope="session")
+def fp32_lib(tiny_export, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "fp32-host"
+    res = cli("-q", "build", tiny_export, "--target", "host", "--out", out)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def int8_lib(tiny_int8, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "int8-host"
+    res = cli("-q", "build", tiny_int8, "--target", "host", "--out", out)
+    assert res.exit_code == 0, res.output
+    return out

@@ -12,26 +12,11 @@ import pytest
 from compiler import runtime
 from compiler.calibdata import DEFAULT_CORPUS, encode, load_tokenizer, read_texts
 from compiler.export import random_inputs
+from compiler.quantize import reference_session
 
 from .conftest import TINY_SEQ, cli, manifest
 
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
-
-
-@pytest.fixture(scope="session")
-def fp32_lib(tiny_export, tmp_path_factory):
-    out = tmp_path_factory.mktemp("b") / "fp32-host"
-    res = cli("-q", "build", tiny_export, "--target", "host", "--out", out)
-    assert res.exit_code == 0, res.output
-    return out
-
-
-@pytest.fixture(scope="session")
-def int8_lib(tiny_int8, tmp_path_factory):
-    out = tmp_path_factory.mktemp("b") / "int8-host"
-    res = cli("-q", "build", tiny_int8, "--target", "host", "--out", out)
-    assert res.exit_code == 0, res.output
-    return out
 
 
 def _feeds(n, seed=77):
@@ -48,9 +33,10 @@ def test_fp32_library_matches_onnxruntime(fp32_lib, tiny_export):
 
 
 def test_int8_library_matches_onnxruntime_int8(int8_lib, tiny_int8):
-    """Stated tolerance: max abs 1e-3 from onnxruntime's own int8 execution of the same QDQ model."""
+    """Stated tolerance: max abs 1e-3 from onnxruntime running the same QDQ model op by op (ONNX's
+    definition; its fused int8 kernels saturate on CPUs without VNNI, see quantize.reference_session)."""
     model = runtime.load(int8_lib)
-    sess = ort.InferenceSession(str(tiny_int8 / "model.onnx"))
+    sess = reference_session(tiny_int8 / "model.onnx")
     for feed in _feeds(4):
         np.testing.assert_allclose(model(**feed)[0], sess.run(None, feed)[0], atol=1e-3, rtol=0)
 

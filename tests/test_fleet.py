@@ -69,3 +69,28 @@ def test_unreachable_tracker_and_unknown_key(fleet, tiny_int8, tmp_path):
 def test_bad_tracker_address(tiny_int8, tmp_path):
     res = cli("tune", tiny_int8, "--tracker", "nonsense", "--out", tmp_path / "a")
     assert res.exit_code == 3 and "HOST:PORT" in res.stderr
+
+
+def test_bench_through_the_tracker(fleet, int8_lib, tmp_path):
+    """The library runs on the 'board' through RPC (Relax VM: set_input + invoke_stateful), gives the
+    same output as a local run, and is timed there; baselines are reported as skipped, with why."""
+    import numpy as np
+
+    from compiler import runtime
+    from compiler.export import random_inputs
+    from compiler.remote import remote_runners
+
+    workdir, state = fleet
+    out = tmp_path / "rpc.json"
+    res = cli("bench", int8_lib, "--tracker", state["tracker"], "--key", "loopback-board", "--repeat", 10,
+              "--warmup", 1, "--out", out)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    lib, *rest = rep["runtimes"]
+    assert rep["device"] == {"mode": "rpc", "tracker": state["tracker"], "key": "loopback-board",
+                             "label": "loopback-board"}
+    assert lib["status"] == "ok" and lib["stats"]["n"] == 10 and lib["stats"]["median_ms"] > 0
+    assert rest and all(r["status"] == "skipped" and "on the board" in r["reason"] for r in rest)
+    feed = random_inputs(30528, 2, 1, 32, seed=5)
+    (remote,) = remote_runners([int8_lib], state["tracker"], "loopback-board", feed)
+    np.testing.assert_array_equal(remote.fn(feed), runtime.load(int8_lib)(**feed)[0])

@@ -10,11 +10,11 @@ import sys
 import time
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from compiler import runtime
 from compiler.export import random_inputs
+from compiler.quantize import reference_session
 
 from .conftest import TINY_SEQ, cli
 
@@ -56,7 +56,7 @@ def test_build_applies_the_database(tiny_db, tiny_int8, tmp_path):
     assert meta["tuning"]["tuned_tasks"] >= 1 and meta["tuning"]["tasks"] > 10
     assert meta["database"]["sha256"] == json.loads((tiny_db / "manifest.json").read_text())["artifact_sha256"]
     assert meta["int8"]["compiled_float_mac_kernels"] == 0
-    model, sess = runtime.load(out), ort.InferenceSession(str(tiny_int8 / "model.onnx"))
+    model, sess = runtime.load(out), reference_session(tiny_int8 / "model.onnx")
     for i in range(3):
         feed = random_inputs(30528, 2, 1, TINY_SEQ, 500 + i)
         np.testing.assert_allclose(model(**feed)[0], sess.run(None, feed)[0], atol=1e-3, rtol=0)

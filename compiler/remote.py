@@ -1,0 +1,51 @@
+"""Run built libraries on a board behind a TVM RPC tracker: the Relax VM over RPC (set_input +
+invoke_stateful), timed on the board by TVM's time_evaluator so the network is not in the numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .baselines import Runner
+from .errors import ArtifactError, InputError
+from .fleet import check_key, parse_addr
+from .runtime import load_metadata
+
+
+def remote_runners(lib_dirs: list[Path], tracker: str, key: str, feed: dict, timeout_s: int = 600) -> list[Runner]:
+    import numpy as np
+    import tvm
+    from tvm import relax, rpc
+
+    check_key(tracker, key)
+    host, port = parse_addr(tracker)
+    try:
+        sess = rpc.connect_tracker(host, port).request(key, priority=1, session_timeout=timeout_s)
+    except Exception as exc:
+        raise InputError(f"no board under key '{key}' answered at {tracker}: {str(exc).splitlines()[0][:160]}") \
+            from None
+    dev = sess.cpu()
+    runners = []
+    for i, d in enumerate(lib_dirs):
+        meta, lib = load_metadata(Path(d))
+        try:
+            sess.upload(str(lib), target=f"se{i}-{lib.name}")
+            vm = relax.VirtualMachine(sess.load_module(f"se{i}-{lib.name}"), dev)
+        except Exception as exc:
+            raise ArtifactError(f"board '{key}' cannot load {lib} (built for {meta['target']['name']}): "
+                                f"{(str(exc).strip().splitlines() or ['?'])[-1][:160]}") from None
+        names = [s["name"] for s in meta["inputs"]]
+        vm.set_input("main", *[tvm.runtime.tensor(np.ascontiguousarray(feed[n], dtype=s["dtype"]), dev)
+                               for n, s in zip(names, meta["inputs"])])
+        evaluator = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=1)
+
+        def run(_feed, vm=vm, _keep=sess):  # the session lives as long as the runner
+            vm.invoke_stateful("main")
+            out = vm.get_outputs("main")
+            return (out[0] if not hasattr(out, "numpy") else out).numpy()
+
+        runners.append(Runner(f"squeezeedge {meta['precision']} ({meta['target']['name']})", "squeezeedge",
+                              meta["precision"], run, meta["library"]["bytes"],
+                              {"library": str(d), "target": meta["target"]["name"], "tuning": meta.get("tuning"),
+                               "int8": meta.get("int8")},
+                              timer=lambda ev=evaluator: ev("main").results[0] * 1e3))
+    return runners

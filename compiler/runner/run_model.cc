@@ -1,0 +1,103 @@
+// squeezeedge deploy runner: load a built model.so with the TVM runtime (no Python), run it once on
+// raw input files, write the first output as raw float32, print the wall time of each run.
+//
+//   run_model LIB.so OUT.bin REPEAT NAME:DTYPE:D0xD1:FILE [NAME:DTYPE:D0xD1:FILE ...]
+//
+// Inputs are little-endian raw arrays (int64 or int32) in the order the library's "main" takes them.
+// Exit codes: 0 ok, 2 usage, 3 unreadable input, 4 the library failed to load or run.
+#include <tvm/ffi/container/shape.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace ffi = tvm::ffi;
+
+// TVM's kernels assume 64-byte aligned buffers (aligned vector loads): plain malloc crashes them.
+struct CPUAlloc {
+  void AllocData(DLTensor* t) { t->data = std::aligned_alloc(64, (ffi::GetDataSize(*t) + 63) / 64 * 64); }
+  void FreeData(DLTensor* t) { std::free(t->data); }
+};
+
+static std::vector<std::string> Split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, sep)) out.push_back(item);
+  return out;
+}
+
+int main(int argc, char** argv) {
+  if (argc < 5) {
+    std::cerr << "usage: run_model LIB.so OUT.bin REPEAT NAME:DTYPE:D0xD1:FILE ...\n";
+    return 2;
+  }
+  const DLDevice cpu{kDLCPU, 0};
+  std::vector<ffi::Tensor> inputs;
+  for (int i = 4; i < argc; ++i) {
+    auto parts = Split(argv[i], ':');
+    if (parts.size() != 4 || (parts[1] != "int64" && parts[1] != "int32")) {
+      std::cerr << "run_model: bad input spec '" << argv[i] << "'\n";
+      return 2;
+    }
+    std::vector<int64_t> shape;
+    for (auto& d : Split(parts[2], 'x')) shape.push_back(std::atoll(d.c_str()));
+    DLDataType dtype{kDLInt, static_cast<uint8_t>(parts[1] == "int64" ? 64 : 32), 1};
+    ffi::Tensor t = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::Shape(shape), dtype, cpu);
+    size_t bytes = ffi::GetDataSize(*t.GetDLTensorPtr());
+    std::ifstream f(parts[3], std::ios::binary);
+    if (!f.read(static_cast<char*>(t.GetDLTensorPtr()->data), bytes) || f.peek() != EOF) {
+      std::cerr << "run_model: " << parts[3] << " does not hold " << bytes << " bytes\n";
+      return 3;
+    }
+    inputs.push_back(t);
+  }
+  try {
+    ffi::Module lib = ffi::Module::LoadFromFile(argv[1]);
+    ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
+    // device type, device id, allocator (2 = pooled), as relax.VirtualMachine does for tvm.cpu()
+    vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2);
+    ffi::Function set_input = vm->GetFunction("set_input").value();
+    ffi::Function invoke = vm->GetFunction("invoke_stateful").value();
+    ffi::Function get_output = vm->GetFunction("get_output").value();
+    ffi::Function get_output_arity = vm->GetFunction("get_output_arity").value();
+    const ffi::String main_name("main");  // AnyView does not own: keep it alive
+    std::vector<ffi::AnyView> args;
+    args.push_back(main_name);
+    for (auto& t : inputs) args.push_back(t);
+    ffi::Any unused;
+    set_input.CallPacked(args.data(), static_cast<int>(args.size()), &unused);
+    int repeat = std::max(1, std::atoi(argv[3]));
+    for (int r = 0; r < repeat; ++r) {
+      auto t0 = std::chrono::steady_clock::now();
+      invoke(main_name);
+      auto t1 = std::chrono::steady_clock::now();
+      std::printf("run %d: %.3f ms\n", r, std::chrono::duration<double, std::milli>(t1 - t0).count());
+    }
+    // a single tensor has arity -1; a tuple's first field is output 0
+    bool single = get_output_arity(main_name).cast<int>() == -1;
+    ffi::Any out = single ? get_output(main_name) : get_output(main_name, 0);
+    auto tensor = out.cast<ffi::Tensor>();
+    const DLTensor* dl = tensor.GetDLTensorPtr();
+    if (dl->dtype.code != kDLFloat || dl->dtype.bits != 32) {
+      std::cerr << "run_model: output 0 is not float32\n";
+      return 4;
+    }
+    std::ofstream o(argv[2], std::ios::binary);
+    o.write(static_cast<const char*>(dl->data), ffi::GetDataSize(*dl));
+    std::printf("output 0: %lld values\n", static_cast<long long>(ffi::GetDataSize(*dl) / 4));
+  } catch (const std::exception& e) {
+    std::cerr << "run_model: " << e.what() << "\n";
+    return 4;
+  }
+  return 0;
+}
