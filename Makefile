@@ -10,9 +10,20 @@ STAMP  := $(VENV)/.installed
 # tests convert a model through them), so typing-extensions is put back to 4.16 right after.
 TFLITE_CONVERTERS := litert-torch==0.10.0 ai-edge-quantizer==0.10.0 litert-converter==0.5.0
 
-.PHONY: setup demo test bench bench-fidelity bench-quantize-cost bench-build bench-tuned pretune clean
+.PHONY: setup toolchain demo test bench bench-fidelity bench-quantize-cost bench-build bench-tuned pretune clean
 
-setup: $(STAMP)
+setup: $(STAMP) toolchain
+
+# Cross toolchain and emulator for the Raspberry Pi / Jetson CPU targets (Debian packages; root).
+# Debian's g++ rather than PyPI's ziglang: 60 MB instead of 440 MB, and its arm64 libc/libstdc++ are the
+# sysroot qemu-user needs anyway to run the cross-built runner.
+APT_PACKAGES := g++-aarch64-linux-gnu qemu-user libc6-arm64-cross libstdc++6-arm64-cross
+toolchain:
+	@if command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null \
+	    && [ -d /usr/aarch64-linux-gnu/lib ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PACKAGES); \
+	else echo "cross builds need: sudo apt-get install $(APT_PACKAGES)"; fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +44,7 @@ demo: $(STAMP)
 	$(SE) build build/demo/int8 --target x86-avx512 --database results/databases/x86-avx512-int8 \
 		--out build/demo/int8-x86-avx512
 
-test: $(STAMP)
+test: $(STAMP) toolchain
 	$(PY) -m pytest -q -m "not slow"
 
 # Benchmarks write results/ (full-size models; minutes, not seconds).

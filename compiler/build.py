@@ -32,6 +32,8 @@ class BuildConfig:
     fp32_tolerance: float = 1e-4  # max abs difference from onnxruntime, fp32 libraries
     int8_min_cosine: float = 0.99  # cosine to onnxruntime's int8 output, int8 libraries
     validation_runs: int = 3
+    emulate: bool = True  # cross builds: run the library under qemu-user and check it like a host build
+    emulated_runs: int = 1  # qemu is ~50x slower than the board
 
 
 def build_library(model_dir: Path, cfg: BuildConfig, out: Path, force: bool = False) -> StageRun:
@@ -61,10 +63,17 @@ def build_library(model_dir: Path, cfg: BuildConfig, out: Path, force: bool = Fa
     tvm_target = target.tvm_target()  # TargetError if TVM rejects it
     database = _check_database(cfg.database, parent, target, tvm_target) if cfg.database is not None else None
     compiler = _cross_compiler(target)
+    if target.is_cross and cfg.emulate:
+        from .deploy import emulator_prefix
+
+        try:
+            emulator_prefix(target.cross_triple.split("-")[0])
+        except ToolchainError as exc:
+            raise ToolchainError(f"{exc}; cross builds are checked under qemu-user (or pass --no-emulate)") from None
     key = {"target": target.to_dict() | {"resolved": str(tvm_target)}, "integer": cfg.integer,
            "database": database.sha256 if database else None,
            "fp32_tolerance": cfg.fp32_tolerance, "int8_min_cosine": cfg.int8_min_cosine,
-           "validation_runs": cfg.validation_runs}
+           "validation_runs": cfg.validation_runs, "emulate": cfg.emulate and target.is_cross}
 
     def work(tmp: Path) -> dict:
         return _build(parent, target, tvm_target, compiler, cfg, tmp, database)
@@ -250,6 +259,10 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
     if not target.is_cross and not missing:
         with console.step(f"checking the library against onnxruntime on {cfg.validation_runs} random inputs"):
             validation = _validate(lib, onnx_path, parent, precision, cfg)
+    elif target.is_cross and cfg.emulate:
+        with console.step(f"running the library under qemu-user (C++ deploy runner) on {cfg.emulated_runs} "
+                          "random input(s), against onnxruntime"):
+            validation = _validate(lib, onnx_path, parent, precision, cfg, emulated=True)
     meta = {
         "schema_version": 1,
         "model": {"stage": parent.stage, "sha256": parent.sha256, "model_type": parent.results["model_config"]
@@ -299,14 +312,21 @@ def _quantized_layers(onnx_path: Path) -> int:
                and producer.get(n.input[1]) == "DequantizeLinear" and producer.get(n.input[0]) == "DequantizeLinear")
 
 
-def _validate(lib: Path, onnx_path: Path, parent: Artifact, precision: str, cfg: BuildConfig) -> dict:
+def _validate(lib: Path, onnx_path: Path, parent: Artifact, precision: str, cfg: BuildConfig,
+              emulated: bool = False) -> dict:
     import numpy as np
     import onnxruntime as ort
 
     from .export import random_inputs
     from .runtime import LoadedModel
 
-    model = LoadedModel.from_files(lib, static_inputs(parent), parent.results["outputs"])
+    if emulated:
+        from .deploy import run_file
+
+        record = {"inputs": static_inputs(parent), "outputs": static_inputs(parent, "outputs")}
+        model = lambda **feed: [run_file(lib, record, feed)]  # noqa: E731
+    else:
+        model = LoadedModel.from_files(lib, static_inputs(parent), parent.results["outputs"])
     from .quantize import reference_session
 
     sess = (reference_session(onnx_path) if precision == "int8"
@@ -314,13 +334,14 @@ def _validate(lib: Path, onnx_path: Path, parent: Artifact, precision: str, cfg:
     conf = parent.results["model_config"]
     batch, seq = static_inputs(parent)[0]["shape"]
     diffs, cosines = [], []
-    for i in range(cfg.validation_runs):
+    for i in range(cfg.emulated_runs if emulated else cfg.validation_runs):
         feed = random_inputs(conf["vocab_size"], conf.get("type_vocab_size", 2), batch, seq, 2000 + i)
         got = model(**feed)[0].astype(np.float64).ravel()
         ref = sess.run(None, feed)[0].astype(np.float64).ravel()
         diffs.append(float(np.max(np.abs(got - ref))))
         cosines.append(float(got @ ref / max(np.linalg.norm(got) * np.linalg.norm(ref), 1e-30)))
-    result = {"reference": "onnxruntime on the same ONNX file" + (", QDQ op by op" if precision == "int8" else ""), "runs": len(diffs), "max_abs_diff": max(diffs),
+    result = {"reference": "onnxruntime on the same ONNX file" + (", QDQ op by op" if precision == "int8" else ""),
+              "ran": "under qemu-user through the C++ deploy runner" if emulated else "natively, Python runtime", "runs": len(diffs), "max_abs_diff": max(diffs),
               "min_cosine": min(cosines)}
     if precision == "fp32" and not max(diffs) <= cfg.fp32_tolerance:
         raise ValidationError(f"fp32 library disagrees with onnxruntime: max abs diff {max(diffs):.3g} > "

@@ -210,10 +210,13 @@ def quantize(ctx, export_dir, calibration_data, text_column, num_samples, num_he
               help="A MetaSchedule tuning database made by 'squeezeedge tune' for this target.")
 @click.option("--simulated-int8", is_flag=True,
               help="Compile an int8 model as TVM imports it (float QDQ arithmetic), for comparison only.")
+@click.option("--emulate/--no-emulate", default=True, show_default=True,
+              help="Cross builds: run the library under qemu-user through the C++ deploy runner and check it.")
+@click.option("--bundle", is_flag=True, help="Also write OUT.tar.gz: library, runner, board runtime, example, README.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory [WORKDIR/build].")
 @click.option("--force", is_flag=True, help="Rebuild even if --out already holds this build.")
 @click.pass_context
-def build(ctx, model_dir, target, target_file, database, simulated_int8, out, force):
+def build(ctx, model_dir, target, target_file, database, simulated_int8, emulate, bundle, out, force):
     """Compile an exported (fp32) or quantized (int8) model into a deployable library.
 
     ONNX -> TVM Relax with the artifact's static shapes -> TVM's build pipeline -> model.so, plus
@@ -225,16 +228,28 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, out, fo
     if a quantized layer would still multiply in float. Host builds are run on random inputs and
     checked against onnxruntime on the same ONNX (fp32: max abs diff <= 1e-4; int8: cosine >= 0.99).
 
+    Cross builds (rpi4, rpi5, Jetson CPU) link with Debian's aarch64 g++ and are run under qemu-user
+    through the C++ deploy runner and the apache-tvm aarch64 runtime, and checked the same way.
+    --bundle writes OUT.tar.gz for the board (see its README.md).
+
     Load the result in Python with compiler.runtime.load(DIR).
 
     \b
     Example:
       squeezeedge build build/tiny-int8 --target host --out build/tiny-int8-host
+      squeezeedge build build/tiny-int8 --target rpi5 --bundle --out build/tiny-int8-rpi5
     """
     from .build import BuildConfig, build_library
 
-    cfg = BuildConfig(target=target, target_file=target_file, database=database, integer=not simulated_int8)
-    run = build_library(model_dir, cfg, _out(ctx, out, "build"), force=force)
+    cfg = BuildConfig(target=target, target_file=target_file, database=database, integer=not simulated_int8,
+                      emulate=emulate)
+    out = _out(ctx, out, "build")
+    run = build_library(model_dir, cfg, out, force=force)
+    if bundle:
+        from .deploy import bundle_library
+
+        tarball = bundle_library(run.artifact)
+        console.info(f"bundle: {tarball}")
     r = run.artifact.results
     cov = r["int8"]
     tuned = r["tuning"]
@@ -242,8 +257,9 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, out, fo
     ints = (f", {cov['integer_kernels']}/{cov['quantized_layers']} quantized layers as integer kernels"
             if cov else "")
     val = r["validation"]
-    check = (f", vs onnxruntime: max abs diff {val['max_abs_diff']:.2e}, min cosine {val['min_cosine']:.5f}"
-             if val else " (not run on this machine: cross-built, or this CPU lacks its ISA extensions)")
+    check = (f", vs onnxruntime{' (run under qemu)' if 'qemu' in val.get('ran', '') else ''}: max abs diff "
+             f"{val['max_abs_diff']:.2e}, min cosine {val['min_cosine']:.5f}"
+             if val else " (not run here: --no-emulate, or this CPU lacks the target's ISA extensions)")
     _finish(ctx, run, "built", run.artifact.file("model.so"),
             f"  {r['precision']} for {r['target']['name']}{ints}{tuning}, {r['library']['bytes'] / 1e6:.1f} MB"
             f"{check}\n"

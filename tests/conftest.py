@@ -55,3 +55,20 @@ def int8_lib(tiny_int8, tmp_path_factory):
     res = cli("-q", "build", tiny_int8, "--target", "host", "--out", out)
     assert res.exit_code == 0, res.output
     return out
+
+
+CASES = [("rpi4", "fp32"), ("rpi4", "int8"), ("rpi5", "fp32"), ("rpi5", "int8")]
+
+
+@pytest.fixture(scope="session")
+def cross_libs(tiny_export, tiny_int8, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cross")
+    libs = {}
+    for target, precision in CASES:
+        out = root / f"{precision}-{target}"
+        src = tiny_int8 if precision == "int8" else tiny_export
+        extra = ["--bundle"] if (target, precision) == ("rpi5", "int8") else []
+        res = cli("-q", "build", src, "--target", target, *extra, "--out", out)
+        assert res.exit_code == 0, res.output
+        libs[(target, precision)] = out
+    return libs

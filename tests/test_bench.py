@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 
 import jsonschema
 import numpy as np
 import pytest
 
-from compiler.artifact import sha256_file
 from compiler.bench import SCHEMA_FILE
 
 from .conftest import cli
@@ -127,18 +125,9 @@ def test_baseline_that_cannot_run_is_skipped_with_why(fp32_lib, tmp_path):
     assert _rt(rep, "onnxruntime fp32")["status"] == "ok" and _rt(rep, "squeezeedge fp32 (host)")["status"] == "ok"
 
 
-def test_library_for_another_architecture_is_refused(fp32_lib, tmp_path):
-    lib = tmp_path / "lib"
-    shutil.copytree(fp32_lib, lib)
-    so = lib / "model.so"
-    data = bytearray(so.read_bytes())
-    data[18:20] = (183).to_bytes(2, "little")  # ELF e_machine = aarch64
-    so.write_bytes(bytes(data))
-    meta = json.loads((lib / "metadata.json").read_text())
-    meta["library"]["sha256"] = sha256_file(so)
-    (lib / "metadata.json").write_text(json.dumps(meta))
-    res = cli("bench", lib, "--baselines", "none", "--out", tmp_path / "r.json")
-    assert res.exit_code == 5 and "built for aarch64" in res.stderr
+def test_library_for_another_architecture_is_refused(cross_libs, tmp_path):
+    res = cli("bench", cross_libs[("rpi4", "fp32")], "--baselines", "none", "--out", tmp_path / "r.json")
+    assert res.exit_code == 5 and "is built for aarch64" in res.stderr and "--tracker" in res.stderr
     assert not (tmp_path / "r.json").exists()
 
 

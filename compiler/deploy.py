@@ -1,0 +1,300 @@
+"""Running libraries without Python: the C++ deploy runner, the board's TVM runtime, qemu, bundles.
+
+The runner (runner/run_model.cc) links against the TVM runtime only (libtvm_runtime.so +
+libtvm_ffi.so). For aarch64 those two libraries come from the apache-tvm / apache-tvm-ffi manylinux
+aarch64 wheels on PyPI (the same release as the compiler), fetched once into RUNTIME_HOME; the runner
+is cross-compiled with Debian's aarch64 g++, and runs here under qemu-user with the arm64 cross libc,
+so a cross-built library is proven to run and to give the x86 build's answers before a board exists.
+Emulated times are never reported as latencies.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from . import console
+from .artifact import sha256_file
+from .errors import ArtifactError, InputError, ToolchainError
+
+RUNNER_SRC = Path(__file__).with_name("runner") / "run_model.cc"
+RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_ffi.so")
+WHEELS = {"apache-tvm": ("0.27.0.post1", "tvm/lib/libtvm_runtime.so"),
+          "apache-tvm-ffi": ("0.1.14.post1", "tvm_ffi/lib/libtvm_ffi.so")}
+SYSROOT = {"aarch64": Path("/usr/aarch64-linux-gnu")}
+QEMU = {"aarch64": "qemu-aarch64"}
+GXX = {"aarch64": "aarch64-linux-gnu-g++", "x86_64": "g++"}
+PACKAGES = {"qemu-aarch64": "qemu-user", "aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu",
+            "/usr/aarch64-linux-gnu": "libc6-arm64-cross libstdc++6-arm64-cross"}
+RUNTIME_HOME = Path(os.environ.get("SQUEEZEEDGE_RUNTIME_HOME", Path.home() / ".cache" / "squeezeedge" / "runtime"))
+
+
+def _site() -> Path:
+    import tvm_ffi
+
+    return Path(tvm_ffi.__file__).resolve().parent.parent
+
+
+def runtime_dir(arch: str) -> Path:
+    """Directory holding libtvm_runtime.so and libtvm_ffi.so for ``arch`` (fetched from PyPI once)."""
+    if arch == platform.machine():
+        site = _site()
+        return _same_dir(arch, [site / "tvm" / "lib" / "libtvm_runtime.so", site / "tvm_ffi" / "lib" / "libtvm_ffi.so"])
+    dest = RUNTIME_HOME / arch
+    if all((dest / f).is_file() for f in RUNTIME_LIBS):
+        return dest
+    platforms = {"aarch64": "manylinux_2_28_aarch64"}
+    if arch not in platforms:
+        raise ToolchainError(f"no TVM runtime wheel is known for {arch}")
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp, console.step(f"fetching the {arch} TVM runtime from PyPI"):
+        pins = [f"{name}=={ver}" for name, (ver, _) in WHEELS.items()]
+        res = subprocess.run([os.sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                              "--platform", platforms[arch], "--python-version", "3.11", "-d", tmp, *pins],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            raise ToolchainError(f"cannot download the {arch} TVM runtime wheels ({', '.join(pins)}): "
+                                 f"{(res.stderr.strip().splitlines() or ['pip failed'])[-1][:200]}")
+        for (name, (_, member)), wheel in zip(WHEELS.items(), (sorted(Path(tmp).glob(f"{n.replace('-', '_')}-*.whl"))
+                                                               for n in WHEELS)):
+            if not wheel:
+                raise ToolchainError(f"pip did not fetch the {name} wheel for {arch}")
+            with zipfile.ZipFile(wheel[0]) as z:
+                part = dest / f".{Path(member).name}.part"
+                part.write_bytes(z.read(member))
+                os.replace(part, dest / Path(member).name)
+    return dest
+
+
+def _same_dir(arch: str, libs: list[Path]) -> Path:
+    d = Path(tempfile.gettempdir()) / f"squeezeedge-runtime-{arch}-{os.getuid()}"
+    d.mkdir(exist_ok=True)
+    for lib in libs:
+        link = d / lib.name
+        if not link.exists():
+            link.symlink_to(lib)
+    return d
+
+
+def need(tool: str) -> str:
+    """Path of a tool (or sysroot) or ToolchainError naming the Debian package to install."""
+    found = tool if tool.startswith("/") and Path(tool).is_dir() else shutil.which(tool)
+    if not found:
+        raise ToolchainError(f"{tool} is not installed (apt-get install {PACKAGES.get(tool, tool)})")
+    return found
+
+
+def runner(arch: str) -> Path:
+    """The deploy runner for ``arch``, compiled once per source version next to its runtime."""
+    rt = runtime_dir(arch)
+    exe = rt / f"run_model-{sha256_file(RUNNER_SRC)[:12]}"
+    if exe.is_file():
+        return exe
+    gxx = need(GXX.get(arch, f"{arch}-linux-gnu-g++"))
+    include = _site() / "tvm_ffi" / "include"
+    part = rt / f".{exe.name}.part-{os.getpid()}"
+    with console.step(f"compiling the {arch} deploy runner"):
+        res = subprocess.run([gxx, "-std=c++17", "-O2", "-o", str(part), str(RUNNER_SRC), f"-I{include}", f"-L{rt}",
+                              "-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN:$ORIGIN/lib"],
+                             capture_output=True, text=True)
+    if res.returncode != 0:
+        raise ToolchainError(f"{gxx} could not build the deploy runner: {(res.stderr.strip().splitlines() or ['?'])[0]}")
+    os.replace(part, exe)
+    return exe
+
+
+def emulator_prefix(arch: str) -> list[str]:
+    """Command prefix that runs an ``arch`` binary here: nothing natively, qemu-user otherwise."""
+    if arch == platform.machine():
+        return []
+    if arch not in QEMU:
+        raise ToolchainError(f"no emulator known for {arch}")
+    return [need(QEMU[arch]), "-L", need(str(SYSROOT[arch]))]
+
+
+def run_library(lib_dir: Path, feed: dict, repeat: int = 1, timeout: float = 1800):
+    """Run a built library (any architecture qemu covers) through the C++ runner; first output, float32.
+
+    The library is checked against its metadata's sha256 first; inputs are checked like runtime.load.
+    """
+    from .runtime import load_metadata
+
+    meta, lib = load_metadata(Path(lib_dir))
+    return run_file(lib, meta, feed, repeat, timeout)
+
+
+def run_file(lib: Path, meta: dict, feed: dict, repeat: int = 1, timeout: float = 1800):
+    """run_library for a library file and its (inputs, outputs, vocab sizes) record."""
+    import numpy as np
+
+    from .runtime import LoadedModel, elf_machine
+
+    arch = elf_machine(lib)
+    prefix = emulator_prefix(arch)
+    exe = runner(arch)
+    check = LoadedModel(None, meta["inputs"], meta["outputs"], vocab_size=meta.get("vocab_size"),
+                        type_vocab_size=meta.get("type_vocab_size"))
+    arrays = check._check(feed)
+    with tempfile.TemporaryDirectory(prefix="se-run-") as tmp:
+        tmp = Path(tmp)
+        for lib_name in RUNTIME_LIBS:  # $ORIGIN lookup: the runner and the runtime side by side
+            (tmp / lib_name).symlink_to(runtime_dir(arch) / lib_name)
+        shutil.copy(exe, tmp / "run_model")
+        specs = []
+        for spec, arr in zip(meta["inputs"], arrays):
+            arr.tofile(tmp / f"{spec['name']}.bin")
+            specs.append(f"{spec['name']}:{spec['dtype']}:{'x'.join(map(str, arr.shape))}:{tmp / (spec['name'] + '.bin')}")
+        cmd = [*prefix, str(tmp / "run_model"), str(lib), str(tmp / "out.bin"), str(repeat), *specs]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ArtifactError(f"{lib} did not finish in {timeout:.0f} s under {'qemu' if prefix else 'the runner'}") \
+                from None
+        if res.returncode != 0:
+            why = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+            raise ArtifactError(f"{lib} failed in the deploy runner{' under qemu' if prefix else ''}: {why[:200]}")
+        return np.fromfile(tmp / "out.bin", dtype=np.float32).reshape(meta["outputs"][0]["shape"])
+
+
+# --- bundles ------------------------------------------------------------------------------------------
+
+BUNDLE_README = """# squeezeedge deploy bundle: {name}
+
+Built for target `{target}` ({arch}, {description}); {precision}; model sha256 {model_sha}.
+
+## Contents
+- `model.so`: the compiled model (sha256 in metadata.json: check it before you run it)
+- `metadata.json`: inputs, outputs, target, int8 coverage, tuning, build validation
+- `run_model`: the deploy runner (C++, {arch}), needs only the TVM runtime below
+- `lib/libtvm_runtime.so`, `lib/libtvm_ffi.so`: the TVM {tvm_version} runtime for {arch}
+  (from the apache-tvm / apache-tvm-ffi manylinux wheels); the runner finds them through its rpath
+- `inputs/*.bin`: one example input (raw little-endian {dtype}, shape {shape}), and
+  `inputs/expected_output.bin` (raw float32): the output of the same library on the build machine{emulated}
+- `run.sh`: runs the example and compares with the expected output
+
+## On the board ({arch} Linux, glibc 2.28 or newer)
+    tar xzf {name}.tar.gz && cd {name}
+    sha256sum model.so        # must equal metadata.json library.sha256
+    ./run.sh                  # prints per-run milliseconds, then "output matches (max abs diff ...)"
+
+Expected output (first values): {expected}
+Tolerance: max abs diff {tolerance} (the runner writes float32; the same library on the same inputs
+gives the same bits unless the board's CPU takes another code path).
+
+To run your own inputs: `./run_model ./model.so out.bin REPEAT NAME:DTYPE:1x{seq}:FILE ...` with one
+NAME:DTYPE:SHAPE:FILE per input, in the order of metadata.json `inputs`; out.bin receives the first
+output as float32.
+
+From Python on the board instead: `pip install apache-tvm=={tvm_version}` and
+`tvm.relax.VirtualMachine(tvm.runtime.load_module("model.so"), tvm.cpu())["main"](...)`.
+Or remotely from a workstation: start `python -m tvm.exec.rpc_server --tracker HOST:9190 --key {rpc_key}`
+on the board and run `squeezeedge bench LIB_DIR --tracker HOST:9190 --key {rpc_key}` (TVM RPC has
+no authentication: keep it on a trusted network).
+"""
+
+RUN_SH = """#!/bin/sh
+# Run the example input through the library and compare with the expected output.
+# SE_EMULATOR lets a non-{arch} machine run this under qemu, e.g.
+#   SE_EMULATOR="qemu-aarch64 -L /usr/aarch64-linux-gnu" ./run.sh
+set -e
+cd "$(dirname "$0")"
+$SE_EMULATOR ./run_model ./model.so out.bin 5 {specs}
+if ! command -v python3 >/dev/null; then
+  cmp -s out.bin inputs/expected_output.bin && echo "output matches (bit-identical)" && exit 0
+  echo "output differs from inputs/expected_output.bin (install python3 for a tolerance check)"; exit 1
+fi
+python3 - <<'EOF'
+import struct
+n = {n}
+got = struct.unpack("<%df" % n, open("out.bin", "rb").read())
+exp = struct.unpack("<%df" % n, open("inputs/expected_output.bin", "rb").read())
+diff = max(abs(a - b) for a, b in zip(got, exp))
+print("output", "matches" if diff <= {tolerance} else "DIFFERS", "(max abs diff %.3g, tolerance {tolerance})" % diff)
+raise SystemExit(0 if diff <= {tolerance} else 1)
+EOF
+"""
+
+
+def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool, tolerance: float = 1e-5) -> Path:
+    """A deploy tarball for the board: library, metadata, runner, runtime, example input, README."""
+    import numpy as np
+
+    from .runtime import elf_machine, load_metadata
+
+    meta, lib = load_metadata(Path(lib_dir))
+    arch = elf_machine(lib)
+    name = out.name.removesuffix(".tar.gz")
+    exe, rt = runner(arch), runtime_dir(arch)
+    specs = " ".join(f"{i['name']}:{i['dtype']}:{'x'.join(map(str, i['shape']))}:inputs/{i['name']}.bin"
+                     for i in meta["inputs"])
+    expected = np.asarray(expected, dtype=np.float32)
+    files: dict[str, bytes | Path] = {"model.so": lib, "metadata.json": Path(lib_dir) / "metadata.json",
+                                      "run_model": exe, "lib/libtvm_runtime.so": rt / "libtvm_runtime.so",
+                                      "lib/libtvm_ffi.so": rt / "libtvm_ffi.so",
+                                      "inputs/expected_output.bin": expected.tobytes()}
+    for i in meta["inputs"]:
+        files[f"inputs/{i['name']}.bin"] = np.ascontiguousarray(feed[i["name"]], dtype=i["dtype"]).tobytes()
+    files["run.sh"] = RUN_SH.format(arch=arch, specs=specs, n=expected.size, tolerance=tolerance).encode()
+    target = meta["target"]
+    files["README.md"] = BUNDLE_README.format(
+        name=name, target=target["name"], arch=arch, description=_describe(target), precision=meta["precision"],
+        model_sha=meta["model"]["sha256"][:16], tvm_version=WHEELS["apache-tvm"][0],
+        dtype=meta["inputs"][0]["dtype"], shape="x".join(map(str, meta["inputs"][0]["shape"])),
+        seq=meta["inputs"][0]["shape"][1], expected=", ".join(f"{v:.6g}" for v in expected.ravel()[:4]),
+        tolerance=tolerance, rpc_key=target.get("name"),
+        emulated=" (computed under qemu-user from this bundle's own runner and runtime)" if emulated else "").encode()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(f".{out.name}.part-{os.getpid()}")
+    with tarfile.open(part, "w:gz") as tar:
+        for arcname, src in files.items():
+            data = src.read_bytes() if isinstance(src, Path) else src
+            info = tarfile.TarInfo(f"{name}/{arcname}")
+            info.size, info.mode = len(data), 0o755 if arcname in ("run_model", "run.sh") else 0o644
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    os.replace(part, out)
+    return out
+
+
+def bundle_library(art) -> Path:
+    """Write ``<build dir>.tar.gz`` beside a build artifact; its expected output comes from running the
+    bundle's own runner and runtime here (under qemu for another architecture)."""
+    import json
+
+    from .export import random_inputs
+    from .runtime import elf_machine
+
+    meta = json.loads((art.path / "metadata.json").read_text())
+    shape = meta["inputs"][0]["shape"]
+    feed = random_inputs(meta.get("vocab_size") or 30528, meta.get("type_vocab_size") or 2, shape[0], shape[1], 7)
+    emulated = elf_machine(art.path / meta["library"]["file"]) != platform.machine()
+    with console.step("running the bundle's example input" + (" under qemu" if emulated else "")):
+        expected = run_library(art.path, feed)
+    return write_bundle(art.path, art.path.with_name(art.path.name + ".tar.gz"), expected, feed, emulated)
+
+
+def _describe(target: dict) -> str:
+    tvm = target.get("tvm", {})
+    host = tvm.get("host", {}) if isinstance(tvm.get("host"), dict) else {}
+    return f"{tvm.get('kind')} {tvm.get('mcpu') or host.get('mcpu') or ''}".strip()
+
+
+def safe_extract(tarball: Path, dest: Path) -> list[str]:
+    """Unpack a bundle refusing absolute paths, '..', links and devices (no path traversal)."""
+    names = []
+    with tarfile.open(tarball) as tar:
+        for m in tar.getmembers():
+            p = Path(m.name)
+            if p.is_absolute() or ".." in p.parts or not (m.isfile() or m.isdir()):
+                raise InputError(f"{tarball}: refusing to unpack '{m.name}' (absolute path, '..' or a link)")
+            names.append(m.name)
+        tar.extractall(dest, filter="data")
+    return names

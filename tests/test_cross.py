@@ -1,0 +1,79 @@
+"""Cross builds for the Raspberry Pi targets: aarch64 libraries, run under qemu-user through the C++
+deploy runner and the apache-tvm aarch64 runtime, give the x86 build's answers; bundles unpack and run."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+
+import numpy as np
+import pytest
+
+from compiler import deploy, runtime
+from compiler.export import random_inputs
+
+from .conftest import CASES, TINY_SEQ, cli
+
+@pytest.mark.parametrize("target, precision", CASES)
+def test_cross_build_runs_under_qemu_and_matches_x86(cross_libs, fp32_lib, int8_lib, target, precision):
+    """Stated tolerance vs the x86 host build on the same inputs: fp32 max abs 1e-5 (aarch64 fuses
+    multiply-adds differently), int8 max abs 1e-5 (integer kernels; only the float epilogues differ)."""
+    lib = cross_libs[(target, precision)]
+    meta = json.loads((lib / "metadata.json").read_text())
+    assert runtime.elf_machine(lib / "model.so") == "aarch64"
+    assert meta["validation"]["ran"].startswith("under qemu-user")  # build itself ran it under qemu
+    x86 = runtime.load(int8_lib if precision == "int8" else fp32_lib)
+    for seed in (11, 12):
+        feed = random_inputs(30528, 2, 1, TINY_SEQ, seed)
+        got = deploy.run_library(lib, feed)
+        np.testing.assert_allclose(got, x86(**feed)[0], atol=1e-5, rtol=0)
+
+
+def test_bundle_unpacks_runs_and_its_readme_is_accurate(cross_libs, tmp_path):
+    tarball = cross_libs[("rpi5", "int8")].with_name("int8-rpi5.tar.gz")
+    names = deploy.safe_extract(tarball, tmp_path)
+    root = tmp_path / "int8-rpi5"
+    readme = (root / "README.md").read_text()
+    for f in ("model.so", "metadata.json", "run_model", "lib/libtvm_runtime.so", "lib/libtvm_ffi.so", "run.sh",
+              "inputs/expected_output.bin"):
+        assert f"int8-rpi5/{f}" in names and f"`{f}`" in readme, f
+    for lib in ("run_model", "lib/libtvm_runtime.so"):
+        assert runtime.elf_machine(root / lib) == "aarch64"
+    expected = np.fromfile(root / "inputs" / "expected_output.bin", dtype=np.float32)
+    assert f"Expected output (first values): {expected[0]:.6g}, {expected[1]:.6g}" in readme
+    meta = json.loads((root / "metadata.json").read_text())
+    assert runtime.load_metadata(root)[0] == meta  # sha256 of the bundled library checks out
+    env = dict(os.environ, SE_EMULATOR="qemu-aarch64 -L /usr/aarch64-linux-gnu")
+    res = subprocess.run(["sh", str(root / "run.sh")], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and "output matches" in res.stdout, res.stdout + res.stderr
+    assert res.stdout.count(" ms") == 5  # five timed runs printed
+
+
+def test_bundle_with_path_traversal_is_refused(tmp_path):
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    with pytest.raises(Exception, match="refusing to unpack '../escaped.txt'"):
+        deploy.safe_extract(evil, tmp_path / "x")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_missing_qemu_names_the_package(tiny_export, tmp_path, monkeypatch):
+    real = deploy.shutil.which
+    monkeypatch.setattr(deploy.shutil, "which", lambda t: None if t == "qemu-aarch64" else real(t))
+    res = cli("build", tiny_export, "--target", "rpi4", "--out", tmp_path / "o")
+    assert res.exit_code == 9 and "apt-get install qemu-user" in res.stderr and "--no-emulate" in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_cross_compiler_names_the_package(tiny_export, tmp_path, monkeypatch):
+    from compiler import build
+
+    monkeypatch.setattr(build.shutil, "which", lambda t: None)
+    res = cli("build", tiny_export, "--target", "rpi5", "--out", tmp_path / "o")
+    assert res.exit_code == 9 and "apt-get install g++-aarch64-linux-gnu" in res.stderr
