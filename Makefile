@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # tests convert a model through them), so typing-extensions is put back to 4.16 right after.
 TFLITE_CONVERTERS := litert-torch==0.10.0 ai-edge-quantizer==0.10.0 litert-converter==0.5.0
 
-.PHONY: setup toolchain demo test bench bench-fidelity bench-quantize-cost bench-build bench-tuned pretune clean
+.PHONY: setup toolchain demo test bench bench-fidelity bench-quantize-cost bench-latency pretune clean
 
 setup: $(STAMP) toolchain
 
@@ -34,32 +34,42 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import tvm.relax, litert_torch, ai_edge_quantizer"
 	touch $(STAMP)
 
+# The reference x86 target for this machine: AVX-512 VNNI when the CPU has it, else AVX2. A shipped
+# tuning database for it (results/databases/TARGET-{int8,fp32}) is used when there is one.
+REF_TARGET ?= $(shell grep -qw avx512_vnni /proc/cpuinfo 2>/dev/null && echo x86-avx512 || echo x86-avx2)
+db_opt = $(if $(wildcard results/databases/$(REF_TARGET)-$(1)/manifest.json),--database results/databases/$(REF_TARGET)-$(1))
+
 # The embedded default: full-size SqueezeBERT (seeded init) exported and validated, quantized to int8
-# on the shipped calibration corpus (fidelity checked), then compiled with TVM for the reference x86
-# target (AVX-512 VNNI, 2 threads) with the shipped tuning database, into a library whose quantized
-# layers compute in integers, checked against onnxruntime.
+# on the shipped calibration corpus (fidelity checked), compiled with TVM for the reference x86 target
+# into a library whose quantized layers compute in integers (checked against onnxruntime), then timed
+# next to PyTorch and onnxruntime; ends with the report's path and headline table.
 demo: $(STAMP)
 	$(SE) export --model squeezebert-uncased --out build/demo/export
-	$(SE) quantize build/demo/export --target x86-avx512 --out build/demo/int8
-	$(SE) build build/demo/int8 --target x86-avx512 --database results/databases/x86-avx512-int8 \
-		--out build/demo/int8-x86-avx512
+	$(SE) quantize build/demo/export --target $(REF_TARGET) --out build/demo/int8
+	$(SE) build build/demo/int8 --target $(REF_TARGET) $(call db_opt,int8) --out build/demo/int8-$(REF_TARGET)
+	$(SE) -q bench build/demo/int8-$(REF_TARGET) --baselines torch,ort --out build/demo/bench.json > /dev/null
+	$(SE) report build/demo/bench.json --out build/demo/report
 
 test: $(STAMP) toolchain
 	$(PY) -m pytest -q -m "not slow"
 
 # Benchmarks write results/ (full-size models; minutes, not seconds).
-bench: bench-fidelity bench-quantize-cost bench-build bench-tuned
+bench: bench-fidelity bench-quantize-cost bench-latency
 
 bench-fidelity: $(STAMP)
 	$(PY) -m compiler.fidelity_bench --workdir build/bench --results results
 
-bench-build: $(STAMP)
-	$(PY) -m compiler.build_bench --workdir build/bench --results results
-
-# Tuned builds of the reference target with the shipped databases (make pretune made them).
-bench-tuned: $(STAMP)
-	$(PY) -m compiler.build_bench --workdir build/bench --results results --target x86-avx512 \
-		--databases results/databases --name x86-avx512-tuned-latency
+# fp32 and int8 libraries for the reference target, timed in one interleaved run next to PyTorch,
+# onnxruntime and TFLite, then the report over every results/bench-*.json (all devices, all runs).
+bench-latency: $(STAMP)
+	$(SE) export --model squeezebert-uncased --out build/bench/export
+	$(SE) quantize build/bench/export --target $(REF_TARGET) --out build/bench/int8-$(REF_TARGET)
+	$(SE) build build/bench/export --target $(REF_TARGET) $(call db_opt,fp32) --out build/bench/fp32-$(REF_TARGET)
+	$(SE) build build/bench/int8-$(REF_TARGET) --target $(REF_TARGET) $(call db_opt,int8) \
+		--out build/bench/int8-$(REF_TARGET)-lib
+	$(SE) --workdir build/bench bench build/bench/int8-$(REF_TARGET)-lib build/bench/fp32-$(REF_TARGET) \
+		--out results/bench-$(REF_TARGET).json
+	$(SE) report results/bench-*.json --out results/report
 
 bench-quantize-cost: $(STAMP)
 	$(PY) -m compiler.quantize_cost_bench --workdir build/bench --results results

@@ -97,7 +97,7 @@ def load_artifact(path: Path, stage: str | None = None, verify: bool = True) -> 
     Raises ArtifactError if there is no manifest, it is unreadable, it comes from a newer schema, it is
     of another stage than ``stage``, or (with ``verify``) a file is missing or its sha256 differs.
     """
-    path = Path(path)
+    path = Path(path).absolute()  # manifests record parents by this path: keep it valid from any cwd
     mpath = path / MANIFEST
     if not path.is_dir():
         raise ArtifactError(f"{path} is not a directory (expected a squeezeedge artifact)")
@@ -208,6 +208,7 @@ def run_stage(
     parent_sha = parent.sha256 if parent else None
     key = _cache_key(stage, config, parent_sha)
     with _lock(out):
+        _recover(out)
         if not force and (art := _reusable(out, key)) is not None:
             return StageRun(art, skipped=True)
         try:
@@ -238,6 +239,20 @@ def run_stage(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return StageRun(Artifact(out, manifest), skipped=False)
+
+
+def _recover(out: Path) -> None:
+    """Clean up after a run that was killed (SIGKILL, power loss) while writing ``out``; call under its lock.
+
+    A kill mid-work leaves ``.NAME.tmp-*`` (removed here). A kill between the two renames of
+    _replace_dir leaves the previous artifact in ``.NAME.old-*/a`` and no ``out``: it is put back.
+    """
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in sorted(out.parent.glob(f".{out.name}.old-*")):
+        if not out.exists() and (old / "a" / MANIFEST).is_file():
+            os.rename(old / "a", out)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _replace_dir(new: Path, out: Path) -> None:

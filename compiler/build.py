@@ -15,10 +15,11 @@ from pathlib import Path
 
 from . import console
 from .artifact import Artifact, StageRun, load_artifact, run_stage, sha256_file, tool_versions
-from .errors import CompileError, InputError, NotBuiltYet, ToolchainError, ValidationError
+from .errors import CompileError, InputError, ToolchainError, ValidationError
 from .targets import Target, load_target
 
 LIB_FILE = "model.so"
+CPU_LIB_FILE = "model-cpu.so"  # CUDA targets: the same model for the board's CPU alone
 METADATA_FILE = "metadata.json"
 CROSS_PACKAGES = {"aarch64-linux-gnu": "g++-aarch64-linux-gnu"}  # Debian package of each cross g++
 
@@ -58,9 +59,16 @@ def build_library(model_dir: Path, cfg: BuildConfig, out: Path, force: bool = Fa
     if parent.stage not in ("export", "quantize"):
         raise InputError(f"{model_dir} is a '{parent.stage}' artifact; build takes an export or quantize artifact")
     target = load_target(cfg.target, cfg.target_file)
-    if target.device != "cpu":
-        raise NotBuiltYet(f"target {target.name}: {target.device} builds are not built yet (tracked in issue #6)")
+    if target.device not in ("cpu", "cuda"):
+        raise InputError(f"target {target.name}: device '{target.device}' is not supported (cpu, cuda)")
+    if target.device == "cuda" and cfg.database is not None:
+        raise InputError(f"target {target.name}: tuning databases apply to CPU targets only; "
+                         "CUDA kernels use dlight's default schedules")
     tvm_target = target.tvm_target()  # TargetError if TVM rejects it
+    if target.device == "cuda":
+        from .cuda import check_arch
+
+        check_arch(str(tvm_target.attrs["arch"]))  # ToolchainError naming what to install, before any work
     database = _check_database(cfg.database, parent, target, tvm_target) if cfg.database is not None else None
     compiler = _cross_compiler(target)
     if target.is_cross and cfg.emulate:
@@ -216,10 +224,18 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
                         "float_layers_kept": len(floats)}
         else:
             coverage = {"quantized_layers": quantized, "integer_kernels": 0, "mode": "float QDQ simulation"}
+    gpu = target.device == "cuda"
+    if gpu:
+        from .cuda import enable_nvcc_codegen, gpu_schedule
+
+        enable_nvcc_codegen()
     with console.step(f"compiling for {target.name} ({tvm_target.kind.name}, "
-                      f"{tvm_target.attrs.get('mcpu', 'generic')})"), console.native_stderr_to_debug():
+                      f"{tvm_target.attrs.get('mcpu') or tvm_target.attrs.get('arch') or 'generic'})"
+                      + (", kernels through nvcc" if gpu else "")), console.native_stderr_to_debug():
         try:
             mod = fuse(mod, tvm_target)
+            if gpu:
+                mod = gpu_schedule(mod, tvm_target)
             db_failed = 0
             if database is not None:
                 from .tune import apply_database
@@ -232,11 +248,19 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
             if precision == "int8" and cfg.integer and len(macs["float"]) > coverage["float_layers_kept"]:
                 raise CompileError(f"int8 lowering incomplete: {len(macs['float'])} compiled kernels still "
                                    f"multiply in float ({sorted(set(macs['float']))[0]}, ...)")
-            ex = tvm.compile(mod, target=tvm_target)
+            if gpu:
+                with tvm_target:  # nvcc's callback reads the arch from the current target
+                    ex = tvm.compile(mod, target=tvm_target)
+            else:
+                ex = tvm.compile(mod, target=tvm_target)
         except CompileError:
             raise
         except Exception as exc:
-            raise CompileError(f"TVM failed to compile the model for {target.name}: {_first_line(exc)}") from exc
+            line = _first_line(exc)
+            if gpu and ("forget to bind" in str(exc) or "thread" in line and "bind" in line):
+                raise CompileError(f"an operator has no CUDA schedule for {target.name} (dlight left a kernel "
+                                   f"unbound): {line}") from exc
+            raise CompileError(f"TVM failed to compile the model for {target.name}: {line}") from exc
     if coverage is not None:
         coverage |= {"compiled_integer_mac_kernels": len(macs["integer"]),
                      "compiled_float_mac_kernels": len(macs["float"]),
@@ -253,13 +277,21 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
     cpu_target = tvm_target.host if target.device != "cpu" else tvm_target
     cpu_features = sorted(isa_features(cpu_target)) if cpu_target.kind.name == "llvm" else []
     validation = None
+    cuda_info = None
+    if gpu:
+        from .cuda import describe
+
+        cuda_info = describe(lib, str(tvm_target.attrs["arch"]))
+        if not any(b["arch"] == cuda_info["arch"] for b in cuda_info["device_binaries"]):
+            raise CompileError(f"the library carries no {cuda_info['arch']} kernels (found "
+                               f"{[b['arch'] for b in cuda_info['device_binaries']] or 'none'})")
     missing = [] if target.is_cross else missing_cpu_features(cpu_features)
     if missing:
         console.info(f"  not running the library here: this CPU lacks {', '.join(missing)}")
     if not target.is_cross and not missing:
         with console.step(f"checking the library against onnxruntime on {cfg.validation_runs} random inputs"):
             validation = _validate(lib, onnx_path, parent, precision, cfg)
-    elif target.is_cross and cfg.emulate:
+    elif target.is_cross and cfg.emulate and not gpu:
         with console.step(f"running the library under qemu-user (C++ deploy runner) on {cfg.emulated_runs} "
                           "random input(s), against onnxruntime"):
             validation = _validate(lib, onnx_path, parent, precision, cfg, emulated=True)
@@ -281,11 +313,28 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
         "type_vocab_size": parent.results["model_config"].get("type_vocab_size", 2),
         "library": {"file": LIB_FILE, "sha256": sha256_file(lib), "bytes": lib.stat().st_size},
         "validation": validation,
+        "cuda": cuda_info,
         "compile_s": round(compile_s, 2),
         "versions": tool_versions(),
     }
+    if gpu:  # Jetson: also the CPU-only library for the board's Cortex cores, built and checked the same way
+        meta["cpu_library"] = _cpu_library(parent, target, compiler, cfg, tmp)
     (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _cpu_library(parent: Artifact, target: Target, compiler, cfg: BuildConfig, tmp: Path) -> dict:
+    import dataclasses
+
+    cpu = dataclasses.replace(target, name=f"{target.name}-cpu", device="cpu", tvm=target.tvm_host, tvm_host=None)
+    sub = tmp / ".cpu"
+    sub.mkdir()
+    console.info(f"  and the CPU library for {cpu.name}:")
+    meta = _build(parent, cpu, cpu.tvm_target(), compiler, cfg, sub, None)
+    (sub / LIB_FILE).rename(tmp / CPU_LIB_FILE)
+    shutil.rmtree(sub)
+    return {"file": CPU_LIB_FILE, "sha256": sha256_file(tmp / CPU_LIB_FILE), "bytes": (tmp / CPU_LIB_FILE).stat().st_size,
+            "target": meta["target"], "int8": meta["int8"], "validation": meta["validation"]}
 
 
 def _static_dims(parent: Artifact) -> dict[str, int]:

@@ -260,6 +260,12 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, emulate
     check = (f", vs onnxruntime{' (run under qemu)' if 'qemu' in val.get('ran', '') else ''}: max abs diff "
              f"{val['max_abs_diff']:.2e}, min cosine {val['min_cosine']:.5f}"
              if val else " (not run here: --no-emulate, or this CPU lacks the target's ISA extensions)")
+    if r.get("cuda"):
+        cu, cpu = r["cuda"], r["cpu_library"]
+        check = (f"; CUDA kernels: {', '.join(b['kind'] + ' ' + b['arch'] for b in cu['device_binaries'])} "
+                 f"(not run: no GPU here)\n  CPU library {cpu['file']} for {cpu['target']['name']}"
+                 + (f", run under qemu: max abs diff {cpu['validation']['max_abs_diff']:.2e}" if cpu["validation"]
+                    else ", not run (--no-emulate)"))
     _finish(ctx, run, "built", run.artifact.file("model.so"),
             f"  {r['precision']} for {r['target']['name']}{ints}{tuning}, {r['library']['bytes'] / 1e6:.1f} MB"
             f"{check}\n"

@@ -77,13 +77,6 @@ class ExportError(SqueezeEdgeError):
     kind = "export failed"
 
 
-class NotBuiltYet(SqueezeEdgeError):
-    """A stage that is part of the CLI contract but not implemented yet."""
-
-    exit_code = 11
-    kind = "not implemented"
-
-
 class RegressionError(SqueezeEdgeError):
     """A report's --fail-on check found a slower library than the previous run on the same device."""
 
@@ -102,7 +95,6 @@ ALL_ERRORS = (
     ToolchainError,
     CompileError,
     ExportError,
-    NotBuiltYet,
     RegressionError,
 )
 

@@ -12,7 +12,7 @@ from compiler.errors import exit_code_table
 
 from .conftest import cli
 
-COMMANDS = ["export", "quantize", "tune", "build", "bench", "report", "run", "targets", "inspect"]
+COMMANDS = ["export", "quantize", "tune", "build", "bench", "report", "fleet", "targets", "inspect"]
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -21,14 +21,6 @@ def test_every_command_has_a_manual(name):
     assert res.exit_code == 0
     assert "Usage: main" in res.stdout or "Usage:" in res.stdout
     assert len(res.stdout.splitlines()) >= 5
-
-
-@pytest.mark.parametrize("name", ["bench", "report", "run"])
-def test_unbuilt_stage_says_so_in_one_line(name):
-    res = cli(name, "anything")
-    assert res.exit_code == 11
-    assert res.stderr.strip() == f"squeezeedge: not implemented: 'squeezeedge {name}' is not built yet " \
-                                 f"(tracked in issue #7)"
 
 
 def test_python_dash_m_entry_point():

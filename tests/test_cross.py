@@ -77,3 +77,47 @@ def test_missing_cross_compiler_names_the_package(tiny_export, tmp_path, monkeyp
     monkeypatch.setattr(build.shutil, "which", lambda t: None)
     res = cli("build", tiny_export, "--target", "rpi5", "--out", tmp_path / "o")
     assert res.exit_code == 9 and "apt-get install g++-aarch64-linux-gnu" in res.stderr
+
+
+@pytest.fixture(scope="session")
+def orin_lib(tiny_export, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cuda") / "fp32-orin"
+    res = cli("build", tiny_export, "--target", "jetson-orin-nano", "--out", out)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_jetson_build_embeds_sm87_kernels_and_a_checked_cpu_library(orin_lib, fp32_lib):
+    from compiler.cuda import fatbin_cubins
+
+    meta = json.loads((orin_lib / "metadata.json").read_text())
+    bins = fatbin_cubins(orin_lib / "model.so")  # parsed from the library file itself
+    assert any(b["kind"] == "cubin" and b["arch"] == "sm_87" and b["bytes"] > 10_000 for b in bins), bins
+    assert meta["cuda"]["device_binaries"] == bins and meta["target"]["tvm"]["arch"] == "sm_87"
+    assert runtime.elf_machine(orin_lib / "model.so") == "aarch64"  # host side of the CUDA library
+    cpu = meta["cpu_library"]
+    assert cpu["validation"]["ran"].startswith("under qemu-user") and cpu["validation"]["max_abs_diff"] <= 1e-4
+    feed = random_inputs(30528, 2, 1, TINY_SEQ, 21)
+    cpu_meta = dict(meta, library={"file": cpu["file"], "sha256": cpu["sha256"]})
+    got = deploy.run_file(orin_lib / cpu["file"], cpu_meta, feed)
+    np.testing.assert_allclose(got, runtime.load(fp32_lib)(**feed)[0], atol=1e-5, rtol=0)
+
+
+def test_arch_this_nvcc_cannot_compile_is_named(tiny_export, tmp_path):
+    """CUDA 13's nvcc dropped sm_72 (Jetson Xavier NX); with it installed the build says so up front."""
+    import subprocess
+
+    archs = subprocess.run(["nvcc", "--list-gpu-arch"], capture_output=True, text=True).stdout.split()
+    if "compute_72" in archs:
+        pytest.skip("this nvcc still compiles sm_72")
+    res = cli("build", tiny_export, "--target", "jetson-xavier-nx", "--out", tmp_path / "o")
+    assert res.exit_code == 9 and "cannot compile for sm_72" in res.stderr and "12.x" in res.stderr
+
+
+def test_missing_nvcc_names_the_package(tiny_export, tmp_path, monkeypatch):
+    from compiler import cuda
+
+    monkeypatch.setattr(cuda.shutil, "which", lambda t: None)
+    monkeypatch.setattr(cuda, "Path", lambda p: type("P", (), {"is_file": lambda self: False})())
+    res = cli("build", tiny_export, "--target", "jetson-orin-nano", "--out", tmp_path / "o")
+    assert res.exit_code == 9 and "nvcc" in res.stderr and "apt-get install" in res.stderr
