@@ -74,14 +74,16 @@ bench-latency: $(STAMP)
 bench-quantize-cost: $(STAMP)
 	$(PY) -m compiler.quantize_cost_bench --workdir build/bench --results results
 
-# Pre-tuned databases for the reference x86 target (x86-avx512), shipped in results/databases/ so that
-# users get tuned builds without tuning. Rerunning with a larger TRIALS extends them.
+# Pre-tuned databases for the reference x86 target of this machine (REF_TARGET), shipped in
+# results/databases/ so that users get tuned builds without tuning. Rerunning with a larger TRIALS
+# extends them; REF_TARGET=x86-avx512 on an AVX-512 VNNI machine for that one.
 TRIALS ?= 300
 pretune: $(STAMP)
 	$(SE) export --model squeezebert-uncased --out build/ref/export
-	$(SE) quantize build/ref/export --target x86-avx512 --out build/ref/int8
-	$(SE) tune build/ref/int8 --target x86-avx512 --trials $(TRIALS) --out results/databases/x86-avx512-int8
-	$(SE) tune build/ref/export --target x86-avx512 --trials $(TRIALS) --out results/databases/x86-avx512-fp32
+	$(SE) quantize build/ref/export --target $(REF_TARGET) --out build/ref/int8-$(REF_TARGET)
+	$(SE) tune build/ref/int8-$(REF_TARGET) --target $(REF_TARGET) --trials $(TRIALS) \
+		--out results/databases/$(REF_TARGET)-int8
+	$(SE) tune build/ref/export --target $(REF_TARGET) --trials $(TRIALS) --out results/databases/$(REF_TARGET)-fp32
 
 clean:
 	rm -rf build .pytest_cache

@@ -109,6 +109,7 @@ def ort_runner(art: Artifact, precision: str, threads: int) -> Runner:
     path = art.file("model.onnx")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see bench.quiet_thread_pools
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return Runner(f"onnxruntime {precision}", "onnxruntime", precision, lambda feed: sess.run(None, feed)[0],
                   path.stat().st_size, {"model": str(path)})

@@ -256,11 +256,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
         except CompileError:
             raise
         except Exception as exc:
-            line = _first_line(exc)
-            if gpu and ("forget to bind" in str(exc) or "thread" in line and "bind" in line):
-                raise CompileError(f"an operator has no CUDA schedule for {target.name} (dlight left a kernel "
-                                   f"unbound): {line}") from exc
-            raise CompileError(f"TVM failed to compile the model for {target.name}: {line}") from exc
+            raise CompileError(f"TVM failed to compile the model for {target.name}: {_first_line(exc)}") from exc
     if coverage is not None:
         coverage |= {"compiled_integer_mac_kernels": len(macs["integer"]),
                      "compiled_float_mac_kernels": len(macs["float"]),

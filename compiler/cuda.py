@@ -49,7 +49,8 @@ def enable_nvcc_codegen() -> dict:
     """Make TVM compile CUDA kernels to a fatbin with nvcc at build time (idempotent)."""
     if _enabled:
         return _enabled
-    from .deploy import RUNTIME_HOME, sha256_file
+    from .artifact import sha256_file
+    from .deploy import RUNTIME_HOME
 
     compiler = nvcc()
     homes = [compiler.parent.parent, Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")), Path("/usr/local/cuda")]

@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -57,7 +58,7 @@ def runtime_dir(arch: str) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest) as tmp, console.step(f"fetching the {arch} TVM runtime from PyPI"):
         pins = [f"{name}=={ver}" for name, (ver, _) in WHEELS.items()]
-        res = subprocess.run([os.sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+        res = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                               "--platform", platforms[arch], "--python-version", "3.11", "-d", tmp, *pins],
                              capture_output=True, text=True)
         if res.returncode != 0:
