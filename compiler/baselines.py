@@ -216,7 +216,7 @@ def tflite_runner(models: Artifact, precision: str, threads: int) -> Runner:
                   {"model": str(path), "runtime": "ai-edge-litert (XNNPACK delegate)"})
 
 
-def baseline_runners(wanted: tuple[str, ...], chain: Lineage, threads: int, workdir: Path
+def baseline_runners(wanted: tuple[str, ...], chain: Lineage, threads: int, workdir: Path, feed: dict
                      ) -> tuple[list[Runner], dict[str, str]]:
     """Build every wanted baseline that can run here; (runners, {name: why it was skipped})."""
     runners, skipped = [], {}
@@ -239,10 +239,15 @@ def baseline_runners(wanted: tuple[str, ...], chain: Lineage, threads: int, work
         plan += [("tflite fp32", lambda: tflite("fp32")), ("tflite int8", lambda: tflite("int8"))]
     for name, make in plan:
         try:
-            runners.append(make())
-        except Skip as exc:
-            skipped[name] = str(exc)
-            console.info(f"  {name}: skipped ({exc})")
+            runner = make()
+            runner.fn(feed)  # one call now: a baseline that cannot run is skipped, not fatal
+            runners.append(runner)
+        except SqueezeEdgeError:
+            raise
+        except Exception as exc:  # Skip, or the runtime itself failing here
+            why = str(exc) if isinstance(exc, Skip) else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"
+            skipped[name] = why
+            console.info(f"  {name}: skipped ({why})")
     return runners, skipped
 
 

@@ -200,7 +200,7 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
                    for b in cfg.baselines for n in BASELINE_RUNTIMES[b]}
     else:
         runners = [squeezeedge_runner(d) for d in lib_dirs]
-        base, skipped = baseline_runners(cfg.baselines, chain, cfg.threads, cfg.workdir)
+        base, skipped = baseline_runners(cfg.baselines, chain, cfg.threads, cfg.workdir, feed)
         runners += base
     console.info(f"  timing {len(runners)} runtimes, interleaved: {', '.join(r.name for r in runners)}")
     samples, window_s = _measure(runners, feed, cfg)

@@ -10,6 +10,7 @@ Emulated times are never reported as latencies.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import platform
@@ -28,8 +29,7 @@ from .errors import ArtifactError, InputError, ToolchainError
 
 RUNNER_SRC = Path(__file__).with_name("runner") / "run_model.cc"
 RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_ffi.so")
-WHEELS = {"apache-tvm": ("0.27.0.post1", "tvm/lib/libtvm_runtime.so"),
-          "apache-tvm-ffi": ("0.1.14.post1", "tvm_ffi/lib/libtvm_ffi.so")}
+WHEELS = {"apache-tvm": "tvm/lib/libtvm_runtime.so", "apache-tvm-ffi": "tvm_ffi/lib/libtvm_ffi.so"}
 SYSROOT = {"aarch64": Path("/usr/aarch64-linux-gnu")}
 QEMU = {"aarch64": "qemu-aarch64"}
 GXX = {"aarch64": "aarch64-linux-gnu-g++", "x86_64": "g++"}
@@ -44,12 +44,21 @@ def _site() -> Path:
     return Path(tvm_ffi.__file__).resolve().parent.parent
 
 
+def wheel_versions() -> dict[str, str]:
+    """The installed compiler's versions: the board runtime must be the same release."""
+    from importlib import metadata
+
+    return {name: metadata.version(name) for name in WHEELS}
+
+
 def runtime_dir(arch: str) -> Path:
     """Directory holding libtvm_runtime.so and libtvm_ffi.so for ``arch`` (fetched from PyPI once)."""
+    versions = wheel_versions()
     if arch == platform.machine():
         site = _site()
-        return _same_dir(arch, [site / "tvm" / "lib" / "libtvm_runtime.so", site / "tvm_ffi" / "lib" / "libtvm_ffi.so"])
-    dest = RUNTIME_HOME / arch
+        return _linked_dir(RUNTIME_HOME / f"{arch}-{hashlib.sha256(str(site).encode()).hexdigest()[:12]}",
+                           [site / "tvm" / "lib" / "libtvm_runtime.so", site / "tvm_ffi" / "lib" / "libtvm_ffi.so"])
+    dest = RUNTIME_HOME / f"{arch}-tvm{versions['apache-tvm']}"
     if all((dest / f).is_file() for f in RUNTIME_LIBS):
         return dest
     platforms = {"aarch64": "manylinux_2_28_aarch64"}
@@ -57,14 +66,14 @@ def runtime_dir(arch: str) -> Path:
         raise ToolchainError(f"no TVM runtime wheel is known for {arch}")
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest) as tmp, console.step(f"fetching the {arch} TVM runtime from PyPI"):
-        pins = [f"{name}=={ver}" for name, (ver, _) in WHEELS.items()]
+        pins = [f"{name}=={ver}" for name, ver in versions.items()]
         res = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                               "--platform", platforms[arch], "--python-version", "3.11", "-d", tmp, *pins],
                              capture_output=True, text=True)
         if res.returncode != 0:
             raise ToolchainError(f"cannot download the {arch} TVM runtime wheels ({', '.join(pins)}): "
                                  f"{(res.stderr.strip().splitlines() or ['pip failed'])[-1][:200]}")
-        for (name, (_, member)), wheel in zip(WHEELS.items(), (sorted(Path(tmp).glob(f"{n.replace('-', '_')}-*.whl"))
+        for (name, member), wheel in zip(WHEELS.items(), (sorted(Path(tmp).glob(f"{n.replace('-', '_')}-*.whl"))
                                                                for n in WHEELS)):
             if not wheel:
                 raise ToolchainError(f"pip did not fetch the {name} wheel for {arch}")
@@ -75,11 +84,13 @@ def runtime_dir(arch: str) -> Path:
     return dest
 
 
-def _same_dir(arch: str, libs: list[Path]) -> Path:
-    d = Path(tempfile.gettempdir()) / f"squeezeedge-runtime-{arch}-{os.getuid()}"
-    d.mkdir(exist_ok=True)
+def _linked_dir(d: Path, libs: list[Path]) -> Path:
+    """This environment's own runtime libraries, linked side by side (the runner's $ORIGIN lookup)."""
+    d.mkdir(parents=True, exist_ok=True)
     for lib in libs:
         link = d / lib.name
+        if link.is_symlink() and link.resolve() != lib.resolve():
+            link.unlink()
         if not link.exists():
             link.symlink_to(lib)
     return d
@@ -247,7 +258,7 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
     target = meta["target"]
     files["README.md"] = BUNDLE_README.format(
         name=name, target=target["name"], arch=arch, description=_describe(target), precision=meta["precision"],
-        model_sha=meta["model"]["sha256"][:16], tvm_version=WHEELS["apache-tvm"][0],
+        model_sha=meta["model"]["sha256"][:16], tvm_version=wheel_versions()["apache-tvm"],
         dtype=meta["inputs"][0]["dtype"], shape="x".join(map(str, meta["inputs"][0]["shape"])),
         seq=meta["inputs"][0]["shape"][1], expected=", ".join(f"{v:.6g}" for v in expected.ravel()[:4]),
         tolerance=tolerance, rpc_key=target.get("name"),
