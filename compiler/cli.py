@@ -333,7 +333,8 @@ def tune(ctx, model_dir, target, target_file, trials, per_iteration, population,
 @click.option("--repeat", type=int, default=None, help="Timed rounds (instead of --min-seconds).")
 @click.option("--min-seconds", type=float, default=2.0, show_default=True,
               help="Rounds until every runtime has this much measured time (at least 10 rounds).")
-@click.option("--threads", type=int, default=None, help="[default: the library's target threads]")
+@click.option("--threads", type=int, default=None,
+              help="Threads for every runtime [default: the library's target threads, at most this machine's cores]")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="results/NAME.json")
 @click.pass_context
 def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_seconds, threads, out):
@@ -352,9 +353,12 @@ def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_se
     from .bench import BenchConfig, bench as run_bench
 
     wanted = tuple(b for b in baselines.split(",") if b and b != "none")
-    if threads is None:  # the first library's target says how many threads it was built for
+    if threads is None:  # the first library's target threads, at most this machine's cores
+        import os
+
         meta = Path(lib_dirs[0]) / "metadata.json"
-        threads = (json.loads(meta.read_text()).get("target", {}).get("threads") if meta.is_file() else None) or 2
+        built_for = (json.loads(meta.read_text()).get("target", {}).get("threads") if meta.is_file() else None) or 2
+        threads = max(1, min(built_for, os.cpu_count() or 1))
     cfg = BenchConfig(baselines=wanted, warmup=warmup, repeat=repeat, min_seconds=min_seconds, threads=threads,
                       tracker=tracker, key=key, workdir=ctx.obj["workdir"])
     rep = run_bench(list(lib_dirs), cfg, out)
