@@ -39,9 +39,10 @@ def check_arch(arch: str) -> None:
     archs = {a.replace("compute_", "sm_") for a in res.stdout.split()}
     if res.returncode == 0 and archs and arch not in archs:
         version = subprocess.run([str(compiler), "--version"], capture_output=True, text=True).stdout.strip()
-        release = (version.splitlines() or ["?"])[-1]
-        raise ToolchainError(f"this nvcc ({release}) cannot compile for {arch} (it knows {min(archs)} and "
-                             f"newer); install a CUDA toolkit that still supports {arch} (12.x for sm_72) "
+        release = next((ln.strip() for ln in version.splitlines() if "release" in ln), "unknown version")
+        oldest = min(archs, key=lambda a: int("".join(c for c in a[3:] if c.isdigit()) or 0))
+        raise ToolchainError(f"this nvcc ({release}) cannot compile for {arch} (oldest it knows: {oldest}); "
+                             f"install a CUDA toolkit that still supports {arch} (12.x for sm_72) "
                              "and put its nvcc first on PATH")
 
 

@@ -116,6 +116,7 @@ def test_arch_this_nvcc_cannot_compile_is_named(tiny_export, tmp_path):
         pytest.skip("this nvcc still compiles sm_72")
     res = cli("build", tiny_export, "--target", "jetson-xavier-nx", "--out", tmp_path / "o")
     assert res.exit_code == 9 and "cannot compile for sm_72" in res.stderr and "12.x" in res.stderr
+    assert "oldest it knows: sm_75" in res.stderr or "compute_75" not in archs
 
 
 def test_missing_nvcc_names_the_package(tiny_export, tmp_path, monkeypatch):
