@@ -41,15 +41,20 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def tool_versions() -> dict[str, str | None]:
-    """Installed versions, read from package metadata (no heavy imports)."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _TOOLS:
+def package_versions(names) -> dict[str, str | None]:
+    """Installed versions of ``names`` (None when missing), read from package metadata (no imports)."""
+    out: dict[str, str | None] = {}
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Python and the core tools' versions (part of every stage's cache key)."""
+    return {"python": platform.python_version()} | package_versions(_TOOLS)
 
 
 def hash_tree(root: Path) -> dict[str, str]:

@@ -67,10 +67,6 @@ def lineage(build: Artifact) -> Lineage:
     return Lineage(chain.get("export"), chain.get("quantize"))
 
 
-def _first_output(out):
-    return out[0] if isinstance(out, (list, tuple)) else out
-
-
 def squeezeedge_runner(lib_dir: Path) -> Runner:
     import json
 

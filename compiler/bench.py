@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import console
-from .artifact import load_artifact, tool_versions
+from .artifact import load_artifact, package_versions, tool_versions
 from .baselines import BASELINE_RUNTIMES, BASELINES, Lineage, Runner, baseline_runners, lineage, squeezeedge_runner
 from .errors import InputError, OutputError
 
@@ -222,7 +222,7 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
     report = {
         "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "git": git_state(), "versions": tool_versions() | _extra_versions(),
+        "git": git_state(), "versions": tool_versions() | package_versions(("ai-edge-litert", "litert-torch", "ai-edge-quantizer")),
         "device": {"mode": "rpc" if cfg.tracker else "local", "tracker": cfg.tracker, "key": cfg.key,
                    "label": cfg.key if cfg.tracker else None},
         "machine": None if cfg.tracker else machine_info(),
@@ -253,18 +253,6 @@ def _merge(chains: list[Lineage]) -> Lineage:
     export = next((c.export for c in chains if c.export), None)
     quantize = next((c.quantize for c in chains if c.quantize), None)
     return Lineage(export, quantize, next((c.missing for c in chains if c.missing), ""))
-
-
-def _extra_versions() -> dict:
-    from importlib import metadata
-
-    out = {}
-    for p in ("ai-edge-litert", "litert-torch", "ai-edge-quantizer"):
-        try:
-            out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            out[p] = None
-    return out
 
 
 def validate_report(report: dict) -> None:

@@ -41,20 +41,20 @@ def tiny_int8(tiny_export, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def fp32_lib(tiny_export, tmp_path_factory):
-    out = tmp_path_factory.mktemp("b") / "fp32-host"
-    res = cli("-q", "build", tiny_export, "--target", "host", "--out", out)
+def _host_lib(src: Path, out: Path) -> Path:
+    res = cli("-q", "build", src, "--target", "host", "--out", out)
     assert res.exit_code == 0, res.output
     return out
+
+
+@pytest.fixture(scope="session")
+def fp32_lib(tiny_export, tmp_path_factory):
+    return _host_lib(tiny_export, tmp_path_factory.mktemp("b") / "fp32-host")
 
 
 @pytest.fixture(scope="session")
 def int8_lib(tiny_int8, tmp_path_factory):
-    out = tmp_path_factory.mktemp("b") / "int8-host"
-    res = cli("-q", "build", tiny_int8, "--target", "host", "--out", out)
-    assert res.exit_code == 0, res.output
-    return out
+    return _host_lib(tiny_int8, tmp_path_factory.mktemp("b") / "int8-host")
 
 
 CASES = [("rpi4", "fp32"), ("rpi4", "int8"), ("rpi5", "fp32"), ("rpi5", "int8")]
