@@ -175,21 +175,29 @@ def import_onnx(path: Path, inputs: list[dict], static_dims: dict[str, int] | No
 
 def relax_module(parent: Artifact, tvm_target, integer: bool = True):
     """(Relax module, RewriteReport | None): the artifact's ONNX imported with static shapes and, for an
-    int8 model with ``integer``, rewritten to integer kernels (VNNI-packed on VNNI targets). Build and
-    tune both start here, so a tuning database sees exactly the kernels the build compiles."""
-    from .int8 import has_vnni, integerize
+    int8 model with ``integer``, rewritten to integer kernels (pre-packed for the target's dot-product
+    instruction where it has one). Build and tune both start here, so a tuning database sees exactly
+    the kernels the build compiles."""
+    from .int8 import integerize, packed_dot_for
 
     mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], _static_dims(parent))
     if parent.stage != "quantize" or not integer:
         return mod, None
-    return integerize(mod, vnni=has_vnni(tvm_target))
+    return integerize(mod, packed=packed_dot_for(tvm_target))
 
 
 def fuse(mod, tvm_target):
-    """Legalize, fold constants and fuse each kernel with its epilogue (Relax's "zero" pipeline)."""
+    """Legalize, fold constants and fuse each kernel with its epilogue (Relax's "zero" pipeline).
+
+    On CPU, softmax, exp, erf and tanh first become TVM's fast polynomial versions (FastMathTransform),
+    which vectorize: libm's scalar erf and exp took a third of tuned fp32 SqueezeBERT here
+    (results/PERFORMANCE-LOG.md step 6). Their error (~1e-7 on the logits) is checked by build's
+    validation against onnxruntime like everything else."""
     from tvm import relax
 
     with tvm_target:
+        if tvm_target.kind.name == "llvm":
+            mod = relax.transform.FastMathTransform()(mod)
         return relax.get_pipeline("zero")(mod)
 
 
@@ -198,14 +206,15 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
     import tvm
 
     from . import intrinsics  # noqa: F401  (VNNI intrinsic that builds with the wheel's LLVM)
-    from .int8 import float_compute_layers, has_vnni, mac_kernels, tensorized_kernels
+    from .int8 import float_compute_layers, mac_kernels, packed_dot_for, tensorized_kernels
 
     precision = "int8" if parent.stage == "quantize" else "fp32"
     onnx_path = parent.file("model.onnx")
     t0 = time.perf_counter()
     integer = precision == "int8" and cfg.integer
-    rewrite = (" and rewriting QDQ layers to integer kernels" + (" (VNNI-packed weights)" if has_vnni(tvm_target)
-                                                                  else "")) if integer else ""
+    packed = packed_dot_for(tvm_target) if target.device == "cpu" else None
+    rewrite = (" and rewriting QDQ layers to integer kernels" + (f" (weights packed for {packed.instruction})"
+                                                                  if packed else "")) if integer else ""
     with console.step(f"importing {precision} ONNX into TVM Relax{rewrite}"):
         mod, report = relax_module(parent, tvm_target, integer=cfg.integer)
     coverage = None
@@ -219,7 +228,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
                                    f"became integer kernels, {len(floats)} still multiply in float "
                                    f"(expected {expected_float} kept float); skipped: {report.skipped}")
             coverage = {"quantized_layers": quantized, "integer_kernels": report.total, "conv1d": report.conv1d,
-                        "vnni_packed_kernels": report.vnni_packed,
+                        "packed_kernels": report.packed, "packed_instruction": packed.instruction if packed else None,
                         "matmul_weight": report.matmul_weight, "matmul_activation": report.matmul_activation,
                         "float_layers_kept": len(floats)}
         else:
@@ -234,6 +243,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
                       + (", kernels through nvcc" if gpu else "")), console.native_stderr_to_debug():
         try:
             mod = fuse(mod, tvm_target)
+            macs = mac_kernels(mod)  # before scheduling: tensorized kernels no longer show their multiply
             if gpu:
                 mod = gpu_schedule(mod, tvm_target)
             db_failed = 0
@@ -241,10 +251,14 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
                 from .tune import apply_database
 
                 mod, _, db_failed = apply_database(mod, tvm_target, database.path)
-            macs = mac_kernels(mod)
-            tensorized = tensorized_kernels(mod)
             scheduled = sum(1 for f in mod.functions.values()
                             if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled"))
+            defaults = None
+            if not gpu:
+                from .schedules import default_schedules
+
+                mod, defaults = default_schedules(mod, tvm_target)
+            tensorized = tensorized_kernels(mod)
             if precision == "int8" and cfg.integer and len(macs["float"]) > coverage["float_layers_kept"]:
                 raise CompileError(f"int8 lowering incomplete: {len(macs['float'])} compiled kernels still "
                                    f"multiply in float ({sorted(set(macs['float']))[0]}, ...)")
@@ -302,7 +316,8 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
         "database": {"path": str(database.path), "sha256": database.sha256} if database else None,
         "tuning": ({k: database.results[k] for k in ("tuned_tasks", "tasks", "trials", "tuning_wall_s_total")}
                    if database else {"tuned_tasks": 0, "tasks": None, "note": "untuned default schedules"})
-                  | {"kernels_with_tuned_schedule": scheduled, "kernels_where_schedule_failed": db_failed},
+                  | {"kernels_with_tuned_schedule": scheduled, "kernels_where_schedule_failed": db_failed,
+                     "kernels_with_default_schedule": defaults},
         "inputs": static_inputs(parent),
         "outputs": static_inputs(parent, "outputs"),
         "vocab_size": parent.results["model_config"]["vocab_size"],

@@ -316,7 +316,7 @@ def tune(ctx, model_dir, target, target_file, trials, per_iteration, population,
     art = tune_model(model_dir, cfg, _out(ctx, out, "tune"), force=force)
     r = art.results
     text = (f"tuned: {art.path}\n  {r['trials']} trials in the database ({r['trials_requested']} asked), "
-            f"{r['tuned_tasks']}/{r['tasks']} tasks with a tuned schedule, this run {r['this_run_s']} s, "
+            f"{r['tuned_tasks']}/{r['tasks']} tasks with a tuned schedule ({r['tensorized_tasks']} tensorized), this run {r['this_run_s']} s, "
             f"all runs {r['tuning_wall_s_total']} s")
     _emit(ctx, {"path": str(art.path), "manifest": art.manifest}, text)
 

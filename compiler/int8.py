@@ -24,6 +24,7 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 INT_DTYPES = ("uint8", "int8")
+MAC_KERNELS = ("conv1d", "matmul", "vnni_dot", "arm_sdot", "avx2_madd")  # names of multiply-accumulate kernels
 
 
 @dataclass
@@ -31,7 +32,7 @@ class RewriteReport:
     conv1d: int = 0
     matmul_weight: int = 0
     matmul_activation: int = 0
-    vnni_packed: int = 0  # distinct pre-packed VNNI kernels emitted
+    packed: int = 0  # distinct pre-packed dot-product kernels emitted
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -57,58 +58,101 @@ def _dq_pattern(data):
     return is_op("relax.dequantize")(data, is_const(), is_const())
 
 
-def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str):
-    """u8 [..., K] x s8 weights pre-packed [G, N/G/16, K/G/4, 16, 4] -> int32 [..., N]: the layout x86
-    VNNI's vpdpbusd (16 outputs x 4 bytes) wants, so MetaSchedule can tensorize the inner 16x4 block."""
+@dataclass(frozen=True)
+class PackedDot:
+    """A CPU dot-product instruction and the weight layout it wants: ``lanes`` int32 outputs, each summing
+    ``k`` products of consecutive activations x weights. Weights are pre-packed [G, N/G/lanes, K/G/k,
+    lanes, k] so the innermost lanes x k block is one contiguous vector load (see :func:`pack`)."""
+    block: str  # the kernel's compute block; also names its PrimFuncs (tuning selects them by it)
+    lanes: int
+    k: int
+    accepts: tuple[str, ...]  # quantized activation dtypes this instruction serves
+    x_dtype: str  # what the kernel reads (activations are cast to it in the graph when they differ)
+    w_dtype: str
+    intrin: str  # the registered TensorIntrin
+    instruction: str  # the mnemonic in the generated assembly
+
+
+VNNI = PackedDot("vnni_dot", 16, 4, ("uint8",), "uint8", "int8", "dot_16x4_vnni", "vpdpbusd")
+SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_sdot", "sdot")
+# AVX2 has no exact 8-bit dot product (vpmaddubsw's int16 pair sums saturate): widen to int16 and use
+# vpmaddwd, 8 outputs x 2 products per instruction, exact for any u8/s8 input.
+AVX2 = PackedDot("avx2_madd", 8, 2, ("uint8", "int8"), "int16", "int16", "dot_8x2_i16i16i32_avx2", "vpmaddwd")
+PACKED = (VNNI, SDOT, AVX2)
+
+
+def packed_dot_for(tvm_target) -> PackedDot | None:
+    """The dot-product instruction an LLVM CPU target has: VNNI, else AVX2 on x86; sdot on aarch64."""
+    host = tvm_target.host if tvm_target.kind.name != "llvm" and tvm_target.host is not None else tvm_target
+    if host.kind.name != "llvm":
+        return None
+    triple = str(host.attrs.get("mtriple", "x86_64"))
+    has = lambda feature: bool(tvm.target.codegen.llvm_cpu_has_features([feature], host))  # noqa: E731
+    if triple.startswith("x86_64"):
+        return VNNI if has("avx512vnni") else AVX2 if has("avx2") else None
+    if triple.startswith("aarch64"):
+        return SDOT if has("dotprod") else None
+    return None
+
+
+def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str, spec: PackedDot = VNNI):
+    """x [..., K] x weights pre-packed for ``spec`` -> int32 [..., N]: the layout the dot-product
+    instruction wants, so a schedule can tensorize the inner lanes x k block."""
     from tvm import te
 
     *lead, k_all = shape_x
     kg, ng = k_all // groups, n_out // groups
     i64 = lambda *dims: tuple(tvm.tirx.const(d, "int64") for d in dims)  # noqa: E731 (Relax shapes are int64)
-    x = te.placeholder(i64(*shape_x), "uint8", name="x")
-    w = te.placeholder(i64(groups, ng // 16, kg // 4, 16, 4), "int8", name="w")
+    x = te.placeholder(i64(*shape_x), spec.x_dtype, name="x")
+    w = te.placeholder(i64(groups, ng // spec.lanes, kg // spec.k, spec.lanes, spec.k), spec.w_dtype, name="w")
     k = te.reduce_axis(i64(0, kg), "k")
 
     def body(*idx):
         *lead_idx, n = idx
         g = n // ng
         return te.sum(x[(*lead_idx, g * kg + k)].astype("int32")
-                      * w[g, (n % ng) // 16, k // 4, n % 16, k % 4].astype("int32"), axis=k)
+                      * w[g, (n % ng) // spec.lanes, k // spec.k, n % spec.lanes, k % spec.k].astype("int32"), axis=k)
 
-    y = te.compute(i64(*lead, n_out), body, name="vnni_dot")
+    y = te.compute(i64(*lead, n_out), body, name=spec.block)
     return te.create_prim_func([x, w, y]).with_attr("global_symbol", name)
 
 
-def _pack(w_nk: np.ndarray, groups: int) -> np.ndarray:
-    """[N, K/G] per-group weights -> [G, N/G/16, K/G/4, 16, 4]."""
+def _pack(w_nk: np.ndarray, groups: int, spec: PackedDot = VNNI) -> np.ndarray:
+    """[N, K/G] per-group weights -> [G, N/G/lanes, K/G/k, lanes, k]."""
     n, kg = w_nk.shape
-    ng = n // groups
-    return np.ascontiguousarray(w_nk.reshape(groups, ng // 16, 16, kg // 4, 4).transpose(0, 1, 3, 2, 4))
+    ng, lanes, k = n // groups, spec.lanes, spec.k
+    packed = w_nk.reshape(groups, ng // lanes, lanes, kg // k, k).transpose(0, 1, 3, 2, 4)
+    return np.ascontiguousarray(packed.astype(spec.w_dtype))
 
 
-def integerize(mod: tvm.IRModule, func_name: str = "main", vnni: bool = False) -> tuple[tvm.IRModule, RewriteReport]:
+def integerize(mod: tvm.IRModule, func_name: str = "main",
+               packed: PackedDot | None = None) -> tuple[tvm.IRModule, RewriteReport]:
     """Rewrite dequantize -> conv1d/matmul patterns of ``mod[func_name]`` into integer kernels.
 
-    With ``vnni`` (x86 targets with AVX-512 VNNI), weight-stationary layers with u8 activations use
-    pre-packed weights and a channels-last kernel (see :func:`_te_packed`) instead of conv1d/matmul.
+    With ``packed`` (the target's dot-product instruction, :func:`packed_dot_for`), weight-stationary
+    layers whose activations it accepts use pre-packed weights and a channels-last kernel (see
+    :func:`_te_packed`) instead of conv1d/matmul.
     """
     report = RewriteReport()
     prim_funcs: dict[str, tuple[tvm.ir.GlobalVar, tvm.tirx.PrimFunc]] = {}
 
-    def packed_call(x, shape: tuple[int, ...], w_nk: np.ndarray, groups: int):
+    def packed_call(x, dtype: str, shape: tuple[int, ...], w_nk: np.ndarray, groups: int):
         """call_tir of the packed kernel on u8 x of ``shape`` [..., K] -> [..., N] int32, or None if it
         does not fit (the fallback is the plain integer conv1d/matmul)."""
         n, kg = w_nk.shape
-        if n % (16 * groups) or kg % 4 or shape[-1] != kg * groups:
+        if packed is None or dtype not in packed.accepts or n % (packed.lanes * groups) or kg % packed.k \
+                or shape[-1] != kg * groups:
             return None
-        name = "vnni_dot_" + "x".join(map(str, shape)) + f"_n{n}_g{groups}"
+        if dtype != packed.x_dtype:
+            x = relax.op.astype(x, packed.x_dtype)
+        name = packed.block + "_" + "x".join(map(str, shape)) + f"_n{n}_g{groups}"
         if name not in prim_funcs:
-            func = _te_packed(shape, n, groups, name)
+            func = _te_packed(shape, n, groups, name, packed)
             gv = tvm.ir.GlobalVar(name)
             relax.expr._update_type(gv, func.ty)  # call_tir checks its callee's type
             prim_funcs[name] = (gv, func)
         out_ty = relax.TensorType((*shape[:-1], n), "int32")
-        return relax.call_tir(prim_funcs[name][0], [x, relax.const(_pack(w_nk, groups))], out_ty)
+        return relax.call_tir(prim_funcs[name][0], [x, relax.const(_pack(w_nk, groups, packed))], out_ty)
     x, a, b = wildcard(), wildcard(), wildcard()
     wconst = is_const()
     x_dq, a_dq, b_dq = _dq_pattern(x), _dq_pattern(a), _dq_pattern(b)
@@ -148,10 +192,11 @@ def integerize(mod: tvm.IRModule, func_name: str = "main", vnni: bool = False) -
             return orig
         out_ch = wq.shape[0]
         acc = None
-        if vnni and _dtype(xq) == "uint8" and wq.shape[2] == 1 and all(int(v) == 1 for v in (*at.strides,
+        if packed and _dtype(xq) in packed.accepts and wq.shape[2] == 1 and all(int(v) == 1 for v in (*at.strides,
                                                                                            *at.dilation)):
             b, c, w = (int(d) for d in xq.ty.shape)
-            acc_t = packed_call(relax.op.permute_dims(xq, [0, 2, 1]), (b, w, c), wq[:, :, 0], int(at.groups))
+            acc_t = packed_call(relax.op.permute_dims(xq, [0, 2, 1]), _dtype(xq), (b, w, c), wq[:, :, 0],
+                                int(at.groups))
             acc = None if acc_t is None else relax.op.permute_dims(acc_t, [0, 2, 1])  # NWC -> NCW
         if acc is None:
             acc = relax.op.nn.conv1d(xq, relax.const(wq), strides=at.strides, padding=at.padding,
@@ -182,8 +227,8 @@ def integerize(mod: tvm.IRModule, func_name: str = "main", vnni: bool = False) -
         wkn = wq.T if transposed else wq  # [K, N]
         n = wkn.shape[1]
         acc = None
-        if vnni and _dtype(xq) == "uint8":
-            acc = packed_call(xq, tuple(int(d) for d in xq.ty.shape), np.ascontiguousarray(wkn.T), 1)
+        if packed:
+            acc = packed_call(xq, _dtype(xq), tuple(int(d) for d in xq.ty.shape), np.ascontiguousarray(wkn.T), 1)
         if acc is None:
             acc = relax.op.matmul(xq, relax.const(np.ascontiguousarray(wkn)), out_dtype="int32")
         if zx:
@@ -218,7 +263,7 @@ def integerize(mod: tvm.IRModule, func_name: str = "main", vnni: bool = False) -
     mod = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != func_name},
                         **{gv: f for gv, f in prim_funcs.values()}})
     mod[func_name] = func
-    report.vnni_packed = len(prim_funcs)
+    report.packed = len(prim_funcs)
     mod = relax.transform.DeadCodeElimination()(mod)
     return mod, report
 
@@ -260,7 +305,7 @@ def mac_kernels(mod: tvm.IRModule) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {"integer": [], "float": []}
     for gv, func in mod.functions.items():
         name = gv.name_hint
-        if not isinstance(func, tvm.tirx.PrimFunc) or not any(op in name for op in ("conv1d", "matmul", "vnni_dot")):
+        if not isinstance(func, tvm.tirx.PrimFunc) or not any(op in name for op in MAC_KERNELS):
             continue
         for line in func.script().splitlines():
             m = _REDUCE_UPDATE.match(line)
@@ -270,7 +315,7 @@ def mac_kernels(mod: tvm.IRModule) -> dict[str, list[str]]:
 
 
 def tensorized_kernels(mod: tvm.IRModule) -> list[str]:
-    """PrimFuncs of a lowered module whose code calls a dot-product intrinsic (x86 vpdpbusd, ARM sdot/udot)."""
-    marks = ("vpdpbusd", "sdot", "udot")
+    """PrimFuncs of a lowered module whose code calls a dot-product intrinsic (vpdpbusd, vpmaddwd, sdot/udot)."""
+    marks = ("llvm.x86.avx512.vpdpbusd", "llvm.x86.avx2.pmadd.wd", "llvm.aarch64.neon.sdot", "llvm.aarch64.neon.udot")
     return [gv.name_hint for gv, f in mod.functions.items()
             if isinstance(f, tvm.tirx.PrimFunc) and any(m in f.script() for m in marks)]

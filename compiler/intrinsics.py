@@ -1,9 +1,16 @@
-"""x86 VNNI tensor intrinsic that builds with the wheel's LLVM (>= 21).
+"""CPU dot-product tensor intrinsics: x86 VNNI fixed for the wheel's LLVM (>= 21), and AVX2 vpmaddwd.
+
+Import this module before tuning, applying a database or building (it also registers TVM's own ARM
+sdot/udot intrinsics, which import with the tensor_intrin package).
 
 TVM 0.27 registers ``dot_16x4_vnni`` calling llvm.x86.avx512.vpdpbusd.512 with <16 x i32> operands; LLVM
 now declares that intrinsic on <64 x i8> operands, so every tensorized candidate fails to build ("Call
 parameter type does not match function signature"). Re-register the same name, same description, with
-byte-vector operands. Import this module before tuning or applying a database.
+byte-vector operands.
+
+TVM has no AVX2 integer dot product. ``dot_8x2_i16i16i32_avx2`` is one: 8 int32 outputs, each adding two
+int16 x int16 products (vpmaddwd), for CPUs without VNNI. It is exact for 8-bit inputs widened to int16,
+unlike vpmaddubsw, whose int16 pair sums saturate.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ def _memo_getmodule():
 
 with _memo_getmodule():
     from tvm.s_tir import TensorIntrin
+    from tvm.s_tir.tensor_intrin import arm_cpu  # noqa: F401  (registers dot_4x4_i8i8s32_sdot)
     from tvm.s_tir.tensor_intrin.x86 import VNNI_DOT_16x4_INTRIN, dot_product_16x4_u8i8i32_desc
     from tvm.script import tirx as T
 
@@ -62,3 +70,41 @@ def _dot_product_16x4_u8i8i32_vnni(
 
 TensorIntrin.register(VNNI_DOT_16x4_INTRIN, dot_product_16x4_u8i8i32_desc, _dot_product_16x4_u8i8i32_vnni,
                       override=True)
+
+
+AVX2_DOT_8x2_INTRIN = "dot_8x2_i16i16i32_avx2"
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x2_i16_desc(
+    A: T.Buffer((2,), "int16", offset_factor=1),
+    B: T.Buffer((8, 2), "int16", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 2):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x2_i16_avx2(
+    A: T.Buffer((2,), "int16", offset_factor=1),
+    B: T.Buffer((8, 2), "int16", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        a_i32 = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
+        a_i16x16 = T.reinterpret(T.broadcast(a_i32, 8), dtype="int16x16")
+        b_i16x16 = B.vload([0, 0], dtype="int16x16")
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_i16x16, b_i16x16, dtype="int32x8")
+
+
+TensorIntrin.register(AVX2_DOT_8x2_INTRIN, _dot_8x2_i16_desc, _dot_8x2_i16_avx2, override=True)

@@ -9,6 +9,7 @@ most the batch in flight, and rerunning with the same --out continues from what 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -21,6 +22,8 @@ from . import console
 from .artifact import MANIFEST, Artifact, hash_tree, load_artifact, peak_rss_mb, prepare_output, sha256_json, \
     tool_versions, _lock
 from .errors import InputError
+from .int8 import MAC_KERNELS
+from .schedules import tuning_space
 from .targets import load_target
 
 STATE_FILE = "tune-state.json"
@@ -46,7 +49,7 @@ class TuneConfig:
 
 def lowered_module(parent: Artifact, tvm_target):
     """The module as build compiles it: imported, integerized (int8), legalized and fused."""
-    from . import intrinsics  # noqa: F401  (VNNI intrinsic that builds with the wheel's LLVM)
+    from . import intrinsics  # noqa: F401  (the dot-product intrinsics)
     from .build import fuse, relax_module
 
     return fuse(relax_module(parent, tvm_target)[0], tvm_target)
@@ -94,6 +97,9 @@ def tune_model(model_dir: Path, cfg: TuneConfig, out: Path, force: bool = False)
         raise InputError(f"--trials and --per-iteration must be > 0 (got {trials}, {per_iter})")
     tvm_target = target.tvm_target()
     key = cfg.key or target.rpc_key
+    if target.is_cross and cfg.tracker is None:
+        raise InputError(f"{target.name} kernels must be measured on the board: give --tracker HOST:PORT "
+                         f"(and --key, default '{key}'); see 'squeezeedge fleet --help'")
     if cfg.tracker is not None:
         from .fleet import check_key
 
@@ -131,8 +137,7 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
         mod = lowered_module(parent, tvm_target)
         tasks = ms.relax_integration.extract_tasks(mod, tvm_target, module_equality=MODULE_EQUALITY)
     remaining = trials - done_before
-    chosen = tasks if cfg.all_tasks else [t for t in tasks if any(op in t.task_name
-                                                                  for op in ("conv1d", "matmul", "vnni_dot"))]
+    chosen = tasks if cfg.all_tasks else [t for t in tasks if any(op in t.task_name for op in MAC_KERNELS)]
     console.info(f"  {len(tasks)} tasks, tuning {len(chosen)} ({'all' if cfg.all_tasks else 'conv1d/matmul'}); "
                  f"{done_before} trials already in the database, {remaining} to run in batches of {per_iter} "
                  f"(target {target.name})")
@@ -148,15 +153,17 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
             with console.native_stderr_to_debug(), contextlib.redirect_stdout(sink):
                 strategy = ms.search_strategy.EvolutionarySearch(population_size=cfg.population)
                 ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                    chosen, str(out / "logs"), strategy=strategy, seed=cfg.seed)
+                    chosen, str(out / "logs"), space=tuning_space(tvm_target), strategy=strategy, seed=cfg.seed)
                 runner = "local"
                 if cfg.tracker is not None:
                     host, port = cfg.tracker.rsplit(":", 1)
                     runner = ms.runner.RPCRunner(rpc_config=ms.runner.RPCConfig(
                         tracker_host=host, tracker_port=int(port), tracker_key=cfg.key or target.rpc_key,
                         session_timeout_sec=60))
-                # 30 s (the default) is too short on a busy 2-core machine for full-size kernels
-                builder = ms.builder.LocalBuilder(timeout_sec=120)
+                # 30 s (the default) is too short on a busy 2-core machine for full-size kernels; a board's
+                # kernels are linked with its cross compiler
+                builder = ms.builder.LocalBuilder(timeout_sec=120, f_export=functools.partial(
+                    _cross_export, target.cross_triple) if target.is_cross else None)
                 ms.tune.tune_tasks(
                     runner=runner, builder=builder,
                     tasks=ctxs, task_weights=weights, work_dir=str(out / "logs"), max_trials_global=remaining,
@@ -169,8 +176,9 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
         finally:
             ms_logger.setLevel(level)
     records = _repair(out / DB_FILES[1])
-    tuned = tuned_tasks(tasks, tvm_target, out)
-    results = {"tasks": len(tasks), "tuned_tasks": tuned, "tasks_selected": len(chosen), "trials": records, "trials_requested": trials,
+    tuned, tensorized = tuned_tasks(tasks, tvm_target, out)
+    results = {"tasks": len(tasks), "tuned_tasks": tuned, "tensorized_tasks": tensorized,
+               "tasks_selected": len(chosen), "trials": records, "trials_requested": trials,
                "per_iteration": per_iter, "this_run_s": round(time.perf_counter() - t0, 1)}
     prev = out / "tune-history.json"
     history = json.loads(prev.read_text()) if prev.is_file() else []
@@ -201,10 +209,25 @@ def open_database(db_dir: Path):
                                     path_tuning_record=str(db_dir / DB_FILES[1]), module_equality=MODULE_EQUALITY)
 
 
-def tuned_tasks(tasks, tvm_target, db_dir: Path) -> int:
-    """How many extracted tasks the database holds a measured schedule for."""
+def tuned_tasks(tasks, tvm_target, db_dir: Path) -> tuple[int, int]:
+    """(tasks the database holds a measured schedule for, of those how many tensorize onto a dot-product
+    instruction)."""
     db = open_database(db_dir)
-    return sum(1 for t in tasks if db.query_tuning_record(t.dispatched[0], tvm_target, t.task_name) is not None)
+    records = [db.query_tuning_record(t.dispatched[0], tvm_target, t.task_name) for t in tasks]
+    found = [r for r in records if r is not None]
+    return len(found), sum(1 for r in found if "tensorize" in str(r.trace))
+
+
+def _cross_export(triple: str, mod) -> str:
+    """MetaSchedule builder export for cross targets: link the candidate with the board's g++."""
+    import os
+    import tempfile
+
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="squeezeedge-candidate-"), "tvm_tmp_mod.so")
+    mod.export_library(path, fcompile=cc.cross_compiler(f"{triple}-g++"))
+    return path
 
 
 def _progress_callback(names: list[str], done_before: int, total: int):
