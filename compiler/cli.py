@@ -412,12 +412,19 @@ def _fleet_dir(ctx) -> Path:
 @click.option("--port", type=int, default=9190, show_default=True)
 @click.option("--server", "servers", multiple=True, metavar="KEY",
               help="Also start an RPC server on this machine registered under KEY (repeatable).")
+@click.option("--emulated", "emulated", multiple=True, metavar="KEY",
+              help="Also start an emulated aarch64 board (qemu-user) registered under KEY (repeatable).")
 @click.pass_context
-def fleet_up(ctx, host, port, servers):
-    """Start a TVM RPC tracker (and local RPC servers) in the background."""
+def fleet_up(ctx, host, port, servers, emulated):
+    """Start a TVM RPC tracker (and local RPC servers) in the background.
+
+    --emulated KEY starts an aarch64 board with no board: a TVM RPC server whose sessions run the
+    aarch64 TVM runtime under qemu-user, so 'tune --target rpi5 --tracker ...' and 'bench --tracker'
+    run real aarch64 code (sdot included) from CI. Its timings are qemu's, not a board's.
+    """
     from .fleet import up
 
-    state = up(_fleet_dir(ctx), host=host, port=port, servers=tuple(servers))
+    state = up(_fleet_dir(ctx), host=host, port=port, servers=tuple(servers), emulated=tuple(emulated))
     _emit(ctx, state, f"tracker up at {state['tracker']} (pids {state['pids']}); registered: "
                       f"{', '.join(f'{k} ({n} free)' for k, n in state['registered'].items()) or 'none'}")
 
@@ -496,6 +503,35 @@ def inspect(ctx, directory):
 
     art = load_artifact(directory, verify=True)
     _emit(ctx, art.manifest, describe(art))
+
+
+@main.command(epilog=EPILOG)
+@click.argument("lib_dir", type=click.Path(path_type=Path))
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Timed runs after one warm-up.")
+@click.option("--top", type=click.IntRange(min=1), default=15, show_default=True, help="Kernels to print.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="TVM threads [default: the library's target threads, at most this machine's cores]")
+@click.pass_context
+def profile(ctx, lib_dir, runs, top, threads):
+    """Where a library's time goes: milliseconds per inference of each kernel (this machine only).
+
+    \b
+    Example:
+      squeezeedge profile build/demo/int8-x86-avx2 --runs 5
+    """
+    import os
+
+    from .runtime import load_metadata
+
+    meta, _ = load_metadata(lib_dir)
+    os.environ["TVM_NUM_THREADS"] = str(threads or min(meta["target"].get("threads") or 1, os.cpu_count() or 1))
+    from .profile import profile as run_profile
+
+    rep = run_profile(lib_dir, runs=runs)
+    lines = [f"{lib_dir}: {rep['wall_ms']} ms per inference ({runs} runs, {os.environ['TVM_NUM_THREADS']} threads)",
+             f"  {'ms':>8} {'share':>6} {'calls':>5}  kernel"]
+    lines += [f"  {r['ms']:8.2f} {r['share']:6.1%} {r['calls']:5d}  {r['kernel'][:100]}" for r in rep["kernels"][:top]]
+    _emit(ctx, rep, "\n".join(lines))
 
 
 if __name__ == "__main__":  # pragma: no cover

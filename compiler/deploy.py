@@ -104,21 +104,22 @@ def need(tool: str) -> str:
     return found
 
 
-def runner(arch: str) -> Path:
-    """The deploy runner for ``arch``, compiled once per source version next to its runtime."""
+def runner(arch: str, src: Path = RUNNER_SRC) -> Path:
+    """The deploy runner (or another tool in compiler/runner/) for ``arch``, compiled once per source
+    version next to its runtime."""
     rt = runtime_dir(arch)
-    exe = rt / f"run_model-{sha256_file(RUNNER_SRC)[:12]}"
+    exe = rt / f"{src.stem}-{sha256_file(src)[:12]}"
     if exe.is_file():
         return exe
     gxx = need(GXX.get(arch, f"{arch}-linux-gnu-g++"))
     include = _site() / "tvm_ffi" / "include"
     part = rt / f".{exe.name}.part-{os.getpid()}"
-    with console.step(f"compiling the {arch} deploy runner"):
-        res = subprocess.run([gxx, "-std=c++17", "-O2", "-o", str(part), str(RUNNER_SRC), f"-I{include}", f"-L{rt}",
+    with console.step(f"compiling the {arch} {src.stem}"):
+        res = subprocess.run([gxx, "-std=c++17", "-O2", "-o", str(part), str(src), f"-I{include}", f"-L{rt}",
                               "-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN:$ORIGIN/lib"],
                              capture_output=True, text=True)
     if res.returncode != 0:
-        raise ToolchainError(f"{gxx} could not build the deploy runner: {(res.stderr.strip().splitlines() or ['?'])[0]}")
+        raise ToolchainError(f"{gxx} could not build {src.name}: {(res.stderr.strip().splitlines() or ['?'])[0]}")
     os.replace(part, exe)
     return exe
 

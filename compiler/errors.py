@@ -84,6 +84,13 @@ class RegressionError(SqueezeEdgeError):
     kind = "regression"
 
 
+class BoardLostError(SqueezeEdgeError):
+    """Every board under the key left the tracker mid-run; what was measured is kept (rerun to resume)."""
+
+    exit_code = 14
+    kind = "board lost"
+
+
 ALL_ERRORS = (
     SqueezeEdgeError,
     InputError,
@@ -96,6 +103,7 @@ ALL_ERRORS = (
     CompileError,
     ExportError,
     RegressionError,
+    BoardLostError,
 )
 
 # exit code -> (class name, meaning); 0 is success and 2 is Click's own usage error.

@@ -50,6 +50,11 @@ def registered_keys(info: dict) -> dict[str, int]:
     return {k: int(v.get("free", 0)) for k, v in info.get("queue_info", {}).items()}
 
 
+def boards(addr: str, key: str) -> int:
+    """How many servers (free or busy) are connected to the tracker under ``key``."""
+    return sum(1 for s in summary(addr).get("server_info", []) if s.get("key") == f"server:{key}")
+
+
 def check_key(addr: str, key: str) -> int:
     """How many boards are registered under ``key``; InputError naming the registered keys if none."""
     keys = registered_keys(summary(addr))
@@ -66,6 +71,14 @@ def _spawn(args: list[str], log: Path) -> int:
     return proc.pid
 
 
+def _reaped(pid: int) -> bool:
+    """Reap ``pid`` if it is our exited child (a zombie still answers kill 0); True if it had exited."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return False
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -75,8 +88,9 @@ def _alive(pid: int) -> bool:
 
 
 def up(fleet_dir: Path, host: str = "127.0.0.1", port: int = 9190, servers: tuple[str, ...] = (),
-       server_host: str = "127.0.0.1", wait_s: float = 60.0) -> dict:
-    """Start a tracker (and local servers under ``servers`` keys); returns the fleet state."""
+       server_host: str = "127.0.0.1", wait_s: float = 60.0, emulated: tuple[str, ...] = ()) -> dict:
+    """Start a tracker, local servers under ``servers`` keys and emulated aarch64 boards under
+    ``emulated`` keys (compiler/emulated_board.py: sessions under qemu-user); returns the fleet state."""
     fleet_dir = Path(fleet_dir)
     state_path = fleet_dir / STATE
     if state_path.is_file():
@@ -94,7 +108,8 @@ def up(fleet_dir: Path, host: str = "127.0.0.1", port: int = 9190, servers: tupl
     addr = f"{host}:{port}"
     pids = [_spawn(["tvm.exec.rpc_tracker", "--host", host, "--port", str(port), "--port-end", str(port + 1),
                     "--silent"], fleet_dir / "tracker.log")]
-    state = {"tracker": addr, "pids": pids, "servers": list(servers), "started": time.time()}
+    state = {"tracker": addr, "pids": pids, "servers": list(servers), "emulated": list(emulated),
+             "started": time.time()}
     state_path.write_text(json.dumps(state, indent=2) + "\n")
     deadline = time.time() + wait_s
     while True:
@@ -110,10 +125,21 @@ def up(fleet_dir: Path, host: str = "127.0.0.1", port: int = 9190, servers: tupl
         pids.append(_spawn(["tvm.exec.rpc_server", "--tracker", addr, "--key", key, "--host", server_host,
                             "--port", "9090", "--port-end", "9199", "--silent"], fleet_dir / f"server-{key}.log"))
         state_path.write_text(json.dumps(state, indent=2) + "\n")
-    while set(servers) - set(registered_keys(info)):
+    for key in emulated:
+        pids.append(_spawn(["compiler.emulated_board", "--tracker", addr, "--key", key, "--host", server_host],
+                           fleet_dir / f"emulated-{key}.log"))
+        state_path.write_text(json.dumps(state, indent=2) + "\n")
+    while (set(servers) | set(emulated)) - set(registered_keys(info)):
+        dead = [pid for pid in pids if not _alive(pid) or _reaped(pid)]
+        if dead:
+            logs = sorted(fleet_dir.glob("*.log"), key=lambda p: p.stat().st_mtime)
+            last = (logs[-1].read_text().strip().splitlines() or ["?"])[-1] if logs else "?"
+            down(fleet_dir)
+            raise OutputError(f"an RPC server exited while starting: {last[:200]}")
         if time.time() > deadline:
             down(fleet_dir)
-            raise OutputError(f"RPC servers did not register with {addr} in {wait_s:.0f} s")
+            raise OutputError(f"RPC servers did not register with {addr} in {wait_s:.0f} s (see the logs in "
+                              f"{fleet_dir})")
         time.sleep(0.3)
         info = summary(addr, timeout=1)
     return state | {"registered": registered_keys(info)}

@@ -1,4 +1,4 @@
-"""Schedules for the CPU kernels a tuning database does not cover, and the tuning search space.
+"""Schedules for the CPU kernels a tuning database does not cover.
 
 TVM 0.27 compiles an unscheduled CPU kernel as naive single-threaded loops (its GPU pipeline has dlight
 defaults; CPU has none). Before this, every kernel a database missed (softmax, layer norm, transposes,
@@ -22,18 +22,30 @@ def _packed_block(func) -> PackedDot | None:
     return next((p for p in PACKED if f'T.sblock("{p.block}")' in script), None)
 
 
-def tensorize_packed(sch, spec: PackedDot) -> None:
-    """Split the packed kernel's output and reduction loops by the instruction's lanes and k, tensorize
-    the inner block, run rows in parallel."""
+def tensorize_packed(sch, spec: PackedDot, rows: int = 4, columns: int = 3) -> None:
+    """Tile the packed kernel ``rows`` x ``columns`` instructions (each k step reuses a loaded weight
+    vector for ``rows`` rows and an activation pair for ``columns`` vectors), tensorize the inner
+    lanes x k block, run row tiles in parallel. A tile that does not divide the kernel shrinks to 1.
+
+    Measured for AVX2 on a 128x768x768/4 grouped kernel, 2 threads: 4 x 3 tiles 0.28 ms, no tiling
+    0.35 ms; MetaSchedule's own tiling onto the intrinsic: most candidates fail to compile (vectorized
+    loops around the intrinsic) and those that build ran 5-7 ms (results/PERFORMANCE-LOG.md step 6).
+    Order matters: a fused or parallel loop added after tensorize breaks TVM's reduction checks.
+    """
     block = sch.get_sblock(spec.block)
     *lead, n, k = sch.get_loops(block)
-    n_o, n_i = sch.split(n, [None, spec.lanes])
+    n_ext, m_ext = (int(sch.get(loop).extent) for loop in (n, lead[-1]))
+    columns = columns if n_ext % (columns * spec.lanes) == 0 else 1
+    rows = rows if m_ext % rows == 0 and m_ext > rows else 1
+    r_o, *r_i = sch.split(lead[-1], [None, rows]) if rows > 1 else [lead[-1]]  # unit loops break tensorize
+    n_o, *n_m, n_i = sch.split(n, [None, columns, spec.lanes] if columns > 1 else [None, spec.lanes])
     k_o, k_i = sch.split(k, [None, spec.k])
-    sch.reorder(*lead, n_o, k_o, n_i, k_i)
-    rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-    sch.parallel(rows)
+    sch.reorder(*lead[:-1], r_o, n_o, k_o, *r_i, *n_m, n_i, k_i)
+    sch.parallel(r_o)
     sch.decompose_reduction(block, k_o)
     sch.tensorize(n_i, spec.intrin)
+    for loop in (*r_i, *n_m):
+        sch.unroll(loop)
 
 
 def _generic(one: tvm.IRModule, tvm_target):
@@ -90,23 +102,3 @@ def default_schedules(mod: tvm.IRModule, tvm_target) -> tuple[tvm.IRModule, dict
     for gv, func in updates.items():
         mod[gv] = func
     return mod, counts
-
-
-def tuning_space(tvm_target):
-    """MetaSchedule's search space for a target: its defaults, plus tiling onto the target's packed
-    dot-product instruction where MetaSchedule does not know it (AVX2's vpmaddwd intrinsic is ours).
-    Returns a space generator, or the name of the default one."""
-    from tvm.s_tir import meta_schedule as ms
-
-    from .int8 import AVX2, packed_dot_for
-
-    if packed_dot_for(tvm_target) is not AVX2:
-        return "post-order-apply"  # VNNI (x86) and sdot (ARM) are in MetaSchedule's own rules
-    rules = list(ms.schedule_rule.ScheduleRule.create("llvm"))
-    at = next(i for i, r in enumerate(rules) if type(r).__name__ == "MultiLevelTiling")
-    rules.insert(at, ms.schedule_rule.MultiLevelTilingWithIntrin(
-        AVX2.intrin, structure="SSRSRS", tile_binds=None, max_innermost_factor=64, vector_load_lens=None,
-        reuse_read=None, reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")))
-    postprocs = list(ms.postproc.Postproc.create("llvm")) + [ms.postproc.RewriteTensorize(vectorize_init_loop=True)]
-    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs,
-                                             mutator_probs=ms.mutator.Mutator.create("llvm"))

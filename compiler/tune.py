@@ -21,9 +21,8 @@ from pathlib import Path
 from . import console
 from .artifact import MANIFEST, Artifact, hash_tree, load_artifact, peak_rss_mb, prepare_output, sha256_json, \
     tool_versions, _lock
-from .errors import InputError
-from .int8 import MAC_KERNELS
-from .schedules import tuning_space
+from .errors import BoardLostError, InputError
+from .int8 import AVX2, MAC_KERNELS
 from .targets import load_target
 
 STATE_FILE = "tune-state.json"
@@ -32,6 +31,7 @@ STATE_FILE = "tune-state.json"
 # schedules. Tuning, coverage and build must all use the same equality.
 MODULE_EQUALITY = "anchor-block"
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
+NO_BOARD = "no board left under key"
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,10 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
         mod = lowered_module(parent, tvm_target)
         tasks = ms.relax_integration.extract_tasks(mod, tvm_target, module_equality=MODULE_EQUALITY)
     remaining = trials - done_before
-    chosen = tasks if cfg.all_tasks else [t for t in tasks if any(op in t.task_name for op in MAC_KERNELS)]
+    # AVX2's packed kernels keep their default schedule (compiler/schedules.py): MetaSchedule's tiling
+    # onto our vpmaddwd intrinsic mostly failed to compile, and what compiled ran 20x slower
+    chosen = [t for t in tasks if AVX2.block not in t.task_name
+              and (cfg.all_tasks or any(op in t.task_name for op in MAC_KERNELS))]
     console.info(f"  {len(tasks)} tasks, tuning {len(chosen)} ({'all' if cfg.all_tasks else 'conv1d/matmul'}); "
                  f"{done_before} trials already in the database, {remaining} to run in batches of {per_iter} "
                  f"(target {target.name})")
@@ -153,13 +156,13 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
             with console.native_stderr_to_debug(), contextlib.redirect_stdout(sink):
                 strategy = ms.search_strategy.EvolutionarySearch(population_size=cfg.population)
                 ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                    chosen, str(out / "logs"), space=tuning_space(tvm_target), strategy=strategy, seed=cfg.seed)
+                    chosen, str(out / "logs"), strategy=strategy, seed=cfg.seed)
                 runner = "local"
                 if cfg.tracker is not None:
                     host, port = cfg.tracker.rsplit(":", 1)
                     runner = ms.runner.RPCRunner(rpc_config=ms.runner.RPCConfig(
                         tracker_host=host, tracker_port=int(port), tracker_key=cfg.key or target.rpc_key,
-                        session_timeout_sec=60))
+                        session_timeout_sec=60), f_create_session=_board_session)
                 # 30 s (the default) is too short on a busy 2-core machine for full-size kernels; a board's
                 # kernels are linked with its cross compiler
                 builder = ms.builder.LocalBuilder(timeout_sec=120, f_export=functools.partial(
@@ -173,6 +176,12 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
                     measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [progress],
                     module_equality=MODULE_EQUALITY,
                 )
+        except Exception as exc:
+            if NO_BOARD not in str(exc):
+                raise
+            records = _repair(out / DB_FILES[1])
+            raise BoardLostError(f"no board left under key '{cfg.key or target.rpc_key}' at {cfg.tracker}; "
+                                 f"{records} trials are kept in {out} (rerun the same command to resume)") from None
         finally:
             ms_logger.setLevel(level)
     records = _repair(out / DB_FILES[1])
@@ -218,6 +227,35 @@ def tuned_tasks(tasks, tvm_target, db_dir: Path) -> tuple[int, int]:
     return len(found), sum(1 for r in found if "tensorize" in str(r.trace))
 
 
+def _board_session(rpc_config):
+    """MetaSchedule's RPC session, except that it gives up when no board is left under the key (the
+    tracker would queue the request forever): a board that drops mid-run costs the candidates it held,
+    and the run goes on with the others; with none left, the candidate fails with NO_BOARD and the
+    progress callback stops the run."""
+    import threading
+
+    from .fleet import boards
+
+    addr = f"{rpc_config.tracker_host}:{rpc_config.tracker_port}"
+    result: dict = {}
+
+    def request():
+        try:
+            result["session"] = rpc_config.connect_server()
+        except Exception as exc:  # noqa: BLE001 (handed to the caller below)
+            result["error"] = exc
+
+    thread = threading.Thread(target=request, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(2.0)
+        if thread.is_alive() and boards(addr, rpc_config.tracker_key) == 0:
+            raise RuntimeError(f"{NO_BOARD} '{rpc_config.tracker_key}' at {addr}")
+    if "error" in result:
+        raise result["error"]
+    return result["session"]
+
+
 def _cross_export(triple: str, mod) -> str:
     """MetaSchedule builder export for cross targets: link the candidate with the board's g++."""
     import os
@@ -241,6 +279,8 @@ def _progress_callback(names: list[str], done_before: int, total: int):
             self.start = done_before
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            if runner_results and all(NO_BOARD in str(r.error_msg or "") for r in runner_results):
+                raise RuntimeError(NO_BOARD)  # every candidate of the batch found no board: stop here
             for res in runner_results:
                 if res.run_secs:
                     sec = sum(float(s) for s in res.run_secs) / len(res.run_secs)

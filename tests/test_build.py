@@ -24,6 +24,10 @@ def _feeds(n, seed=77):
 
 
 def test_fp32_library_matches_onnxruntime(fp32_lib, tiny_export):
+    """Untuned, every kernel got a default parallel schedule (none left as naive loops) and fast math
+    (softmax, erf); outputs stay within 1e-4 of onnxruntime."""
+    sched = json.loads((fp32_lib / "metadata.json").read_text())["tuning"]["kernels_with_default_schedule"]
+    assert sched["parallel"] >= 10 and sched["naive"] == 0
     model = runtime.load(fp32_lib)
     sess = ort.InferenceSession(str(tiny_export / "model.onnx"))
     for feed in _feeds(4):
@@ -209,3 +213,21 @@ def test_library_for_a_cpu_this_machine_lacks_is_refused(fp32_lib, tmp_path):
 
     with pytest.raises(ArtifactError, match="built for a CPU with avx1024vnni, which this CPU lacks"):
         runtime.load(copy)
+
+
+def test_profile_accounts_for_the_kernels(int8_lib):
+    """Per-kernel times through the VM's instrument hook: every call is counted, kernels sum to no more
+    than the wall time, int8 layers that differ only in their constants are summed under one name."""
+    from compiler.profile import kernel_group
+
+    assert kernel_group("fused_conv1d2_subtract4_cast7_quantize13_dequantize10") == \
+        "fused_conv1d2_subtract_cast_quantize_dequantize"
+    res = cli("--json", "profile", int8_lib, "--runs", 2)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    kernels = {r["kernel"]: r for r in rep["kernels"]}
+    assert sum(r["ms"] for r in rep["kernels"]) <= rep["wall_ms"] * 1.05
+    packed = [r for name, r in kernels.items() if "avx2_madd" in name or "vnni_dot" in name]
+    assert packed and all(r["calls"] >= 1 and r["ms"] > 0 for r in packed)
+    res = cli("profile", int8_lib.parent / "nothing-here")
+    assert res.exit_code == 5 and "Traceback" not in res.output

@@ -94,3 +94,96 @@ def test_bench_through_the_tracker(fleet, int8_lib, tmp_path):
     feed = random_inputs(30528, 2, 1, 32, seed=5)
     (remote,) = remote_runners([int8_lib], state["tracker"], "loopback-board", feed)
     np.testing.assert_array_equal(remote.fn(feed), runtime.load(int8_lib)(**feed)[0])
+
+
+def _records(db) -> list:
+    path = db / "database_tuning_record.json"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _tune_in_background(tiny_int8, state, key, db, trials):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "compiler", "-q", "--json", "tune", str(tiny_int8), "--tracker",
+                             state["tracker"], "--key", key, "--trials", str(trials), *QUICK, "--out", str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_records(db, n, proc, timeout=600):
+    import time
+
+    deadline = time.time() + timeout
+    while len(_records(db)) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "tuning made no progress"
+        time.sleep(1)
+
+
+def test_a_board_dropping_mid_tune_leaves_the_run_going(tiny_int8, tmp_path):
+    """Two boards under one key; one is killed mid-run: the run finishes every trial on the other."""
+    import signal
+
+    res = cli("--workdir", tmp_path, "--json", "fleet", "up", "--port", _free_port(), "--server", "pair",
+              "--server", "pair")
+    assert res.exit_code == 0, res.output
+    state = json.loads(res.stdout)
+    try:
+        db = tmp_path / "db"
+        proc = _tune_in_background(tiny_int8, state, "pair", db, 24)
+        _wait_for_records(db, 8, proc)
+        os.killpg(state["pids"][1], signal.SIGKILL)  # the first board, mid-run
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err
+        records = _records(db)
+        assert len(records) == 24 and json.loads(out)["manifest"]["results"]["trials"] == 24
+        assert any(min(r[1][1]) < 1e9 for r in records[8:]), "nothing was measured after the board dropped"
+    finally:
+        cli("--workdir", tmp_path, "fleet", "down")
+
+
+def test_tune_stops_cleanly_when_every_board_drops(fleet, tiny_int8, tmp_path):
+    """The only board is killed mid-run: one line, exit 14, and the database is intact and resumable."""
+    import signal
+
+    workdir, state = fleet
+    db = tmp_path / "db"
+    proc = _tune_in_background(tiny_int8, state, "loopback-board", db, 400)
+    _wait_for_records(db, 8, proc)
+    os.killpg(state["pids"][1], signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 14, err
+    assert err.strip().count("\n") == 0 and "no board left under key 'loopback-board'" in err
+    assert "Traceback" not in err and not (db / "manifest.json").exists()
+    kept = len(_records(db))  # every line parses
+    assert 8 <= kept < 400
+    # resumable: the same database, finished here without a board, keeps every record
+    res = run_cli("-q", "--json", "tune", tiny_int8, "--trials", kept, *QUICK, "--out", db)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["manifest"]["results"]["trials"] == kept
+
+
+def test_tune_for_the_pi5_on_an_emulated_board(tiny_int8_s8, tmp_path):
+    """'fleet up --emulated rpi5': an aarch64 board under qemu. Tuning for the Pi 5 through it builds
+    aarch64 candidates with the cross g++, measures them under qemu, tensorizes onto sdot, and build
+    applies the database (checked under qemu against onnxruntime)."""
+    res = cli("--workdir", tmp_path, "--json", "fleet", "up", "--port", _free_port(), "--emulated", "rpi5")
+    assert res.exit_code == 0, res.output
+    state = json.loads(res.stdout)
+    try:
+        assert state["registered"] == {"rpi5": 1}
+        db = tmp_path / "db"
+        res = run_cli("-q", "--json", "tune", tiny_int8_s8, "--target", "rpi5", "--tracker", state["tracker"],
+                      "--trials", "16", "--per-iteration", "4", "--population", "32", "--out", db)
+        assert res.returncode == 0, res.stderr
+        r = json.loads(res.stdout)["manifest"]["results"]
+        assert r["trials"] == 16 and r["tuned_tasks"] >= 1 and r["tensorized_tasks"] >= 1
+        assert any(min(rec[1][1]) < 1e9 for rec in _records(db)), "nothing was measured on the emulated board"
+        lib = tmp_path / "lib"
+        res = cli("-q", "build", tiny_int8_s8, "--target", "rpi5", "--database", db, "--out", lib)
+        assert res.exit_code == 0, res.output
+        meta = json.loads((lib / "metadata.json").read_text())
+        assert meta["tuning"]["kernels_with_tuned_schedule"] >= 1
+        assert meta["validation"]["ran"].startswith("under qemu-user")
+    finally:
+        cli("--workdir", tmp_path, "fleet", "down")

@@ -1,0 +1,56 @@
+"""Where a built library's time goes: wall time of every kernel call, through the Relax VM's instrument
+hook (TVM 0.27 has no VM profiler), summed per kernel over a few runs (``squeezeedge profile``).
+
+Kernels that differ only in their baked-in constants (int8 layers each requantize with their own
+scales, so TVM numbers their epilogue ops apart) are summed under one name.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+_CONSTANT_OPS = {"quantize", "dequantize", "multiply", "subtract", "add", "cast", "divide"}
+
+
+def kernel_group(name: str) -> str:
+    """``fused_conv1d2_subtract4_cast7_quantize13`` -> ``fused_conv1d2_subtract_cast_quantize``."""
+    parts = []
+    for seg in name.split("_"):
+        m = re.fullmatch(r"([a-z]+)(\d+)", seg)
+        parts.append(m.group(1) if m and m.group(1) in _CONSTANT_OPS else seg)
+    return "_".join(parts)
+
+
+def profile(lib_dir: Path, runs: int = 3, seed: int = 0) -> dict:
+    """Run the library ``runs`` times on a random input after one warm-up; per kernel group the calls
+    per inference and milliseconds per inference, largest first, with the wall time per inference."""
+    from . import runtime
+    from .export import random_inputs
+
+    model = runtime.load(lib_dir)
+    shape = next(i["shape"] for i in model.inputs if i["name"] == "input_ids")
+    feed = random_inputs(model.vocab_size, model.type_vocab_size or 2, shape[0], shape[1], seed)
+    feed = {k: v for k, v in feed.items() if k in {i["name"] for i in model.inputs}}
+    model(**feed)
+    total, calls, start = Counter(), Counter(), {}
+
+    def instrument(func, symbol, before, ret, *args):
+        if before:
+            start[symbol] = time.perf_counter()
+        else:
+            group = kernel_group(symbol)
+            total[group] += time.perf_counter() - start.pop(symbol)
+            calls[group] += 1
+        return 0
+
+    model._vm.set_instrument(instrument)
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        model(**feed)
+    wall = (time.perf_counter() - t0) / runs
+    rows = [{"kernel": k, "calls": calls[k] // runs, "ms": round(v / runs * 1e3, 3),
+             "share": round(v / runs / wall, 4)} for k, v in total.most_common()]
+    return {"library": str(lib_dir), "runs": runs, "wall_ms": round(wall * 1e3, 2), "kernels": rows}

@@ -1,0 +1,79 @@
+"""Dot-product intrinsics: the pre-packed int8 kernel tensorizes onto x86 VNNI's vpdpbusd (with the
+wheel's LLVM) and onto our AVX2 vpmaddwd intrinsic, and both are exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+
+from compiler import intrinsics  # noqa: F401  (the byte-vector dot_16x4_vnni)
+from compiler.int8 import AVX2, _pack, _te_packed, has_vnni, packed_dot_for
+from compiler.schedules import default_schedules
+
+TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake", "num-cores": 2}
+
+
+def _tensorized(shape, n, groups):
+    func = _te_packed(shape, n, groups, "main")
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
+    block = sch.get_sblock("vnni_dot")
+    *lead, nn, k = sch.get_loops(block)
+    n_o, n_i = sch.split(nn, [None, 16])
+    k_o, k_i = sch.split(k, [None, 4])
+    sch.reorder(*lead, n_o, k_o, n_i, k_i)
+    sch.decompose_reduction(block, k_o)
+    sch.tensorize(n_i, "dot_16x4_vnni")
+    return sch.mod
+
+
+@pytest.mark.parametrize("shape, n, groups", [((32, 128), 64, 1), ((1, 16, 256), 128, 4)])
+def test_packed_kernel_uses_vpdpbusd_and_is_exact(shape, n, groups):
+    target = tvm.target.Target(TARGET)
+    assert has_vnni(target) and not has_vnni(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
+    lib = tvm.tirx.build(_tensorized(shape, n, groups), target=target)
+    asm = lib.inspect_source("asm")
+    assert "vpdpbusd" in asm
+    rng = np.random.default_rng(0)
+    k = shape[-1]
+    x = rng.integers(0, 256, shape, dtype=np.uint8)
+    w = rng.integers(-128, 128, (n, k // groups), dtype=np.int8)
+    ref = np.concatenate([x[..., g * (k // groups):(g + 1) * (k // groups)].astype(np.int32)
+                          @ w[g * (n // groups):(g + 1) * (n // groups)].T.astype(np.int32) for g in range(groups)],
+                         axis=-1)
+    if "avx512_vnni" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU cannot run AVX-512 VNNI code (the code generation above was still checked)")
+    y = tvm.runtime.tensor(np.zeros((*shape[:-1], n), np.int32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(_pack(w, groups)), y)
+    np.testing.assert_array_equal(y.numpy(), ref)
+
+
+def _reference(x, w, groups):
+    k, n = x.shape[-1], w.shape[0]
+    return np.concatenate([x[..., g * (k // groups):(g + 1) * (k // groups)].astype(np.int32)
+                           @ w[g * (n // groups):(g + 1) * (n // groups)].T.astype(np.int32) for g in range(groups)],
+                          axis=-1)
+
+
+@pytest.mark.parametrize("shape, n, groups", [((1, 128, 768), 768, 4), ((1, 768), 768, 1), ((1, 24, 64), 40, 1),
+                                              ((1, 32, 64), 256, 4)])
+def test_avx2_packed_kernel_uses_vpmaddwd_and_is_exact(shape, n, groups):
+    """The default schedule (tiles that divide, or none) tensorizes onto vpmaddwd; results equal numpy's
+    int32 matmul for u8 and s8 activations at their extremes."""
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
+    assert packed_dot_for(target) is AVX2 and packed_dot_for(tvm.target.Target(TARGET)).instruction == "vpdpbusd"
+    mod, counts = default_schedules(tvm.IRModule({"main": _te_packed(shape, n, groups, "main", AVX2)}), target)
+    assert counts == {"tensorized": 1, "parallel": 0, "naive": 0}
+    lib = tvm.tirx.build(mod, target=target)
+    assert "vpmaddwd" in lib.inspect_source("asm")
+    if "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU cannot run AVX2 code (the code generation above was still checked)")
+    rng = np.random.default_rng(1)
+    w = rng.integers(-128, 128, (n, shape[-1] // groups), dtype=np.int8)
+    w[0, :] = -128  # the corners where vpmaddubsw would saturate
+    for low, high in ((0, 256), (-128, 128)):
+        x = rng.integers(low, high, shape).astype(np.int16)
+        x[..., :2] = high - 1
+        y = tvm.runtime.tensor(np.zeros((*shape[:-1], n), np.int32))
+        lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(_pack(w, groups, AVX2)), y)
+        np.testing.assert_array_equal(y.numpy(), _reference(x, w, groups))
