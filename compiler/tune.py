@@ -72,6 +72,37 @@ def _repair(path: Path) -> int:
     return len(good)
 
 
+def _drop_unreplayable(out: Path) -> int:
+    """Drop tuning records whose trace does not replay on their stored workload; returns how many.
+
+    With anchor-block equality MetaSchedule files a new kernel under an old workload whose anchor block
+    matches, even when the epilogue differs (here: erf became fast_erf), and the record's trace then
+    fails to replay on the stored module. One such record makes the whole JSONDatabase refuse to load
+    ("parallel_for_dynamic error"), losing every other record. Keeping only records that replay keeps
+    the database loadable; the dropped ones are re-tuned on a later run.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    wl_path, rec_path = out / DB_FILES[0], out / DB_FILES[1]
+    if not rec_path.is_file() or not wl_path.is_file():
+        return 0
+    workloads = [ms.database.Workload.from_json(json.loads(line)) for line in wl_path.read_text().splitlines()]
+    good = []
+    lines = rec_path.read_text().splitlines()
+    for line in lines:
+        index, record = json.loads(line)
+        try:
+            ms.database.TuningRecord.from_json(record, workloads[index])
+            good.append(line)
+        except Exception:  # noqa: BLE001 (TVM raises a bare RuntimeError for a trace that does not replay)
+            pass
+    if len(good) != len(lines):
+        tmp = rec_path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in good))
+        tmp.replace(rec_path)
+    return len(lines) - len(good)
+
+
 def tune_model(model_dir: Path, cfg: TuneConfig, out: Path, force: bool = False) -> Artifact:
     """Tune the kernels of an export or quantize artifact for a target with MetaSchedule.
 
@@ -130,8 +161,10 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
     from tvm.s_tir import meta_schedule as ms
 
     t0 = time.perf_counter()
-    done_before = min(_repair(out / DB_FILES[1]), trials)
     _repair(out / DB_FILES[0])
+    _repair(out / DB_FILES[1])
+    dropped = _drop_unreplayable(out)
+    done_before = min(_repair(out / DB_FILES[1]), trials)
     (out / MANIFEST).unlink(missing_ok=True)  # not finished until the manifest is rewritten
     with console.step("extracting tuning tasks"), console.native_stderr_to_debug():
         mod = lowered_module(parent, tvm_target)
@@ -184,9 +217,12 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
                                  f"{records} trials are kept in {out} (rerun the same command to resume)") from None
         finally:
             ms_logger.setLevel(level)
+    dropped += _drop_unreplayable(out)
+    if dropped:
+        console.info(f"  dropped {dropped} record(s) whose schedule does not replay on their stored kernel")
     records = _repair(out / DB_FILES[1])
     tuned, tensorized = tuned_tasks(tasks, tvm_target, out)
-    results = {"tasks": len(tasks), "tuned_tasks": tuned, "tensorized_tasks": tensorized,
+    results = {"tasks": len(tasks), "tuned_tasks": tuned, "tensorized_tasks": tensorized, "records_dropped": dropped,
                "tasks_selected": len(chosen), "trials": records, "trials_requested": trials,
                "per_iteration": per_iter, "this_run_s": round(time.perf_counter() - t0, 1)}
     prev = out / "tune-history.json"
