@@ -175,10 +175,10 @@ def test_tune_for_the_pi5_on_an_emulated_board(tiny_int8_s8, tmp_path):
         assert state["registered"] == {"rpi5": 1}
         db = tmp_path / "db"
         res = run_cli("-q", "--json", "tune", tiny_int8_s8, "--target", "rpi5", "--tracker", state["tracker"],
-                      "--trials", "16", "--per-iteration", "4", "--population", "32", "--out", db)
+                      "--trials", "8", "--per-iteration", "2", "--population", "32", "--out", db)
         assert res.returncode == 0, res.stderr
         r = json.loads(res.stdout)["manifest"]["results"]
-        assert r["trials"] == 16 and r["tuned_tasks"] >= 1 and r["tensorized_tasks"] >= 1
+        assert r["trials"] == 8 and r["tuned_tasks"] >= 1 and r["tensorized_tasks"] >= 1
         assert any(min(rec[1][1]) < 1e9 for rec in _records(db)), "nothing was measured on the emulated board"
         lib = tmp_path / "lib"
         res = cli("-q", "build", tiny_int8_s8, "--target", "rpi5", "--database", db, "--out", lib)
