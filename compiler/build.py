@@ -205,14 +205,14 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
            database: Artifact | None) -> dict:
     import tvm
 
-    from . import intrinsics  # noqa: F401  (VNNI intrinsic that builds with the wheel's LLVM)
+    from . import intrinsics  # noqa: F401  (the dot-product intrinsics)
     from .int8 import float_compute_layers, mac_kernels, packed_dot_for, tensorized_kernels
 
     precision = "int8" if parent.stage == "quantize" else "fp32"
     onnx_path = parent.file("model.onnx")
     t0 = time.perf_counter()
     integer = precision == "int8" and cfg.integer
-    packed = packed_dot_for(tvm_target) if target.device == "cpu" else None
+    packed = packed_dot_for(tvm_target)
     rewrite = (" and rewriting QDQ layers to integer kernels" + (f" (weights packed for {packed.instruction})"
                                                                   if packed else "")) if integer else ""
     with console.step(f"importing {precision} ONNX into TVM Relax{rewrite}"):

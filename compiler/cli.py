@@ -38,6 +38,15 @@ class Group(click.Group):
             ctx.exit(1)
 
 
+def _default_threads(lib_dir: Path) -> int:
+    """The library's target threads (2 if it does not say), at most this machine's cores."""
+    import os
+
+    meta = Path(lib_dir) / "metadata.json"
+    built_for = (json.loads(meta.read_text()).get("target", {}).get("threads") if meta.is_file() else None) or 2
+    return max(1, min(built_for, os.cpu_count() or 1))
+
+
 def _emit(ctx, payload: dict, text: str) -> None:
     if ctx.obj["json"]:
         click.echo(json.dumps(payload, indent=2, default=str))
@@ -353,12 +362,8 @@ def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_se
     from .bench import BenchConfig, bench as run_bench
 
     wanted = tuple(b for b in baselines.split(",") if b and b != "none")
-    if threads is None:  # the first library's target threads, at most this machine's cores
-        import os
-
-        meta = Path(lib_dirs[0]) / "metadata.json"
-        built_for = (json.loads(meta.read_text()).get("target", {}).get("threads") if meta.is_file() else None) or 2
-        threads = max(1, min(built_for, os.cpu_count() or 1))
+    if threads is None:
+        threads = _default_threads(Path(lib_dirs[0]))
     cfg = BenchConfig(baselines=wanted, warmup=warmup, repeat=repeat, min_seconds=min_seconds, threads=threads,
                       tracker=tracker, key=key, workdir=ctx.obj["workdir"])
     rep = run_bench(list(lib_dirs), cfg, out)
@@ -523,8 +528,8 @@ def profile(ctx, lib_dir, runs, top, threads):
 
     from .runtime import load_metadata
 
-    meta, _ = load_metadata(lib_dir)
-    os.environ["TVM_NUM_THREADS"] = str(threads or min(meta["target"].get("threads") or 1, os.cpu_count() or 1))
+    load_metadata(lib_dir)  # a clear error for a directory that is not a library, before TVM starts
+    os.environ["TVM_NUM_THREADS"] = str(threads or _default_threads(lib_dir))
     from .profile import profile as run_profile
 
     rep = run_profile(lib_dir, runs=runs)

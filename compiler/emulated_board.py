@@ -18,13 +18,15 @@ import argparse
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("runner") / "rpc_board.cc"
 
 
 def _serve_emulated(sock, load_library, work_path):  # the signature of tvm.rpc.server._serve_loop
     from .deploy import emulator_prefix, runner
-    from pathlib import Path
 
-    exe = runner("aarch64", Path(__file__).with_name("runner") / "rpc_board.cc")
+    exe = runner("aarch64", SOURCE)  # built by serve(); here only found again
     fd = sock.fileno()
     subprocess.run([*emulator_prefix("aarch64"), str(exe), str(fd), work_path.path], pass_fds=(fd,), check=False)
 
@@ -35,10 +37,9 @@ def serve(tracker: str, key: str, host: str = "127.0.0.1", port: int = 9090, por
 
     from .deploy import emulator_prefix, runner
     from .fleet import parse_addr
-    from pathlib import Path
 
     emulator_prefix("aarch64")  # fail now, naming the package, if qemu or the sysroot is missing
-    runner("aarch64", Path(__file__).with_name("runner") / "rpc_board.cc")
+    runner("aarch64", SOURCE)
     server._serve_loop = _serve_emulated
     server.PopenRPCServerState(host, port, port_end, False, parse_addr(tracker), key, None, None, True)
     while True:

@@ -82,12 +82,12 @@ PACKED = (VNNI, SDOT, AVX2)
 
 
 def packed_dot_for(tvm_target) -> PackedDot | None:
-    """The dot-product instruction an LLVM CPU target has: VNNI, else AVX2 on x86; sdot on aarch64."""
-    host = tvm_target.host if tvm_target.kind.name != "llvm" and tvm_target.host is not None else tvm_target
-    if host.kind.name != "llvm":
+    """The dot-product instruction an LLVM CPU target has: VNNI, else AVX2 on x86; sdot on aarch64.
+    None for GPU targets: their kernels run on the GPU, whatever the host CPU has."""
+    if tvm_target.kind.name != "llvm":
         return None
-    triple = str(host.attrs.get("mtriple", "x86_64"))
-    has = lambda feature: bool(tvm.target.codegen.llvm_cpu_has_features([feature], host))  # noqa: E731
+    triple = str(tvm_target.attrs.get("mtriple", "x86_64"))
+    has = lambda feature: bool(tvm.target.codegen.llvm_cpu_has_features([feature], tvm_target))  # noqa: E731
     if triple.startswith("x86_64"):
         return VNNI if has("avx512vnni") else AVX2 if has("avx2") else None
     if triple.startswith("aarch64"):
@@ -266,14 +266,6 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
     report.packed = len(prim_funcs)
     mod = relax.transform.DeadCodeElimination()(mod)
     return mod, report
-
-
-def has_vnni(tvm_target) -> bool:
-    """An x86 LLVM target whose CPU has AVX-512 VNNI (vpdpbusd)."""
-    host = tvm_target.host if tvm_target.kind.name != "llvm" and tvm_target.host is not None else tvm_target
-    if host.kind.name != "llvm" or not str(host.attrs.get("mtriple", "x86_64")).startswith("x86_64"):
-        return False
-    return bool(tvm.target.codegen.llvm_cpu_has_features(["avx512vnni"], host))
 
 
 def float_compute_layers(mod: tvm.IRModule, func_name: str = "main") -> list[str]:

@@ -12,6 +12,8 @@ every kernel of an untuned build) ran on one core. Here each gets:
 
 from __future__ import annotations
 
+from collections import Counter
+
 import tvm
 
 from .int8 import PACKED, PackedDot
@@ -66,6 +68,31 @@ def _generic(one: tvm.IRModule, tvm_target):
     return sch
 
 
+def reschedule(mod: tvm.IRModule, schedule_one) -> tuple[tvm.IRModule, Counter]:
+    """Give every PrimFunc of ``mod`` that is not scheduled yet to ``schedule_one``, one kernel at a time.
+
+    ``schedule_one(one)`` gets the kernel as the "main" function of a module of its own and returns
+    (Schedule or None, outcome); a kernel it scheduled is replaced and marked scheduled. Returns the
+    module and how many kernels had each outcome. Used for tuned (database) and default schedules.
+    """
+    counts: Counter = Counter()
+    updates = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
+            continue
+        sch, outcome = schedule_one(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
+        counts[outcome] += 1
+        if sch is None:
+            continue
+        new = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        keep = func.attrs and "global_symbol" in func.attrs
+        updates[gv] = new.with_attr("global_symbol", func.attrs["global_symbol"]) if keep \
+            else new.without_attr("global_symbol")
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod, counts
+
+
 def default_schedules(mod: tvm.IRModule, tvm_target) -> tuple[tvm.IRModule, dict[str, int]]:
     """Schedule every CPU PrimFunc of a fused module that is not scheduled yet (see the module doc).
 
@@ -76,29 +103,17 @@ def default_schedules(mod: tvm.IRModule, tvm_target) -> tuple[tvm.IRModule, dict
 
     from . import intrinsics  # noqa: F401  (the dot-product intrinsics)
 
-    counts = {"tensorized": 0, "parallel": 0, "naive": 0}
-    updates = {}
-    for gv, func in mod.functions.items():
-        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
-            continue
-        one = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-        spec = _packed_block(func)
+    def default(one):
+        spec = _packed_block(one["main"])
         try:
             if spec is not None:
                 sch = Schedule(one)
                 tensorize_packed(sch, spec)
-            else:
-                sch = _generic(one, tvm_target)
+                return sch, "tensorized"
+            sch = _generic(one, tvm_target)
         except Exception:  # noqa: BLE001 (an unschedulable kernel keeps TVM's naive loops)
-            sch = None
-        if sch is None:
-            counts["naive"] += 1
-            continue
-        counts["tensorized" if spec is not None else "parallel"] += 1
-        new = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-        keep = func.attrs and "global_symbol" in func.attrs
-        updates[gv] = new.with_attr("global_symbol", func.attrs["global_symbol"]) if keep \
-            else new.without_attr("global_symbol")
-    for gv, func in updates.items():
-        mod[gv] = func
-    return mod, counts
+            return None, "naive"
+        return (sch, "parallel") if sch is not None else (None, "naive")
+
+    mod, counts = reschedule(mod, default)
+    return mod, {k: counts[k] for k in ("tensorized", "parallel", "naive")}

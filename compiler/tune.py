@@ -342,24 +342,20 @@ def apply_database(mod, tvm_target, db_dir: Path):
     outputs.size()"). Here a verbatim replay is tried first, then MetaSchedule's anchor-trace transfer,
     and a kernel that takes neither keeps its default schedule and is counted.
     """
-    import tvm
     from tvm.s_tir import Schedule
     from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace
 
+    from .schedules import reschedule
+
     db = open_database(db_dir)
-    applied = failed = 0
-    updates = {}
-    for gv, func in mod.functions.items():
-        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
-            continue
-        one = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+    def from_record(one):
         try:
             record = db.query_tuning_record(one, tvm_target, "main")
         except Exception:
             record = None
         if record is None:
-            continue
-        sch = None
+            return None, "untuned"
         for attempt in ("replay", "anchor"):
             try:
                 sch = Schedule(one)
@@ -367,16 +363,10 @@ def apply_database(mod, tvm_target, db_dir: Path):
                     record.trace.apply_to_schedule(sch, remove_postproc=False)
                 else:
                     schedule_using_anchor_trace(sch, record.trace, tvm_target)
-                break
-            except Exception:
-                sch = None
-        if sch is None:
-            failed += 1
-            continue
-        new = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-        updates[gv] = new.without_attr("global_symbol") if not (func.attrs and "global_symbol" in func.attrs) \
-            else new.with_attr("global_symbol", func.attrs["global_symbol"])
-        applied += 1
-    for gv, func in updates.items():
-        mod[gv] = func
-    return mod, applied, failed
+                return sch, "applied"
+            except Exception:  # noqa: BLE001 (TVM's replay errors are bare RuntimeErrors: try the next way)
+                continue
+        return None, "failed"
+
+    mod, counts = reschedule(mod, from_record)
+    return mod, counts["applied"], counts["failed"]

@@ -8,7 +8,7 @@ import pytest
 import tvm
 
 from compiler import intrinsics  # noqa: F401  (the byte-vector dot_16x4_vnni)
-from compiler.int8 import AVX2, _pack, _te_packed, has_vnni, packed_dot_for
+from compiler.int8 import AVX2, VNNI, _pack, _te_packed, packed_dot_for
 from compiler.schedules import default_schedules
 
 TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake", "num-cores": 2}
@@ -30,7 +30,8 @@ def _tensorized(shape, n, groups):
 @pytest.mark.parametrize("shape, n, groups", [((32, 128), 64, 1), ((1, 16, 256), 128, 4)])
 def test_packed_kernel_uses_vpdpbusd_and_is_exact(shape, n, groups):
     target = tvm.target.Target(TARGET)
-    assert has_vnni(target) and not has_vnni(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
+    assert packed_dot_for(target) is VNNI
+    assert packed_dot_for(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})) is not VNNI
     lib = tvm.tirx.build(_tensorized(shape, n, groups), target=target)
     asm = lib.inspect_source("asm")
     assert "vpdpbusd" in asm
