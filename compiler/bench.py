@@ -140,6 +140,15 @@ def _agreement(out, ref) -> dict:
     return {"max_abs_diff": float(np.max(np.abs(a - b))), "cosine": cos}
 
 
+def _name_apart(runners: list[Runner], lib_dirs: list[Path]) -> None:
+    """Libraries of the same precision and target (an A/B of two builds) get their directory in the
+    name, so each keeps its own samples and row."""
+    names = [r.name for r in runners]
+    for r, d in zip(runners, lib_dirs):
+        if names.count(r.name) > 1:
+            r.name = f"{r.name} [{Path(d).name}]"
+
+
 def _measure(runners: list[Runner], feed: dict, cfg: BenchConfig) -> tuple[dict[str, list[float]], float]:
     """Interleaved rounds; (samples per runtime, seconds the timed rounds took)."""
     samples: dict[str, list[float]] = {r.name: [] for r in runners}
@@ -202,6 +211,7 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
         runners = [squeezeedge_runner(d) for d in lib_dirs]
         base, skipped = baseline_runners(cfg.baselines, chain, cfg.threads, cfg.workdir, feed)
         runners += base
+    _name_apart(runners[:len(lib_dirs)], lib_dirs)
     console.info(f"  timing {len(runners)} runtimes, interleaved: {', '.join(r.name for r in runners)}")
     samples, window_s = _measure(runners, feed, cfg)
     outputs = {r.name: np.asarray(r.fn(feed)) for r in runners}

@@ -176,14 +176,17 @@ def import_onnx(path: Path, inputs: list[dict], static_dims: dict[str, int] | No
 def relax_module(parent: Artifact, tvm_target, integer: bool = True):
     """(Relax module, RewriteReport | None): the artifact's ONNX imported with static shapes and, for an
     int8 model with ``integer``, rewritten to integer kernels (pre-packed for the target's dot-product
-    instruction where it has one). Build and tune both start here, so a tuning database sees exactly
+    instruction where it has one), its transposes sunk until they cancel (:mod:`compiler.transposes`). Build and tune both start here, so a tuning database sees exactly
     the kernels the build compiles."""
     from .int8 import integerize, packed_dot_for
+    from .transposes import sink_transposes
 
     mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], _static_dims(parent))
-    if parent.stage != "quantize" or not integer:
-        return mod, None
-    return integerize(mod, packed=packed_dot_for(tvm_target))
+    report = None
+    if parent.stage == "quantize" and integer:
+        mod, report = integerize(mod, packed=packed_dot_for(tvm_target))
+    mod, _ = sink_transposes(mod)  # NCW convolutions vs NWC layer norms and packed kernels
+    return mod, report
 
 
 def fuse(mod, tvm_target):
