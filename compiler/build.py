@@ -176,8 +176,8 @@ def import_onnx(path: Path, inputs: list[dict], static_dims: dict[str, int] | No
 def relax_module(parent: Artifact, tvm_target, integer: bool = True):
     """(Relax module, RewriteReport | None): the artifact's ONNX imported with static shapes and, for an
     int8 model with ``integer``, rewritten to integer kernels (pre-packed for the target's dot-product
-    instruction where it has one), its transposes sunk until they cancel (:mod:`compiler.transposes`). Build and tune both start here, so a tuning database sees exactly
-    the kernels the build compiles."""
+    instruction where it has one), then its transposes sunk until they cancel (:mod:`compiler.transposes`).
+    Build and tune both start here, so a tuning database sees exactly the kernels the build compiles."""
     from .int8 import integerize, packed_dot_for
     from .transposes import sink_transposes
 
