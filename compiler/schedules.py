@@ -33,8 +33,24 @@ def tensorize_packed(sch, spec: PackedDot, rows: int = 4, columns: int = 3) -> N
     0.35 ms; MetaSchedule's own tiling onto the intrinsic: most candidates fail to compile (vectorized
     loops around the intrinsic) and those that build ran 5-7 ms (results/PERFORMANCE-LOG.md step 6).
     Order matters: a fused or parallel loop added after tensorize breaks TVM's reduction checks.
+
+    A kernel fused with its epilogue (requantize, bias, GELU, residual add: what FuseOps joins to it
+    once no transpose stands between, see :mod:`compiler.transposes`) gets the epilogue as one
+    vectorized loop nest per output, computed inside each row tile while the tile's int32 sums are in
+    cache: every other elementwise block is inlined into its consumer.
     """
     block = sch.get_sblock(spec.block)
+    outputs = {p.name for p in sch.mod["main"].params}
+    operands = {r.source.name for r in sch.get(block).reads}
+    epilogue = []
+    for other in sch.get_child_blocks(sch.get_sblock("root")):
+        writes = {r.source.name for r in sch.get(other).writes}
+        if sch.get(other).name_hint == spec.block or writes & operands:
+            continue  # a producer of the kernel's operands stays as it is
+        if writes & outputs:
+            epilogue.append(other)
+        else:
+            sch.compute_inline(other)
     *lead, n, k = sch.get_loops(block)
     n_ext, m_ext = (int(sch.get(loop).extent) for loop in (n, lead[-1]))
     columns = columns if n_ext % (columns * spec.lanes) == 0 else 1
@@ -43,6 +59,11 @@ def tensorize_packed(sch, spec: PackedDot, rows: int = 4, columns: int = 3) -> N
     n_o, *n_m, n_i = sch.split(n, [None, columns, spec.lanes] if columns > 1 else [None, spec.lanes])
     k_o, k_i = sch.split(k, [None, spec.k])
     sch.reorder(*lead[:-1], r_o, n_o, k_o, *r_i, *n_m, n_i, k_i)
+    for epi in epilogue:
+        sch.reverse_compute_at(epi, r_o)
+        inner = sch.get_loops(epi)[-1]
+        if int(sch.get(inner).extent) % 8 == 0:
+            sch.vectorize(sch.split(inner, [None, 8])[1])
     sch.parallel(r_o)
     sch.decompose_reduction(block, k_o)
     sch.tensorize(n_i, spec.intrin)
