@@ -42,10 +42,9 @@ class _Sinker(relax.PyExprMutator):
     def __init__(self, mod):
         super().__init__(mod)
         self.moved = 0
-        self.cancelled = 0
         self.source: dict = {}  # new var -> (var in the other layout, perm): var == permute_dims(src, perm)
 
-    def _emit_alias(self, binding, value) -> None:
+    def _emit_alias(self, binding, value):
         var = self.builder_.emit(value, binding.var.name)
         self.set_var_remap(binding.var, var)
         return var
@@ -65,7 +64,8 @@ class _Sinker(relax.PyExprMutator):
         full = (1,) * (rank - len(shape)) + shape  # broadcasting aligns trailing dims
         inv = np.argsort(perm)
         moved = tuple(full[i] for i in inv)  # shape in the sunk layout: moved[perm[i]] = full[i]
-        if [d for d in moved if d != 1] == [d for d in full if d != 1]:
+        kept = [inv[j] for j in range(rank) if moved[j] != 1]
+        if kept == sorted(kept):  # the dims that are not 1 keep their order: a reshape moves them
             return relax.op.reshape(arg, moved)
         if isinstance(arg, tvm.ir.expr.Constant):
             return relax.const(np.ascontiguousarray(arg.data.numpy().reshape(full).transpose(inv)))
@@ -106,7 +106,6 @@ class _Sinker(relax.PyExprMutator):
         composed = [src[1][a] for a in axes]  # permute(permute(x, p), q) = permute(x, p[q])
         if composed == list(range(rank)):
             self.set_var_remap(binding.var, src[0])
-            self.cancelled += 1
             return
         var = self._emit_alias(binding, relax.op.permute_dims(src[0], composed))
         self.source[var] = (src[0], composed)
@@ -161,7 +160,7 @@ def sink_transposes(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRM
     before = _count(mod[func_name])
     sinker = _Sinker(mod)
     func = sinker.visit_expr(mod[func_name])
-    mod = mod.clone() if hasattr(mod, "clone") else mod
+    mod = mod.clone()
     mod[func_name] = func
     mod = relax.transform.DeadCodeElimination([func_name])(mod)
     return mod, {"before": before, "after": _count(mod[func_name]), "moved": sinker.moved}

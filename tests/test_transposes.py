@@ -78,3 +78,23 @@ def test_a_transpose_with_a_non_sinkable_user_stays():
     rng = np.random.default_rng(2)
     x, y = rng.standard_normal((1, C, W), dtype=np.float32), rng.standard_normal((1, W, C), dtype=np.float32)
     np.testing.assert_allclose(_run(sunk, x, y), x.transpose(0, 2, 1) + y, atol=1e-6)
+
+
+def test_an_operand_is_reshaped_only_when_its_dims_keep_their_order():
+    """x [1, 4, 4] transposed, plus a [4, 4] input: the input must be transposed too (a reshape would
+    not move its elements), so the transpose stays before the add and the result is still right."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 4), "float32"))
+    y = relax.Var("y", relax.TensorType((4, 4), "float32"))
+    with bb.function("main", [x, y]):
+        with bb.dataflow():
+            t = bb.emit(relax.op.permute_dims(x, [0, 2, 1]))
+            a = bb.emit(relax.op.add(t, y))
+            out = bb.emit_output(relax.op.exp(a))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    sunk, counts = sink_transposes(mod)
+    assert counts["after"] == 1 and counts["moved"] == 0
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((1, 4, 4), dtype=np.float32), rng.standard_normal((4, 4), dtype=np.float32)
+    np.testing.assert_allclose(_run(sunk, x, y), np.exp(x.transpose(0, 2, 1) + y), rtol=1e-6)
