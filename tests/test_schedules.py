@@ -1,0 +1,50 @@
+"""Default CPU schedules: a layer norm across the rows of a row-major tensor (NCW's channel axis) gets
+the column-reduction schedule and still computes numpy's layer norm; one along the rows does not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from compiler.schedules import _column_reductions, default_schedules
+
+TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "num-cores": 2}
+
+
+def _layer_norm_module(shape, axis):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    g = relax.Var("g", relax.TensorType((shape[axis],), "float32"))
+    b = relax.Var("b", relax.TensorType((shape[axis],), "float32"))
+    with bb.function("main", [x, g, b]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.layer_norm(x, g, b, axes=[axis], epsilon=1e-5))
+        bb.emit_func_output(out)
+    return relax.transform.LegalizeOps()(bb.get())
+
+
+def _prim(mod):
+    return next(f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+
+
+@pytest.mark.parametrize("shape, axis, column", [((1, 64, 96), 1, True), ((1, 96, 64), 2, False)])
+def test_layer_norm_schedule_and_values(shape, axis, column):
+    mod = _layer_norm_module(shape, axis)
+    one = tvm.IRModule({"main": _prim(mod).with_attr("global_symbol", "main")})
+    assert (_column_reductions(one) is not None) == column
+    target = tvm.target.Target(TARGET)
+    mod, counts = default_schedules(mod, target)
+    assert counts == {"tensorized": 0, "parallel": 1, "naive": 0}
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape, dtype=np.float32) * 3 + 1
+    g, b = rng.standard_normal((2, shape[axis]), dtype=np.float32)
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    got = vm["main"](*(tvm.runtime.tensor(a) for a in (x, g, b))).numpy()
+    mean = x.mean(axis=axis, keepdims=True)
+    var = x.var(axis=axis, keepdims=True)
+    bshape = [1] * len(shape)
+    bshape[axis] = shape[axis]
+    ref = (x - mean) / np.sqrt(var + 1e-5) * g.reshape(bshape) + b.reshape(bshape)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
