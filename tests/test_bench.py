@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import jsonschema
 import numpy as np
@@ -147,3 +148,16 @@ def test_bench_out_must_be_json_and_lib_must_exist(fp32_lib, tmp_path):
     assert res.exit_code == 3 and "must name a .json file" in res.stderr
     res = cli("bench", tmp_path / "nothing", "--out", tmp_path / "r.json")
     assert res.exit_code == 5 and "nothing" in res.stderr
+
+
+def test_two_builds_of_one_kind_keep_separate_rows(fp32_lib, tmp_path):
+    """An A/B of two libraries with the same precision and target: each keeps its own row and samples."""
+    other = tmp_path / "fp32-copy"
+    shutil.copytree(fp32_lib, other)
+    out = tmp_path / "ab.json"
+    res = cli("bench", fp32_lib, other, "--baselines", "none", "--repeat", 10, "--warmup", 0, "--out", out)
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["runtimes"]
+    names = [r["name"] for r in rows]
+    assert names == [f"squeezeedge fp32 (host) [{fp32_lib.name}]", "squeezeedge fp32 (host) [fp32-copy]"]
+    assert all(len(r["samples_ms"]) == 10 for r in rows)
