@@ -7,10 +7,12 @@ splits what would be one fused kernel in two: the intermediate layer's int32 NWC
 its GELU epilogue took 18 of the int8 library's 105 ms (``squeezeedge profile``).
 
 :func:`sink_transposes` moves every ``permute_dims`` down through the ops that do not care about the
-layout (elementwise ops with the other operands' shapes permuted to match, quantize/dequantize and
-softmax with their axis renumbered, layer norm with its axes renumbered) and drops a transpose that
-meets its inverse. A value still needed in the old layout keeps a transpose where it is used, so no
-path gets more transposes than it had; unused ones are removed by dead-code elimination.
+layout (elementwise ops with the other operands' shapes permuted to match, quantize/dequantize,
+softmax, keepdims reductions and layer norm with their axes renumbered, reshapes that only split
+dims, such as into attention heads) and drops a transpose that meets its inverse. Where a value is
+still needed in the old layout, a transpose is materialized at that use; unused ones are removed by
+dead-code elimination. The pass is greedy (a value used both ways can end up transposed twice), so it
+reports the counts before and after; build and tune run it on every model.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ UNARY = {"relax.astype", "relax.erf", "relax.exp", "relax.tanh", "relax.sqrt", "
 BINARY = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum",
           "relax.power"}
 AXIS = {"relax.quantize", "relax.dequantize", "relax.nn.softmax"}  # one ``axis`` attribute, data first
+REDUCE = {"relax.sum": relax.op.sum, "relax.mean": relax.op.mean, "relax.max": relax.op.max}  # with keepdims
 
 
 def _shape(expr) -> tuple[int, ...] | None:
@@ -39,9 +42,10 @@ def _shape(expr) -> tuple[int, ...] | None:
 
 @relax.expr_functor.mutator
 class _Sinker(relax.PyExprMutator):
-    def __init__(self, mod):
+    def __init__(self, mod, all_sink: dict):
         super().__init__(mod)
         self.moved = 0
+        self.all_sink = all_sink  # original var -> every use of it is an op a transpose can sink through
         self.source: dict = {}  # new var -> (var in the other layout, perm): var == permute_dims(src, perm)
 
     def _emit_alias(self, binding, value):
@@ -85,6 +89,17 @@ class _Sinker(relax.PyExprMutator):
             return super().visit_var_binding_(binding)
         if op == "relax.permute_dims":
             return self._permute(binding, value)
+        if any(a in self.source and not self.all_sink.get(old, False)
+               for a, old in zip(value.args, binding.value.args)):
+            return super().visit_var_binding_(binding)  # a transposed value that must exist anyway
+        if op == "relax.reshape" and value.args[0] in self.source:
+            split = self._split(value)
+            if split is not None:
+                inner = self.builder_.emit(split[0], binding.var.name + "_t")
+                var = self._emit_alias(binding, relax.op.permute_dims(inner, split[1]))
+                self.source[var] = (inner, split[1])
+                self.moved += 1
+                return
         sunk = self._sink(op, value)
         if sunk is None:
             return super().visit_var_binding_(binding)
@@ -109,6 +124,39 @@ class _Sinker(relax.PyExprMutator):
             return
         var = self._emit_alias(binding, relax.op.permute_dims(src[0], composed))
         self.source[var] = (src[0], composed)
+
+    def _split(self, call):
+        """A reshape that only splits dims of a transposed tensor (SqueezeBERT's [1, 768, 128] ->
+        [1, 12, 64, 128] into attention heads), as (the same split of the untransposed tensor, the perm
+        that restores the reshape's layout); None for any other reshape."""
+        src, perm = self.source[call.args[0]]
+        shape_in, shape_out, shape_src = _shape(call.args[0]), _shape(call), _shape(src)
+        if None in (shape_in, shape_out, shape_src):
+            return None
+        groups, o = [], 0
+        for d in shape_in:  # the output dims each input dim splits into, in order
+            group, size = [], 1
+            while o < len(shape_out) and (not group or size < d) and size * shape_out[o] <= d:
+                if d != 1 and shape_out[o] == 1 and group:
+                    break
+                size *= shape_out[o]
+                group.append(o)
+                o += 1
+            if size != d or not group:
+                return None
+            groups.append(group)
+        if o != len(shape_out):
+            return None
+        inv = list(np.argsort(perm))  # source dim j became input dim inv[j]
+        new_shape, start = [], {}
+        for j in range(len(shape_src)):
+            start[j] = len(new_shape)
+            new_shape += [shape_out[k] for k in groups[inv[j]]]
+        new_perm = [0] * len(shape_out)
+        for i, group in enumerate(groups):
+            for t, k in enumerate(group):
+                new_perm[k] = start[perm[i]] + t
+        return relax.op.reshape(src, new_shape), new_perm
 
     def _sink(self, op: str, call):
         """(the call on the untransposed tensors, the perm that restores its layout), or None."""
@@ -139,6 +187,10 @@ class _Sinker(relax.PyExprMutator):
             if any(a is None for a in args):
                 return None
             return relax.Call(call.op, args, call.attrs, call.ty_args), perm
+        if op in REDUCE and call.attrs.keepdims and call.attrs.axis is not None:
+            src, perm = self.source[call.args[0]]
+            axes = [perm[int(a) % rank] for a in call.attrs.axis]
+            return REDUCE[op](src, axis=axes, keepdims=True), perm
         if op == "relax.nn.layer_norm":
             src, perm = self.source[call.args[0]]
             axes = [perm[int(a) % rank] for a in call.attrs.axes]
@@ -158,12 +210,38 @@ def sink_transposes(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRM
     """``mod`` with the transposes of ``mod[func_name]`` sunk and cancelled (see the module doc).
     Returns the module and counts: ``before`` and ``after`` (permute_dims left), ``moved`` ops."""
     before = _count(mod[func_name])
-    sinker = _Sinker(mod)
+    sinker = _Sinker(mod, _all_uses_sink(mod[func_name]))
     func = sinker.visit_expr(mod[func_name])
-    mod = mod.clone()
-    mod[func_name] = func
-    mod = relax.transform.DeadCodeElimination([func_name])(mod)
-    return mod, {"before": before, "after": _count(mod[func_name]), "moved": sinker.moved}
+    out = mod.clone()
+    out[func_name] = func
+    out = relax.transform.DeadCodeElimination([func_name])(out)
+    after = _count(out[func_name])
+    if after > before:  # the greedy pass made it worse: keep the graph as it was
+        return mod, {"before": before, "after": before, "moved": 0}
+    return out, {"before": before, "after": after, "moved": sinker.moved}
+
+
+SINKABLE = UNARY | BINARY | AXIS | set(REDUCE) | {"relax.nn.layer_norm", "relax.permute_dims", "relax.reshape"}
+
+
+def _all_uses_sink(func) -> dict:
+    """var -> True when every use of it is an op a transpose can sink through (a transposed value
+    with any other use must be materialized anyway, so sinking past its other uses only adds more)."""
+    uses: dict = {}
+
+    def visit(e):
+        if isinstance(e, relax.Call):
+            ok = isinstance(e.op, tvm.ir.Op) and e.op.name in SINKABLE
+            for a in e.args:
+                if isinstance(a, relax.Var):
+                    uses[a] = uses.get(a, True) and ok
+        elif isinstance(e, (relax.Tuple, relax.SeqExpr)):
+            for a in (e.fields if isinstance(e, relax.Tuple) else [e.body]):
+                if isinstance(a, relax.Var):
+                    uses[a] = False
+
+    relax.analysis.post_order_visit(func, visit)
+    return uses
 
 
 def _count(func) -> int:

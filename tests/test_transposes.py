@@ -98,3 +98,47 @@ def test_an_operand_is_reshaped_only_when_its_dims_keep_their_order():
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((1, 4, 4), dtype=np.float32), rng.standard_normal((4, 4), dtype=np.float32)
     np.testing.assert_allclose(_run(sunk, x, y), np.exp(x.transpose(0, 2, 1) + y), rtol=1e-6)
+
+
+def test_transpose_sinks_through_a_head_split_and_a_keepdims_sum():
+    """NWC x [1, W, C] -> NCW -> reshape into heads [1, H, C/H, W] -> per-head transpose -> exp, and a
+    keepdims sum beside it: both end as one transpose of a reshaped x each; outputs unchanged."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, W, C), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            t = bb.emit(relax.op.permute_dims(x, [0, 2, 1]))
+            heads = bb.emit(relax.op.reshape(t, (1, 2, C // 2, W)))
+            q = bb.emit(relax.op.permute_dims(heads, [0, 1, 3, 2]))
+            e = bb.emit(relax.op.exp(q))
+            s = bb.emit(relax.op.sum(heads, axis=[2], keepdims=True))
+            out = bb.emit_output(relax.Tuple([e, s]))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    sunk, counts = sink_transposes(mod)
+    assert counts["before"] == 2 and counts["after"] == 2, sunk["main"].script()
+    assert "R.reshape(x" in sunk["main"].script()  # the split moved above the transposes
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, W, C), dtype=np.float32)
+    exe = tvm.compile(sunk, target="llvm")
+    got_e, got_s = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x))
+    heads = x.transpose(0, 2, 1).reshape(1, 2, C // 2, W)
+    np.testing.assert_allclose(got_e.numpy(), np.exp(heads.transpose(0, 1, 3, 2)), rtol=1e-6)
+    np.testing.assert_allclose(got_s.numpy(), heads.sum(axis=2, keepdims=True), rtol=1e-5)
+
+
+def test_a_transposed_value_with_another_use_is_not_sunk_past_it():
+    """t = transpose(x) feeds both exp (sinkable) and a matmul (not): t must exist for the matmul, so
+    the exp stays on t instead of adding a second transpose after it."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, C, W), "float32"))
+    y = relax.Var("y", relax.TensorType((C, 4), "float32"))
+    with bb.function("main", [x, y]):
+        with bb.dataflow():
+            t = bb.emit(relax.op.permute_dims(x, [0, 2, 1]))
+            m = bb.emit(relax.op.matmul(t, y))
+            e = bb.emit(relax.op.exp(t))
+            out = bb.emit_output(relax.Tuple([m, e]))
+        bb.emit_func_output(out)
+    sunk, counts = sink_transposes(bb.get())
+    assert counts == {"before": 1, "after": 1, "moved": 0}
