@@ -1,5 +1,6 @@
-"""Default CPU schedules: a layer norm across the rows of a row-major tensor (NCW's channel axis) gets
-the column-reduction schedule and still computes numpy's layer norm; one along the rows does not."""
+"""Default CPU schedules for reductions: a layer norm across the rows of a row-major tensor (NCW's
+channel axis) and one along them (NWC) get the reduction schedules, a shape they do not divide falls
+back to MetaSchedule's rule, and all compute numpy's layer norm."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from compiler.schedules import _column_reductions, default_schedules
+from compiler.schedules import _reductions, default_schedules
 
 TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "num-cores": 2}
 
@@ -29,11 +30,12 @@ def _prim(mod):
     return next(f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
 
 
-@pytest.mark.parametrize("shape, axis, column", [((1, 64, 96), 1, True), ((1, 96, 64), 2, False)])
-def test_layer_norm_schedule_and_values(shape, axis, column):
+@pytest.mark.parametrize("shape, axis, ours", [((1, 64, 96), 1, True), ((1, 96, 64), 2, True),
+                                               ((1, 10, 30), 2, False)])
+def test_layer_norm_schedule_and_values(shape, axis, ours):
     mod = _layer_norm_module(shape, axis)
     one = tvm.IRModule({"main": _prim(mod).with_attr("global_symbol", "main")})
-    assert (_column_reductions(one) is not None) == column
+    assert (_reductions(one) is not None) == ours
     target = tvm.target.Target(TARGET)
     mod, counts = default_schedules(mod, target)
     assert counts == {"tensorized": 0, "parallel": 1, "naive": 0}
