@@ -24,7 +24,7 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 INT_DTYPES = ("uint8", "int8")
-MAC_KERNELS = ("conv1d", "matmul", "vnni_dot", "arm_sdot", "avx2_madd")  # names of multiply-accumulate kernels
+MAC_KERNELS = ("conv1d", "matmul", "vnni_dot", "arm_sdot", "avx2_madd", "avx2_u8s8")  # names of multiply-accumulate kernels
 
 
 @dataclass
@@ -33,6 +33,7 @@ class RewriteReport:
     matmul_weight: int = 0
     matmul_activation: int = 0
     packed: int = 0  # distinct pre-packed dot-product kernels emitted
+    instructions: set[str] = field(default_factory=set)  # what those kernels tensorize onto
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -78,7 +79,19 @@ SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_s
 # AVX2 has no exact 8-bit dot product (vpmaddubsw's int16 pair sums saturate): widen to int16 and use
 # vpmaddwd, 8 outputs x 2 products per instruction, exact for any u8/s8 input.
 AVX2 = PackedDot("avx2_madd", 8, 2, ("uint8", "int8"), "int16", "int16", "dot_8x2_i16i16i32_avx2", "vpmaddwd")
-PACKED = (VNNI, SDOT, AVX2)
+# Twice the products per cycle, exact only for weights in [-64, 64] (7-bit, quantize's weight_bits = 7):
+# u8 activations x s8 weights, vpmaddubsw's int16 pair sums then cannot saturate. Chosen per layer.
+AVX2_U8S8 = PackedDot("avx2_u8s8", 8, 4, ("uint8",), "uint8", "int8", "dot_8x4_u8s8s32_avx2", "vpmaddubsw")
+PACKED = (VNNI, SDOT, AVX2, AVX2_U8S8)
+SEVEN_BIT = 64  # the largest weight magnitude AVX2_U8S8 is exact for
+
+
+def packed_for_layer(packed: PackedDot | None, dtype: str, w: np.ndarray) -> PackedDot | None:
+    """The target's instruction for one layer: on AVX2, u8 activations with 7-bit weights take the
+    u8 x s8 instruction; anything else the exact int16 one."""
+    if packed is AVX2 and dtype in AVX2_U8S8.accepts and int(np.abs(w.astype(np.int16)).max()) <= SEVEN_BIT:
+        return AVX2_U8S8
+    return packed
 
 
 def packed_dot_for(tvm_target) -> PackedDot | None:
@@ -140,19 +153,21 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
         """call_tir of the packed kernel on u8 x of ``shape`` [..., K] -> [..., N] int32, or None if it
         does not fit (the fallback is the plain integer conv1d/matmul)."""
         n, kg = w_nk.shape
-        if packed is None or dtype not in packed.accepts or n % (packed.lanes * groups) or kg % packed.k \
+        spec = packed_for_layer(packed, dtype, w_nk)
+        if spec is None or dtype not in spec.accepts or n % (spec.lanes * groups) or kg % spec.k \
                 or shape[-1] != kg * groups:
             return None
-        if dtype != packed.x_dtype:
-            x = relax.op.astype(x, packed.x_dtype)
-        name = packed.block + "_" + "x".join(map(str, shape)) + f"_n{n}_g{groups}"
+        if dtype != spec.x_dtype:
+            x = relax.op.astype(x, spec.x_dtype)
+        name = spec.block + "_" + "x".join(map(str, shape)) + f"_n{n}_g{groups}"
         if name not in prim_funcs:
-            func = _te_packed(shape, n, groups, name, packed)
+            func = _te_packed(shape, n, groups, name, spec)
             gv = tvm.ir.GlobalVar(name)
             relax.expr._update_type(gv, func.ty)  # call_tir checks its callee's type
             prim_funcs[name] = (gv, func)
+            report.instructions.add(spec.instruction)
         out_ty = relax.TensorType((*shape[:-1], n), "int32")
-        return relax.call_tir(prim_funcs[name][0], [x, relax.const(_pack(w_nk, groups, packed))], out_ty)
+        return relax.call_tir(prim_funcs[name][0], [x, relax.const(_pack(w_nk, groups, spec))], out_ty)
     x, a, b = wildcard(), wildcard(), wildcard()
     wconst = is_const()
     x_dq, a_dq, b_dq = _dq_pattern(x), _dq_pattern(a), _dq_pattern(b)
@@ -308,6 +323,6 @@ def mac_kernels(mod: tvm.IRModule) -> dict[str, list[str]]:
 
 def tensorized_kernels(mod: tvm.IRModule) -> list[str]:
     """PrimFuncs of a lowered module whose code calls a dot-product intrinsic (vpdpbusd, vpmaddwd, sdot/udot)."""
-    marks = ("llvm.x86.avx512.vpdpbusd", "llvm.x86.avx2.pmadd.wd", "llvm.aarch64.neon.sdot", "llvm.aarch64.neon.udot")
+    marks = ("llvm.x86.avx512.vpdpbusd", "llvm.x86.avx2.pmadd.wd", "llvm.x86.avx2.pmadd.ub.sw", "llvm.aarch64.neon.sdot", "llvm.aarch64.neon.udot")
     return [gv.name_hint for gv, f in mod.functions.items()
             if isinstance(f, tvm.tirx.PrimFunc) and any(m in f.script() for m in marks)]

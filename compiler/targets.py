@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -25,6 +25,9 @@ class Int8Preset:
     weights: str  # "int8"
     per_channel: bool
     reason: str
+    # 7: weights in [-64, 64] (onnxruntime's reduce_range), so that a u8 x s8 pair sum fits int16 and
+    # AVX2's vpmaddubsw is exact (255 * 64 * 2 = 32640); 8: the full int8 range.
+    weight_bits: int = 8
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,8 @@ def _check_keys(table: Mapping[str, Any], cls, where: str, source: Path, extra: 
     for key in table:
         if key not in allowed:
             raise TargetError(f"{source}: unknown key '{key}' in {where} (allowed: {', '.join(sorted(allowed))})")
-    missing = allowed - set(table) - {"tvm_host"} - set(extra)
+    optional = {f.name for f in fields(cls) if f.default is not MISSING}
+    missing = allowed - set(table) - {"tvm_host"} - set(extra) - optional
     if missing:
         raise TargetError(f"{source}: missing key '{sorted(missing)[0]}' in {where}")
 
@@ -135,6 +139,8 @@ def parse_target(text: str, source: Path) -> Target:
             raise TargetError(f"{source}: key 'int8.{key}' must be 'uint8' or 'int8', got {int8[key]!r}")
     _typed(int8["per_channel"], bool, "int8.per_channel", source)
     _typed(int8["reason"], str, "int8.reason", source)
+    if _typed(int8.get("weight_bits", 8), int, "int8.weight_bits", source) not in (7, 8):
+        raise TargetError(f"{source}: key 'int8.weight_bits' must be 7 or 8, got {int8['weight_bits']}")
     for key in ("trials", "per_iteration"):
         if _typed(tuning[key], int, f"tuning.{key}", source) <= 0:
             raise TargetError(f"{source}: key 'tuning.{key}' must be > 0")

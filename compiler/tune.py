@@ -22,7 +22,7 @@ from . import console
 from .artifact import MANIFEST, Artifact, hash_tree, load_artifact, peak_rss_mb, prepare_output, sha256_json, \
     tool_versions, _lock
 from .errors import BoardLostError, InputError
-from .int8 import AVX2, MAC_KERNELS
+from .int8 import AVX2, AVX2_U8S8, MAC_KERNELS
 from .targets import load_target
 
 STATE_FILE = "tune-state.json"
@@ -172,7 +172,7 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
     remaining = trials - done_before
     # AVX2's packed kernels keep their default schedule (compiler/schedules.py): MetaSchedule's tiling
     # onto our vpmaddwd intrinsic mostly failed to compile, and what compiled ran 20x slower
-    chosen = [t for t in tasks if AVX2.block not in t.task_name
+    chosen = [t for t in tasks if not any(p.block in t.task_name for p in (AVX2, AVX2_U8S8))
               and (cfg.all_tasks or any(op in t.task_name for op in MAC_KERNELS))]
     console.info(f"  {len(tasks)} tasks, tuning {len(chosen)} ({'all' if cfg.all_tasks else 'conv1d/matmul'}); "
                  f"{done_before} trials already in the database, {remaining} to run in batches of {per_iter} "

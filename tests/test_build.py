@@ -14,7 +14,7 @@ from compiler.calibdata import DEFAULT_CORPUS, encode, load_tokenizer, read_text
 from compiler.export import random_inputs
 from compiler.quantize import reference_session
 
-from .conftest import TINY_SEQ, cli, manifest
+from .conftest import FAST_Q, TINY_SEQ, cli, manifest
 
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 
@@ -73,6 +73,19 @@ def test_int8_library_computes_in_integers(int8_lib):
     assert cov["packed_instruction"] in ("vpdpbusd", "vpmaddwd") and cov["packed_kernels"] >= 4
     assert cov["tensorized_kernels"] >= cov["packed_kernels"]
     assert meta["tuning"]["kernels_with_default_schedule"]["naive"] == 0
+
+
+def test_avx2_target_builds_7_bit_layers_on_vpmaddubsw(tiny_export, tmp_path):
+    """x86-avx2 quantizes weights to 7 bits, so every packed layer takes the u8 x s8 kernel (vpmaddubsw,
+    twice vpmaddwd's products); it stays exact: onnxruntime's QDQ reference agrees to float rounding."""
+    q, lib = tmp_path / "q7", tmp_path / "lib"
+    assert cli("-q", "quantize", tiny_export, *FAST_Q, "--target", "x86-avx2", "--out", q).exit_code == 0
+    res = cli("-q", "build", q, "--target", "x86-avx2", "--out", lib)
+    assert res.exit_code == 0, res.output
+    meta = json.loads((lib / "metadata.json").read_text())
+    assert meta["int8"]["packed_instruction"] == "vpmaddubsw" and meta["int8"]["packed_kernels"] >= 4
+    assert meta["int8"]["tensorized_kernels"] >= meta["int8"]["packed_kernels"]
+    assert meta["validation"]["max_abs_diff"] <= 1e-3
 
 
 def test_simulated_int8_is_detected_as_float(tiny_int8, tmp_path):
@@ -231,3 +244,10 @@ def test_profile_accounts_for_the_kernels(int8_lib):
     assert packed and all(r["calls"] >= 1 and r["ms"] > 0 for r in packed)
     res = cli("profile", int8_lib.parent / "nothing-here")
     assert res.exit_code == 5 and "Traceback" not in res.output
+
+
+def test_validation_cosine_counts_two_zero_outputs_as_equal():
+    from compiler.build import cosine
+
+    zero, one = np.zeros(2), np.array([1.0, 0.0])
+    assert cosine(zero, zero) == 1.0 and cosine(zero, one) == 0.0 and cosine(one, one) == pytest.approx(1.0)

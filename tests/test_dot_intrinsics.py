@@ -1,5 +1,5 @@
 """Dot-product intrinsics: the pre-packed int8 kernel tensorizes onto x86 VNNI's vpdpbusd (with the
-wheel's LLVM) and onto our AVX2 vpmaddwd intrinsic, and both are exact."""
+wheel's LLVM) and onto our AVX2 intrinsics (vpmaddwd; vpmaddubsw for 7-bit weights), all exact."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import tvm
 
 from compiler import intrinsics  # noqa: F401  (the byte-vector dot_16x4_vnni)
-from compiler.int8 import AVX2, VNNI, _pack, _te_packed, packed_dot_for
+from compiler.int8 import AVX2, AVX2_U8S8, VNNI, _pack, _te_packed, packed_dot_for, packed_for_layer
 from compiler.schedules import default_schedules
 
 TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake", "num-cores": 2}
@@ -78,3 +78,34 @@ def test_avx2_packed_kernel_uses_vpmaddwd_and_is_exact(shape, n, groups):
         y = tvm.runtime.tensor(np.zeros((*shape[:-1], n), np.int32))
         lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(_pack(w, groups, AVX2)), y)
         np.testing.assert_array_equal(y.numpy(), _reference(x, w, groups))
+
+
+@pytest.mark.parametrize("shape, n, groups", [((1, 128, 768), 768, 4), ((1, 768), 768, 1), ((1, 24, 64), 40, 1)])
+def test_avx2_u8s8_kernel_uses_vpmaddubsw_and_is_exact_for_7_bit_weights(shape, n, groups):
+    """u8 activations x weights in [-64, 64]: vpmaddubsw's int16 pair sums peak at 255 * 64 * 2 = 32640 and
+    cannot saturate, so the kernel equals numpy's int32 matmul at the extremes."""
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
+    mod, counts = default_schedules(tvm.IRModule({"main": _te_packed(shape, n, groups, "main", AVX2_U8S8)}), target)
+    assert counts == {"tensorized": 1, "parallel": 0, "naive": 0}
+    lib = tvm.tirx.build(mod, target=target)
+    assert "vpmaddubsw" in lib.inspect_source("asm")
+    if "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU cannot run AVX2 code (the code generation above was still checked)")
+    rng = np.random.default_rng(2)
+    w = rng.integers(-64, 65, (n, shape[-1] // groups), dtype=np.int8)
+    w[0, :], w[1, :] = -64, 64  # the largest pair sums, both signs
+    x = rng.integers(0, 256, shape).astype(np.uint8)
+    x[..., : shape[-1] // 2] = 255
+    y = tvm.runtime.tensor(np.zeros((*shape[:-1], n), np.int32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(_pack(w, groups, AVX2_U8S8)), y)
+    np.testing.assert_array_equal(y.numpy(), _reference(x, w, groups))
+
+
+def test_avx2_layers_take_u8s8_only_when_it_is_exact():
+    w7 = np.full((8, 4), 64, np.int8)
+    w8 = w7.copy()
+    w8[3, 1] = -65  # one weight beyond 7 bits: a pair sum could saturate
+    assert packed_for_layer(AVX2, "uint8", w7) is AVX2_U8S8
+    assert packed_for_layer(AVX2, "uint8", w8) is AVX2
+    assert packed_for_layer(AVX2, "int8", w7) is AVX2  # vpmaddubsw's first operand is unsigned
+    assert packed_for_layer(VNNI, "uint8", w7) is VNNI and packed_for_layer(None, "uint8", w7) is None

@@ -97,6 +97,23 @@ def test_recorded_fidelity_is_reproducible(tiny_int8, tiny_export):
     assert feeds["attention_mask"].sum(1).min() >= 3  # real tokenized text: [CLS] word(s) [SEP]
 
 
+def _max_weight(path):
+    m = onnx.load(str(path / "model.onnx"))
+    return max(int(np.abs(numpy_helper.to_array(t).astype(np.int16)).max())
+               for t in m.graph.initializer if t.data_type == onnx.TensorProto.INT8)
+
+
+def test_avx2_preset_quantizes_weights_to_7_bits(tiny_export, tiny_int8, tmp_path):
+    """x86-avx2 asks for 7-bit weights (onnxruntime's reduce_range): every weight in [-64, 64], which
+    the AVX2 u8 x s8 kernel needs to be exact; the 8-bit default uses the full range."""
+    out = tmp_path / "w7"
+    res = cli("-q", "quantize", tiny_export, *FAST, "--target", "x86-avx2", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert manifest(out)["results"]["scheme"]["weight_bits"] == 7
+    assert _max_weight(out) == 64
+    assert manifest(tiny_int8)["results"]["scheme"]["weight_bits"] == 8 and _max_weight(tiny_int8) == 127
+
+
 def test_signed_activations_are_symmetric(tiny_export, tmp_path):
     out = tmp_path / "s8"
     res = cli("-q", "quantize", tiny_export, *FAST, "--activations", "int8", "--per-tensor", "--out", out)

@@ -75,6 +75,7 @@ def _bad(tmp_path, old, new):
     ('activations = "uint8"', 'activations = "int4"', "key 'int8.activations' must be 'uint8' or 'int8'"),
     ('name = "rpi4"', 'name = "rpi4', "malformed TOML"),
     ('rpc_key = "rpi4"\n', '', "missing key 'rpc_key'"),
+    ('per_channel = true', 'per_channel = true\nweight_bits = 4', "key 'int8.weight_bits' must be 7 or 8"),
 ])
 def test_bad_target_files_name_file_and_key(tmp_path, old, new, words):
     f = _bad(tmp_path, old, new)
@@ -93,6 +94,11 @@ def test_target_tvm_rejects(tmp_path):
 def test_unknown_target_name():
     res = cli("targets", "show", "rpi9")
     assert res.exit_code == 4 and "unknown target 'rpi9'" in res.stderr and "rpi4" in res.stderr
+
+
+def test_weight_bits_defaults_to_8_and_avx2_asks_for_7():
+    assert load_target("rpi4").int8.weight_bits == 8  # not in the file: the full int8 range
+    assert load_target("x86-avx2").int8.weight_bits == 7  # vpmaddubsw cannot saturate
 
 
 def test_target_dataclass_is_frozen():
