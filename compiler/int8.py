@@ -130,6 +130,36 @@ def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str, spe
     return te.create_prim_func([x, w, y]).with_attr("global_symbol", name)
 
 
+def _te_packed_pair(shape_a: tuple[int, ...], n_out: int, name: str, spec: PackedDot = None):
+    """a [..., M, K] x b packed per batch entry [..., N/lanes, K/k, lanes, k] -> int32 [..., M, N]: the
+    packed kernel for an activation x activation matmul (attention), b packed at run time
+    (:func:`_pack_relax`)."""
+    from tvm import te
+
+    spec = spec or AVX2
+    *lead, m, k_all = shape_a
+    i64 = lambda *dims: tuple(tvm.tirx.const(d, "int64") for d in dims)  # noqa: E731
+    a = te.placeholder(i64(*shape_a), spec.x_dtype, name="x")
+    w = te.placeholder(i64(*lead, n_out // spec.lanes, k_all // spec.k, spec.lanes, spec.k), spec.w_dtype, name="w")
+    k = te.reduce_axis(i64(0, k_all), "k")
+
+    def body(*idx):
+        *lead_idx, i, n = idx
+        return te.sum(a[(*lead_idx, i, k)].astype("int32")
+                      * w[(*lead_idx, n // spec.lanes, k // spec.k, n % spec.lanes, k % spec.k)].astype("int32"), axis=k)
+
+    y = te.compute(i64(*lead, m, n_out), body, name=spec.block)
+    return te.create_prim_func([a, w, y]).with_attr("global_symbol", name)
+
+
+def _pack_relax(b, shape: tuple[int, ...], spec: PackedDot):
+    """Relax ops packing b [..., K, N] into [..., N/lanes, K/k, lanes, k] of spec's weight dtype."""
+    *lead, k, n = shape
+    nl = len(lead)
+    split = relax.op.reshape(relax.op.astype(b, spec.w_dtype), (*lead, k // spec.k, spec.k, n // spec.lanes, spec.lanes))
+    return relax.op.permute_dims(split, [*range(nl), nl + 2, nl, nl + 3, nl + 1])
+
+
 def _pack(w_nk: np.ndarray, groups: int, spec: PackedDot = VNNI) -> np.ndarray:
     """[N, K/G] per-group weights -> [G, N/G/lanes, K/G/k, lanes, k]."""
     n, kg = w_nk.shape
@@ -168,6 +198,25 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
             report.instructions.add(spec.instruction)
         out_ty = relax.TensorType((*shape[:-1], n), "int32")
         return relax.call_tir(prim_funcs[name][0], [x, relax.const(_pack(w_nk, groups, spec))], out_ty)
+    def packed_pair(aq, bq):
+        """AVX2: an activation x activation matmul [..., M, K] x [..., K, N] (same leading dims) on the
+        exact vpmaddwd kernel, both operands widened to int16, b packed at run time; None if it does
+        not fit (generic integer matmul instead). u8 x u8 cannot take vpmaddubsw: no operand is 7-bit."""
+        sa, sb = (tuple(int(d) for d in t.ty.shape) for t in (aq, bq))
+        if len(sa) != len(sb) or len(sa) < 3 or sa[:-2] != sb[:-2] or sa[-1] != sb[-2] \
+                or sb[-1] % AVX2.lanes or sa[-1] % AVX2.k:
+            return None
+        name = AVX2.block + "_pair_" + "x".join(map(str, sa)) + f"_n{sb[-1]}"
+        if name not in prim_funcs:
+            func = _te_packed_pair(sa, sb[-1], name, AVX2)
+            gv = tvm.ir.GlobalVar(name)
+            relax.expr._update_type(gv, func.ty)
+            prim_funcs[name] = (gv, func)
+            report.instructions.add(AVX2.instruction)
+        out_ty = relax.TensorType((*sa[:-1], sb[-1]), "int32")
+        return relax.call_tir(prim_funcs[name][0], [relax.op.astype(aq, AVX2.x_dtype), _pack_relax(bq, sb, AVX2)],
+                              out_ty)
+
     x, a, b = wildcard(), wildcard(), wildcard()
     wconst = is_const()
     x_dq, a_dq, b_dq = _dq_pattern(x), _dq_pattern(a), _dq_pattern(b)
@@ -259,7 +308,9 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
             return orig
         (aq, sa, za), (bq, sb, zb) = aa, ba
         k = int(aq.ty.shape[-1])
-        acc = relax.op.matmul(aq, bq, out_dtype="int32")
+        acc = packed_pair(aq, bq) if packed is AVX2 else None
+        if acc is None:
+            acc = relax.op.matmul(aq, bq, out_dtype="int32")
         # (a - za)(b - zb) summed over k = ab - zb*rowsum(a) - za*colsum(b) + k*za*zb
         if zb:
             rows = relax.op.sum(relax.op.astype(aq, "int32"), axis=[-1], keepdims=True)

@@ -53,12 +53,13 @@ def tensorize_packed(sch, spec: PackedDot, rows: int = 4, columns: int = 3) -> N
             sch.compute_inline(other)
     *lead, n, k = sch.get_loops(block)
     n_ext, m_ext = (int(sch.get(loop).extent) for loop in (n, lead[-1]))
-    columns = columns if n_ext % (columns * spec.lanes) == 0 else 1
+    columns = next(c for c in (columns, 2, 1) if n_ext % (c * spec.lanes) == 0)
     rows = rows if m_ext % rows == 0 and m_ext > rows else 1
     r_o, *r_i = sch.split(lead[-1], [None, rows]) if rows > 1 else [lead[-1]]  # unit loops break tensorize
     n_o, *n_m, n_i = sch.split(n, [None, columns, spec.lanes] if columns > 1 else [None, spec.lanes])
     k_o, k_i = sch.split(k, [None, spec.k])
     sch.reorder(*lead[:-1], r_o, n_o, k_o, *r_i, *n_m, n_i, k_i)
+    r_o = sch.fuse(*lead[:-1], r_o) if lead[:-1] else r_o  # batch and heads (attention) run in parallel too
     for epi in epilogue:
         sch.reverse_compute_at(epi, r_o)
         inner = sch.get_loops(epi)[-1]

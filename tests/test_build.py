@@ -76,14 +76,16 @@ def test_int8_library_computes_in_integers(int8_lib):
 
 
 def test_avx2_target_builds_7_bit_layers_on_vpmaddubsw(tiny_export, tmp_path):
-    """x86-avx2 quantizes weights to 7 bits, so every packed layer takes the u8 x s8 kernel (vpmaddubsw,
+    """x86-avx2 quantizes weights to 7 bits, so every weight layer takes the u8 x s8 kernel (vpmaddubsw,
     twice vpmaddwd's products); it stays exact: onnxruntime's QDQ reference agrees to float rounding."""
     q, lib = tmp_path / "q7", tmp_path / "lib"
     assert cli("-q", "quantize", tiny_export, *FAST_Q, "--target", "x86-avx2", "--out", q).exit_code == 0
     res = cli("-q", "build", q, "--target", "x86-avx2", "--out", lib)
     assert res.exit_code == 0, res.output
     meta = json.loads((lib / "metadata.json").read_text())
-    assert meta["int8"]["packed_instruction"] == "vpmaddubsw" and meta["int8"]["packed_kernels"] >= 4
+    # weight layers on vpmaddubsw; the attention's activation x activation matmuls (u8 x u8, no 7-bit
+    # operand) on the exact vpmaddwd kernel
+    assert meta["int8"]["packed_instruction"] == "vpmaddubsw+vpmaddwd" and meta["int8"]["packed_kernels"] >= 6
     assert meta["int8"]["tensorized_kernels"] >= meta["int8"]["packed_kernels"]
     assert meta["validation"]["max_abs_diff"] <= 1e-3
 

@@ -109,3 +109,34 @@ def test_avx2_layers_take_u8s8_only_when_it_is_exact():
     assert packed_for_layer(AVX2, "uint8", w8) is AVX2
     assert packed_for_layer(AVX2, "int8", w7) is AVX2  # vpmaddubsw's first operand is unsigned
     assert packed_for_layer(VNNI, "uint8", w7) is VNNI and packed_for_layer(None, "uint8", w7) is None
+
+
+@pytest.mark.parametrize("shape_a, n", [((1, 12, 128, 64), 128), ((1, 4, 32, 16), 32), ((2, 3, 8, 6), 24)])
+def test_avx2_pair_kernel_multiplies_two_activations_exactly(shape_a, n):
+    """Attention's u8 x u8 matmuls: a widened to int16, b packed per head at run time by the same Relax
+    ops the build emits (_pack_relax), on vpmaddwd; equal to numpy's int32 matmul at the extremes."""
+    from tvm import relax
+
+    from compiler.int8 import _pack_relax, _te_packed_pair
+
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
+    mod, counts = default_schedules(tvm.IRModule({"main": _te_packed_pair(shape_a, n, "main", AVX2)}), target)
+    assert counts == {"tensorized": 1, "parallel": 0, "naive": 0}
+    lib = tvm.tirx.build(mod, target=target)
+    assert "vpmaddwd" in lib.inspect_source("asm")
+    shape_b = (*shape_a[:-2], shape_a[-1], n)
+    bb = relax.BlockBuilder()
+    b_var = relax.Var("b", relax.TensorType(shape_b, "uint8"))
+    with bb.function("pack", [b_var]):
+        bb.emit_func_output(_pack_relax(b_var, shape_b, AVX2))
+    pack = tvm.compile(bb.get(), target="llvm")
+    if "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU cannot run AVX2 code (the code generation above was still checked)")
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, shape_a).astype(np.uint8)
+    b = rng.integers(0, 256, shape_b).astype(np.uint8)
+    a[..., 0, :], b[..., :, 0] = 255, 255  # the largest products all along one output
+    packed = relax.VirtualMachine(pack, tvm.cpu())["pack"](tvm.runtime.tensor(b))
+    y = tvm.runtime.tensor(np.zeros((*shape_a[:-1], n), np.int32))
+    lib["main"](tvm.runtime.tensor(a.astype(np.int16)), packed, y)
+    np.testing.assert_array_equal(y.numpy(), a.astype(np.int32) @ b.astype(np.int32))
