@@ -176,9 +176,12 @@ def import_onnx(path: Path, inputs: list[dict], static_dims: dict[str, int] | No
 def relax_module(parent: Artifact, tvm_target, integer: bool = True):
     """(Relax module, RewriteReport | None): the artifact's ONNX imported with static shapes and, for an
     int8 model with ``integer``, rewritten to integer kernels (pre-packed for the target's dot-product
-    instruction where it has one), then its transposes sunk until they cancel (:mod:`compiler.transposes`).
+    instruction where it has one), then its transposes sunk until they cancel (:mod:`compiler.transposes`)
+    and its elementwise functions between dequantize and quantize (GELU) turned into lookup tables
+    (:mod:`compiler.lookup`).
     Build and tune both start here, so a tuning database sees exactly the kernels the build compiles."""
     from .int8 import integerize, packed_dot_for
+    from .lookup import lookup_tables
     from .transposes import sink_transposes
 
     mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], _static_dims(parent))
@@ -186,6 +189,8 @@ def relax_module(parent: Artifact, tvm_target, integer: bool = True):
     if parent.stage == "quantize" and integer:
         mod, report = integerize(mod, packed=packed_dot_for(tvm_target))
     mod, _ = sink_transposes(mod)  # NCW convolutions vs NWC layer norms and packed kernels
+    if report is not None:  # after sinking: the tables then sit where the transposes no longer are
+        mod, report.lookup_tables = lookup_tables(mod)
     return mod, report
 
 
@@ -235,7 +240,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
                         "packed_kernels": report.packed,
                         "packed_instruction": "+".join(sorted(report.instructions)) or None,
                         "matmul_weight": report.matmul_weight, "matmul_activation": report.matmul_activation,
-                        "float_layers_kept": len(floats)}
+                        "float_layers_kept": len(floats), "lookup_tables": report.lookup_tables}
         else:
             coverage = {"quantized_layers": quantized, "integer_kernels": 0, "mode": "float QDQ simulation"}
     gpu = target.device == "cuda"

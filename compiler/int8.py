@@ -34,6 +34,7 @@ class RewriteReport:
     matmul_activation: int = 0
     packed: int = 0  # distinct pre-packed dot-product kernels emitted
     instructions: set[str] = field(default_factory=set)  # what those kernels tensorize onto
+    lookup_tables: int = 0  # elementwise functions between dequantize and quantize (compiler/lookup.py)
     skipped: list[str] = field(default_factory=list)
 
     @property
