@@ -153,11 +153,17 @@ def _te_packed_pair(shape_a: tuple[int, ...], n_out: int, name: str, spec: Packe
     return te.create_prim_func([a, w, y]).with_attr("global_symbol", name)
 
 
-def _pack_relax(b, shape: tuple[int, ...], spec: PackedDot):
-    """Relax ops packing b [..., K, N] into [..., N/lanes, K/k, lanes, k] of spec's weight dtype."""
+def _widen(x, dtype: str, zero: int = 0):
+    """x cast to ``dtype`` with its zero point subtracted (u8 - z fits int16 exactly)."""
+    x = relax.op.astype(x, dtype)
+    return relax.op.subtract(x, relax.const(zero, dtype)) if zero else x
+
+
+def _pack_relax(b, shape: tuple[int, ...], spec: PackedDot, zero: int = 0):
+    """Relax ops packing b - zero, b [..., K, N], into [..., N/lanes, K/k, lanes, k] of spec's weight dtype."""
     *lead, k, n = shape
     nl = len(lead)
-    split = relax.op.reshape(relax.op.astype(b, spec.w_dtype), (*lead, k // spec.k, spec.k, n // spec.lanes, spec.lanes))
+    split = relax.op.reshape(_widen(b, spec.w_dtype, zero), (*lead, k // spec.k, spec.k, n // spec.lanes, spec.lanes))
     return relax.op.permute_dims(split, [*range(nl), nl + 2, nl, nl + 3, nl + 1])
 
 
@@ -199,10 +205,11 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
             report.instructions.add(spec.instruction)
         out_ty = relax.TensorType((*shape[:-1], n), "int32")
         return relax.call_tir(prim_funcs[name][0], [x, relax.const(_pack(w_nk, groups, spec))], out_ty)
-    def packed_pair(aq, bq):
-        """AVX2: an activation x activation matmul [..., M, K] x [..., K, N] (same leading dims) on the
-        exact vpmaddwd kernel, both operands widened to int16, b packed at run time; None if it does
-        not fit (generic integer matmul instead). u8 x u8 cannot take vpmaddubsw: no operand is 7-bit."""
+    def packed_pair(aq, bq, za: int, zb: int):
+        """AVX2: (aq - za) x (bq - zb), [..., M, K] x [..., K, N] with the same leading dims, on the exact
+        vpmaddwd kernel: both operands widened to int16 with their zero points subtracted on the way
+        (no row/column sums to correct with afterwards), b packed at run time. None if it does not fit
+        (generic integer matmul instead). u8 x u8 cannot take vpmaddubsw: no operand is 7-bit."""
         sa, sb = (tuple(int(d) for d in t.ty.shape) for t in (aq, bq))
         if len(sa) != len(sb) or len(sa) < 3 or sa[:-2] != sb[:-2] or sa[-1] != sb[-2] \
                 or sb[-1] % AVX2.lanes or sa[-1] % AVX2.k:
@@ -215,7 +222,7 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
             prim_funcs[name] = (gv, func)
             report.instructions.add(AVX2.instruction)
         out_ty = relax.TensorType((*sa[:-1], sb[-1]), "int32")
-        return relax.call_tir(prim_funcs[name][0], [relax.op.astype(aq, AVX2.x_dtype), _pack_relax(bq, sb, AVX2)],
+        return relax.call_tir(prim_funcs[name][0], [_widen(aq, AVX2.x_dtype, za), _pack_relax(bq, sb, AVX2, zb)],
                               out_ty)
 
     x, a, b = wildcard(), wildcard(), wildcard()
@@ -309,18 +316,18 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
             return orig
         (aq, sa, za), (bq, sb, zb) = aa, ba
         k = int(aq.ty.shape[-1])
-        acc = packed_pair(aq, bq) if packed is AVX2 else None
+        acc = packed_pair(aq, bq, za, zb) if packed is AVX2 else None
         if acc is None:
             acc = relax.op.matmul(aq, bq, out_dtype="int32")
-        # (a - za)(b - zb) summed over k = ab - zb*rowsum(a) - za*colsum(b) + k*za*zb
-        if zb:
-            rows = relax.op.sum(relax.op.astype(aq, "int32"), axis=[-1], keepdims=True)
-            acc = relax.op.subtract(acc, relax.op.multiply(rows, relax.const(zb, "int32")))
-        if za:
-            cols = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)
-            acc = relax.op.subtract(acc, relax.op.multiply(cols, relax.const(za, "int32")))
-        if za and zb:
-            acc = relax.op.add(acc, relax.const(k * za * zb, "int32"))
+            # (a - za)(b - zb) summed over k = ab - zb*rowsum(a) - za*colsum(b) + k*za*zb
+            if zb:
+                rows = relax.op.sum(relax.op.astype(aq, "int32"), axis=[-1], keepdims=True)
+                acc = relax.op.subtract(acc, relax.op.multiply(rows, relax.const(zb, "int32")))
+            if za:
+                cols = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)
+                acc = relax.op.subtract(acc, relax.op.multiply(cols, relax.const(za, "int32")))
+            if za and zb:
+                acc = relax.op.add(acc, relax.const(k * za * zb, "int32"))
         report.matmul_activation += 1
         return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(np.float32(sa * sb)))
 

@@ -113,8 +113,9 @@ def test_avx2_layers_take_u8s8_only_when_it_is_exact():
 
 @pytest.mark.parametrize("shape_a, n", [((1, 12, 128, 64), 128), ((1, 4, 32, 16), 32), ((2, 3, 8, 6), 24)])
 def test_avx2_pair_kernel_multiplies_two_activations_exactly(shape_a, n):
-    """Attention's u8 x u8 matmuls: a widened to int16, b packed per head at run time by the same Relax
-    ops the build emits (_pack_relax), on vpmaddwd; equal to numpy's int32 matmul at the extremes."""
+    """Attention's u8 x u8 matmuls: (a - za) widened to int16, (b - zb) packed per head at run time by the
+    same Relax ops the build emits (_pack_relax), on vpmaddwd; equal to numpy's int32 matmul of the
+    zero-point-shifted operands at the extremes (pair sums up to 2 x 255 x 255 fit int32)."""
     from tvm import relax
 
     from compiler.int8 import _pack_relax, _te_packed_pair
@@ -128,7 +129,7 @@ def test_avx2_pair_kernel_multiplies_two_activations_exactly(shape_a, n):
     bb = relax.BlockBuilder()
     b_var = relax.Var("b", relax.TensorType(shape_b, "uint8"))
     with bb.function("pack", [b_var]):
-        bb.emit_func_output(_pack_relax(b_var, shape_b, AVX2))
+        bb.emit_func_output(_pack_relax(b_var, shape_b, AVX2, zero=200))
     pack = tvm.compile(bb.get(), target="llvm")
     if "avx2" not in open("/proc/cpuinfo").read():
         pytest.skip("this CPU cannot run AVX2 code (the code generation above was still checked)")
@@ -136,7 +137,8 @@ def test_avx2_pair_kernel_multiplies_two_activations_exactly(shape_a, n):
     a = rng.integers(0, 256, shape_a).astype(np.uint8)
     b = rng.integers(0, 256, shape_b).astype(np.uint8)
     a[..., 0, :], b[..., :, 0] = 255, 255  # the largest products all along one output
+    a[..., 1, :], b[..., :, 1] = 0, 0  # and the largest shifted ones: (0 - 255) x (0 - 200)
     packed = relax.VirtualMachine(pack, tvm.cpu())["pack"](tvm.runtime.tensor(b))
     y = tvm.runtime.tensor(np.zeros((*shape_a[:-1], n), np.int32))
-    lib["main"](tvm.runtime.tensor(a.astype(np.int16)), packed, y)
-    np.testing.assert_array_equal(y.numpy(), a.astype(np.int32) @ b.astype(np.int32))
+    lib["main"](tvm.runtime.tensor(a.astype(np.int16) - 255), packed, y)
+    np.testing.assert_array_equal(y.numpy(), (a.astype(np.int32) - 255) @ (b.astype(np.int32) - 200))
