@@ -72,8 +72,32 @@ def tensorize_packed(sch, spec: PackedDot, rows: int = 4, columns: int = 3) -> N
         sch.unroll(loop)
 
 
+def _inline_elementwise(sch) -> None:
+    """Inline every spatial block with exactly one consumer into it (outputs and reductions stay).
+
+    TVM fuses a chain of ops (reshape, quantize, cast, subtract, transpose) into one kernel but keeps a
+    block and a buffer per op: scheduled one by one, each was a parallel loop of its own, 6-7 fork-joins
+    and as many passes over memory per kernel. A value read by two blocks (softmax's exp) is kept, not
+    computed twice."""
+    outputs = {p.name for p in sch.mod["main"].params}
+    for block in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
+        stmt = sch.get(block)
+        if any(int(iv.iter_type) != 0 for iv in stmt.iter_vars) or {w.source.name for w in stmt.writes} & outputs \
+                or len(sch.get_consumers(block)) != 1:
+            continue
+        try:
+            sch.compute_inline(block)
+        except Exception:  # noqa: BLE001 (not inlinable: it stays a loop nest of its own)
+            continue
+
+
 def _generic(one: tvm.IRModule, tvm_target):
+    from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
+
+    first = Schedule(one)
+    _inline_elementwise(first)
+    one = first.mod
 
     ctx = ms.TuneContext(
         mod=one, target=tvm_target, task_name="default", rand_state=0,
@@ -107,6 +131,7 @@ def _reductions(one: tvm.IRModule):
     from tvm.s_tir import Schedule
 
     sch = Schedule(one)
+    _inline_elementwise(sch)
     plans = []
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         loops = sch.get_loops(block)

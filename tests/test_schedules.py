@@ -50,3 +50,27 @@ def test_layer_norm_schedule_and_values(shape, axis, ours):
     bshape[axis] = shape[axis]
     ref = (x - mean) / np.sqrt(var + 1e-5) * g.reshape(bshape) + b.reshape(bshape)
     np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_a_fused_chain_of_ops_runs_as_one_parallel_loop():
+    """reshape -> multiply -> cast -> subtract -> transpose, fused into one kernel by TVM (as around the
+    attention heads): every intermediate block is inlined, one parallel loop is left, values exact."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 64, 96), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = relax.op.reshape(x, (1, 64, 4, 24))
+            y = relax.op.astype(relax.op.multiply(y, relax.const(2.0, "float32")), "int16")
+            y = relax.op.permute_dims(relax.op.subtract(y, relax.const(3, "int16")), [0, 2, 1, 3])
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = relax.get_pipeline("zero")(bb.get())  # legalize, annotate, fuse: what build's fuse() runs
+    target = tvm.target.Target(TARGET)
+    mod, counts = default_schedules(mod, target)
+    assert counts == {"tensorized": 0, "parallel": 1, "naive": 0}
+    script = _prim(mod).script()
+    assert script.count("T.parallel") == 1 and script.count("T.sblock(") <= 2  # root + one block
+    v = np.random.default_rng(0).uniform(-50, 50, (1, 64, 96)).astype(np.float32)
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    ref = ((v.reshape(1, 64, 4, 24) * 2).astype(np.int16) - 3).transpose(0, 2, 1, 3)
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(v)).numpy(), ref)
