@@ -182,6 +182,7 @@ def relax_module(parent: Artifact, tvm_target, integer: bool = True):
     Build and tune both start here, so a tuning database sees exactly the kernels the build compiles."""
     from .int8 import integerize, packed_dot_for
     from .lookup import lookup_tables
+    from .requantize import drop_round_trips
     from .transposes import sink_transposes
 
     mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], _static_dims(parent))
@@ -191,6 +192,7 @@ def relax_module(parent: Artifact, tvm_target, integer: bool = True):
     mod, _ = sink_transposes(mod)  # NCW convolutions vs NWC layer norms and packed kernels
     if report is not None:  # after sinking: the tables then sit where the transposes no longer are
         mod, report.lookup_tables = lookup_tables(mod)
+        mod, report.round_trips_dropped = drop_round_trips(mod)
     return mod, report
 
 

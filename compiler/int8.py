@@ -35,6 +35,7 @@ class RewriteReport:
     packed: int = 0  # distinct pre-packed dot-product kernels emitted
     instructions: set[str] = field(default_factory=set)  # what those kernels tensorize onto
     lookup_tables: int = 0  # elementwise functions between dequantize and quantize (compiler/lookup.py)
+    round_trips_dropped: int = 0  # dequantize -> reshape/transpose -> quantize (compiler/requantize.py)
     skipped: list[str] = field(default_factory=list)
 
     @property
