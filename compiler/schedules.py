@@ -36,8 +36,9 @@ def tensorize_packed(sch, spec: PackedDot, rows: int = 4, columns: int = 3) -> N
 
     A kernel fused with its epilogue (requantize, bias, GELU, residual add: what FuseOps joins to it
     once no transpose stands between, see :mod:`compiler.transposes`) gets the epilogue as one
-    vectorized loop nest per output, computed inside each row tile while the tile's int32 sums are in
-    cache: every other elementwise block is inlined into its consumer.
+    vectorized loop nest per output, computed right after each rows x columns tile while its int32 sums
+    are in L1 (after each row tile instead: ~0.5 ms slower on int8 SqueezeBERT): every other elementwise
+    block is inlined into its consumer.
     """
     block = sch.get_sblock(spec.block)
     outputs = {p.name for p in sch.mod["main"].params}
@@ -61,7 +62,7 @@ def tensorize_packed(sch, spec: PackedDot, rows: int = 4, columns: int = 3) -> N
     sch.reorder(*lead[:-1], r_o, n_o, k_o, *r_i, *n_m, n_i, k_i)
     r_o = sch.fuse(*lead[:-1], r_o) if lead[:-1] else r_o  # batch and heads (attention) run in parallel too
     for epi in epilogue:
-        sch.reverse_compute_at(epi, r_o)
+        sch.reverse_compute_at(epi, n_o)
         inner = sch.get_loops(epi)[-1]
         if int(sch.get(inner).extent) % 8 == 0:
             sch.vectorize(sch.split(inner, [None, 8])[1])
