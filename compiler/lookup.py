@@ -130,22 +130,30 @@ def lookup_tables(mod: tvm.IRModule, func_name: str = "main", target: str = "llv
         dq = values[dq_var]
         lut = _table(dq, order, values, value, target)
         replace[var] = (dq.args[0], lut, str(dq.args[0].ty.dtype))
+    def emit(builder, visit, item):
+        q, lut, in_dtype = item
+        idx = builder.emit(relax.op.astype(visit(q), "int32"))
+        if in_dtype == "int8":
+            idx = builder.emit(relax.op.add(idx, relax.const(128, "int32")))
+        return builder.emit(relax.op.take(relax.const(lut), idx, axis=0))
+
+    return rebind(mod, func_name, replace, emit), len(replace)
+
+
+def rebind(mod: tvm.IRModule, func_name: str, replace: dict, emit) -> tvm.IRModule:
+    """A copy of ``mod`` where each binding of a var in ``replace`` is replaced by what
+    ``emit(builder, visit, replace[var])`` emits (``visit`` maps an old expression to the new graph's);
+    what is left unused is removed."""
     if not replace:
-        return mod, 0
+        return mod
 
     @relax.expr_functor.mutator
     class Swap(relax.PyExprMutator):
         def visit_var_binding_(self, binding):
             if binding.var not in replace:
                 return super().visit_var_binding_(binding)
-            q, lut, in_dtype = replace[binding.var]
-            idx = self.builder_.emit(relax.op.astype(self.visit_expr(q), "int32"))
-            if in_dtype == "int8":
-                idx = self.builder_.emit(relax.op.add(idx, relax.const(128, "int32")))
-            new = self.builder_.emit(relax.op.take(relax.const(lut), idx, axis=0))
-            self.set_var_remap(binding.var, new)
+            self.set_var_remap(binding.var, emit(self.builder_, self.visit_expr, replace[binding.var]))
 
     out = mod.clone()
-    out[func_name] = Swap(out).visit_expr(func)
-    out = relax.transform.DeadCodeElimination()(out)
-    return out, len(replace)
+    out[func_name] = Swap(out).visit_expr(mod[func_name])
+    return relax.transform.DeadCodeElimination()(out)

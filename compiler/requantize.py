@@ -13,7 +13,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .lookup import _bindings, _scalar_const
+from .lookup import _bindings, _scalar_const, rebind
 
 LAYOUT = ("relax.reshape", "relax.permute_dims")
 _QUANTIZE, _DEQUANTIZE = tvm.ir.Op.get("relax.quantize"), tvm.ir.Op.get("relax.dequantize")
@@ -43,21 +43,11 @@ def drop_round_trips(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IR
                 or str(dq.args[0].ty.dtype) != str(value.attrs.out_dtype) or not _same_qparams(dq, value):
             continue
         replace[var] = (dq.args[0], chain[::-1])
-    if not replace:
-        return mod, 0
+    def emit(builder, visit, item):
+        q, chain = item
+        x = visit(q)
+        for call in chain:
+            x = builder.emit(relax.Call(call.op, [x, *call.args[1:]], call.attrs))
+        return x
 
-    @relax.expr_functor.mutator
-    class Swap(relax.PyExprMutator):
-        def visit_var_binding_(self, binding):
-            if binding.var not in replace:
-                return super().visit_var_binding_(binding)
-            q, chain = replace[binding.var]
-            x = self.visit_expr(q)
-            for call in chain:
-                x = self.builder_.emit(relax.Call(call.op, [x, *call.args[1:]], call.attrs))
-            self.set_var_remap(binding.var, x)
-
-    out = mod.clone()
-    out[func_name] = Swap(out).visit_expr(func)
-    out = relax.transform.DeadCodeElimination()(out)
-    return out, len(replace)
+    return rebind(mod, func_name, replace, emit), len(replace)
