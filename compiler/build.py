@@ -242,7 +242,8 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
                         "packed_kernels": report.packed,
                         "packed_instruction": "+".join(sorted(report.instructions)) or None,
                         "matmul_weight": report.matmul_weight, "matmul_activation": report.matmul_activation,
-                        "float_layers_kept": len(floats), "lookup_tables": report.lookup_tables}
+                        "float_layers_kept": len(floats), "lookup_tables": report.lookup_tables,
+                        "round_trips_dropped": report.round_trips_dropped}
         else:
             coverage = {"quantized_layers": quantized, "integer_kernels": 0, "mode": "float QDQ simulation"}
     gpu = target.device == "cuda"
