@@ -1,6 +1,7 @@
 """Default CPU schedules for reductions: a layer norm across the rows of a row-major tensor (NCW's
-channel axis) and one along them (NWC) get the reduction schedules, a shape they do not divide falls
-back to MetaSchedule's rule, and all compute numpy's layer norm."""
+channel axis) and one along them (NWC; softmax too, as one loop over rows) get the reduction schedules,
+a shape they do not divide falls back to MetaSchedule's rule, and all compute numpy's values; a fused
+chain of elementwise ops becomes one loop."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def test_layer_norm_schedule_and_values(shape, axis, ours):
     target = tvm.target.Target(TARGET)
     mod, counts = default_schedules(mod, target)
     assert counts == {"tensorized": 0, "parallel": 1, "naive": 0}
+    if ours and axis == len(shape) - 1:  # along rows: one parallel loop over rows does it all
+        assert _prim(mod).script().count("T.parallel") == 1
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape, dtype=np.float32) * 3 + 1
     g, b = rng.standard_normal((2, shape[axis]), dtype=np.float32)
@@ -74,3 +77,20 @@ def test_a_fused_chain_of_ops_runs_as_one_parallel_loop():
     vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
     ref = ((v.reshape(1, 64, 4, 24) * 2).astype(np.int16) - 3).transpose(0, 2, 1, 3)
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(v)).numpy(), ref)
+
+
+def test_softmax_runs_as_one_loop_over_rows():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 16, 64), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.softmax(x, axis=-1))
+        bb.emit_func_output(out)
+    target = tvm.target.Target(TARGET)
+    mod, counts = default_schedules(relax.get_pipeline("zero")(bb.get()), target)
+    assert counts == {"tensorized": 0, "parallel": 1, "naive": 0}
+    assert _prim(mod).script().count("T.parallel") == 1
+    v = np.random.default_rng(1).standard_normal((1, 4, 16, 64)).astype(np.float32) * 4
+    got = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())["main"](tvm.runtime.tensor(v)).numpy()
+    e = np.exp(v - v.max(-1, keepdims=True))
+    np.testing.assert_allclose(got, e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
