@@ -182,7 +182,7 @@ def relax_module(parent: Artifact, tvm_target, integer: bool = True):
     Build and tune both start here, so a tuning database sees exactly the kernels the build compiles."""
     from .int8 import integerize, packed_dot_for
     from .lookup import lookup_tables
-    from .requantize import drop_round_trips
+    from .requantize import drop_round_trips, fold_requantize
     from .transposes import sink_transposes
 
     mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], _static_dims(parent))
@@ -193,6 +193,11 @@ def relax_module(parent: Artifact, tvm_target, integer: bool = True):
     if report is not None:  # after sinking: the tables then sit where the transposes no longer are
         mod, report.lookup_tables = lookup_tables(mod)
         mod, report.round_trips_dropped = drop_round_trips(mod)
+        from tvm import relax
+
+        with tvm_target:  # the epilogues' constants as constants, so that they fold
+            mod = relax.transform.FoldConstant()(mod)
+        mod, report.epilogues_folded = fold_requantize(mod)
     return mod, report
 
 
@@ -243,7 +248,8 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
                         "packed_instruction": "+".join(sorted(report.instructions)) or None,
                         "matmul_weight": report.matmul_weight, "matmul_activation": report.matmul_activation,
                         "float_layers_kept": len(floats), "lookup_tables": report.lookup_tables,
-                        "round_trips_dropped": report.round_trips_dropped}
+                        "round_trips_dropped": report.round_trips_dropped,
+                        "epilogues_folded": report.epilogues_folded}
         else:
             coverage = {"quantized_layers": quantized, "integer_kernels": 0, "mode": "float QDQ simulation"}
     gpu = target.device == "cuda"

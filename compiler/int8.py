@@ -36,6 +36,7 @@ class RewriteReport:
     instructions: set[str] = field(default_factory=set)  # what those kernels tensorize onto
     lookup_tables: int = 0  # elementwise functions between dequantize and quantize (compiler/lookup.py)
     round_trips_dropped: int = 0  # dequantize -> reshape/transpose -> quantize (compiler/requantize.py)
+    epilogues_folded: int = 0  # quantize(a * acc + b) as one multiply-add (compiler/requantize.py)
     skipped: list[str] = field(default_factory=list)
 
     @property

@@ -1,5 +1,6 @@
-"""dequantize -> reshape/transpose -> quantize with the same parameters becomes the layout ops on the
-integer tensor (compiler/requantize.py): same bytes out, and nothing else is touched."""
+"""compiler/requantize.py: dequantize -> reshape/transpose -> quantize with the same parameters becomes
+the layout ops on the integer tensor (same bytes out), and a kernel's requantize epilogue folds into one
+multiply-add (the same 8-bit values but for rare one-step ties); nothing else is touched."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from compiler.requantize import drop_round_trips
+from compiler.requantize import drop_round_trips, fold_requantize
 
 
 def _module(out_scale: float = 0.02, reuse: bool = False) -> tvm.IRModule:
@@ -44,3 +45,51 @@ def test_round_trip_becomes_byte_moves_with_the_same_output():
 def test_other_parameters_or_shared_values_are_left_alone(kwargs):
     new, n = drop_round_trips(_module(**kwargs))
     assert n == 0 and "R.dequantize" in new["main"].script()
+
+
+N = 48  # channels
+
+
+def _epilogue(with_bias: bool = True, scale_is_input: bool = False, out_dtype: str = "uint8") -> tvm.IRModule:
+    """int32 sums -> the chain integerize emits (zero-point correction, cast, per-channel rescale, bias)
+    -> the next layer's quantize."""
+    rng = np.random.default_rng(0)
+    bb = relax.BlockBuilder()
+    acc = relax.Var("acc", relax.TensorType((1, 16, N), "int32"))
+    params = [acc]
+    if scale_is_input:
+        params.append(relax.Var("s", relax.TensorType((1, 1, N), "float32")))
+    with bb.function("main", params):
+        with bb.dataflow():
+            x = bb.emit(relax.op.subtract(acc, relax.const(rng.integers(-40000, 40000, (1, 1, N)).astype("int32"))))
+            x = bb.emit(relax.op.astype(x, "float32"))
+            s = params[1] if scale_is_input else relax.const((rng.random((1, 1, N)) * 1e-4).astype("float32"))
+            x = bb.emit(relax.op.multiply(x, s))
+            if with_bias:
+                x = bb.emit(relax.op.add(x, relax.const(rng.standard_normal((1, 1, N)).astype("float32"))))
+            y = bb.emit(relax.op.quantize(x, relax.const(0.03, "float32"), relax.const(7, out_dtype), axis=2,
+                                          out_dtype=out_dtype))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("out_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_requantize_epilogue_folds_to_one_multiply_add(with_bias, out_dtype):
+    mod = _epilogue(with_bias, out_dtype=out_dtype)
+    new, n = fold_requantize(mod)
+    script = new["main"].script()
+    assert n == 1 and "R.subtract" not in script and script.count("R.multiply") == 1
+    acc = np.random.default_rng(1).integers(-200000, 200000, (1, 16, N)).astype("int32")
+    acc[0, 0, :] = [-(2 ** 23), 2 ** 23] * (N // 2)  # the largest sums a 7-bit K=768 kernel can reach
+    old, folded = _run(mod, acc).astype(int), _run(new, acc).astype(int)
+    assert np.abs(old - folded).max() <= 1  # float32 ties may round the other way, one step at most
+    assert np.mean(old != folded) < 0.01
+    lo, hi = (0, 255) if out_dtype == "uint8" else (-128, 127)
+    assert folded.min() == lo and folded.max() == hi  # the clip is still there (the extremes saturate)
+
+
+def test_requantize_with_a_runtime_operand_is_left_alone():
+    new, n = fold_requantize(_epilogue(scale_is_input=True))
+    assert n == 0 and "R.subtract" in new["main"].script()
