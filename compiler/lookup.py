@@ -132,9 +132,9 @@ def lookup_tables(mod: tvm.IRModule, func_name: str = "main", target: str = "llv
         replace[var] = (dq.args[0], lut, str(dq.args[0].ty.dtype))
     def emit(builder, visit, item):
         q, lut, in_dtype = item
-        idx = builder.emit(relax.op.astype(visit(q), "int32"))
+        idx = visit(q)  # u8 indexes the table as it is: the kernel before writes 1 byte, not a 4-byte index
         if in_dtype == "int8":
-            idx = builder.emit(relax.op.add(idx, relax.const(128, "int32")))
+            idx = builder.emit(relax.op.add(relax.op.astype(idx, "int32"), relax.const(128, "int32")))
         return builder.emit(relax.op.take(relax.const(lut), idx, axis=0))
 
     return rebind(mod, func_name, replace, emit), len(replace)
