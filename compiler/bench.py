@@ -44,8 +44,13 @@ class BenchConfig:
 # Interleaving runtimes that each keep a thread pool on a 2-core machine: a pool whose workers keep
 # spinning after a call steals the cores the next runtime needs (measured here, full SqueezeBERT:
 # onnxruntime fp32 196 ms interleaved with spinning pools vs 57 ms alone). So every pool is told to
-# sleep between calls: onnxruntime (allow_spinning=0, set per session), OpenMP under PyTorch, TVM.
-QUIET_POOLS = {"OMP_WAIT_POLICY": "PASSIVE", "TVM_THREAD_POOL_SPIN_COUNT": "0"}
+# sleep between calls: onnxruntime (allow_spinning=0, set per session; with 1 its busy spin took every
+# runtime here to 2x), OpenMP under PyTorch, TVM. TVM's worker waits for the next kernel by calling
+# sched_yield, which hands the core to any runnable thread; 1000 of those (0.6 ms here) keep it awake
+# across the ~170 kernel launches of one inference and let it sleep soon after the call. With 0 it
+# slept between kernels and each launch woke it: int8 SqueezeBERT 31.0 vs 29.7 ms with 100, 1000 or
+# TVM's default 300000, onnxruntime unchanged (results/PERFORMANCE-LOG.md step 25).
+QUIET_POOLS = {"OMP_WAIT_POLICY": "PASSIVE", "TVM_THREAD_POOL_SPIN_COUNT": "1000"}
 
 
 def quiet_thread_pools(threads: int) -> dict:
