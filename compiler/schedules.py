@@ -6,6 +6,7 @@ every kernel of an untuned build) ran on one core. Here each gets:
 
 - a pre-packed dot-product kernel (:class:`compiler.int8.PackedDot`): its inner lanes x k block
   tensorized onto the target's instruction, rows in parallel;
+- reductions along one axis, and data moved into a blocked layout: the rules below;
 - anything else: MetaSchedule's own parallelize/vectorize rule and postprocessors, applied once, with
   no search (the outer spatial loops fused and parallel, the inner one vectorized).
 """
@@ -213,6 +214,32 @@ def _rows(one: tvm.IRModule):
     return sch
 
 
+def _packing(one: tvm.IRModule):
+    """A schedule for a kernel that only moves data into a blocked layout with small innermost tiles
+    (the attention operands packed [..., K/2, 8, 2] for the pair kernel), or None.
+
+    MetaSchedule's rule fuses all loops, then splits for vectorizing: the index arithmetic of the
+    blocked layout becomes divisions by non-constant-foldable fused extents, and the 16-lane "vector"
+    is a gather of 2-element runs from 8 rows. Here the leading loops run in parallel, the row loop stays,
+    and the small tile (<= 32 elements) is unrolled with its constant offsets: SqueezeBERT's K and V
+    packing 26.6 -> 5.9 and 25.4 -> 3.9 us, identical bytes."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(one)
+    _inline_elementwise(sch)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if len(blocks) != 1 or any(int(iv.iter_type) != 0 for iv in sch.get(blocks[0]).iter_vars):
+        return None
+    loops = sch.get_loops(blocks[0])
+    extents = [int(sch.get(loop).extent) for loop in loops]
+    if len(loops) < 4 or extents[-1] * extents[-2] > 32:
+        return None
+    sch.parallel(sch.fuse(*loops[:-3]))
+    sch.unroll(loops[-1])
+    sch.unroll(loops[-2])
+    return sch
+
+
 def _uses(expr, var) -> bool:
     return any(v.same_as(var) for v in tvm.tirx.analysis.undefined_vars(expr))
 
@@ -263,7 +290,7 @@ def default_schedules(mod: tvm.IRModule, tvm_target) -> tuple[tvm.IRModule, dict
                 sch = _reductions(one)
             except Exception:  # noqa: BLE001 (a pattern this rule misjudged: MetaSchedule's rule instead)
                 sch = None
-            sch = sch or _generic(one, tvm_target)
+            sch = sch or _packing(one) or _generic(one, tvm_target)
         except Exception:  # noqa: BLE001 (an unschedulable kernel keeps TVM's naive loops)
             return None, "naive"
         return (sch, "parallel") if sch is not None else (None, "naive")

@@ -94,3 +94,25 @@ def test_softmax_runs_as_one_loop_over_rows():
     got = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())["main"](tvm.runtime.tensor(v)).numpy()
     e = np.exp(v - v.max(-1, keepdims=True))
     np.testing.assert_allclose(got, e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+
+
+def test_packing_into_a_blocked_layout_unrolls_the_small_tile():
+    """u8 [t, heads*d] -> int16 (x - zero point) packed [heads, t/8, d/2, 8, 2] (the attention's second
+    operand, as integerize builds it): parallel outer loops, the 8 x 2 tile unrolled, numpy's bytes."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 32, 64), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = relax.op.subtract(relax.op.astype(x, "int16"), relax.const(9, "int16"))
+            y = relax.op.reshape(y, (1, 4, 8, 2, 16, 2))
+            out = bb.emit_output(relax.op.permute_dims(y, [0, 3, 1, 4, 2, 5]))
+        bb.emit_func_output(out)
+    target = tvm.target.Target(TARGET)
+    mod, counts = default_schedules(relax.get_pipeline("zero")(bb.get()), target)
+    assert counts == {"tensorized": 0, "parallel": 1, "naive": 0}
+    script = _prim(mod).script()
+    assert script.count("T.parallel") == 1 and script.count("T.unroll") == 2
+    v = np.random.default_rng(2).integers(0, 256, (1, 32, 64)).astype(np.uint8)
+    ref = (v.astype(np.int16) - 9).reshape(1, 4, 8, 2, 16, 2).transpose(0, 3, 1, 4, 2, 5)
+    got = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())["main"](tvm.runtime.tensor(v)).numpy()
+    np.testing.assert_array_equal(got, ref)
