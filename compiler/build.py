@@ -182,7 +182,8 @@ def relax_module(parent: Artifact, tvm_target, integer: bool = True):
     Build and tune both start here, so a tuning database sees exactly the kernels the build compiles."""
     from .int8 import integerize, packed_dot_for
     from .lookup import lookup_tables
-    from .requantize import drop_round_trips, fold_requantize
+    from .requantize import (drop_round_trips, fold_layer_norm_quantize, fold_requantize,
+                             fold_softmax_quantize)
     from .transposes import sink_transposes
 
     mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], _static_dims(parent))
@@ -198,6 +199,8 @@ def relax_module(parent: Artifact, tvm_target, integer: bool = True):
         with tvm_target:  # the epilogues' constants as constants, so that they fold
             mod = relax.transform.FoldConstant()(mod)
         mod, report.epilogues_folded = fold_requantize(mod)
+        mod, report.softmax_folded = fold_softmax_quantize(mod)
+        mod, report.layer_norms_folded = fold_layer_norm_quantize(mod)
     return mod, report
 
 
@@ -249,7 +252,8 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
                         "matmul_weight": report.matmul_weight, "matmul_activation": report.matmul_activation,
                         "float_layers_kept": len(floats), "lookup_tables": report.lookup_tables,
                         "round_trips_dropped": report.round_trips_dropped,
-                        "epilogues_folded": report.epilogues_folded}
+                        "epilogues_folded": report.epilogues_folded, "softmax_folded": report.softmax_folded,
+                        "layer_norms_folded": report.layer_norms_folded}
         else:
             coverage = {"quantized_layers": quantized, "integer_kernels": 0, "mode": "float QDQ simulation"}
     gpu = target.device == "cuda"

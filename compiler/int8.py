@@ -37,6 +37,8 @@ class RewriteReport:
     lookup_tables: int = 0  # elementwise functions between dequantize and quantize (compiler/lookup.py)
     round_trips_dropped: int = 0  # dequantize -> reshape/transpose -> quantize (compiler/requantize.py)
     epilogues_folded: int = 0  # quantize(a * acc + b) as one multiply-add (compiler/requantize.py)
+    softmax_folded: int = 0  # quantize(softmax(x)) dividing once a row (compiler/requantize.py)
+    layer_norms_folded: int = 0  # quantize(layer_norm(x)) with 1/s in its constants (compiler/requantize.py)
     skipped: list[str] = field(default_factory=list)
 
     @property

@@ -1,4 +1,6 @@
-"""Requantization: drop round trips (:func:`drop_round_trips`) and fold epilogues (:func:`fold_requantize`).
+"""Requantization: drop round trips (:func:`drop_round_trips`); fold quantize's scale into what comes
+before it: a kernel's epilogue (:func:`fold_requantize`), softmax (:func:`fold_softmax_quantize`) and
+layer norm (:func:`fold_layer_norm_quantize`), so that no quantize divides an element by its scale.
 
 Round trips: dequantize -> reshape/transpose -> quantize with the same scale and zero point.
 
@@ -130,6 +132,112 @@ def fold_requantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRM
         x = builder.emit(relax.op.add(x, relax.const(shift)))
         # quantize by 1 with zero point 0: its round and clip (relax.op.round lowers to a nearbyint
         # that LLVM does not vectorize along the rows: the attention epilogue ran 20% slower with it)
+        s, z = quantize.args[1].value.numpy(), quantize.args[2].value.numpy()
+        return builder.emit(relax.op.quantize(x, relax.const(np.ones_like(s)), relax.const(np.zeros_like(z)),
+                                              axis=int(quantize.attrs.axis), out_dtype=str(quantize.attrs.out_dtype)))
+
+    return rebind(mod, func_name, replace, emit), len(replace)
+
+
+_SOFTMAX = tvm.ir.Op.get("relax.nn.softmax")
+
+
+def _te_softmax_quantize(shape: tuple[int, ...], scale: float, zero: int, out_dtype: str, name: str):
+    """x [..., N] -> quantize(softmax(x, -1), scale, zero): the row's max, exp (TVM's fast_exp, as
+    FastMathTransform gives nn.softmax), sum, then one reciprocal a row, 1 / (sum * scale), and a multiply
+    an element, where softmax then quantize divided each element twice."""
+    from tvm import te, topi
+
+    lo, hi = (0, 255) if out_dtype == "uint8" else (-128, 127)
+    *rows, n = (tvm.tirx.const(d, "int64") for d in shape)
+    x = te.placeholder((*rows, n), "float32", name="x")
+    k1, k2 = te.reduce_axis((tvm.tirx.const(0, "int64"), n), "k1"), te.reduce_axis((tvm.tirx.const(0, "int64"), n), "k2")
+    top = te.compute(rows, lambda *i: te.max(x[(*i, k1)], axis=k1), name="row_max")
+    e = topi.fast_exp(te.compute((*rows, n), lambda *i: x[i] - top[i[:-1]], name="shifted"))
+    total = te.compute(rows, lambda *i: te.sum(e[(*i, k2)], axis=k2), name="row_sum")
+    inv = te.compute(rows, lambda *i: tvm.tirx.const(1.0, "float32") / (total[i] * tvm.tirx.const(scale, "float32")),
+                     name="row_scale")
+    q = te.compute((*rows, n), lambda *i: te.max(te.min(
+        te.round(e[i] * inv[i[:-1]]) + tvm.tirx.const(float(zero), "float32"),
+        tvm.tirx.const(float(hi), "float32")), tvm.tirx.const(float(lo), "float32")).astype(out_dtype), name="quantized")
+    return te.create_prim_func([x, q]).with_attr("global_symbol", name)
+
+
+def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, int]:
+    """``quantize(softmax(x, axis=-1), s, z)`` with scalar s, z -> one kernel that divides once a row.
+
+    Softmax divides every exp by the row's sum and quantize divides the result by s: two divisions an
+    element, which the scheduled kernel could not hide (SqueezeBERT's attention softmax: 93 -> 77 us with
+    both replaced by a multiply, results/PERFORMANCE-LOG.md step 28). Here the row's max, exp and sum are
+    as before and each element gets ``round(exp * (1 / (sum * s))) + z``: the same value in real
+    arithmetic, a float32 tie may round the other way. Returns (module, how many were folded)."""
+    from .lookup import _bindings, _qparams_scalar
+
+    func = mod[func_name]
+    values, uses = _bindings(func)
+    replace, funcs = {}, {}
+    for var, value in values.items():
+        if not (isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE) and _qparams_scalar(value)
+                and isinstance(value.args[0], relax.Var) and uses.get(value.args[0]) == 1
+                and str(value.attrs.out_dtype) in ("uint8", "int8")):
+            continue
+        sm = values.get(value.args[0])
+        if not (isinstance(sm, relax.Call) and sm.op.same_as(_SOFTMAX) and str(sm.args[0].ty.dtype) == "float32"):
+            continue
+        shape = tuple(int(d) for d in sm.args[0].ty.shape)
+        if int(sm.attrs.axis) not in (-1, len(shape) - 1):
+            continue
+        s = float(value.args[1].value.numpy().reshape(-1)[0])
+        z = int(value.args[2].value.numpy().reshape(-1)[0])
+        dtype = str(value.attrs.out_dtype)
+        name = f"softmax_quantize_{'x'.join(map(str, shape))}_{len(funcs)}"
+        prim = _te_softmax_quantize(shape, s, z, dtype, name)
+        gv = tvm.ir.GlobalVar(name)
+        relax.expr._update_type(gv, prim.ty)
+        funcs[gv] = prim
+        replace[var] = (sm.args[0], gv, relax.TensorType(shape, dtype))
+
+    def emit(builder, visit, item):
+        x, gv, out_ty = item
+        return builder.emit(relax.call_tir(gv, [visit(x)], out_ty))
+
+    from .lookup import rebind
+
+    out = rebind(mod, func_name, replace, emit)
+    for gv, prim in funcs.items():
+        out[gv] = prim
+    return out, len(replace)
+
+
+_LAYER_NORM = tvm.ir.Op.get("relax.nn.layer_norm")
+
+
+def fold_layer_norm_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, int]:
+    """``quantize(layer_norm(x, g, b), s, z)`` with constant g, b and scalar s, z ->
+    ``quantize(layer_norm(x, g / s, b / s + z), 1, 0)``: quantize's division by s (one an element) moves
+    into the constants. The same value in real arithmetic; a float32 tie may round the other way.
+    Returns (module, how many were folded)."""
+    from .lookup import _bindings, _qparams_scalar, rebind
+
+    func = mod[func_name]
+    values, uses = _bindings(func)
+    replace = {}
+    for var, value in values.items():
+        if not (isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE) and _qparams_scalar(value)
+                and isinstance(value.args[0], relax.Var) and uses.get(value.args[0]) == 1):
+            continue
+        ln = values.get(value.args[0])
+        if not (isinstance(ln, relax.Call) and ln.op.same_as(_LAYER_NORM)
+                and all(isinstance(a, tvm.ir.expr.Constant) for a in ln.args[1:3])):
+            continue
+        s = np.float64(value.args[1].value.numpy().reshape(-1)[0])
+        z = np.float64(value.args[2].value.numpy().reshape(-1)[0])
+        g, b = (a.value.numpy().astype(np.float64) for a in ln.args[1:3])
+        replace[var] = (ln, (g / s).astype(np.float32), (b / s + z).astype(np.float32), value)
+
+    def emit(builder, visit, item):
+        ln, g, b, quantize = item
+        x = builder.emit(relax.Call(ln.op, [visit(ln.args[0]), relax.const(g), relax.const(b)], ln.attrs))
         s, z = quantize.args[1].value.numpy(), quantize.args[2].value.numpy()
         return builder.emit(relax.op.quantize(x, relax.const(np.ones_like(s)), relax.const(np.zeros_like(z)),
                                               axis=int(quantize.attrs.axis), out_dtype=str(quantize.attrs.out_dtype)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import tvm
 
 from .int8 import PACKED, PackedDot
@@ -74,18 +75,23 @@ def tensorize_packed(sch, spec: PackedDot, rows: int = 4, columns: int = 3) -> N
         sch.unroll(loop)
 
 
-def _inline_elementwise(sch) -> None:
+def _inline_elementwise(sch, keep_broadcast: bool = False) -> None:
     """Inline every spatial block with exactly one consumer into it (outputs and reductions stay).
 
     TVM fuses a chain of ops (reshape, quantize, cast, subtract, transpose) into one kernel but keeps a
     block and a buffer per op: scheduled one by one, each was a parallel loop of its own, 6-7 fork-joins
     and as many passes over memory per kernel. A value read by two blocks (softmax's exp) is kept, not
-    computed twice."""
+    computed twice. With ``keep_broadcast`` (one loop over rows, where a kept block costs no pass of its
+    own) a block smaller than its consumer stays too: a per-row reciprocal is computed once a row, not
+    once an element."""
     outputs = {p.name for p in sch.mod["main"].params}
+    size = lambda b: int(np.prod([int(d) for w in sch.get(b).writes for d in w.source.shape]))  # noqa: E731
     for block in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
         stmt = sch.get(block)
         if any(int(iv.iter_type) != 0 for iv in stmt.iter_vars) or {w.source.name for w in stmt.writes} & outputs \
                 or len(sch.get_consumers(block)) != 1:
+            continue
+        if keep_broadcast and size(block) < size(sch.get_consumers(block)[0]):
             continue
         try:
             sch.compute_inline(block)
@@ -190,7 +196,7 @@ def _rows(one: tvm.IRModule):
     from tvm.s_tir import Schedule
 
     sch = Schedule(one)
-    _inline_elementwise(sch)
+    _inline_elementwise(sch, keep_broadcast=True)
     blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
     spatial = [b for b in blocks if all(int(iv.iter_type) == 0 for iv in sch.get(b).iter_vars)]
     rfs = []

@@ -9,7 +9,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from compiler.requantize import drop_round_trips, fold_requantize
+from compiler.requantize import drop_round_trips, fold_layer_norm_quantize, fold_requantize, fold_softmax_quantize
 
 
 def _module(out_scale: float = 0.02, reuse: bool = False) -> tvm.IRModule:
@@ -93,3 +93,57 @@ def test_requantize_epilogue_folds_to_one_multiply_add(with_bias, out_dtype):
 def test_requantize_with_a_runtime_operand_is_left_alone():
     new, n = fold_requantize(_epilogue(scale_is_input=True))
     assert n == 0 and "R.subtract" in new["main"].script()
+
+
+def _softmax_quantize(masked: bool = True) -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 16, 64), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            p = bb.emit(relax.op.nn.softmax(x, axis=-1))
+            y = bb.emit(relax.op.quantize(p, relax.const(1 / 255, "float32"), relax.const(0, "uint8"), axis=3,
+                                          out_dtype="uint8"))
+            out = bb.emit_output(relax.op.astype(y, "int16"))  # the widening for the attention kernel
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_quantized_softmax_divides_once_a_row():
+    """quantize(softmax(x)) -> one kernel, one parallel loop over rows, the per-row reciprocal kept as a
+    block of its own (not inlined into every element); the same 8-bit values but for one-step ties."""
+    from compiler.build import fuse
+    from compiler.schedules import default_schedules
+
+    mod = _softmax_quantize()
+    new, n = fold_softmax_quantize(mod)
+    assert n == 1 and "R.nn.softmax" not in new["main"].script()
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "num-cores": 2})
+    fused, counts = default_schedules(fuse(new, target), target)
+    kernels = [f.script() for gv, f in fused.functions.items() if isinstance(f, tvm.tirx.PrimFunc)
+               and gv.name_hint.startswith("fused_softmax_quantize")]  # with the cast to int16
+    assert len(kernels) == 1 and kernels[0].count("T.parallel") == 1 and 'T.sblock("row_scale")' in kernels[0]
+    x = np.random.default_rng(3).standard_normal((1, 4, 16, 64)).astype("float32") * 4
+    x[..., -8:] = np.finfo(np.float32).min  # masked keys, as the attention mask adds them
+    old = _run(relax.get_pipeline("zero")(mod), x).astype(int)
+    got = relax.VirtualMachine(tvm.compile(fused, target=target), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    assert np.abs(got.astype(int) - old).max() <= 1 and np.mean(got != old) < 0.01
+    assert got[..., -8:].max() == 0 and got.max() > 100
+
+
+def test_quantized_layer_norm_folds_the_scale_into_its_constants():
+    rng = np.random.default_rng(4)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 64), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.layer_norm(x, relax.const(rng.random(64).astype("float32") + 0.5),
+                                               relax.const(rng.standard_normal(64).astype("float32")), axes=[-1]))
+            out = bb.emit_output(relax.op.quantize(y, relax.const(0.02, "float32"), relax.const(120, "uint8"),
+                                                   axis=2, out_dtype="uint8"))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    new, n = fold_layer_norm_quantize(mod)
+    assert n == 1 and "R.const(0.019999" not in new["main"].script()
+    v = rng.standard_normal((1, 16, 64)).astype("float32") * 3
+    old, got = _run(mod, v).astype(int), _run(new, v).astype(int)
+    assert np.abs(got - old).max() <= 1 and np.mean(got != old) < 0.01 and got.min() == 0 and got.max() == 255
