@@ -147,3 +147,31 @@ def test_quantized_layer_norm_folds_the_scale_into_its_constants():
     v = rng.standard_normal((1, 16, 64)).astype("float32") * 3
     old, got = _run(mod, v).astype(int), _run(new, v).astype(int)
     assert np.abs(got - old).max() <= 1 and np.mean(got != old) < 0.01 and got.min() == 0 and got.max() == 255
+
+
+def test_quantized_softmax_reads_the_8_bit_scores_and_the_mask():
+    """softmax(dequantize(q) / 8 + mask) -> quantize: the kernel takes the u8 scores and the float mask
+    (the score kernel then writes 1 byte a score, not a 4-byte float); same values but one-step ties."""
+    bb = relax.BlockBuilder()
+    q = relax.Var("q", relax.TensorType((1, 4, 16, 64), "uint8"))
+    mask = relax.Var("mask", relax.TensorType((1, 1, 16, 64), "float32"))
+    with bb.function("main", [q, mask]):
+        with bb.dataflow():
+            x = bb.emit(relax.op.dequantize(q, relax.const(0.4, "float32"), relax.const(131, "uint8"), axis=1))
+            x = bb.emit(relax.op.add(relax.op.divide(x, relax.const(8.0, "float32")), mask))
+            p = bb.emit(relax.op.nn.softmax(x, axis=-1))
+            out = bb.emit_output(relax.op.quantize(p, relax.const(1 / 255, "float32"), relax.const(0, "uint8"),
+                                                   axis=3, out_dtype="uint8"))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    new, n = fold_softmax_quantize(mod)
+    kernel = next(f for gv, f in new.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert n == 1 and [str(p.dtype) for p in kernel.params] == ["uint8", "float32", "uint8"]
+    rng = np.random.default_rng(5)
+    qv = rng.integers(0, 256, (1, 4, 16, 64)).astype("uint8")
+    mv = np.where(rng.random((1, 1, 16, 64)) < 0.2, np.finfo(np.float32).min, 0).astype("float32")
+    run = lambda m: relax.VirtualMachine(tvm.compile(m, target="llvm"), tvm.cpu())["main"](  # noqa: E731
+        tvm.runtime.tensor(qv), tvm.runtime.tensor(mv)).numpy().astype(int)
+    old, got = run(mod), run(new)
+    assert np.abs(got - old).max() <= 1 and np.mean(got != old) < 0.01 and got.max() > 20
+    assert got[np.broadcast_to(mv < 0, got.shape)].max() == 0  # masked keys get nothing
