@@ -414,25 +414,45 @@ def _validate(lib: Path, onnx_path: Path, parent: Artifact, precision: str, cfg:
 
     sess = (reference_session(onnx_path) if precision == "int8"
             else ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]))
+    # onnxruntime's own integer path (QDQ fused into integer kernels) rounds differently from its op-by-op
+    # one; how far the two drift apart bounds what a correct int8 library can be held to
+    fused = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]) if precision == "int8" else None
     conf = parent.results["model_config"]
     batch, seq = static_inputs(parent)[0]["shape"]
-    diffs, cosines = [], []
+    diffs, cosines, ort_cosines = [], [], []
     for i in range(cfg.emulated_runs if emulated else cfg.validation_runs):
         feed = random_inputs(conf["vocab_size"], conf.get("type_vocab_size", 2), batch, seq, 2000 + i)
         got = model(**feed)[0].astype(np.float64).ravel()
         ref = sess.run(None, feed)[0].astype(np.float64).ravel()
         diffs.append(float(np.max(np.abs(got - ref))))
         cosines.append(cosine(got, ref))
+        if fused is not None:
+            ort_cosines.append(cosine(fused.run(None, feed)[0].astype(np.float64).ravel(), ref))
     result = {"reference": "onnxruntime on the same ONNX file" + (", QDQ op by op" if precision == "int8" else ""),
               "ran": "under qemu-user through the C++ deploy runner" if emulated else "natively, Python runtime", "runs": len(diffs), "max_abs_diff": max(diffs),
               "min_cosine": min(cosines)}
     if precision == "fp32" and not max(diffs) <= cfg.fp32_tolerance:
         raise ValidationError(f"fp32 library disagrees with onnxruntime: max abs diff {max(diffs):.3g} > "
                               f"{cfg.fp32_tolerance:g}")
-    if precision == "int8" and not min(cosines) >= cfg.int8_min_cosine:
-        raise ValidationError(f"int8 library disagrees with onnxruntime int8: cosine {min(cosines):.4f} < "
-                              f"{cfg.int8_min_cosine}")
+    if precision == "int8":
+        result["onnxruntime_integer_min_cosine"] = min(ort_cosines)
+        result["required_min_cosine"] = bound = int8_cosine_bound(cfg.int8_min_cosine, min(ort_cosines))
+        if not min(cosines) >= bound:
+            raise ValidationError(f"int8 library disagrees with onnxruntime int8: cosine {min(cosines):.4f} < {bound:.4f} "
+                                  f"(onnxruntime's integer path agrees with its op-by-op one to {min(ort_cosines):.4f})")
     return result
+
+
+ORT_SELF_MARGIN = 0.01
+
+
+def int8_cosine_bound(required: float, ort_self: float) -> float:
+    """The cosine an int8 library must reach against onnxruntime's op-by-op QDQ output: ``required``;
+    where onnxruntime's own integer path agrees with its op-by-op one less than that, its agreement minus a
+    margin. Rounding differences are amplified by trained models with activation outliers: on random
+    ids, all-MiniLM-L6-v2 int8 (percentile, 8-bit weights) gives 0.93 between onnxruntime's two paths,
+    and the library 0.98 (results/PERFORMANCE-LOG.md step 30); a wrong kernel lands far below either."""
+    return required if ort_self >= required else ort_self - ORT_SELF_MARGIN
 
 
 def cosine(a, b) -> float:

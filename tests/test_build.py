@@ -255,3 +255,12 @@ def test_validation_cosine_counts_two_zero_outputs_as_equal():
 
     zero, one = np.zeros(2), np.array([1.0, 0.0])
     assert cosine(zero, zero) == 1.0 and cosine(zero, one) == 0.0 and cosine(one, one) == pytest.approx(1.0)
+
+
+def test_int8_cosine_bound_follows_onnxruntimes_own_drift():
+    """0.99 where onnxruntime's two int8 paths agree; where they drift apart (trained models with
+    outliers), the library is held to that drift minus 0.01, never to more than 0.99."""
+    from compiler.build import int8_cosine_bound
+
+    assert int8_cosine_bound(0.99, 0.9999) == int8_cosine_bound(0.99, 0.99) == 0.99
+    assert int8_cosine_bound(0.99, 0.9315) == pytest.approx(0.9215)
