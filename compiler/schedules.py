@@ -26,10 +26,20 @@ def _packed_block(func) -> PackedDot | None:
     return next((p for p in PACKED if f'T.sblock("{p.block}")' in script), None)
 
 
-def tensorize_packed(sch, spec: PackedDot, rows: int = 4, columns: int = 3) -> None:
+SHORT_K = 256  # a reduction this short or shorter takes 8 x 1 tiles
+
+
+def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int | None = None) -> None:
     """Tile the packed kernel ``rows`` x ``columns`` instructions (each k step reuses a loaded weight
     vector for ``rows`` rows and an activation pair for ``columns`` vectors), tensorize the inner
     lanes x k block, run row tiles in parallel. A tile that does not divide the kernel shrinks to 1.
+
+    Unless given: 4 x 3 tiles, or 8 x 1 where the reduction is at most SHORT_K long (SqueezeBERT's Q/K/V
+    and GELU convolutions, K = 192 a group, and the attention matmuls): every row tile streams all the
+    weights, and 8-row tiles stream them half as often, which the short k loop could not hide. Alone, 2
+    threads, with caches flushed: 128.6 -> 116.6 and 514.6 -> 473.5 us for the K = 192 convolutions,
+    134.9 -> 121.3 and 124.1 -> 113.3 us for the attention's; K = 768 ones are no faster (461 -> 472)
+    (results/PERFORMANCE-LOG.md step 30).
 
     Measured for AVX2 on a 128x768x768/4 grouped kernel, 2 threads: 4 x 3 tiles 0.28 ms, no tiling
     0.35 ms; MetaSchedule's own tiling onto the intrinsic: most candidates fail to compile (vectorized
@@ -56,6 +66,8 @@ def tensorize_packed(sch, spec: PackedDot, rows: int = 4, columns: int = 3) -> N
             sch.compute_inline(other)
     *lead, n, k = sch.get_loops(block)
     n_ext, m_ext = (int(sch.get(loop).extent) for loop in (n, lead[-1]))
+    if rows is None or columns is None:
+        rows, columns = (8, 1) if int(sch.get(k).extent) <= SHORT_K else (4, 3)
     columns = next(c for c in (columns, 2, 1) if n_ext % (c * spec.lanes) == 0)
     rows = rows if m_ext % rows == 0 and m_ext > rows else 1
     r_o, *r_i = sch.split(lead[-1], [None, rows]) if rows > 1 else [lead[-1]]  # unit loops break tensorize

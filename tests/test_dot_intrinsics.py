@@ -3,6 +3,8 @@ wheel's LLVM) and onto our AVX2 intrinsics (vpmaddwd; vpmaddubsw for 7-bit weigh
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -142,3 +144,15 @@ def test_avx2_pair_kernel_multiplies_two_activations_exactly(shape_a, n):
     y = tvm.runtime.tensor(np.zeros((*shape_a[:-1], n), np.int32))
     lib["main"](tvm.runtime.tensor(a.astype(np.int16) - 255), packed, y)
     np.testing.assert_array_equal(y.numpy(), (a.astype(np.int32) - 255) @ (b.astype(np.int32) - 200))
+
+
+@pytest.mark.parametrize("groups, tile", [(4, (8, None)), (1, (4, 3))])
+def test_short_reductions_take_8_row_tiles(groups, tile):
+    """K = 192 a group (SqueezeBERT's Q/K/V): 8 rows x 1 vector a tile, the weights streamed half as
+    often; K = 768: 4 rows x 3 vectors."""
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
+    mod, _ = default_schedules(tvm.IRModule({"main": _te_packed((1, 128, 768), 768, groups, "main", AVX2_U8S8)}),
+                               target)
+    unrolled = [int(u) for u in re.findall(r"T\.unroll\(T\.int64\((\d+)\)\)", mod["main"].script())]
+    rows, columns = tile
+    assert rows in unrolled and (columns in unrolled if columns else set(unrolled) == {rows})
