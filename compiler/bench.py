@@ -157,6 +157,10 @@ def _name_apart(runners: list[Runner], lib_dirs: list[Path]) -> None:
 def _measure(runners: list[Runner], feed: dict, cfg: BenchConfig) -> tuple[dict[str, list[float]], float]:
     """Interleaved rounds; (samples per runtime, seconds the timed rounds took)."""
     samples: dict[str, list[float]] = {r.name: [] for r in runners}
+    # libraries built just before (make bench-latency) are still dirty in the page cache: the kernel
+    # writes them back ~30 s later, in the middle of the timed rounds (every runtime 10-30% slower for
+    # a few seconds, p90 over the 25% limit). Write them now.
+    os.sync()
     for _ in range(cfg.warmup):
         for r in runners:
             r.fn(feed)
