@@ -62,7 +62,8 @@ _AFFINE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
 
 def _affine_chain(root, values, uses):
     """(int32 var, a, b) when ``root`` = a * float(var) + b through a chain of single-use adds, subtracts,
-    multiplies and divides by constants and one cast to float32 (a kernel's epilogue); else None."""
+    multiplies and divides by constants and one cast to float32 (a kernel's epilogue); else None. Before
+    the cast only adds and subtracts: an int32 multiply may wrap and an int32 divide floors."""
     steps, cur, casts = [], root, 0
     while isinstance(cur, relax.Var) and isinstance(values.get(cur), relax.Call) and (cur is root or uses.get(cur) == 1):
         call = values[cur]
@@ -71,6 +72,8 @@ def _affine_chain(root, values, uses):
         if call.op.name == "relax.astype" and str(call.attrs.dtype) == "float32" \
                 and str(call.args[0].ty.dtype) == "int32":
             casts += 1
+        elif casts and call.op.name in ("relax.multiply", "relax.divide"):
+            return None
         elif call.op.name in _AFFINE and isinstance(call.args[0], relax.Var) \
                 and isinstance(call.args[1], tvm.ir.expr.Constant):
             steps.append((call.op.name, call.args[1].value.numpy().astype(np.float64)))

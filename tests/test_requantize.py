@@ -175,3 +175,20 @@ def test_quantized_softmax_reads_the_8_bit_scores_and_the_mask():
     old, got = run(mod), run(new)
     assert np.abs(got - old).max() <= 1 and np.mean(got != old) < 0.01 and got.max() > 20
     assert got[np.broadcast_to(mv < 0, got.shape)].max() == 0  # masked keys get nothing
+
+
+def test_an_integer_divide_before_the_cast_is_left_alone():
+    """int32 // c floors (and int32 * c may wrap): not an affine map of the sums, so no fold."""
+    bb = relax.BlockBuilder()
+    acc = relax.Var("acc", relax.TensorType((1, 16, N), "int32"))
+    with bb.function("main", [acc]):
+        with bb.dataflow():
+            x = bb.emit(relax.op.divide(acc, relax.const(3, "int32")))
+            x = bb.emit(relax.op.astype(x, "float32"))
+            x = bb.emit(relax.op.multiply(x, relax.const(0.5, "float32")))
+            y = bb.emit(relax.op.quantize(x, relax.const(0.03, "float32"), relax.const(7, "uint8"), axis=2,
+                                          out_dtype="uint8"))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    new, n = fold_requantize(bb.get())
+    assert n == 0 and "R.divide" in new["main"].script()
