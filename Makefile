@@ -47,7 +47,7 @@ demo: $(STAMP)
 	$(SE) export --model squeezebert-uncased --out build/demo/export
 	$(SE) quantize build/demo/export --target $(REF_TARGET) --out build/demo/int8
 	$(SE) build build/demo/int8 --target $(REF_TARGET) $(call db_opt,int8) --out build/demo/int8-$(REF_TARGET)
-	$(SE) -q bench build/demo/int8-$(REF_TARGET) --baselines torch,ort --out build/demo/bench.json > /dev/null
+	$(SE) -q bench build/demo/int8-$(REF_TARGET) --baselines torch,ort --min-seconds 10 --out build/demo/bench.json > /dev/null
 	$(SE) report build/demo/bench.json --out build/demo/report
 
 test: $(STAMP) toolchain

@@ -243,7 +243,8 @@ def test_profile_accounts_for_the_kernels(int8_lib):
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
     kernels = {r["kernel"]: r for r in rep["kernels"]}
-    assert sum(r["ms"] for r in rep["kernels"]) <= rep["wall_ms"] * 1.05
+    assert sum(r["ms"] for r in rep["kernels"]) <= rep["profiled_wall_ms"] * 1.05
+    assert 0 < rep["wall_ms"] < rep["profiled_wall_ms"] * 1.5  # the hook adds; noise can too
     packed = [r for name, r in kernels.items() if "avx2_madd" in name or "vnni_dot" in name]
     assert packed and all(r["calls"] >= 1 and r["ms"] > 0 for r in packed)
     res = cli("profile", int8_lib.parent / "nothing-here")
