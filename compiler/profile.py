@@ -40,10 +40,14 @@ def profile(lib_dir: Path, runs: int = 3, seed: int = 0) -> dict:
     feed = random_inputs(model.vocab_size, model.type_vocab_size or 2, shape[0], shape[1], seed)
     feed = {k: v for k, v in feed.items() if k in {i["name"] for i in model.inputs}}
     model(**feed)
-    t0 = time.perf_counter()
-    for _ in range(runs):
-        model(**feed)
-    bare = (time.perf_counter() - t0) / runs
+
+    def seconds_per_run() -> float:
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            model(**feed)
+        return (time.perf_counter() - t0) / runs
+
+    bare = seconds_per_run()
     total, calls, start = Counter(), Counter(), {}
 
     def instrument(func, symbol, before, ret, *args):
@@ -56,10 +60,7 @@ def profile(lib_dir: Path, runs: int = 3, seed: int = 0) -> dict:
         return 0
 
     model._vm.set_instrument(instrument)
-    t0 = time.perf_counter()
-    for _ in range(runs):
-        model(**feed)
-    wall = (time.perf_counter() - t0) / runs
+    wall = seconds_per_run()
     rows = [{"kernel": k, "calls": calls[k] // runs, "ms": round(v / runs * 1e3, 3),
              "share": round(v / runs / wall, 4)} for k, v in total.most_common()]
     return {"library": str(lib_dir), "runs": runs, "wall_ms": round(bare * 1e3, 2),

@@ -17,10 +17,29 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .lookup import _bindings, _scalar_const, rebind
+from .lookup import _bindings, _qparams_scalar, _scalar_const, rebind
 
 LAYOUT = ("relax.reshape", "relax.permute_dims")
 _QUANTIZE, _DEQUANTIZE = tvm.ir.Op.get("relax.quantize"), tvm.ir.Op.get("relax.dequantize")
+
+
+def _scalar(expr) -> float:
+    """The value of a one-element constant (a scale, a zero point)."""
+    return float(expr.value.numpy().reshape(-1)[0])
+
+
+def _quantize_of_var(value) -> bool:
+    """``value`` is a quantize with scalar constant parameters of a bound variable."""
+    return isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE) and _qparams_scalar(value) \
+        and isinstance(value.args[0], relax.Var)
+
+
+def _quantize_by_one(builder, x, quantize):
+    """``quantize``'s round and clip alone (scale 1, zero point 0) on an ``x`` that already carries its
+    scale and zero point."""
+    s, z = quantize.args[1].value.numpy(), quantize.args[2].value.numpy()
+    return builder.emit(relax.op.quantize(x, relax.const(np.ones_like(s)), relax.const(np.zeros_like(z)),
+                                          axis=int(quantize.attrs.axis), out_dtype=str(quantize.attrs.out_dtype)))
 
 
 def _same_qparams(a, b) -> bool:
@@ -110,21 +129,17 @@ def fold_requantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRM
     29.2 ms here (results/PERFORMANCE-LOG.md step 23). The same value in real arithmetic: float32 may
     round a result lying within an ulp of .5 the other way, one step of the 8-bit output. Constant
     operands only (run FoldConstant first). Returns (module, how many quantizes were folded)."""
-    from .lookup import _bindings, _qparams_scalar, rebind
-
     func = mod[func_name]
     values, uses = _bindings(func)
     replace = {}
     for var, value in values.items():
-        if not (isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE) and _qparams_scalar(value)
-                and isinstance(value.args[0], relax.Var) and str(value.attrs.out_dtype) in ("uint8", "int8")):
+        if not (_quantize_of_var(value) and str(value.attrs.out_dtype) in ("uint8", "int8")):
             continue
         found = _affine_chain(value.args[0], values, uses)
         if found is None:
             continue
         acc, a, b = found
-        s = float(value.args[1].value.numpy().reshape(-1)[0])
-        z = float(value.args[2].value.numpy().reshape(-1)[0])
+        s, z = _scalar(value.args[1]), _scalar(value.args[2])
         scale, shift = (np.asarray(a) / s).astype(np.float32), (np.asarray(b) / s + z).astype(np.float32)
         replace[var] = (acc, scale, shift, value)
 
@@ -133,11 +148,9 @@ def fold_requantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRM
         x = builder.emit(relax.op.astype(visit(acc), "float32"))
         x = builder.emit(relax.op.multiply(x, relax.const(scale)))
         x = builder.emit(relax.op.add(x, relax.const(shift)))
-        # quantize by 1 with zero point 0: its round and clip (relax.op.round lowers to a nearbyint
-        # that LLVM does not vectorize along the rows: the attention epilogue ran 20% slower with it)
-        s, z = quantize.args[1].value.numpy(), quantize.args[2].value.numpy()
-        return builder.emit(relax.op.quantize(x, relax.const(np.ones_like(s)), relax.const(np.zeros_like(z)),
-                                              axis=int(quantize.attrs.axis), out_dtype=str(quantize.attrs.out_dtype)))
+        # quantize's round and clip, not relax.op.round: that lowers to a nearbyint which LLVM does not
+        # vectorize along the rows (the attention epilogue ran 20% slower with it)
+        return _quantize_by_one(builder, x, quantize)
 
     return rebind(mod, func_name, replace, emit), len(replace)
 
@@ -194,21 +207,16 @@ def _scores_source(x, values, uses):
     for scaled, mask in (add.args, add.args[::-1]):
         step = call(scaled, "relax.divide", "relax.multiply")
         if step is None or not isinstance(mask, relax.Var) or str(mask.ty.dtype) != "float32" \
-                or mask.ty.ndim != x.ty.ndim or not _const_scalar(step.args[1]):
+                or mask.ty.ndim != x.ty.ndim or not _scalar_const(step.args[1]):
             continue
         dq = call(step.args[0], "relax.dequantize")
-        if dq is None or not all(_const_scalar(p) for p in dq.args[1:3]) \
+        if dq is None or not _qparams_scalar(dq) \
                 or str(dq.args[0].ty.dtype) not in ("uint8", "int8"):
             continue
-        c = float(step.args[1].value.numpy().reshape(-1)[0])
-        s1 = float(dq.args[1].value.numpy().reshape(-1)[0])
+        c, s1 = _scalar(step.args[1]), _scalar(dq.args[1])
         a = s1 / c if step.op.name == "relax.divide" else s1 * c
-        return dq.args[0], int(dq.args[2].value.numpy().reshape(-1)[0]), a, mask
+        return dq.args[0], int(_scalar(dq.args[2])), a, mask
     return None
-
-
-def _const_scalar(expr) -> bool:
-    return isinstance(expr, tvm.ir.expr.Constant) and int(np.prod(expr.value.numpy().shape)) == 1
 
 
 def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, int]:
@@ -220,14 +228,11 @@ def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
     both replaced by a multiply, results/PERFORMANCE-LOG.md step 28). Here the row's max, exp and sum are
     as before and each element gets ``round(exp * (1 / (sum * s))) + z``: the same value in real
     arithmetic, a float32 tie may round the other way. Returns (module, how many were folded)."""
-    from .lookup import _bindings, _qparams_scalar
-
     func = mod[func_name]
     values, uses = _bindings(func)
     replace, funcs = {}, {}
     for var, value in values.items():
-        if not (isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE) and _qparams_scalar(value)
-                and isinstance(value.args[0], relax.Var) and uses.get(value.args[0]) == 1
+        if not (_quantize_of_var(value) and uses.get(value.args[0]) == 1
                 and str(value.attrs.out_dtype) in ("uint8", "int8")):
             continue
         sm = values.get(value.args[0])
@@ -236,8 +241,7 @@ def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
         shape = tuple(int(d) for d in sm.args[0].ty.shape)
         if int(sm.attrs.axis) not in (-1, len(shape) - 1):
             continue
-        s = float(value.args[1].value.numpy().reshape(-1)[0])
-        z = int(value.args[2].value.numpy().reshape(-1)[0])
+        s, z = _scalar(value.args[1]), int(_scalar(value.args[2]))
         dtype = str(value.attrs.out_dtype)
         name = f"softmax_quantize_{'x'.join(map(str, shape))}_{len(funcs)}"
         scores = _scores_source(sm.args[0], values, uses)
@@ -256,8 +260,6 @@ def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
         args, gv, out_ty = item
         return builder.emit(relax.call_tir(gv, [visit(a) for a in args], out_ty))
 
-    from .lookup import rebind
-
     out = rebind(mod, func_name, replace, emit)
     for gv, prim in funcs.items():
         out[gv] = prim
@@ -272,29 +274,23 @@ def fold_layer_norm_quantize(mod: tvm.IRModule, func_name: str = "main") -> tupl
     ``quantize(layer_norm(x, g / s, b / s + z), 1, 0)``: quantize's division by s (one an element) moves
     into the constants. The same value in real arithmetic; a float32 tie may round the other way.
     Returns (module, how many were folded)."""
-    from .lookup import _bindings, _qparams_scalar, rebind
-
     func = mod[func_name]
     values, uses = _bindings(func)
     replace = {}
     for var, value in values.items():
-        if not (isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE) and _qparams_scalar(value)
-                and isinstance(value.args[0], relax.Var) and uses.get(value.args[0]) == 1):
+        if not (_quantize_of_var(value) and uses.get(value.args[0]) == 1):
             continue
         ln = values.get(value.args[0])
         if not (isinstance(ln, relax.Call) and ln.op.same_as(_LAYER_NORM)
                 and all(isinstance(a, tvm.ir.expr.Constant) for a in ln.args[1:3])):
             continue
-        s = np.float64(value.args[1].value.numpy().reshape(-1)[0])
-        z = np.float64(value.args[2].value.numpy().reshape(-1)[0])
+        s, z = _scalar(value.args[1]), _scalar(value.args[2])
         g, b = (a.value.numpy().astype(np.float64) for a in ln.args[1:3])
         replace[var] = (ln, (g / s).astype(np.float32), (b / s + z).astype(np.float32), value)
 
     def emit(builder, visit, item):
         ln, g, b, quantize = item
         x = builder.emit(relax.Call(ln.op, [visit(ln.args[0]), relax.const(g), relax.const(b)], ln.attrs))
-        s, z = quantize.args[1].value.numpy(), quantize.args[2].value.numpy()
-        return builder.emit(relax.op.quantize(x, relax.const(np.ones_like(s)), relax.const(np.zeros_like(z)),
-                                              axis=int(quantize.attrs.axis), out_dtype=str(quantize.attrs.out_dtype)))
+        return _quantize_by_one(builder, x, quantize)
 
     return rebind(mod, func_name, replace, emit), len(replace)
