@@ -80,8 +80,14 @@ def _drop_unreplayable(out: Path) -> int:
     fails to replay on the stored module. One such record makes the whole JSONDatabase refuse to load
     ("parallel_for_dynamic error"), losing every other record. Keeping only records that replay keeps
     the database loadable; the dropped ones are re-tuned on a later run.
+
+    A tensorized trace names its tensor intrinsic, which replays only once registered: without
+    :mod:`compiler.intrinsics` imported first, every tensorized (vpdpbusd, vpmaddwd, sdot) record failed
+    here and a resumed run threw away all the work it resumed (issue 19).
     """
     from tvm.s_tir import meta_schedule as ms
+
+    from . import intrinsics  # noqa: F401  (the tensor intrinsics the records' traces name)
 
     wl_path, rec_path = out / DB_FILES[0], out / DB_FILES[1]
     if not rec_path.is_file() or not wl_path.is_file():
@@ -249,6 +255,8 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
 
 def open_database(db_dir: Path):
     from tvm.s_tir import meta_schedule as ms
+
+    from . import intrinsics  # noqa: F401  (loading a record replays its trace, tensor intrinsics included)
 
     return ms.database.JSONDatabase(path_workload=str(db_dir / DB_FILES[0]),
                                     path_tuning_record=str(db_dir / DB_FILES[1]), module_equality=MODULE_EQUALITY)

@@ -106,3 +106,32 @@ def test_sigkill_mid_tune_then_resume(tiny_int8, tmp_path):
     assert r["trials"] == 16
     history = json.loads((db / "tune-history.json").read_text())
     assert history[-1]["trials_before"] >= 8  # resumed, not restarted
+
+
+def test_a_tensorized_record_that_replays_is_kept(tmp_path):
+    """A record whose trace tensorizes onto one of our intrinsics replays once the intrinsic is registered,
+    so a fresh process resuming a database (which has imported nothing of ours yet) must keep it. Before
+    the fix every tensorized record was dropped there: all of a VNNI machine's records (issue 19)."""
+    import tvm
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+
+    from compiler import intrinsics  # noqa: F401
+    from compiler.int8 import AVX2_U8S8, _te_packed
+    from compiler.schedules import tensorize_packed
+    from compiler.tune import DB_FILES, MODULE_EQUALITY
+
+    mod = tvm.IRModule({"main": _te_packed((1, 16, 64), 32, 1, "main", AVX2_U8S8)})
+    sch = Schedule(mod)
+    tensorize_packed(sch, AVX2_U8S8)
+    assert "tensorize" in str(sch.trace)
+    db = ms.database.JSONDatabase(path_workload=str(tmp_path / DB_FILES[0]),
+                                  path_tuning_record=str(tmp_path / DB_FILES[1]), module_equality=MODULE_EQUALITY)
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
+    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), [1e-5], target))
+    code = ("import sys; from pathlib import Path; from compiler.tune import _drop_unreplayable; "
+            "print(_drop_unreplayable(Path(sys.argv[1])))")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[-1] == "0"
+    assert len((tmp_path / DB_FILES[1]).read_text().splitlines()) == 1
