@@ -67,17 +67,17 @@ def lineage(build: Artifact) -> Lineage:
     return Lineage(chain.get("export"), chain.get("quantize"))
 
 
-def squeezeedge_runner(lib_dir: Path) -> Runner:
+def squeezeedge_runner(lib_dir: Path, threads: int | None = None) -> Runner:
     import json
 
     from . import runtime
 
-    model = runtime.load(lib_dir)
+    model = runtime.load(lib_dir, threads=threads)
     meta = json.loads((Path(lib_dir) / "metadata.json").read_text())
     return Runner(f"squeezeedge {meta['precision']} ({meta['target']['name']})", "squeezeedge", meta["precision"],
                   lambda feed: model(**feed)[0], meta["library"]["bytes"],
                   {"library": str(lib_dir), "target": meta["target"]["name"], "tuning": meta.get("tuning"),
-                   "int8": meta.get("int8")})
+                   "int8": meta.get("int8"), "thread_pool": model.pool})
 
 
 def torch_runner(export: Artifact, threads: int) -> Runner:

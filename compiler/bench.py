@@ -43,22 +43,18 @@ class BenchConfig:
 
 # Interleaving runtimes that each keep a thread pool on a 2-core machine: a pool whose workers keep
 # spinning after a call steals the cores the next runtime needs (measured here, full SqueezeBERT:
-# onnxruntime fp32 196 ms interleaved with spinning pools vs 57 ms alone). So every pool is told to
-# sleep between calls: onnxruntime (allow_spinning=0, set per session; with 1 its busy spin took every
-# runtime here to 2x), OpenMP under PyTorch, TVM. TVM's worker waits for the next kernel by calling
-# sched_yield, which hands the core to any runnable thread; 1000 of those (0.6 ms here) keep it awake
-# across the ~170 kernel launches of one inference and let it sleep soon after the call. With 0 it
-# slept between kernels and each launch woke it: int8 SqueezeBERT 31.0 vs 29.7 ms with 100, 1000 or
-# TVM's default 300000, onnxruntime unchanged (results/PERFORMANCE-LOG.md step 25).
-QUIET_POOLS = {"OMP_WAIT_POLICY": "PASSIVE", "TVM_THREAD_POOL_SPIN_COUNT": "1000"}
+# onnxruntime fp32 196 ms interleaved with spinning pools vs 57 ms alone). So the baselines' pools are
+# told to sleep between calls: onnxruntime (allow_spinning=0, set per session; with 1 its busy spin took
+# every runtime here to 2x) and OpenMP under PyTorch. squeezeedge libraries run as compiler.runtime.load
+# sets them up for any user (its threads and TVM's spin count: compiler/runtime.py), nothing more.
+QUIET_POOLS = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def quiet_thread_pools(threads: int) -> dict:
-    """Set before any runtime starts its pool (process environment); returns what was set."""
+def quiet_thread_pools() -> dict:
+    """Set before any baseline starts its pool (process environment); returns what is in force."""
     for k, v in QUIET_POOLS.items():
         os.environ.setdefault(k, v)
-    os.environ["TVM_NUM_THREADS"] = str(threads)
-    return {k: os.environ[k] for k in [*QUIET_POOLS, "TVM_NUM_THREADS"]}
+    return {k: os.environ[k] for k in QUIET_POOLS}
 
 
 def validate_config(cfg: BenchConfig) -> None:
@@ -197,7 +193,7 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
     from .export import random_inputs
 
     validate_config(cfg)
-    pools = quiet_thread_pools(cfg.threads)
+    pools = quiet_thread_pools()
     if out.suffix != ".json":
         raise InputError(f"--out must name a .json file, got {out}")
     builds = [load_artifact(d, stage="build") for d in lib_dirs]
@@ -212,12 +208,12 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
     if cfg.tracker:
         from .remote import remote_runners
 
-        runners = remote_runners(lib_dirs, cfg.tracker, cfg.key, feed)  # timed on the board by TVM
+        runners = remote_runners(lib_dirs, cfg.tracker, cfg.key, feed, cfg.threads)  # timed on the board by TVM
         skipped = {n: "baselines run in this process, not on the board behind the tracker; run "
                       "'squeezeedge bench' on the board itself to measure them there"
                    for b in cfg.baselines for n in BASELINE_RUNTIMES[b]}
     else:
-        runners = [squeezeedge_runner(d) for d in lib_dirs]
+        runners = [squeezeedge_runner(d, cfg.threads) for d in lib_dirs]
         base, skipped = baseline_runners(cfg.baselines, chain, cfg.threads, cfg.workdir, feed)
         runners += base
     _name_apart(runners[:len(lib_dirs)], lib_dirs)
@@ -253,7 +249,9 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
                    "rounds": max((len(v) for v in samples.values()), default=0), "interleaved": True,
                    "clock": "device (TVM time_evaluator over RPC)" if cfg.tracker else "wall clock per call",
                    "input_seed": cfg.seed, "reference": ref_name, "window_s": round(window_s, 3),
-                   "thread_pools": pools | {"onnxruntime": "session.intra_op.allow_spinning=0"},
+                   "thread_pools": pools | {"onnxruntime": "session.intra_op.allow_spinning=0",
+                                            "squeezeedge": "as compiler.runtime.load sets it (each library's "
+                                                           "info.thread_pool)"},
                    "rules": {"min_runs": MIN_RUNS, "min_window_s": MIN_WINDOW_S,
                              "max_p90_over_median": MAX_P90_OVER_MEDIAN}},
         "fidelity": chain.quantize.results.get("fidelity") if chain.quantize else None,

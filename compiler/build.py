@@ -234,7 +234,9 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
     instruction = "vpmaddubsw (7-bit weights) or vpmaddwd" if packed is AVX2 else packed and packed.instruction
     rewrite = (" and rewriting QDQ layers to integer kernels" + (f" (weights packed for {instruction})"
                                                                   if packed else "")) if integer else ""
-    with console.step(f"importing {precision} ONNX into TVM Relax{rewrite}"):
+    # TVM logs a warning per embedding gather ("Fast mode segfaults when there are out-of-bounds
+    # indices"); the runtime checks every id before a call, so it goes to -v with TVM's other chatter
+    with console.step(f"importing {precision} ONNX into TVM Relax{rewrite}"), console.native_stderr_to_debug():
         mod, report = relax_module(parent, tvm_target, integer=cfg.integer)
     coverage = None
     if precision == "int8":
@@ -305,7 +307,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
             ex.export_library(str(lib), fcompile=compiler)
         else:
             ex.export_library(str(lib))
-    from .runtime import isa_features, missing_cpu_features
+    from .runtime import SPIN_COUNT, isa_features, missing_cpu_features
 
     cpu_target = tvm_target.host if target.device != "cpu" else tvm_target
     cpu_features = sorted(isa_features(cpu_target)) if cpu_target.kind.name == "llvm" else []
@@ -346,6 +348,9 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
         "vocab_size": parent.results["model_config"]["vocab_size"],
         "type_vocab_size": parent.results["model_config"].get("type_vocab_size", 2),
         "library": {"file": LIB_FILE, "sha256": sha256_file(lib), "bytes": lib.stat().st_size},
+        # what compiler.runtime.load, the deploy runner and run.sh set TVM's pool to unless told otherwise
+        "thread_pool": {"threads": target.threads or "all", "capped_at": "the CPUs the process may use",
+                        "spin_count": SPIN_COUNT, "override": "TVM_NUM_THREADS, TVM_THREAD_POOL_SPIN_COUNT"},
         "validation": validation,
         "cuda": cuda_info,
         "compile_s": round(compile_s, 2),

@@ -39,12 +39,17 @@ class Group(click.Group):
 
 
 def _default_threads(lib_dir: Path) -> int:
-    """The library's target threads (2 if it does not say), at most this machine's cores."""
-    import os
+    """The threads the library runs with when loaded (compiler.runtime.default_threads): its target's, at
+    most the CPUs this process may use."""
+    from .runtime import default_threads
 
     meta = Path(lib_dir) / "metadata.json"
-    built_for = (json.loads(meta.read_text()).get("target", {}).get("threads") if meta.is_file() else None) or 2
-    return max(1, min(built_for, os.cpu_count() or 1))
+    return default_threads(json.loads(meta.read_text()).get("target", {}).get("threads") if meta.is_file() else None)
+
+
+def _target_threads(lib_dir: Path) -> int:
+    meta = Path(lib_dir) / "metadata.json"
+    return (json.loads(meta.read_text()).get("target", {}).get("threads") if meta.is_file() else None) or 1
 
 
 def _emit(ctx, payload: dict, text: str) -> None:
@@ -344,7 +349,8 @@ def tune(ctx, model_dir, target, target_file, trials, per_iteration, population,
 @click.option("--min-seconds", type=float, default=2.0, show_default=True,
               help="Rounds until every runtime has this much measured time (at least 10 rounds).")
 @click.option("--threads", type=int, default=None,
-              help="Threads for every runtime [default: the library's target threads, at most this machine's cores]")
+              help="Threads for every runtime [default: the library's own default, as compiler.runtime.load "
+                   "sets it: its target's threads, at most the CPUs this process may use]")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="results/NAME.json")
 @click.pass_context
 def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_seconds, threads, out):
@@ -363,8 +369,8 @@ def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_se
     from .bench import BenchConfig, bench as run_bench
 
     wanted = tuple(b for b in baselines.split(",") if b and b != "none")
-    if threads is None:
-        threads = _default_threads(Path(lib_dirs[0]))
+    if threads is None:  # a board's own CPUs are not known here: its target's threads
+        threads = _target_threads(Path(lib_dirs[0])) if tracker else _default_threads(Path(lib_dirs[0]))
     cfg = BenchConfig(baselines=wanted, warmup=warmup, repeat=repeat, min_seconds=min_seconds, threads=threads,
                       tracker=tracker, key=key, workdir=ctx.obj["workdir"])
     rep = run_bench(list(lib_dirs), cfg, out)
@@ -516,7 +522,7 @@ def inspect(ctx, directory):
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Timed runs after one warm-up.")
 @click.option("--top", type=click.IntRange(min=1), default=15, show_default=True, help="Kernels to print.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="TVM threads [default: the library's target threads, at most this machine's cores]")
+              help="TVM threads [default: the library's own, as compiler.runtime.load sets it]")
 @click.pass_context
 def profile(ctx, lib_dir, runs, top, threads):
     """Where a library's time goes: milliseconds per inference of each kernel (this machine only).
@@ -525,17 +531,13 @@ def profile(ctx, lib_dir, runs, top, threads):
     Example:
       squeezeedge profile build/demo/int8-x86-avx2 --runs 5
     """
-    import os
-
     from .runtime import load_metadata
 
     load_metadata(lib_dir)  # a clear error for a directory that is not a library, before TVM starts
-    from .bench import quiet_thread_pools
     from .profile import profile as run_profile
 
-    quiet_thread_pools(threads or _default_threads(lib_dir))  # the bench's thread pool settings
-    rep = run_profile(lib_dir, runs=runs)
-    lines = [(f"{lib_dir}: {rep['wall_ms']} ms per inference ({runs} runs, {os.environ['TVM_NUM_THREADS']} threads); "
+    rep = run_profile(lib_dir, runs=runs, threads=threads)
+    lines = [(f"{lib_dir}: {rep['wall_ms']} ms per inference ({runs} runs, {rep['thread_pool']['threads']} threads); "
              f"{rep['profiled_wall_ms']} ms under the profiler (its hook costs ~5 us a VM call: most of the "
              "vm.builtin rows)"),
              f"  {'ms':>8} {'share':>6} {'calls':>5}  kernel"]

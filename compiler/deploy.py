@@ -165,7 +165,9 @@ def run_file(lib: Path, meta: dict, feed: dict, repeat: int = 1, timeout: float 
         for spec, arr in zip(meta["inputs"], arrays):
             arr.tofile(tmp / f"{spec['name']}.bin")
             specs.append(f"{spec['name']}:{spec['dtype']}:{'x'.join(map(str, arr.shape))}:{tmp / (spec['name'] + '.bin')}")
-        cmd = [*prefix, str(tmp / "run_model"), str(lib), str(tmp / "out.bin"), str(repeat), *specs]
+        threads = (meta.get("target") or {}).get("threads") or 0
+        cmd = [*prefix, str(tmp / "run_model"), "--threads", str(threads), str(lib), str(tmp / "out.bin"),
+               str(repeat), *specs]
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -202,9 +204,10 @@ Expected output (first values): {expected}
 Tolerance: max abs diff {tolerance} (the runner writes float32; the same library on the same inputs
 gives the same bits unless the board's CPU takes another code path).
 
-To run your own inputs: `./run_model ./model.so out.bin REPEAT NAME:DTYPE:1x{seq}:FILE ...` with one
-NAME:DTYPE:SHAPE:FILE per input, in the order of metadata.json `inputs`; out.bin receives the first
-output as float32.
+To run your own inputs: `./run_model --threads {threads} ./model.so out.bin REPEAT NAME:DTYPE:1x{seq}:FILE ...`
+with one NAME:DTYPE:SHAPE:FILE per input, in the order of metadata.json `inputs`; out.bin receives the
+first output as float32. Threads: the target's {threads} (0: all cores), at most the CPUs the process may
+use; TVM_NUM_THREADS overrides it.
 
 From Python on the board instead: `pip install apache-tvm=={tvm_version}` and
 `tvm.relax.VirtualMachine(tvm.runtime.load_module("model.so"), tvm.cpu())["main"](...)`.
@@ -219,7 +222,9 @@ RUN_SH = """#!/bin/sh
 #   SE_EMULATOR="qemu-aarch64 -L /usr/aarch64-linux-gnu" ./run.sh
 set -e
 cd "$(dirname "$0")"
-$SE_EMULATOR ./run_model ./model.so out.bin 5 {specs}
+# TVM's pool: the target's {threads} thread(s) (0: all), at most the CPUs this process may use, unless
+# TVM_NUM_THREADS is set
+$SE_EMULATOR ./run_model --threads {threads} ./model.so out.bin 5 {specs}
 if ! command -v python3 >/dev/null; then
   cmp -s out.bin inputs/expected_output.bin && echo "output matches (bit-identical)" && exit 0
   echo "output differs from inputs/expected_output.bin (install python3 for a tolerance check)"; exit 1
@@ -255,14 +260,15 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
                                       "inputs/expected_output.bin": expected.tobytes()}
     for i in meta["inputs"]:
         files[f"inputs/{i['name']}.bin"] = np.ascontiguousarray(feed[i["name"]], dtype=i["dtype"]).tobytes()
-    files["run.sh"] = RUN_SH.format(arch=arch, specs=specs, n=expected.size, tolerance=tolerance).encode()
+    files["run.sh"] = RUN_SH.format(arch=arch, specs=specs, n=expected.size, tolerance=tolerance,
+                                    threads=meta["target"].get("threads") or 0).encode()
     target = meta["target"]
     files["README.md"] = BUNDLE_README.format(
         name=name, target=target["name"], arch=arch, description=_describe(target), precision=meta["precision"],
         model_sha=meta["model"]["sha256"][:16], tvm_version=wheel_versions()["apache-tvm"],
         dtype=meta["inputs"][0]["dtype"], shape="x".join(map(str, meta["inputs"][0]["shape"])),
         seq=meta["inputs"][0]["shape"][1], expected=", ".join(f"{v:.6g}" for v in expected.ravel()[:4]),
-        tolerance=tolerance, rpc_key=target.get("name"),
+        tolerance=tolerance, rpc_key=target.get("name"), threads=target.get("threads") or 0,
         emulated=" (computed under qemu-user from this bundle's own runner and runtime)" if emulated else "").encode()
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(f".{out.name}.part-{os.getpid()}")

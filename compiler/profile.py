@@ -24,7 +24,7 @@ def kernel_group(name: str) -> str:
     return "_".join(parts)
 
 
-def profile(lib_dir: Path, runs: int = 3, seed: int = 0) -> dict:
+def profile(lib_dir: Path, runs: int = 3, seed: int = 0, threads: int | None = None) -> dict:
     """Run the library ``runs`` times on a random input after one warm-up; per kernel group the calls
     per inference and milliseconds per inference, largest first, with the wall time per inference
     without the hook (``wall_ms``) and under it (``profiled_wall_ms``, what the shares are of).
@@ -35,7 +35,7 @@ def profile(lib_dir: Path, runs: int = 3, seed: int = 0) -> dict:
     from . import runtime
     from .export import random_inputs
 
-    model = runtime.load(lib_dir)
+    model = runtime.load(lib_dir, threads=threads)
     shape = next(i["shape"] for i in model.inputs if i["name"] == "input_ids")
     feed = random_inputs(model.vocab_size, model.type_vocab_size or 2, shape[0], shape[1], seed)
     feed = {k: v for k, v in feed.items() if k in {i["name"] for i in model.inputs}}
@@ -64,4 +64,4 @@ def profile(lib_dir: Path, runs: int = 3, seed: int = 0) -> dict:
     rows = [{"kernel": k, "calls": calls[k] // runs, "ms": round(v / runs * 1e3, 3),
              "share": round(v / runs / wall, 4)} for k, v in total.most_common()]
     return {"library": str(lib_dir), "runs": runs, "wall_ms": round(bare * 1e3, 2),
-            "profiled_wall_ms": round(wall * 1e3, 2), "kernels": rows}
+            "profiled_wall_ms": round(wall * 1e3, 2), "thread_pool": model.pool, "kernels": rows}

@@ -11,7 +11,10 @@ from .fleet import check_key, parse_addr
 from .runtime import load_metadata
 
 
-def remote_runners(lib_dirs: list[Path], tracker: str, key: str, feed: dict, timeout_s: int = 600) -> list[Runner]:
+def remote_runners(lib_dirs: list[Path], tracker: str, key: str, feed: dict, threads: int,
+                   timeout_s: int = 600) -> list[Runner]:
+    """Runners timing each library on the board, its TVM pool set to ``threads`` (TVM's own
+    runtime.config_threadpool: the board's server process has TVM's defaults, half the cores on x86)."""
     import numpy as np
     import tvm
     from tvm import relax, rpc
@@ -24,6 +27,10 @@ def remote_runners(lib_dirs: list[Path], tracker: str, key: str, feed: dict, tim
         raise InputError(f"no board under key '{key}' answered at {tracker}: {str(exc).splitlines()[0][:160]}") \
             from None
     dev = sess.cpu()
+    try:
+        sess.get_function("runtime.config_threadpool")(1, threads)  # 1: TVM's "big cores" mode, all alike here
+    except Exception:  # noqa: BLE001 (a runtime without it keeps its own defaults; the report says which)
+        threads = None
     runners = []
     for i, d in enumerate(lib_dirs):
         meta, lib = load_metadata(Path(d))
@@ -46,6 +53,7 @@ def remote_runners(lib_dirs: list[Path], tracker: str, key: str, feed: dict, tim
         runners.append(Runner(f"squeezeedge {meta['precision']} ({meta['target']['name']})", "squeezeedge",
                               meta["precision"], run, meta["library"]["bytes"],
                               {"library": str(d), "target": meta["target"]["name"], "tuning": meta.get("tuning"),
-                               "int8": meta.get("int8")},
+                               "int8": meta.get("int8"), "thread_pool": {"threads": threads,
+                                                                         "threads_from": "runtime.config_threadpool"}},
                               timer=lambda ev=evaluator: ev("main").results[0] * 1e3))
     return runners

@@ -8,6 +8,7 @@ an out-of-vocabulary id would read out of bounds instead of failing).
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -15,6 +16,48 @@ from .artifact import sha256_file
 from .errors import ArtifactError, InputError
 
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
+# TVM's pool, by default: half the logical CPUs on x86 (it assumes SMT: one thread on a 2-core machine)
+# and workers that spin 300000 times waiting for the next kernel. A library loaded in a plain process,
+# 2 cores, int8 SqueezeBERT: 33.9 ms as TVM sets it, 23.5 ms with 2 threads, 19.3 ms with 2 threads and
+# a spin count of 1000 (sched_yield calls, ~0.6 ms: awake across one inference's ~170 kernel launches,
+# asleep soon after it; results/PERFORMANCE-LOG.md step 25). So every way a library runs (this module,
+# the C++ runner and run.sh, bench over RPC) sets these unless the user has.
+SPIN_COUNT = 1000
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's or taskset's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads(target_threads: int | None) -> int:
+    """The threads a library runs with by default: its target's (0 or None: all), at most the CPUs this
+    process may use."""
+    cpus = usable_cpus()
+    return min(target_threads, cpus) if target_threads else cpus
+
+
+def configure_threads(target_threads: int | None, threads: int | None = None) -> dict:
+    """Set TVM's thread pool for this process before its first parallel kernel: ``threads`` if given, else
+    TVM_NUM_THREADS if the user set it, else :func:`default_threads`; the spin count likewise
+    (TVM_THREAD_POOL_SPIN_COUNT, else :data:`SPIN_COUNT`). TVM reads both when its pool starts, so the
+    first library a process runs decides. Returns what is in force."""
+    if threads is not None:
+        if threads < 1:
+            raise InputError(f"threads must be >= 1, got {threads}")
+        os.environ["TVM_NUM_THREADS"] = str(threads)
+        source = "argument"
+    elif os.environ.get("TVM_NUM_THREADS", "").strip().isdigit():
+        source = "TVM_NUM_THREADS"
+    else:
+        os.environ["TVM_NUM_THREADS"] = str(default_threads(target_threads))
+        source = "target (capped at the usable CPUs)"
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(SPIN_COUNT))
+    return {"threads": int(os.environ["TVM_NUM_THREADS"]), "threads_from": source,
+            "spin_count": int(os.environ["TVM_THREAD_POOL_SPIN_COUNT"] or 0)}
 ISA_PREFIXES = ("avx", "sse", "fma", "bmi", "f16c", "amx", "neon", "dotprod", "i8mm", "sve")
 
 
@@ -56,9 +99,10 @@ class LoadedModel:
     """A compiled model: ``model(**inputs) -> list of numpy arrays`` in the metadata's output order."""
 
     def __init__(self, vm, inputs: list[dict], outputs: list[dict], vocab_size: int | None = None,
-                 type_vocab_size: int | None = None):
+                 type_vocab_size: int | None = None, pool: dict | None = None):
         self._vm, self.inputs, self.outputs = vm, inputs, outputs
         self.vocab_size, self.type_vocab_size = vocab_size, type_vocab_size
+        self.pool = pool  # the thread pool settings in force (configure_threads)
 
     @classmethod
     def from_files(cls, lib: Path, inputs: list[dict], outputs: list[dict], **limits) -> "LoadedModel":
@@ -134,15 +178,19 @@ def load_metadata(directory: Path) -> tuple[dict, Path]:
     return meta, lib
 
 
-def load(directory: Path) -> LoadedModel:
+def load(directory: Path, threads: int | None = None) -> LoadedModel:
     """Load a build artifact directory (model.so + metadata.json) after checking its sha256.
+
+    TVM's thread pool is set as the library's target asks (:func:`configure_threads`): its threads, at
+    most the CPUs this process may use, unless ``threads`` or TVM_NUM_THREADS says otherwise.
 
     Raises ArtifactError for a missing, truncated or tampered library, or one built for another machine.
     """
     meta, lib = load_metadata(directory)
+    pool = configure_threads(meta.get("target", {}).get("threads"), threads)
     required = meta.get("target", {}).get("cpu_features") or []
     if required and elf_machine(lib) == platform.machine() and (missing := missing_cpu_features(required)):
         raise ArtifactError(f"{lib} was built for a CPU with {', '.join(missing)}, which this CPU lacks "
                             f"(target {meta['target'].get('name')}); rebuild with --target host")
     return LoadedModel.from_files(lib, meta["inputs"], meta["outputs"], vocab_size=meta.get("vocab_size"),
-                                  type_vocab_size=meta.get("type_vocab_size"))
+                                  type_vocab_size=meta.get("type_vocab_size"), pool=pool)

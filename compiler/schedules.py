@@ -290,12 +290,16 @@ def reschedule(mod: tvm.IRModule, schedule_one) -> tuple[tvm.IRModule, Counter]:
 def default_schedules(mod: tvm.IRModule, tvm_target) -> tuple[tvm.IRModule, dict[str, int]]:
     """Schedule every CPU PrimFunc of a fused module that is not scheduled yet (see the module doc).
 
-    Returns the module and counts: ``tensorized`` packed kernels, ``parallel`` others, ``naive`` ones
-    left as they were (a schedule that failed: the kernel still compiles, single-threaded).
+    Returns the module and counts: ``tensorized`` packed kernels, ``tiled`` other multiply-accumulate
+    kernels (:func:`tile_mac`), ``parallel`` others, ``naive`` ones left as they were (a schedule that
+    failed: the kernel still compiles, single-threaded).
     """
     from tvm.s_tir import Schedule
 
     from . import intrinsics  # noqa: F401  (the dot-product intrinsics)
+
+    lanes = vector_lanes(tvm_target)
+    registers = 16 if lanes == 8 else 32  # AVX2 has 16 vector registers; AVX-512 and NEON 32
 
     def default(one):
         spec = _packed_block(one["main"])
@@ -304,6 +308,13 @@ def default_schedules(mod: tvm.IRModule, tvm_target) -> tuple[tvm.IRModule, dict
                 sch = Schedule(one)
                 tensorize_packed(sch, spec)
                 return sch, "tensorized"
+            if _mac_block(Schedule(one)) is not None:
+                try:
+                    sch = Schedule(one)
+                    tile_mac(sch, lanes, registers)
+                    return sch, "tiled"
+                except Exception:  # noqa: BLE001 (a loop nest it does not take: the rules below)
+                    pass
             try:
                 sch = _reductions(one)
             except Exception:  # noqa: BLE001 (a pattern this rule misjudged: MetaSchedule's rule instead)
@@ -314,4 +325,80 @@ def default_schedules(mod: tvm.IRModule, tvm_target) -> tuple[tvm.IRModule, dict
         return (sch, "parallel") if sch is not None else (None, "naive")
 
     mod, counts = reschedule(mod, default)
-    return mod, {k: counts[k] for k in ("tensorized", "parallel", "naive")}
+    return mod, {k: counts[k] for k in ("tensorized", "tiled", "parallel", "naive")}
+
+
+def vector_lanes(tvm_target) -> int:
+    """fp32 lanes of the target's widest vector register: 16 (AVX-512), 8 (AVX2), 4 (NEON, SSE)."""
+    if tvm_target.kind.name != "llvm":
+        return 4
+    has = lambda f: bool(tvm.target.codegen.llvm_cpu_has_features([f], tvm_target))  # noqa: E731
+    if str(tvm_target.attrs.get("mtriple", "x86_64")).startswith("x86_64"):
+        return 16 if has("avx512f") else 8 if has("avx2") else 4
+    return 4
+
+
+def _mac_block(sch):
+    """The kernel's multiply-accumulate block (a conv1d/matmul with reduction axes), or None."""
+    blocks = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
+              if any(int(iv.iter_type) == 2 for iv in sch.get(b).iter_vars)]
+    if len(blocks) != 1 or not any(op in sch.get(blocks[0]).name_hint for op in ("conv", "matmul")):
+        return None
+    return blocks[0]
+
+
+def tile_mac(sch, lanes: int, registers: int = 32) -> None:
+    """Register-tiled, vectorized multiply-accumulate for a conv1d/matmul kernel with no dot-product
+    instruction (fp32 everywhere; plain integer kernels on CPUs without one, the Pi 4).
+
+    The output's innermost axis (the sequence in NCW convolutions, the columns of a matmul) is split into
+    ``columns`` vectors of ``lanes``; the axis before it (output channels, rows) into ``rows``. Per
+    reduction step the kernel loads ``columns`` vectors of one operand, broadcasts ``rows`` scalars of
+    the other, and does rows x columns vector multiply-adds into accumulators held in registers (a
+    local buffer LLVM keeps in registers once the tile is unrolled). The epilogue (bias, GELU, residual)
+    is computed as each tile's accumulators are written out; row tiles run in parallel.
+    """
+    block = _mac_block(sch)
+    if block is None:
+        raise ValueError("no single conv/matmul block")
+    outputs = {p.name for p in sch.mod["main"].params}
+    operands = {r.source.name for r in sch.get(block).reads}
+    for other in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(other).same_as(sch.get(block)):
+            continue
+        writes = {r.source.name for r in sch.get(other).writes}
+        if writes & operands or not writes & outputs:  # padding copies and the epilogue's inner steps
+            sch.compute_inline(other)
+    iters = sch.get(block).iter_vars
+    loops = sch.get_loops(block)
+    spatial = [lp for lp, iv in zip(loops, iters) if int(iv.iter_type) == 0]
+    reduce = [lp for lp, iv in zip(loops, iters) if int(iv.iter_type) == 2]
+    if len(spatial) < 2 or len(spatial) + len(reduce) != len(loops):
+        raise ValueError("unexpected loop nest")
+    *lead, row, col = spatial
+    r_ext, c_ext = int(sch.get(row).extent), int(sch.get(col).extent)
+    vec = lanes if c_ext % lanes == 0 else next((v for v in (8, 4) if v < lanes and c_ext % v == 0), 1)
+    columns = next(c for c in (2, 1) if c_ext % (c * vec) == 0)
+    budget = max(registers * 3 // 4 // columns, 1)
+    rows = next(r for r in (8, 6, 4, 2, 1) if r <= budget and r_ext % r == 0)
+    r_o, r_i = sch.split(row, [None, rows])
+    c_o, c_m, c_i = sch.split(col, [None, columns, vec])
+    sch.reorder(*lead, r_o, c_o, *reduce, r_i, c_m, c_i)
+    acc = sch.cache_write(block, 0, "local")
+    for epi in sch.get_child_blocks(sch.get_sblock("root")):
+        if not (sch.get(epi).same_as(sch.get(block)) or sch.get(epi).same_as(sch.get(acc))):
+            sch.reverse_compute_inline(epi)  # bias, GELU, residual computed straight from the accumulators
+    sch.reverse_compute_at(acc, c_o)
+    # parallel and vectorize while the block still has its init: TVM refuses both on the update after
+    sch.parallel(sch.fuse(*lead, r_o) if lead else r_o)
+    if vec > 1:
+        sch.vectorize(c_i)
+    init = sch.decompose_reduction(block, reduce[0])
+    *_, a_r, a_c = sch.get_loops(acc)
+    a_m, a_i = sch.split(a_c, [None, vec])
+    *_, i_r, i_m, i_i = sch.get_loops(init)
+    for r, m, i in ((r_i, c_m, None), (i_r, i_m, i_i), (a_r, a_m, a_i)):
+        if vec > 1 and i is not None:
+            sch.vectorize(i)
+        sch.unroll(r)
+        sch.unroll(m)

@@ -66,7 +66,7 @@ def test_avx2_packed_kernel_uses_vpmaddwd_and_is_exact(shape, n, groups):
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
     assert packed_dot_for(target) is AVX2 and packed_dot_for(tvm.target.Target(TARGET)).instruction == "vpdpbusd"
     mod, counts = default_schedules(tvm.IRModule({"main": _te_packed(shape, n, groups, "main", AVX2)}), target)
-    assert counts == {"tensorized": 1, "parallel": 0, "naive": 0}
+    assert counts == {"tensorized": 1, "tiled": 0, "parallel": 0, "naive": 0}
     lib = tvm.tirx.build(mod, target=target)
     assert "vpmaddwd" in lib.inspect_source("asm")
     if "avx2" not in open("/proc/cpuinfo").read():
@@ -88,7 +88,7 @@ def test_avx2_u8s8_kernel_uses_vpmaddubsw_and_is_exact_for_7_bit_weights(shape, 
     cannot saturate, so the kernel equals numpy's int32 matmul at the extremes."""
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
     mod, counts = default_schedules(tvm.IRModule({"main": _te_packed(shape, n, groups, "main", AVX2_U8S8)}), target)
-    assert counts == {"tensorized": 1, "parallel": 0, "naive": 0}
+    assert counts == {"tensorized": 1, "tiled": 0, "parallel": 0, "naive": 0}
     lib = tvm.tirx.build(mod, target=target)
     assert "vpmaddubsw" in lib.inspect_source("asm")
     if "avx2" not in open("/proc/cpuinfo").read():
@@ -124,7 +124,7 @@ def test_avx2_pair_kernel_multiplies_two_activations_exactly(shape_a, n):
 
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
     mod, counts = default_schedules(tvm.IRModule({"main": _te_packed_pair(shape_a, n, "main", AVX2)}), target)
-    assert counts == {"tensorized": 1, "parallel": 0, "naive": 0}
+    assert counts == {"tensorized": 1, "tiled": 0, "parallel": 0, "naive": 0}
     lib = tvm.tirx.build(mod, target=target)
     assert "vpmaddwd" in lib.inspect_source("asm")
     shape_b = (*shape_a[:-2], shape_a[-1], n)

@@ -1,15 +1,21 @@
 // squeezeedge deploy runner: load a built model.so with the TVM runtime (no Python), run it once on
 // raw input files, write the first output as raw float32, print the wall time of each run.
 //
-//   run_model LIB.so OUT.bin REPEAT NAME:DTYPE:D0xD1:FILE [NAME:DTYPE:D0xD1:FILE ...]
+//   run_model [--threads N] LIB.so OUT.bin REPEAT NAME:DTYPE:D0xD1:FILE [NAME:DTYPE:D0xD1:FILE ...]
 //
 // Inputs are little-endian raw arrays (int64 or int32) in the order the library's "main" takes them.
+// TVM's thread pool: N threads (the library's target threads; 0 or none: all), at most the CPUs this
+// process may use, and a spin count of 1000, unless TVM_NUM_THREADS / TVM_THREAD_POOL_SPIN_COUNT are set
+// (TVM alone takes half the logical CPUs on x86 and spins 300000 times: compiler/runtime.py).
 // Exit codes: 0 ok, 2 usage, 3 unreadable input, 4 the library failed to load or run.
 #include <tvm/ffi/container/shape.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <sched.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -36,11 +42,32 @@ static std::vector<std::string> Split(const std::string& s, char sep) {
   return out;
 }
 
+// Set before the runtime starts its pool, which reads both variables once.
+static int ConfigureThreads(int wanted) {
+  cpu_set_t set;
+  int cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+  int threads = wanted > 0 ? std::min(wanted, cpus) : cpus;
+  if (const char* env = std::getenv("TVM_NUM_THREADS"); env && std::atoi(env) > 0) {
+    threads = std::atoi(env);
+  } else {
+    setenv("TVM_NUM_THREADS", std::to_string(threads).c_str(), 1);
+  }
+  setenv("TVM_THREAD_POOL_SPIN_COUNT", "1000", 0);
+  return threads;
+}
+
 int main(int argc, char** argv) {
+  int wanted = 0;
+  if (argc > 2 && std::strcmp(argv[1], "--threads") == 0) {
+    wanted = std::atoi(argv[2]);
+    argv += 2;
+    argc -= 2;
+  }
   if (argc < 5) {
-    std::cerr << "usage: run_model LIB.so OUT.bin REPEAT NAME:DTYPE:D0xD1:FILE ...\n";
+    std::cerr << "usage: run_model [--threads N] LIB.so OUT.bin REPEAT NAME:DTYPE:D0xD1:FILE ...\n";
     return 2;
   }
+  std::fprintf(stderr, "threads: %d\n", ConfigureThreads(wanted));
   const DLDevice cpu{kDLCPU, 0};
   std::vector<ffi::Tensor> inputs;
   for (int i = 4; i < argc; ++i) {
