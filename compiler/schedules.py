@@ -287,6 +287,41 @@ def reschedule(mod: tvm.IRModule, schedule_one) -> tuple[tvm.IRModule, Counter]:
     return mod, counts
 
 
+def schedule_kernel(one: tvm.IRModule, tvm_target):
+    """The default schedule of one kernel (``one["main"]``): (Schedule, kind) with kind ``tensorized``
+    (a packed dot-product kernel), ``tiled`` (another multiply-accumulate kernel, :func:`tile_mac`) or
+    ``parallel`` (everything else); (None, "naive") when no rule takes it. Build uses it for every
+    kernel a database does not cover, and tune measures it first so that a database never holds a
+    schedule slower than this one."""
+    from tvm.s_tir import Schedule
+
+    from . import intrinsics  # noqa: F401  (the dot-product intrinsics)
+
+    lanes = vector_lanes(tvm_target)
+    registers = 16 if lanes == 8 else 32  # AVX2 has 16 vector registers; AVX-512 and NEON 32
+    spec = _packed_block(one["main"])
+    try:
+        if spec is not None:
+            sch = Schedule(one)
+            tensorize_packed(sch, spec)
+            return sch, "tensorized"
+        if _mac_block(Schedule(one)) is not None:
+            try:
+                sch = Schedule(one)
+                tile_mac(sch, lanes, registers)
+                return sch, "tiled"
+            except Exception:  # noqa: BLE001 (a loop nest it does not take: the rules below)
+                pass
+        try:
+            sch = _reductions(one)
+        except Exception:  # noqa: BLE001 (a pattern this rule misjudged: MetaSchedule's rule instead)
+            sch = None
+        sch = sch or _packing(one) or _generic(one, tvm_target)
+    except Exception:  # noqa: BLE001 (an unschedulable kernel keeps TVM's naive loops)
+        return None, "naive"
+    return (sch, "parallel") if sch is not None else (None, "naive")
+
+
 def default_schedules(mod: tvm.IRModule, tvm_target) -> tuple[tvm.IRModule, dict[str, int]]:
     """Schedule every CPU PrimFunc of a fused module that is not scheduled yet (see the module doc).
 
@@ -294,37 +329,7 @@ def default_schedules(mod: tvm.IRModule, tvm_target) -> tuple[tvm.IRModule, dict
     kernels (:func:`tile_mac`), ``parallel`` others, ``naive`` ones left as they were (a schedule that
     failed: the kernel still compiles, single-threaded).
     """
-    from tvm.s_tir import Schedule
-
-    from . import intrinsics  # noqa: F401  (the dot-product intrinsics)
-
-    lanes = vector_lanes(tvm_target)
-    registers = 16 if lanes == 8 else 32  # AVX2 has 16 vector registers; AVX-512 and NEON 32
-
-    def default(one):
-        spec = _packed_block(one["main"])
-        try:
-            if spec is not None:
-                sch = Schedule(one)
-                tensorize_packed(sch, spec)
-                return sch, "tensorized"
-            if _mac_block(Schedule(one)) is not None:
-                try:
-                    sch = Schedule(one)
-                    tile_mac(sch, lanes, registers)
-                    return sch, "tiled"
-                except Exception:  # noqa: BLE001 (a loop nest it does not take: the rules below)
-                    pass
-            try:
-                sch = _reductions(one)
-            except Exception:  # noqa: BLE001 (a pattern this rule misjudged: MetaSchedule's rule instead)
-                sch = None
-            sch = sch or _packing(one) or _generic(one, tvm_target)
-        except Exception:  # noqa: BLE001 (an unschedulable kernel keeps TVM's naive loops)
-            return None, "naive"
-        return (sch, "parallel") if sch is not None else (None, "naive")
-
-    mod, counts = reschedule(mod, default)
+    mod, counts = reschedule(mod, lambda one: schedule_kernel(one, tvm_target))
     return mod, {k: counts[k] for k in ("tensorized", "tiled", "parallel", "naive")}
 
 
