@@ -383,6 +383,14 @@ def tile_mac(sch, lanes: int, registers: int = 32) -> None:
     *lead, row, col = spatial
     r_ext, c_ext = int(sch.get(row).extent), int(sch.get(col).extent)
     vec = lanes if c_ext % lanes == 0 else next((v for v in (8, 4) if v < lanes and c_ext % v == 0), 1)
+    if vec == 1:  # too few columns (a classifier's 2 logits): vector partial sums along k instead
+        k = loops[-1]
+        if int(sch.get(k).extent) % lanes or not sch.get(k).same_as(sch.get(reduce[-1])):
+            raise ValueError(f"{c_ext} columns do not fill a vector and k does not split into vectors")
+        _, k_i = sch.split(k, [None, lanes])
+        rf = sch.rfactor(k_i, 0)
+        sch.vectorize(sch.get_loops(rf)[-1])
+        return
     columns = next(c for c in (2, 1) if c_ext % (c * vec) == 0)
     budget = max(registers * 3 // 4 // columns, 1)
     rows = next(r for r in (8, 6, 4, 2, 1) if r <= budget and r_ext % r == 0)

@@ -146,3 +146,46 @@ def test_missing_nvcc_names_the_package(tiny_export, tmp_path, monkeypatch):
     monkeypatch.setattr(cuda, "Path", lambda p: type("P", (), {"is_file": lambda self: False})())
     res = cli("build", tiny_export, "--target", "jetson-orin-nano", "--out", tmp_path / "o")
     assert res.exit_code == 9 and "nvcc" in res.stderr and "apt-get install" in res.stderr
+
+
+VECTOR_MACS = {
+    "x86_64": ("vfmadd", "vpdpbusd", "vpmaddwd", "vpmaddubsw", "vpmulld"),
+    "aarch64": ("fmla", "mla", "smlal", "umlal", "sdot", "udot"),
+}
+OBJDUMP = {"x86_64": "objdump", "aarch64": "aarch64-linux-gnu-objdump"}
+
+
+def mac_kernel_instructions(lib) -> dict[str, set[str]]:
+    """The vector multiply-accumulate mnemonics in each multiply-accumulate kernel of a library (its
+    conv1d/matmul/packed-dot functions and their parallel bodies), read from the disassembly."""
+    import re
+
+    arch = runtime.elf_machine(lib)
+    asm = subprocess.run([OBJDUMP[arch], "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True,
+                         check=True).stdout
+    kernels: dict[str, set[str]] = {}
+    current = None
+    for line in asm.splitlines():
+        if m := re.match(r"^[0-9a-f]+ <(.+)>:$", line):
+            name = m.group(1).split("_compute_")[0]
+            is_mac = any(k in name for k in ("conv1d", "matmul", "vnni_dot", "arm_sdot", "avx2_")) \
+                and not name.startswith("__")
+            current = kernels.setdefault(name, set()) if is_mac else None
+        elif current is not None and (parts := line.split("\t")) and len(parts) >= 2:
+            op = parts[1].split()[0] if parts[1].split() else ""
+            if op.startswith(VECTOR_MACS[arch]) and (arch == "aarch64" or "mm" in line):
+                current.add(op)
+    return kernels
+
+
+@pytest.mark.parametrize("target, precision", CASES + [("host", "fp32"), ("host", "int8")])
+def test_every_multiply_accumulate_kernel_is_vectorized(cross_libs, fp32_lib, int8_lib, target, precision):
+    """No tuning database: every conv1d/matmul kernel of every target compiles to vector multiply-adds
+    (FMA / vpdpbusd on x86; fmla, mla/smlal/umlal on the Pi 4, sdot where packed), read from the library's
+    disassembly, not one left scalar."""
+    lib = {("host", "fp32"): fp32_lib, ("host", "int8"): int8_lib}.get((target, precision)) \
+        or cross_libs[(target, precision)]
+    kernels = mac_kernel_instructions(lib / "model.so")
+    assert len(kernels) >= 6, sorted(kernels)
+    scalar = sorted(k for k, ops in kernels.items() if not ops)
+    assert not scalar, f"{len(scalar)} of {len(kernels)} MAC kernels without vector MACs: {scalar[:3]}"
