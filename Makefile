@@ -59,17 +59,24 @@ bench: bench-fidelity bench-quantize-cost bench-latency
 bench-fidelity: $(STAMP)
 	$(PY) -m compiler.fidelity_bench --workdir build/bench --results results
 
-# fp32 and int8 libraries for the reference target, timed in one interleaved run next to PyTorch,
-# onnxruntime and TFLite, then the report over every results/bench-*.json (all devices, all runs).
-# 20 s of rounds (~40 of each runtime): medians of 10 rounds moved by +-1 ms between runs here.
+# fp32 and int8 libraries for the reference target, each built with the shipped tuning database and
+# without one, timed in one interleaved run next to PyTorch, onnxruntime and TFLite; then each library
+# alone in a plain process (compiler.runtime.load with its defaults, what a user gets) against the
+# bench's figure; then the report over every results/bench-*.json (all devices, all runs).
+# 30 s of rounds: medians of 10 rounds moved by +-1 ms between runs here.
+LIBS = build/bench/int8-$(REF_TARGET)-lib build/bench/int8-$(REF_TARGET)-nodb build/bench/fp32-$(REF_TARGET) \
+	build/bench/fp32-$(REF_TARGET)-nodb
 bench-latency: $(STAMP)
 	$(SE) export --model squeezebert-uncased --out build/bench/export
 	$(SE) quantize build/bench/export --target $(REF_TARGET) --out build/bench/int8-$(REF_TARGET)
 	$(SE) build build/bench/export --target $(REF_TARGET) $(call db_opt,fp32) --out build/bench/fp32-$(REF_TARGET)
+	$(SE) build build/bench/export --target $(REF_TARGET) --out build/bench/fp32-$(REF_TARGET)-nodb
 	$(SE) build build/bench/int8-$(REF_TARGET) --target $(REF_TARGET) $(call db_opt,int8) \
 		--out build/bench/int8-$(REF_TARGET)-lib
-	$(SE) --workdir build/bench bench build/bench/int8-$(REF_TARGET)-lib build/bench/fp32-$(REF_TARGET) \
-		--min-seconds 20 --out results/bench-$(REF_TARGET).json
+	$(SE) build build/bench/int8-$(REF_TARGET) --target $(REF_TARGET) --out build/bench/int8-$(REF_TARGET)-nodb
+	$(SE) --workdir build/bench bench $(LIBS) --min-seconds 30 --out results/bench-$(REF_TARGET).json
+	$(PY) -m compiler.plain_latency $(LIBS) --bench results/bench-$(REF_TARGET).json \
+		--out results/plain-process-$(REF_TARGET)
 	$(SE) report results/bench-*.json --out results/report
 
 bench-quantize-cost: $(STAMP)
