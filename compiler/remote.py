@@ -11,10 +11,11 @@ from .fleet import check_key, parse_addr
 from .runtime import load_metadata
 
 
-def remote_runners(lib_dirs: list[Path], tracker: str, key: str, feed: dict, threads: int,
+def remote_runners(lib_dirs: list[Path], tracker: str, key: str, feed: dict, threads: int | None = None,
                    timeout_s: int = 600) -> list[Runner]:
-    """Runners timing each library on the board, its TVM pool set to ``threads`` (TVM's own
-    runtime.config_threadpool: the board's server process has TVM's defaults, half the cores on x86)."""
+    """Runners timing each library on the board, its TVM pool set to ``threads`` (default: the first
+    library's target threads, 0 = all the board's cores) with TVM's own runtime.config_threadpool: the
+    board's server process has TVM's defaults, half the cores on x86."""
     import numpy as np
     import tvm
     from tvm import relax, rpc
@@ -27,6 +28,8 @@ def remote_runners(lib_dirs: list[Path], tracker: str, key: str, feed: dict, thr
         raise InputError(f"no board under key '{key}' answered at {tracker}: {str(exc).splitlines()[0][:160]}") \
             from None
     dev = sess.cpu()
+    if threads is None:
+        threads = load_metadata(Path(lib_dirs[0]))[0]["target"].get("threads") or 0
     try:
         sess.get_function("runtime.config_threadpool")(1, threads)  # 1: TVM's "big cores" mode, all alike here
     except Exception:  # noqa: BLE001 (a runtime without it keeps its own defaults; the report says which)

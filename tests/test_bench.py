@@ -46,6 +46,11 @@ def test_bench_times_every_runtime_and_follows_the_schema(bench_json):
     assert rep["machine"]["cores"] >= 1 and rep["machine"]["memory_gb"] > 0 and rep["machine"]["cpu"]
     assert len(rep["git"]["commit"] or "") == 40 and rep["versions"]["apache-tvm"]
     assert rep["threads"] == 2 and rep["fidelity"]["samples"] > 0
+    # libraries run as compiler.runtime.load sets them up: the bench sets no TVM variable of its own
+    assert not any(k.startswith("TVM_") for k in rep["method"]["thread_pools"])
+    for r in rep["runtimes"]:
+        if r["family"] == "squeezeedge":
+            assert r["info"]["thread_pool"]["threads"] == 2 and r["info"]["thread_pool"]["spin_count"] == 1000
 
 
 def test_bench_outputs_agree_with_pytorch(bench_json):
