@@ -271,11 +271,11 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
             macs = mac_kernels(mod)  # before scheduling: tensorized kernels no longer show their multiply
             if gpu:
                 mod = gpu_schedule(mod, tvm_target)
-            db_failed = 0
+            db_failed = db_default = 0
             if database is not None:
                 from .tune import apply_database
 
-                mod, _, db_failed = apply_database(mod, tvm_target, database.path)
+                mod, _, db_failed, db_default = apply_database(mod, tvm_target, database.path)
             scheduled = sum(1 for f in mod.functions.values()
                             if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled"))
             defaults = None
@@ -342,6 +342,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
         "tuning": ({k: database.results[k] for k in ("tuned_tasks", "tasks", "trials", "tuning_wall_s_total")}
                    if database else {"tuned_tasks": 0, "tasks": None, "note": "untuned default schedules"})
                   | {"kernels_with_tuned_schedule": scheduled, "kernels_where_schedule_failed": db_failed,
+                     "kernels_whose_best_record_is_the_default": db_default,
                      "kernels_with_default_schedule": defaults},
         "inputs": static_inputs(parent),
         "outputs": static_inputs(parent, "outputs"),

@@ -179,11 +179,18 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
     # onto our vpmaddwd intrinsic mostly failed to compile, and what compiled ran 20x slower
     chosen = [t for t in tasks if not any(p.block in t.task_name for p in (AVX2, AVX2_U8S8))
               and (cfg.all_tasks or any(op in t.task_name for op in MAC_KERNELS))]
+    if cfg.tracker is None:
+        # candidates are timed in worker processes that inherit this environment: with the threads the
+        # library will run with (TVM alone gives them half the logical CPUs, one on a 2-core machine: the
+        # databases tuned that way lost to the 2-thread default schedules, int8 17.3 vs 15.7 ms)
+        from .runtime import configure_threads
+
+        configure_threads(target.threads)
     if cfg.tracker is not None:
         host, port = cfg.tracker.rsplit(":", 1)
         runner = ms.runner.RPCRunner(rpc_config=ms.runner.RPCConfig(
             tracker_host=host, tracker_port=int(port), tracker_key=cfg.key or target.rpc_key,
-            session_timeout_sec=60), f_create_session=_board_session)
+            session_timeout_sec=60), f_create_session=functools.partial(_board_session, threads=target.threads))
     else:
         runner = ms.runner.LocalRunner()
     # 30 s (the default) is too short on a busy 2-core machine for full-size kernels; a board's
@@ -314,7 +321,7 @@ def tuned_tasks(tasks, tvm_target, db_dir: Path) -> tuple[int, int]:
     return len(found), sum(1 for r in found if "tensorize" in str(r.trace))
 
 
-def _board_session(rpc_config):
+def _board_session(rpc_config, threads: int = 0):
     """MetaSchedule's RPC session, except that it gives up when no board is left under the key (the
     tracker would queue the request forever): a board that drops mid-run costs the candidates it held,
     and the run goes on with the others; with none left, the candidate fails with NO_BOARD and the
@@ -340,6 +347,10 @@ def _board_session(rpc_config):
             raise RuntimeError(f"{NO_BOARD} '{rpc_config.tracker_key}' at {addr}")
     if "error" in result:
         raise result["error"]
+    try:  # time candidates with the board's threads as the library will run (0: all its cores)
+        result["session"].get_function("runtime.config_threadpool")(1, threads)
+    except Exception:  # noqa: BLE001 (a runtime without it keeps its defaults)
+        pass
     return result["session"]
 
 
@@ -392,13 +403,25 @@ def apply_database(mod, tvm_target, db_dir: Path):
     0.27's MetaScheduleApplyDatabase then aborts the whole build: "inst->outputs.size() <=
     outputs.size()"). Here a verbatim replay is tried first, then MetaSchedule's anchor-trace transfer,
     and a kernel that takes neither keeps its default schedule and is counted.
+
+    Where a task's best record is its default schedule (tune measures and records it first), every kernel
+    of that task keeps its own default schedule instead ("default_best"): the default fits each layer's
+    epilogue, while the record, replayed or transferred from the layer it was measured on, need not.
     """
     from tvm.s_tir import Schedule
     from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace
 
-    from .schedules import reschedule
+    from .schedules import reschedule, schedule_kernel
 
     db = open_database(db_dir)
+    is_default: dict[str, bool] = {}
+
+    def default_best(record) -> bool:
+        key = str(record.trace)
+        if key not in is_default:
+            sch, _ = schedule_kernel(record.workload.mod, tvm_target)
+            is_default[key] = sch is not None and str(sch.trace) == key
+        return is_default[key]
 
     def from_record(one):
         try:
@@ -407,6 +430,8 @@ def apply_database(mod, tvm_target, db_dir: Path):
             record = None
         if record is None:
             return None, "untuned"
+        if default_best(record):
+            return None, "default_best"
         for attempt in ("replay", "anchor"):
             try:
                 sch = Schedule(one)
@@ -420,4 +445,4 @@ def apply_database(mod, tvm_target, db_dir: Path):
         return None, "failed"
 
     mod, counts = reschedule(mod, from_record)
-    return mod, counts["applied"], counts["failed"]
+    return mod, counts["applied"], counts["failed"], counts["default_best"]

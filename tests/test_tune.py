@@ -135,3 +135,21 @@ def test_a_tensorized_record_that_replays_is_kept(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.split()[-1] == "0"
     assert len((tmp_path / DB_FILES[1]).read_text().splitlines()) == 1
+
+
+def test_a_database_of_defaults_builds_the_default_schedules(tiny_db, tiny_int8, tmp_path):
+    """tune measures and records each selected task's default schedule first; where that is a task's
+    best record, build gives every kernel of the task its own default schedule (fitted to its epilogue)
+    rather than replaying the record: a database never makes a build slower than none (issue 19)."""
+    selected = json.loads((tiny_db / "manifest.json").read_text())["results"]["tasks_selected"]
+    db = tmp_path / "defaults"
+    res = run_cli("-q", "--json", "tune", tiny_int8, "--trials", selected, *QUICK, "--out", db)
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)["manifest"]["results"]
+    assert r["default_schedules_measured"] == selected == r["trials"]
+    out = tmp_path / "lib"
+    res = cli("-q", "build", tiny_int8, "--database", db, "--out", out)
+    assert res.exit_code == 0, res.output
+    tuning = json.loads((out / "metadata.json").read_text())["tuning"]
+    assert tuning["kernels_whose_best_record_is_the_default"] >= selected
+    assert tuning["kernels_where_schedule_failed"] == 0
