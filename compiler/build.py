@@ -342,7 +342,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
         "tuning": ({k: database.results[k] for k in ("tuned_tasks", "tasks", "trials", "tuning_wall_s_total")}
                    if database else {"tuned_tasks": 0, "tasks": None, "note": "untuned default schedules"})
                   | {"kernels_with_tuned_schedule": scheduled, "kernels_where_schedule_failed": db_failed,
-                     "kernels_whose_best_record_is_the_default": db_default,
+                     "kernels_kept_default_schedule": db_default,
                      "kernels_with_default_schedule": defaults},
         "inputs": static_inputs(parent),
         "outputs": static_inputs(parent, "outputs"),
