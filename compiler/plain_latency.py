@@ -78,7 +78,8 @@ def main(libs, bench_json, seconds, out):
              "| --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         ratio = f"{r['plain_over_bench']:.2f}x" if r["plain_over_bench"] else "-"
-        lines.append(f"| `{r['library']}` | {r['plain_median_ms']:.2f} | {r['bench_median_ms'] or '-'} | {ratio} | "
+        bench_ms = f"{r['bench_median_ms']:.2f}" if r["bench_median_ms"] else "-"
+        lines.append(f"| `{r['library']}` | {r['plain_median_ms']:.2f} | {bench_ms} | {ratio} | "
                      f"{r['thread_pool']['threads']} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     click.echo("\n".join(lines[4:]))
