@@ -137,7 +137,9 @@ def test_a_board_dropping_mid_tune_leaves_the_run_going(tiny_int8, tmp_path):
         out, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err
         records = _records(db)
-        assert len(records) == 12 and json.loads(out)["manifest"]["results"]["trials"] == 12
+        # the default schedules measured first count as trials; a seed lost with the board leaves a
+        # remainder that MetaSchedule fills in whole batches of --per-iteration (4 here)
+        assert 12 <= len(records) < 12 + 4 and json.loads(out)["manifest"]["results"]["trials"] == len(records)
         assert any(min(r[1][1]) < 1e9 for r in records[4:]), "nothing was measured after the board dropped"
     finally:
         cli("--workdir", tmp_path, "fleet", "down")
@@ -184,7 +186,10 @@ def test_tune_for_the_pi5_on_an_emulated_board(tiny_int8_s8, tmp_path):
         res = cli("-q", "build", tiny_int8_s8, "--target", "rpi5", "--database", db, "--out", lib)
         assert res.exit_code == 0, res.output
         meta = json.loads((lib / "metadata.json").read_text())
-        assert meta["tuning"]["kernels_with_tuned_schedule"] >= 1
+        # every kernel with a record took it or, where its best record is its default schedule (measured
+        # first by tune, all 8 trials here), kept its own default
+        assert meta["tuning"]["kernels_with_tuned_schedule"] + meta["tuning"]["kernels_kept_default_schedule"] >= 1
+        assert meta["tuning"]["kernels_where_schedule_failed"] == 0
         assert meta["validation"]["ran"].startswith("under qemu-user")
     finally:
         cli("--workdir", tmp_path, "fleet", "down")
