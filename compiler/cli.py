@@ -38,18 +38,18 @@ class Group(click.Group):
             ctx.exit(1)
 
 
+def _target_threads(lib_dir: Path) -> int | None:
+    """The library's target threads from its metadata.json (0: all cores; None: it does not say)."""
+    meta = Path(lib_dir) / "metadata.json"
+    return json.loads(meta.read_text()).get("target", {}).get("threads") if meta.is_file() else None
+
+
 def _default_threads(lib_dir: Path) -> int:
     """The threads the library runs with when loaded (compiler.runtime.default_threads): its target's, at
     most the CPUs this process may use."""
     from .runtime import default_threads
 
-    meta = Path(lib_dir) / "metadata.json"
-    return default_threads(json.loads(meta.read_text()).get("target", {}).get("threads") if meta.is_file() else None)
-
-
-def _target_threads(lib_dir: Path) -> int:
-    meta = Path(lib_dir) / "metadata.json"
-    return (json.loads(meta.read_text()).get("target", {}).get("threads") if meta.is_file() else None) or 1
+    return default_threads(_target_threads(lib_dir))
 
 
 def _emit(ctx, payload: dict, text: str) -> None:
@@ -370,7 +370,7 @@ def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_se
 
     wanted = tuple(b for b in baselines.split(",") if b and b != "none")
     if threads is None:  # a board's own CPUs are not known here: its target's threads
-        threads = _target_threads(Path(lib_dirs[0])) if tracker else _default_threads(Path(lib_dirs[0]))
+        threads = (_target_threads(Path(lib_dirs[0])) or 1) if tracker else _default_threads(Path(lib_dirs[0]))
     cfg = BenchConfig(baselines=wanted, warmup=warmup, repeat=repeat, min_seconds=min_seconds, threads=threads,
                       tracker=tracker, key=key, workdir=ctx.obj["workdir"])
     rep = run_bench(list(lib_dirs), cfg, out)

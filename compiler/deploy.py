@@ -260,15 +260,16 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
                                       "inputs/expected_output.bin": expected.tobytes()}
     for i in meta["inputs"]:
         files[f"inputs/{i['name']}.bin"] = np.ascontiguousarray(feed[i["name"]], dtype=i["dtype"]).tobytes()
-    files["run.sh"] = RUN_SH.format(arch=arch, specs=specs, n=expected.size, tolerance=tolerance,
-                                    threads=meta["target"].get("threads") or 0).encode()
     target = meta["target"]
+    threads = target.get("threads") or 0  # 0: all cores
+    files["run.sh"] = RUN_SH.format(arch=arch, specs=specs, n=expected.size, tolerance=tolerance,
+                                    threads=threads).encode()
     files["README.md"] = BUNDLE_README.format(
         name=name, target=target["name"], arch=arch, description=_describe(target), precision=meta["precision"],
         model_sha=meta["model"]["sha256"][:16], tvm_version=wheel_versions()["apache-tvm"],
         dtype=meta["inputs"][0]["dtype"], shape="x".join(map(str, meta["inputs"][0]["shape"])),
         seq=meta["inputs"][0]["shape"][1], expected=", ".join(f"{v:.6g}" for v in expected.ravel()[:4]),
-        tolerance=tolerance, rpc_key=target.get("name"), threads=target.get("threads") or 0,
+        tolerance=tolerance, rpc_key=target.get("name"), threads=threads,
         emulated=" (computed under qemu-user from this bundle's own runner and runtime)" if emulated else "").encode()
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(f".{out.name}.part-{os.getpid()}")

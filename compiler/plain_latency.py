@@ -15,17 +15,15 @@ from pathlib import Path
 
 import click
 
-# Runs in the fresh process: load, one warm-up call, then calls until `seconds` have passed.
+# Runs in the fresh process: load, three warm-up calls, then calls until `seconds` have passed.
 PROBE = """
 import json, sys, time
 import numpy as np
 import compiler.runtime as rt
-from compiler.export import random_inputs
+from compiler.profile import random_feed
 lib, seconds = sys.argv[1], float(sys.argv[2])
 model = rt.load(lib)
-batch, seq = next(i["shape"] for i in model.inputs if i["name"] == "input_ids")
-feed = random_inputs(model.vocab_size, model.type_vocab_size or 2, batch, seq, 1)
-feed = {k: v for k, v in feed.items() if k in {i["name"] for i in model.inputs}}
+feed = random_feed(model, 1)  # bench's input seed
 for _ in range(3):
     model(**feed)
 samples, start = [], time.monotonic()

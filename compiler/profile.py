@@ -24,6 +24,15 @@ def kernel_group(name: str) -> str:
     return "_".join(parts)
 
 
+def random_feed(model, seed: int) -> dict:
+    """Seeded random token ids (and mask, types) at a loaded library's input shape, for the inputs it takes."""
+    from .export import random_inputs
+
+    batch, seq = next(i["shape"] for i in model.inputs if i["name"] == "input_ids")
+    feed = random_inputs(model.vocab_size, model.type_vocab_size or 2, batch, seq, seed)
+    return {k: v for k, v in feed.items() if k in {i["name"] for i in model.inputs}}
+
+
 def profile(lib_dir: Path, runs: int = 3, seed: int = 0, threads: int | None = None) -> dict:
     """Run the library ``runs`` times on a random input after one warm-up; per kernel group the calls
     per inference and milliseconds per inference, largest first, with the wall time per inference
@@ -33,12 +42,9 @@ def profile(lib_dir: Path, runs: int = 3, seed: int = 0, threads: int | None = N
     rows (allocations, null values) are mostly the hook's own cost, and each kernel's time carries a
     little of it: on int8 SqueezeBERT ~450 instructions add several ms."""
     from . import runtime
-    from .export import random_inputs
 
     model = runtime.load(lib_dir, threads=threads)
-    shape = next(i["shape"] for i in model.inputs if i["name"] == "input_ids")
-    feed = random_inputs(model.vocab_size, model.type_vocab_size or 2, shape[0], shape[1], seed)
-    feed = {k: v for k, v in feed.items() if k in {i["name"] for i in model.inputs}}
+    feed = random_feed(model, seed)
     model(**feed)
 
     def seconds_per_run() -> float:

@@ -50,14 +50,19 @@ def configure_threads(target_threads: int | None, threads: int | None = None) ->
             raise InputError(f"threads must be >= 1, got {threads}")
         os.environ["TVM_NUM_THREADS"] = str(threads)
         source = "argument"
-    elif os.environ.get("TVM_NUM_THREADS", "").strip().isdigit():
+    elif _positive(os.environ.get("TVM_NUM_THREADS")):  # as the C++ runner reads it
         source = "TVM_NUM_THREADS"
     else:
         os.environ["TVM_NUM_THREADS"] = str(default_threads(target_threads))
         source = "target (capped at the usable CPUs)"
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(SPIN_COUNT))
+    spin = os.environ["TVM_THREAD_POOL_SPIN_COUNT"].strip()
     return {"threads": int(os.environ["TVM_NUM_THREADS"]), "threads_from": source,
-            "spin_count": int(os.environ["TVM_THREAD_POOL_SPIN_COUNT"] or 0)}
+            "spin_count": int(spin) if spin.isdigit() else 0}  # TVM's atoi reads anything else as 0
+
+
+def _positive(value: str | None) -> bool:
+    return bool(value) and value.strip().isdigit() and int(value) > 0
 ISA_PREFIXES = ("avx", "sse", "fma", "bmi", "f16c", "amx", "neon", "dotprod", "i8mm", "sve")
 
 

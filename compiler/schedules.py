@@ -404,14 +404,12 @@ def tile_mac(sch, lanes: int, registers: int = 32) -> None:
     sch.reverse_compute_at(acc, c_o)
     # parallel and vectorize while the block still has its init: TVM refuses both on the update after
     sch.parallel(sch.fuse(*lead, r_o) if lead else r_o)
-    if vec > 1:
-        sch.vectorize(c_i)
+    sch.vectorize(c_i)
     init = sch.decompose_reduction(block, reduce[0])
     *_, a_r, a_c = sch.get_loops(acc)
     a_m, a_i = sch.split(a_c, [None, vec])
     *_, i_r, i_m, i_i = sch.get_loops(init)
-    for r, m, i in ((r_i, c_m, None), (i_r, i_m, i_i), (a_r, a_m, a_i)):
-        if vec > 1 and i is not None:
-            sch.vectorize(i)
-        sch.unroll(r)
-        sch.unroll(m)
+    sch.vectorize(i_i)
+    sch.vectorize(a_i)
+    for loop in (r_i, c_m, i_r, i_m, a_r, a_m):
+        sch.unroll(loop)

@@ -179,19 +179,18 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
     # onto our vpmaddwd intrinsic mostly failed to compile, and what compiled ran 20x slower
     chosen = [t for t in tasks if not any(p.block in t.task_name for p in (AVX2, AVX2_U8S8))
               and (cfg.all_tasks or any(op in t.task_name for op in MAC_KERNELS))]
-    if cfg.tracker is None:
-        # candidates are timed in worker processes that inherit this environment: with the threads the
-        # library will run with (TVM alone gives them half the logical CPUs, one on a 2-core machine: the
-        # databases tuned that way lost to the 2-thread default schedules, int8 17.3 vs 15.7 ms)
-        from .runtime import configure_threads
-
-        configure_threads(target.threads)
     if cfg.tracker is not None:
         host, port = cfg.tracker.rsplit(":", 1)
         runner = ms.runner.RPCRunner(rpc_config=ms.runner.RPCConfig(
             tracker_host=host, tracker_port=int(port), tracker_key=cfg.key or target.rpc_key,
             session_timeout_sec=60), f_create_session=functools.partial(_board_session, threads=target.threads))
     else:
+        # candidates are timed in worker processes that inherit this environment: with the threads the
+        # library will run with (TVM alone gives them half the logical CPUs, one on a 2-core machine: the
+        # databases tuned that way lost to the 2-thread default schedules, int8 17.3 vs 15.7 ms)
+        from .runtime import configure_threads
+
+        configure_threads(target.threads)
         runner = ms.runner.LocalRunner()
     # 30 s (the default) is too short on a busy 2-core machine for full-size kernels; a board's
     # kernels are linked with its cross compiler
@@ -238,7 +237,8 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
         console.info(f"  dropped {dropped} record(s) whose schedule does not replay on their stored kernel")
     records = _repair(out / DB_FILES[1])
     tuned, tensorized = tuned_tasks(tasks, tvm_target, out)
-    results = {"tasks": len(tasks), "tuned_tasks": tuned, "default_schedules_measured": seeded, "tensorized_tasks": tensorized, "records_dropped": dropped,
+    results = {"tasks": len(tasks), "tuned_tasks": tuned, "default_schedules_measured": seeded,
+               "tensorized_tasks": tensorized, "records_dropped": dropped,
                "tasks_selected": len(chosen), "trials": records, "trials_requested": trials,
                "per_iteration": per_iter, "this_run_s": round(time.perf_counter() - t0, 1)}
     prev = out / "tune-history.json"
@@ -270,7 +270,6 @@ def _seed_defaults(tasks, tvm_target, builder, runner, out: Path, budget: int) -
     databases made before the default schedules improved ran int8 20.1 vs 16.1 ms and fp32 66.7 vs
     43.1 ms untuned, issue 19). Tasks the database already has a record for are skipped (a resumed run);
     returns how many were measured (one trial each, within ``budget``)."""
-    import tvm
     from tvm.s_tir import meta_schedule as ms
 
     from .schedules import schedule_kernel
@@ -278,19 +277,19 @@ def _seed_defaults(tasks, tvm_target, builder, runner, out: Path, budget: int) -
     db = open_database(out)
     todo = []
     for task in tasks:
-        mod = task.dispatched[0]
+        mod = task.dispatched[0]  # the kernel as the PrimFunc "main" of a module of its own
         if len(todo) >= budget or db.query_tuning_record(mod, tvm_target, task.task_name) is not None:
             continue
-        sch, _ = schedule_kernel(tvm.IRModule({"main": mod["main"]}), tvm_target) if "main" in mod else (None, None)
+        sch, _ = schedule_kernel(mod, tvm_target)
         if sch is not None:
-            todo.append((task, mod, sch))
+            todo.append((mod, sch))
     if not todo:
         return 0
     with console.step(f"measuring the default schedule of {len(todo)} task(s)"), console.native_stderr_to_debug():
-        built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target) for _, _, sch in todo])
+        built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target) for _, sch in todo])
         device = "cpu" if tvm_target.kind.name == "llvm" else tvm_target.kind.name
         ok = [(mod, sch, ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"]), res.artifact_path)
-              for (_, mod, sch), res in zip(todo, built) if not res.error_msg]
+              for (mod, sch), res in zip(todo, built) if not res.error_msg]
         futures = runner.run([ms.runner.RunnerInput(path, device, args) for _, _, args, path in ok])
         measured = 0
         for (mod, sch, args, _), future in zip(ok, futures):

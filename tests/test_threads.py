@@ -23,7 +23,8 @@ if len(sys.argv) > 2:
 import compiler.runtime as rt
 import tvm
 m = rt.load(sys.argv[1])
-print(m.pool["threads"], m.pool["spin_count"], tvm.get_global_func("runtime.NumThreads")(), os.environ["TVM_THREAD_POOL_SPIN_COUNT"])
+print(m.pool["threads"], m.pool["spin_count"], tvm.get_global_func("runtime.NumThreads")(),
+      os.environ["TVM_THREAD_POOL_SPIN_COUNT"])
 """
 
 
