@@ -41,6 +41,7 @@ class Runner:
     model_bytes: int | None = None
     info: dict = field(default_factory=dict)
     timer: Callable[[], float] | None = None  # device-side ms of one call (RPC); None: wall clock of fn
+    any_length: bool = False  # takes [B, L] inputs for any L up to the library's maximum
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ def squeezeedge_runner(lib_dir: Path, threads: int | None = None) -> Runner:
     return Runner(f"squeezeedge {meta['precision']} ({meta['target']['name']})", "squeezeedge", meta["precision"],
                   lambda feed: model(**feed)[0], meta["library"]["bytes"],
                   {"library": str(lib_dir), "target": meta["target"]["name"], "tuning": meta.get("tuning"),
-                   "int8": meta.get("int8"), "thread_pool": model.pool})
+                   "int8": meta.get("int8"), "thread_pool": model.pool, "lengths": meta.get("lengths")},
+                  any_length=bool(meta.get("lengths")))
 
 
 def torch_runner(export: Artifact, threads: int) -> Runner:
@@ -96,7 +98,8 @@ def torch_runner(export: Artifact, threads: int) -> Runner:
             return model(*(torch.from_numpy(feed[n]) for n in INPUT_NAMES))[0].numpy()
 
     params = sum(p.numel() for p in model.parameters())
-    return Runner("pytorch fp32", "pytorch", "fp32", fn, params * 4, {"torch_threads": torch.get_num_threads()})
+    return Runner("pytorch fp32", "pytorch", "fp32", fn, params * 4, {"torch_threads": torch.get_num_threads()},
+                  any_length=True)
 
 
 def ort_runner(art: Artifact, precision: str, threads: int) -> Runner:
@@ -107,8 +110,9 @@ def ort_runner(art: Artifact, precision: str, threads: int) -> Runner:
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see bench.quiet_thread_pools
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    dynamic = any(isinstance(d, str) for d in sess.get_inputs()[0].shape)  # a --dynamic export (and its int8)
     return Runner(f"onnxruntime {precision}", "onnxruntime", precision, lambda feed: sess.run(None, feed)[0],
-                  path.stat().st_size, {"model": str(path)})
+                  path.stat().st_size, {"model": str(path)}, any_length=dynamic)
 
 
 # --- TFLite -----------------------------------------------------------------------------------------

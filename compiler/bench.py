@@ -39,6 +39,8 @@ class BenchConfig:
     key: str | None = None
     seed: int = 1
     workdir: Path = Path("build")
+    texts: Path | None = None  # the real-text workload's texts; None: the held-out texts of the shipped corpus
+    workloads: bool = True  # any-length libraries: also the per-length sweep and the real-text workload
 
 
 # Interleaving runtimes that each keep a thread pool on a 2-core machine: a pool whose workers keep
@@ -150,25 +152,30 @@ def _name_apart(runners: list[Runner], lib_dirs: list[Path]) -> None:
             r.name = f"{r.name} [{Path(d).name}]"
 
 
-def _measure(runners: list[Runner], feed: dict, cfg: BenchConfig) -> tuple[dict[str, list[float]], float]:
-    """Interleaved rounds; (samples per runtime, seconds the timed rounds took)."""
+def _measure(runners: list[Runner], feeds: dict | list[dict], cfg: BenchConfig) -> tuple[dict[str, list[float]], float]:
+    """Interleaved rounds; (samples per runtime, seconds the timed rounds took). With several feeds (the
+    real-text workload), round i runs feed i mod len(feeds) and timing stops only after whole passes, so
+    every feed counts alike."""
+    feeds = [feeds] if isinstance(feeds, dict) else feeds
     samples: dict[str, list[float]] = {r.name: [] for r in runners}
     # libraries built just before (make bench-latency) are still dirty in the page cache: the kernel
     # writes them back ~30 s later, in the middle of the timed rounds (every runtime 10-30% slower for
     # a few seconds, p90 over the 25% limit). Write them now.
     os.sync()
-    for _ in range(cfg.warmup):
+    for w in range(cfg.warmup):
         for r in runners:
-            r.fn(feed)
+            r.fn(feeds[w % len(feeds)])
     start = last_report = time.monotonic()
     rnd = 0
     while True:
-        if cfg.repeat is not None and rnd >= cfg.repeat:
+        whole = rnd % len(feeds) == 0
+        if cfg.repeat is not None and rnd >= max(cfg.repeat, len(feeds) if len(feeds) > 1 else 0) and whole:
             break
-        if cfg.repeat is None and rnd >= MIN_RUNS and time.monotonic() - start >= cfg.min_seconds:
+        if cfg.repeat is None and rnd >= MIN_RUNS and time.monotonic() - start >= cfg.min_seconds and whole:
             break
-        if rnd >= MAX_ROUNDS:
+        if rnd >= MAX_ROUNDS and whole:
             break
+        feed = feeds[rnd % len(feeds)]
         k = rnd % len(runners)
         for r in runners[k:] + runners[:k]:
             if r.timer is not None:
@@ -220,6 +227,14 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
     console.info(f"  timing {len(runners)} runtimes, interleaved: {', '.join(r.name for r in runners)}")
     samples, window_s = _measure(runners, feed, cfg)
     outputs = {r.name: np.asarray(r.fn(feed)) for r in runners}
+    workloads = None
+    if any(r.any_length for r in runners[:len(lib_dirs)]) and cfg.workloads:
+        if cfg.tracker:
+            console.info("  per-length and real-text workloads: local only (the baselines run in this process)")
+        else:
+            from .workloads import any_length_workloads
+
+            workloads = any_length_workloads(runners, cfg, chain, meta, seq, window_s)
     ref_name = next((n for n in ("pytorch fp32", "onnxruntime fp32") if n in outputs), None)
     rows = []
     for r in runners:
@@ -260,6 +275,8 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
     if report["device"]["label"] is None:
         m = report["machine"]
         report["device"]["label"] = f"{m['cpu']} ({m['llvm_cpu']}, {m['cores']} cores)"
+    if workloads is not None:
+        report["workloads"] = workloads
     report["verdict"] = "VALID" if all(r["verdict"] == "VALID" for r in rows if r["status"] == "ok") else "INVALID"
     validate_report(report)
     _write_json(out, report)

@@ -180,13 +180,37 @@ def relax_module(parent: Artifact, tvm_target, integer: bool = True):
     and its elementwise functions between dequantize and quantize (GELU) turned into lookup tables
     (:mod:`compiler.lookup`).
     Build and tune both start here, so a tuning database sees exactly the kernels the build compiles."""
+    from .lengths import merge
+
+    lengths = bucket_lengths(parent)
+    mods, reports = {}, {}
+    for n in lengths:
+        mods[n], reports[n] = _bucket_module(parent, tvm_target, integer, _static_dims(parent) | {"seq": n})
+    report = reports[lengths[-1]]
+    if report is not None and len({(r.total, tuple(r.skipped)) for r in reports.values()}) > 1:
+        raise CompileError("the int8 rewrite differs between length buckets: "
+                           + ", ".join(f"{n}: {r.total} integer kernels" for n, r in reports.items()))
+    return merge(mods, lengths), report
+
+
+def bucket_lengths(parent: Artifact) -> list[int]:
+    """The lengths a library of this export (or its quantized model) is built for: one for a static
+    export, buckets up to its --seq-len for a --dynamic one (:mod:`compiler.lengths`)."""
+    from .lengths import buckets
+
+    dynamic = any(not isinstance(d, int) for i in parent.results["inputs"] for d in i["shape"])
+    return buckets(_static_dims(parent)["seq"], dynamic)
+
+
+def _bucket_module(parent: Artifact, tvm_target, integer: bool, dims: dict[str, int]):
+    """relax_module for one static shape (``dims``: batch and seq)."""
     from .int8 import integerize, packed_dot_for
     from .lookup import lookup_tables
     from .requantize import (drop_round_trips, fold_layer_norm_quantize, fold_requantize,
                              fold_softmax_quantize)
     from .transposes import sink_transposes
 
-    mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], _static_dims(parent))
+    mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], dims)
     report = None
     if parent.stage == "quantize" and integer:
         mod, report = integerize(mod, packed=packed_dot_for(tvm_target))
@@ -228,6 +252,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
 
     precision = "int8" if parent.stage == "quantize" else "fp32"
     onnx_path = parent.file("model.onnx")
+    lengths = bucket_lengths(parent)
     t0 = time.perf_counter()
     integer = precision == "int8" and cfg.integer
     packed = packed_dot_for(tvm_target)
@@ -236,7 +261,8 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
                                                                   if packed else "")) if integer else ""
     # TVM logs a warning per embedding gather ("Fast mode segfaults when there are out-of-bounds
     # indices"); the runtime checks every id before a call, so it goes to -v with TVM's other chatter
-    with console.step(f"importing {precision} ONNX into TVM Relax{rewrite}"), console.native_stderr_to_debug():
+    shapes = f" at {len(lengths)} lengths ({', '.join(map(str, lengths))})" if len(lengths) > 1 else ""
+    with console.step(f"importing {precision} ONNX into TVM Relax{shapes}{rewrite}"), console.native_stderr_to_debug():
         mod, report = relax_module(parent, tvm_target, integer=cfg.integer)
     coverage = None
     if precision == "int8":
@@ -284,7 +310,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
 
                 mod, defaults = default_schedules(mod, tvm_target)
             tensorized = tensorized_kernels(mod)
-            if precision == "int8" and cfg.integer and len(macs["float"]) > coverage["float_layers_kept"]:
+            if precision == "int8" and cfg.integer and len(macs["float"]) > coverage["float_layers_kept"] * len(lengths):
                 raise CompileError(f"int8 lowering incomplete: {len(macs['float'])} compiled kernels still "
                                    f"multiply in float ({sorted(set(macs['float']))[0]}, ...)")
             if gpu:
@@ -321,15 +347,16 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
             raise CompileError(f"the library carries no {cuda_info['arch']} kernels (found "
                                f"{[b['arch'] for b in cuda_info['device_binaries']] or 'none'})")
     missing = [] if target.is_cross else missing_cpu_features(cpu_features)
+    meta_lengths = lengths if len(lengths) > 1 else None
     if missing:
         console.info(f"  not running the library here: this CPU lacks {', '.join(missing)}")
     if not target.is_cross and not missing:
         with console.step(f"checking the library against onnxruntime on {cfg.validation_runs} random inputs"):
-            validation = _validate(lib, onnx_path, parent, precision, cfg)
+            validation = _validate(lib, onnx_path, parent, precision, cfg, lengths=meta_lengths)
     elif target.is_cross and cfg.emulate and not gpu:
         with console.step(f"running the library under qemu-user (C++ deploy runner) on {cfg.emulated_runs} "
                           "random input(s), against onnxruntime"):
-            validation = _validate(lib, onnx_path, parent, precision, cfg, emulated=True)
+            validation = _validate(lib, onnx_path, parent, precision, cfg, emulated=True, lengths=meta_lengths)
     meta = {
         "schema_version": 1,
         "model": {"stage": parent.stage, "sha256": parent.sha256, "model_type": parent.results["model_config"]
@@ -344,8 +371,10 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
                   | {"kernels_with_tuned_schedule": scheduled, "kernels_where_schedule_failed": db_failed,
                      "kernels_kept_default_schedule": db_default,
                      "kernels_with_default_schedule": defaults},
-        "inputs": static_inputs(parent),
+        "inputs": static_inputs(parent),  # at the longest length
         "outputs": static_inputs(parent, "outputs"),
+        # every length from 1 to the last runs, padded to the smallest of these that holds it
+        "lengths": meta_lengths,
         "vocab_size": parent.results["model_config"]["vocab_size"],
         "type_vocab_size": parent.results["model_config"].get("type_vocab_size", 2),
         "library": {"file": LIB_FILE, "sha256": sha256_file(lib), "bytes": lib.stat().st_size},
@@ -402,7 +431,7 @@ def _quantized_layers(onnx_path: Path) -> int:
 
 
 def _validate(lib: Path, onnx_path: Path, parent: Artifact, precision: str, cfg: BuildConfig,
-              emulated: bool = False) -> dict:
+              emulated: bool = False, lengths: list[int] | None = None) -> dict:
     import numpy as np
     import onnxruntime as ort
 
@@ -412,10 +441,10 @@ def _validate(lib: Path, onnx_path: Path, parent: Artifact, precision: str, cfg:
     if emulated:
         from .deploy import run_file
 
-        record = {"inputs": static_inputs(parent), "outputs": static_inputs(parent, "outputs")}
+        record = {"inputs": static_inputs(parent), "outputs": static_inputs(parent, "outputs"), "lengths": lengths}
         model = lambda **feed: [run_file(lib, record, feed)]  # noqa: E731
     else:
-        model = LoadedModel.from_files(lib, static_inputs(parent), parent.results["outputs"])
+        model = LoadedModel.from_files(lib, static_inputs(parent), parent.results["outputs"], lengths=lengths)
     from .quantize import reference_session
 
     sess = (reference_session(onnx_path) if precision == "int8"
@@ -425,9 +454,13 @@ def _validate(lib: Path, onnx_path: Path, parent: Artifact, precision: str, cfg:
     fused = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]) if precision == "int8" else None
     conf = parent.results["model_config"]
     batch, seq = static_inputs(parent)[0]["shape"]
+    runs = cfg.emulated_runs if emulated else cfg.validation_runs
+    # an any-length library: also 1 token, the first bucket, one past it (padded to the next), against
+    # onnxruntime running the dynamic export at exactly that length
+    checked = sorted({1, lengths[0], lengths[0] + 1} - {seq}) if lengths else []
     diffs, cosines, ort_cosines = [], [], []
-    for i in range(cfg.emulated_runs if emulated else cfg.validation_runs):
-        feed = random_inputs(conf["vocab_size"], conf.get("type_vocab_size", 2), batch, seq, 2000 + i)
+    for i, n in enumerate(checked + [seq] * runs):
+        feed = random_inputs(conf["vocab_size"], conf.get("type_vocab_size", 2), batch, n, 2000 + i)
         got = model(**feed)[0].astype(np.float64).ravel()
         ref = sess.run(None, feed)[0].astype(np.float64).ravel()
         diffs.append(float(np.max(np.abs(got - ref))))
@@ -435,6 +468,7 @@ def _validate(lib: Path, onnx_path: Path, parent: Artifact, precision: str, cfg:
         if fused is not None:
             ort_cosines.append(cosine(fused.run(None, feed)[0].astype(np.float64).ravel(), ref))
     result = {"reference": "onnxruntime on the same ONNX file" + (", QDQ op by op" if precision == "int8" else ""),
+              "lengths": checked + [seq],
               "ran": "under qemu-user through the C++ deploy runner" if emulated else "natively, Python runtime", "runs": len(diffs), "max_abs_diff": max(diffs),
               "min_cosine": min(cosines)}
     if precision == "fp32" and not max(diffs) <= cfg.fp32_tolerance:

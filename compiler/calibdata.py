@@ -161,3 +161,13 @@ def encode(tok, texts: list[str], vocab_size: int) -> dict:
         "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
         "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
     }
+
+
+def batches(tok, texts: list[str], vocab_size: int, batch: int, own_length: bool) -> list[dict]:
+    """Feeds of ``batch`` texts each: padded to the tokenizer's length, or (``own_length``, for a --dynamic
+    export) at the length of the longest text of the batch, so a batch of one is the text exactly."""
+    if own_length:
+        tok.no_padding()
+        if batch > 1:
+            tok.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest of each encode_batch
+    return [encode(tok, texts[i:i + batch], vocab_size) for i in range(0, len(texts), batch)]

@@ -121,9 +121,12 @@ def _finish(ctx, run, verb: str, path: Path, details: str) -> None:
                    "whose architecture is *ForSequenceClassification, else embed.")
 @click.option("--num-labels", type=int, default=2, show_default=True, help="Classifier outputs (classify head).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
-@click.option("--seq-len", type=int, default=128, show_default=True, help="Static sequence length.")
+@click.option("--seq-len", type=int, default=128, show_default=True,
+              help="Sequence length; with --dynamic the longest a library built from it takes.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random init and test inputs.")
-@click.option("--dynamic", is_flag=True, help="Dynamic batch and sequence axes (TVM builds want static).")
+@click.option("--dynamic", is_flag=True,
+              help="Any length: dynamic batch and sequence axes; build makes ONE library that takes every length "
+                   "1..--seq-len (buckets 16, 32, 64, ... sharing one copy of the weights).")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="Fail if onnxruntime differs from PyTorch by more than this (max abs).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory [WORKDIR/export].")
@@ -351,9 +354,15 @@ def tune(ctx, model_dir, target, target_file, trials, per_iteration, population,
 @click.option("--threads", type=int, default=None,
               help="Threads for every runtime [default: the library's own default, as compiler.runtime.load "
                    "sets it: its target's threads, at most the CPUs this process may use]")
+@click.option("--texts", type=click.Path(path_type=Path), default=None,
+              help="Any-length libraries: the real-text workload's texts (.txt one per line, .jsonl/.csv/.tsv with "
+                   "a 'text' field) [default: the held-out texts of calibration/sentences.txt]")
+@click.option("--no-workloads", is_flag=True,
+              help="Any-length libraries: only the main measurement (no per-length sweep, no real-text workload).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="results/NAME.json")
 @click.pass_context
-def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_seconds, threads, out):
+def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_seconds, threads, texts, no_workloads,
+          out):
     """Time built libraries next to PyTorch, onnxruntime and TFLite on the same device, in one run.
 
     Every runtime gets the same input and thread count; rounds are interleaved so machine noise hits
@@ -372,12 +381,13 @@ def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_se
     if threads is None:  # a board's own CPUs are not known here: its target's threads
         threads = (_target_threads(Path(lib_dirs[0])) or 1) if tracker else _default_threads(Path(lib_dirs[0]))
     cfg = BenchConfig(baselines=wanted, warmup=warmup, repeat=repeat, min_seconds=min_seconds, threads=threads,
-                      tracker=tracker, key=key, workdir=ctx.obj["workdir"])
+                      tracker=tracker, key=key, workdir=ctx.obj["workdir"], texts=texts, workloads=not no_workloads)
     rep = run_bench(list(lib_dirs), cfg, out)
-    from .report import _md, headline_table
+    from .report import _md, headline_table, text_table
 
+    text = text_table(rep)
     _emit(ctx, rep, f"bench: {out} ({rep['verdict']}, {rep['method']['rounds']} rounds on {rep['device']['label']})\n"
-                    + _md(headline_table(rep)))
+                    + (_md(text) + "\n\n" if text else "") + _md(headline_table(rep)))
 
 
 @main.command(epilog=EPILOG)
@@ -523,8 +533,10 @@ def inspect(ctx, directory):
 @click.option("--top", type=click.IntRange(min=1), default=15, show_default=True, help="Kernels to print.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="TVM threads [default: the library's own, as compiler.runtime.load sets it]")
+@click.option("--seq-len", type=click.IntRange(min=1), default=None,
+              help="Tokens per input, for a library that takes any length [default: its longest]")
 @click.pass_context
-def profile(ctx, lib_dir, runs, top, threads):
+def profile(ctx, lib_dir, runs, top, threads, seq_len):
     """Where a library's time goes: milliseconds per inference of each kernel (this machine only).
 
     \b
@@ -536,7 +548,7 @@ def profile(ctx, lib_dir, runs, top, threads):
     load_metadata(lib_dir)  # a clear error for a directory that is not a library, before TVM starts
     from .profile import profile as run_profile
 
-    rep = run_profile(lib_dir, runs=runs, threads=threads)
+    rep = run_profile(lib_dir, runs=runs, threads=threads, seq_len=seq_len)
     lines = [(f"{lib_dir}: {rep['wall_ms']} ms per inference ({runs} runs, {rep['thread_pool']['threads']} threads); "
              f"{rep['profiled_wall_ms']} ms under the profiler (its hook costs ~5 us a VM call: most of the "
              "vm.builtin rows)"),

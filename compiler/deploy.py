@@ -154,7 +154,7 @@ def run_file(lib: Path, meta: dict, feed: dict, repeat: int = 1, timeout: float 
     prefix = emulator_prefix(arch)
     exe = runner(arch)
     check = LoadedModel(None, meta["inputs"], meta["outputs"], vocab_size=meta.get("vocab_size"),
-                        type_vocab_size=meta.get("type_vocab_size"))
+                        type_vocab_size=meta.get("type_vocab_size"), lengths=meta.get("lengths"))
     arrays = check._check(feed)
     with tempfile.TemporaryDirectory(prefix="se-run-") as tmp:
         tmp = Path(tmp)
@@ -166,7 +166,8 @@ def run_file(lib: Path, meta: dict, feed: dict, repeat: int = 1, timeout: float 
             arr.tofile(tmp / f"{spec['name']}.bin")
             specs.append(f"{spec['name']}:{spec['dtype']}:{'x'.join(map(str, arr.shape))}:{tmp / (spec['name'] + '.bin')}")
         threads = (meta.get("target") or {}).get("threads") or 0
-        cmd = [*prefix, str(tmp / "run_model"), "--threads", str(threads), str(lib), str(tmp / "out.bin"),
+        lengths = ["--lengths", ",".join(map(str, meta["lengths"]))] if meta.get("lengths") else []
+        cmd = [*prefix, str(tmp / "run_model"), "--threads", str(threads), *lengths, str(lib), str(tmp / "out.bin"),
                str(repeat), *specs]
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -204,9 +205,9 @@ Expected output (first values): {expected}
 Tolerance: max abs diff {tolerance} (the runner writes float32; the same library on the same inputs
 gives the same bits unless the board's CPU takes another code path).
 
-To run your own inputs: `./run_model --threads {threads} ./model.so out.bin REPEAT NAME:DTYPE:1x{seq}:FILE ...`
+To run your own inputs: `./run_model --threads {threads}{lengths_opt} ./model.so out.bin REPEAT NAME:DTYPE:1x{seq}:FILE ...`
 with one NAME:DTYPE:SHAPE:FILE per input, in the order of metadata.json `inputs`; out.bin receives the
-first output as float32. Threads: the target's {threads} (0: all cores), at most the CPUs the process may
+first output as float32. {any_length} Threads: the target's {threads} (0: all cores), at most the CPUs the process may
 use; TVM_NUM_THREADS overrides it.
 
 From Python on the board instead: `pip install apache-tvm=={tvm_version}` and
@@ -220,11 +221,19 @@ RUN_SH = """#!/bin/sh
 # Run the example input through the library and compare with the expected output.
 # SE_EMULATOR lets a non-{arch} machine run this under qemu, e.g.
 #   SE_EMULATOR="qemu-aarch64 -L /usr/aarch64-linux-gnu" ./run.sh
+#   ./run.sh N   runs the example's first N tokens instead (a library that takes any length)
 set -e
 cd "$(dirname "$0")"
 # TVM's pool: the target's {threads} thread(s) (0: all), at most the CPUs this process may use, unless
 # TVM_NUM_THREADS is set
-$SE_EMULATOR ./run_model --threads {threads} ./model.so out.bin 5 {specs}
+if [ -n "$1" ]; then
+  if [ -z "{lengths_opt}" ]; then echo "this library takes exactly {seq} tokens"; exit 2; fi
+  mkdir -p "inputs/first-$1"
+  for f in {names}; do head -c $(( $1 * {elem_bytes} )) "inputs/$f.bin" > "inputs/first-$1/$f.bin"; done
+  $SE_EMULATOR ./run_model --threads {threads}{lengths_opt} ./model.so out.bin 5 {specs_n}
+  exit 0
+fi
+$SE_EMULATOR ./run_model --threads {threads}{lengths_opt} ./model.so out.bin 5 {specs}
 if ! command -v python3 >/dev/null; then
   cmp -s out.bin inputs/expected_output.bin && echo "output matches (bit-identical)" && exit 0
   echo "output differs from inputs/expected_output.bin (install python3 for a tolerance check)"; exit 1
@@ -262,14 +271,25 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
         files[f"inputs/{i['name']}.bin"] = np.ascontiguousarray(feed[i["name"]], dtype=i["dtype"]).tobytes()
     target = meta["target"]
     threads = target.get("threads") or 0  # 0: all cores
-    files["run.sh"] = RUN_SH.format(arch=arch, specs=specs, n=expected.size, tolerance=tolerance,
-                                    threads=threads).encode()
+    lengths_opt = f" --lengths {','.join(map(str, meta['lengths']))}" if meta.get("lengths") else ""
+    if meta["inputs"][0]["shape"][0] != 1:
+        lengths_opt_sh = ""  # ./run.sh N cuts the first N tokens of a batch-1 example only
+    else:
+        lengths_opt_sh = lengths_opt
+    specs_n = " ".join(f"{i['name']}:{i['dtype']}:1x$1:inputs/first-$1/{i['name']}.bin" for i in meta["inputs"])
+    files["run.sh"] = RUN_SH.format(arch=arch, specs=specs, n=expected.size, tolerance=tolerance, threads=threads,
+                                    lengths_opt=lengths_opt_sh, seq=meta["inputs"][0]["shape"][1],
+                                    names=" ".join(i["name"] for i in meta["inputs"]), specs_n=specs_n,
+                                    elem_bytes=8 if meta["inputs"][0]["dtype"] == "int64" else 4).encode()
     files["README.md"] = BUNDLE_README.format(
         name=name, target=target["name"], arch=arch, description=_describe(target), precision=meta["precision"],
         model_sha=meta["model"]["sha256"][:16], tvm_version=wheel_versions()["apache-tvm"],
         dtype=meta["inputs"][0]["dtype"], shape="x".join(map(str, meta["inputs"][0]["shape"])),
         seq=meta["inputs"][0]["shape"][1], expected=", ".join(f"{v:.6g}" for v in expected.ravel()[:4]),
-        tolerance=tolerance, rpc_key=target.get("name"), threads=threads,
+        tolerance=tolerance, rpc_key=target.get("name"), threads=threads, lengths_opt=lengths_opt,
+        any_length=(f"This library takes any length from 1 to {meta['lengths'][-1]} tokens (a shape 1xL input is padded to "
+                    f"the smallest of {', '.join(map(str, meta['lengths']))} that holds it); `./run.sh N` runs the "
+                    "example's first N tokens.") if meta.get("lengths") else "",
         emulated=" (computed under qemu-user from this bundle's own runner and runtime)" if emulated else "").encode()
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(f".{out.name}.part-{os.getpid()}")

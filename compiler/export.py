@@ -114,6 +114,7 @@ def _export(cfg: ExportConfig, tmp: Path) -> dict:
                     opset_version=OPSET, dynamic_shapes=dynamic_shapes,
                 )
                 program.save(str(path), external_data=False)
+                _drop_stack_traces(path)
                 onnx.checker.check_model(str(path))
             except Exception as exc:
                 raise ExportError(f"torch.onnx.export failed: {_first_line(exc)}") from exc
@@ -153,6 +154,25 @@ def _export(cfg: ExportConfig, tmp: Path) -> dict:
         "weights": report,
         **io_sig,
     }
+
+
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
+
+
+def _drop_stack_traces(path: Path) -> None:
+    """Remove the exporter's per-node Python stack traces: they hold the absolute paths of this checkout and
+    its venv, so the same model exported from another directory had another sha256 (and the shipped tuning
+    databases, keyed on it, were refused on CI's checkout). Namespaces and fx names stay for debugging."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    graphs = [proto.graph] + [f for f in proto.functions]
+    for g in graphs:
+        for node in g.node:
+            keep = [p for p in node.metadata_props if p.key != STACK_TRACE_KEY]
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+    onnx.save(proto, str(path))
 
 
 def _value_info(v) -> dict:

@@ -24,16 +24,18 @@ def kernel_group(name: str) -> str:
     return "_".join(parts)
 
 
-def random_feed(model, seed: int) -> dict:
-    """Seeded random token ids (and mask, types) at a loaded library's input shape, for the inputs it takes."""
+def random_feed(model, seed: int, seq_len: int | None = None) -> dict:
+    """Seeded random token ids (and mask, types) at a loaded library's input shape (``seq_len`` tokens
+    instead, for a library that takes any length), for the inputs it takes."""
     from .export import random_inputs
 
     batch, seq = next(i["shape"] for i in model.inputs if i["name"] == "input_ids")
+    seq = seq_len or seq
     feed = random_inputs(model.vocab_size, model.type_vocab_size or 2, batch, seq, seed)
     return {k: v for k, v in feed.items() if k in {i["name"] for i in model.inputs}}
 
 
-def profile(lib_dir: Path, runs: int = 3, seed: int = 0, threads: int | None = None) -> dict:
+def profile(lib_dir: Path, runs: int = 3, seed: int = 0, threads: int | None = None, seq_len: int | None = None) -> dict:
     """Run the library ``runs`` times on a random input after one warm-up; per kernel group the calls
     per inference and milliseconds per inference, largest first, with the wall time per inference
     without the hook (``wall_ms``) and under it (``profiled_wall_ms``, what the shares are of).
@@ -44,8 +46,8 @@ def profile(lib_dir: Path, runs: int = 3, seed: int = 0, threads: int | None = N
     from . import runtime
 
     model = runtime.load(lib_dir, threads=threads)
-    feed = random_feed(model, seed)
-    model(**feed)
+    feed = random_feed(model, seed, seq_len)
+    model(**feed)  # a length the library does not take fails here, with the runtime's one-line error
 
     def seconds_per_run() -> float:
         t0 = time.perf_counter()
@@ -69,5 +71,5 @@ def profile(lib_dir: Path, runs: int = 3, seed: int = 0, threads: int | None = N
     wall = seconds_per_run()
     rows = [{"kernel": k, "calls": calls[k] // runs, "ms": round(v / runs * 1e3, 3),
              "share": round(v / runs / wall, 4)} for k, v in total.most_common()]
-    return {"library": str(lib_dir), "runs": runs, "wall_ms": round(bare * 1e3, 2),
+    return {"library": str(lib_dir), "runs": runs, "seq_len": feed["input_ids"].shape[1], "wall_ms": round(bare * 1e3, 2),
             "profiled_wall_ms": round(wall * 1e3, 2), "thread_pool": model.pool, "kernels": rows}

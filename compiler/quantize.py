@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import console
 from .artifact import StageRun, load_artifact, run_stage
-from .calibdata import DEFAULT_CORPUS, encode, load_tokenizer, read_texts, split
+from .calibdata import DEFAULT_CORPUS, batches, load_tokenizer, read_texts, split
 from .errors import InputError, ValidationError
 from .targets import load_target
 
@@ -96,6 +96,7 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
     if len(calib) % batch or len(heldout) % batch:
         raise InputError(f"--num-samples and --num-heldout must be multiples of the exported batch size {batch}")
     tok, tok_info = load_tokenizer(parent.manifest["config"].get("checkpoint"), seq_len)
+    dynamic = any(not isinstance(d, int) for i in parent.results["inputs"] for d in i["shape"])
     key = {
         "method": cfg.method, "num_samples": cfg.num_samples, "num_heldout": cfg.num_heldout, "seed": cfg.seed,
         "scheme": scheme, "min_cosine": cfg.min_cosine, "min_agreement": cfg.min_agreement,
@@ -112,14 +113,17 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
                  f"{len(calib)} calibration / {len(heldout)} held-out texts from {corpus.path.name}")
 
     def work(tmp: Path) -> dict:
-        feeds_cal = encode(tok, calib, vocab)
-        feeds_eval = encode(tok, heldout, vocab)
+        # a --dynamic export calibrates and is measured on each text at its own length: padding would put
+        # [PAD] positions' activations into the ranges, and real text is short (median 14 tokens here)
+        feeds_cal = batches(tok, calib, vocab, batch, own_length=dynamic)
+        feeds_eval = batches(tok, heldout, vocab, batch, own_length=dynamic)
         with console.step(f"calibrating ({cfg.method}) and quantizing with onnxruntime"):
-            float_layers = _quantize(parent.file(ONNX_FILE), tmp, feeds_cal, batch, cfg.method, scheme)
+            float_layers = _quantize(parent.file(ONNX_FILE), tmp, feeds_cal, cfg.method, scheme)
         params = quant_record(tmp / ONNX_FILE)
         (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=1) + "\n")
         with console.step("measuring fidelity on held-out texts (fp32 vs int8, onnxruntime)"):
-            fid = fidelity(parent.file(ONNX_FILE), tmp / ONNX_FILE, feeds_eval, batch, parent.results["head"])
+            fid = fidelity(parent.file(ONNX_FILE), tmp / ONNX_FILE, feeds_eval, parent.results["head"])
+        fid["tokens"] = _token_counts(feeds_eval, "own length" if dynamic else f"padded to {seq_len}")
         console.info(fidelity_table(fid, cfg))
         _check(fid, cfg)
         return {"data": data, "scheme": scheme, "method": cfg.method, "fidelity": fid,
@@ -131,12 +135,20 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
     return run_stage("quantize", out, key, work, parent=parent, force=force)
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over pre-tokenized arrays, with strided ranges."""
+def _token_counts(feeds: list[dict], how: str) -> dict:
+    """Real (mask-1) tokens per text of the measured feeds, and how they ran."""
+    import numpy as np
 
-    def __init__(self, feeds: dict, batch: int):
-        n = len(feeds["input_ids"])
-        self.batches = [{k: v[i:i + batch] for k, v in feeds.items()} for i in range(0, n, batch)]
+    real = np.concatenate([f["attention_mask"].sum(1) for f in feeds])
+    return {"ran_at": how, "median": float(np.median(real)), "p90": float(np.percentile(real, 90)),
+            "max": int(real.max())}
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over pre-tokenized batches, with strided ranges."""
+
+    def __init__(self, feeds: list[dict]):
+        self.batches = feeds
         self.set_range(0, len(self.batches))
 
     def __len__(self):
@@ -152,14 +164,14 @@ class _Reader:
         self.set_range(0, len(self.batches))
 
 
-def _quantize(src: Path, tmp: Path, feeds: dict, batch: int, method: str, scheme: dict) -> int:
+def _quantize(src: Path, tmp: Path, feeds: list[dict], method: str, scheme: dict) -> int:
     """Run onnxruntime's calibration and QDQ quantization into tmp; returns how many layers stay float."""
     import tempfile
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    reader = _Reader(feeds, batch)
+    reader = _Reader(feeds)
     stride = next(s for s in (CALIB_STRIDE, 8, 4, 2, 1) if len(reader) % s == 0)
     # onnxruntime's histogram calibrators print progress on stdout, which belongs to --json: send it to stderr
     with tempfile.TemporaryDirectory(dir=tmp) as scratch, console.quiet_warnings(), \
@@ -248,15 +260,13 @@ def reference_session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _run_all(sess, feeds: dict, batch: int, out_name: str):
+def _run_all(sess, feeds: list[dict], out_name: str):
     import numpy as np
 
-    n = len(feeds["input_ids"])
-    return np.concatenate([sess.run([out_name], {k: v[i:i + batch] for k, v in feeds.items()})[0]
-                           for i in range(0, n, batch)])
+    return np.concatenate([sess.run([out_name], f)[0] for f in feeds])
 
 
-def fidelity(fp32_path: Path, int8_path: Path, feeds: dict, batch: int, head: str) -> dict:
+def fidelity(fp32_path: Path, int8_path: Path, feeds: list[dict], head: str) -> dict:
     """fp32 vs int8 on the same inputs: max abs error, cosine per sample, top-1 agreement.
 
     Top-1 agreement is the argmax of the logits for a classifier; for an embedding model it is
@@ -267,8 +277,8 @@ def fidelity(fp32_path: Path, int8_path: Path, feeds: dict, batch: int, head: st
 
     opts = ort.SessionOptions()
     out_name = "logits" if head == "classify" else "sentence_embedding"
-    a = _run_all(ort.InferenceSession(str(fp32_path), opts, providers=["CPUExecutionProvider"]), feeds, batch, out_name)
-    b = _run_all(ort.InferenceSession(str(int8_path), opts, providers=["CPUExecutionProvider"]), feeds, batch, out_name)
+    a = _run_all(ort.InferenceSession(str(fp32_path), opts, providers=["CPUExecutionProvider"]), feeds, out_name)
+    b = _run_all(ort.InferenceSession(str(int8_path), opts, providers=["CPUExecutionProvider"]), feeds, out_name)
     a2, b2 = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
     na, nb = np.linalg.norm(a2, axis=1), np.linalg.norm(b2, axis=1)
     cos = (a2 * b2).sum(1) / np.maximum(na * nb, 1e-30)

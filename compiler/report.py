@@ -16,6 +16,7 @@ from .bench import validate_report
 from .errors import InputError, OutputError, RegressionError
 
 PLOTS = ("latency.png", "speedup.png", "agreement.png", "size.png")
+LENGTH_PLOT = "length.png"  # runs of any-length libraries only
 
 
 def load_results(paths: list[Path]) -> list[dict]:
@@ -103,6 +104,32 @@ def headline_table(run: dict) -> list[list[str]]:
     return rows
 
 
+def text_table(run: dict) -> list[list[str]] | None:
+    """The real-text workload of an any-length library's run (compiler.workloads), or None."""
+    text = (run.get("workloads") or {}).get("text") or {}
+    if not text.get("rows"):
+        return None
+    rows = [["runtime", "mean ms per text", "median ms", "p90 ms", "calls", f"min cosine vs {text['reference']}"]]
+    for r in text["rows"]:
+        st, ag = r["stats"], r.get("agreement") or {}
+        rows.append([r["name"], f"{r['mean_ms_per_text']:.2f}", f"{st['median_ms']:.2f}", f"{st['p90_ms']:.2f}",
+                     str(st["n"]), f"{ag['min_cosine']:.4f}" if ag.get("min_cosine") is not None else "-"])
+    return rows
+
+
+def length_table(run: dict) -> list[list[str]] | None:
+    """Median ms per runtime at each length of the per-length sweep, or None."""
+    from .workloads import length_medians
+
+    med = length_medians(run)
+    if not med:
+        return None
+    points = run["workloads"]["lengths"]["points"]
+    rows = [["runtime", *(f"{n} tokens" for n in points)]]
+    rows += [[name, *(f"{m[n]:.2f}" if n in m else "-" for n in points)] for name, m in med.items()]
+    return rows
+
+
 def _md(rows: list[list[str]]) -> str:
     head, *body = rows
     align = ["---"] + ["---:"] * (len(head) - 1)
@@ -132,7 +159,25 @@ def sections(runs: list[dict]) -> list[tuple[str, str, list[list[str]]]]:
             how += (f". int8 fidelity on {f['samples']} held-out texts (quantize stage, fp32 vs int8): "
                     f"mean cosine {f['mean_cosine']:.4f}, min {f['min_cosine']:.4f}, top-1 agreement "
                     f"{f['top1_agreement']:.1%}")
-        out.append((f"{device}: latency", how, headline_table(run)))
+        text = text_table(run)
+        if text:
+            from .workloads import text_speedups
+
+            t = run["workloads"]["text"]
+            tok = t["tokens"]
+            out.append((f"{device}: real text, each at its own length",
+                        f"{t['texts']} texts from {t['source']} ({tok['min']}-{tok['max']} tokens, median "
+                        f"{tok['median']:g}, p90 {tok['p90']:g}), {t['passes']} interleaved pass(es); the library "
+                        "pads each text to its smallest length bucket, onnxruntime and PyTorch run the dynamic "
+                        "export at exactly the text's length. Ratios (library mean / baseline mean, lower is "
+                        "faster): " + "; ".join(f"{s['library'].split(' (')[0]} / {s['baseline']} {s['ratio']:.2f}x"
+                                                for s in text_speedups(run)), text))
+            lengths = length_table(run)
+            if lengths:
+                out.append((f"{device}: median ms by input length", "Random ids at each length, interleaved; the "
+                            "longest is the main measurement below.", lengths))
+        out.append((f"{device}: latency" + (f" at {run['model']['seq_len']} tokens" if text else ""), how,
+                    headline_table(run)))
         sp = speedups(run)
         if sp:
             rows = [["library", "baseline", "speed-up (baseline median / library median)"]]
@@ -161,6 +206,7 @@ def plots(runs: list[dict], out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 (the length plot)
 
     devices = by_device(runs)
     newest = {d: rs[-1] for d, rs in devices.items()}
@@ -194,7 +240,29 @@ def plots(runs: list[dict], out: Path) -> list[str]:
          lambda r: [(rt["name"], (rt["agreement"] or {}).get("cosine")) for rt in _ok(r)])
     bars("size.png", "Model / library size", "MB",
          lambda r: [(rt["name"], rt["model_bytes"] / 1e6 if rt["model_bytes"] else None) for rt in _ok(r)])
-    return list(PLOTS)
+    from .workloads import length_medians
+
+    swept = {d: length_medians(r) for d, r in newest.items() if length_medians(r)}
+    if not swept:
+        return list(PLOTS)
+    fig, axes = plt.subplots(len(swept), 1, figsize=(8, 4 * len(swept)), squeeze=False)
+    for ax, (device, med) in zip(axes[:, 0], swept.items()):
+        for name, m in med.items():
+            xs = sorted(m)
+            ax.plot(xs, [m[x] for x in xs], marker="o", lw=2.5 if name.startswith("squeezeedge") else 1.2,
+                    label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({x for m in med.values() for x in m}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("median ms")
+        ax.set_title(device, fontsize=9)
+        ax.legend(fontsize=8)
+    fig.suptitle("Latency against input length (lower is better)")
+    fig.tight_layout()
+    fig.savefig(out / LENGTH_PLOT, dpi=100)
+    plt.close(fig)
+    return [*PLOTS, LENGTH_PLOT]
 
 
 def render(paths: list[Path], out: Path, fail_on: str | None = None) -> dict:

@@ -104,10 +104,17 @@ class LoadedModel:
     """A compiled model: ``model(**inputs) -> list of numpy arrays`` in the metadata's output order."""
 
     def __init__(self, vm, inputs: list[dict], outputs: list[dict], vocab_size: int | None = None,
-                 type_vocab_size: int | None = None, pool: dict | None = None):
+                 type_vocab_size: int | None = None, pool: dict | None = None, lengths: list[int] | None = None,
+                 truncate: bool = False):
         self._vm, self.inputs, self.outputs = vm, inputs, outputs
         self.vocab_size, self.type_vocab_size = vocab_size, type_vocab_size
         self.pool = pool  # the thread pool settings in force (configure_threads)
+        # an any-length library's buckets (compiler.lengths); None: only the inputs' exact shape
+        self.lengths, self.truncate = lengths, truncate
+
+    @property
+    def max_length(self) -> int:
+        return self.inputs[0]["shape"][1]
 
     @classmethod
     def from_files(cls, lib: Path, inputs: list[dict], outputs: list[dict], **limits) -> "LoadedModel":
@@ -139,9 +146,17 @@ class LoadedModel:
         arrays = []
         for spec in self.inputs:
             arr = np.asarray(feeds[spec["name"]])
-            if list(arr.shape) != list(spec["shape"]):
+            if self.lengths and arr.ndim == 2 and arr.shape[0] == spec["shape"][0] and arr.shape[1] >= 1:
+                if arr.shape[1] > self.max_length:
+                    if not self.truncate:
+                        raise InputError(f"input '{spec['name']}' has {arr.shape[1]} tokens; this library takes at "
+                                         f"most {self.max_length} (truncation only when asked: truncate=True)")
+                    arr = arr[:, :self.max_length]
+            elif list(arr.shape) != list(spec["shape"]):
+                what = (f"[{spec['shape'][0]}, 1..{self.max_length}]" if self.lengths else
+                        f"{spec['shape']} (export with --dynamic for a library that takes any length)")
                 raise InputError(f"input '{spec['name']}' has shape {list(arr.shape)}, the library was built "
-                                 f"for {spec['shape']}")
+                                 f"for {what}")
             if arr.dtype.kind not in "iu":
                 raise InputError(f"input '{spec['name']}' has dtype {arr.dtype}, expected integers ({spec['dtype']})")
             limit = {"input_ids": self.vocab_size, "token_type_ids": self.type_vocab_size,
@@ -149,13 +164,26 @@ class LoadedModel:
             if limit is not None and arr.size and (arr.min() < 0 or arr.max() >= limit):
                 raise InputError(f"input '{spec['name']}' has values outside 0..{limit - 1}")
             arrays.append(np.ascontiguousarray(arr, dtype=spec["dtype"]))
+        if len({a.shape for a in arrays}) > 1:
+            raise InputError("the inputs differ in shape: " + ", ".join(
+                f"{s['name']} {list(a.shape)}" for s, a in zip(self.inputs, arrays)))
         return arrays
+
+    def dispatch(self, arrays: list) -> tuple[str, list]:
+        """(Relax function, inputs padded to its length) for checked inputs."""
+        from .lengths import bucket_for, function_name, pad
+
+        if not self.lengths:
+            return "main", arrays
+        bucket = bucket_for(arrays[0].shape[1], self.lengths)
+        return function_name(bucket, self.lengths), pad(arrays, bucket)
 
     def __call__(self, **feeds):
         import tvm
 
-        args = [tvm.runtime.tensor(a) for a in self._check(feeds)]
-        out = self._vm["main"](*args)
+        name, arrays = self.dispatch(self._check(feeds))
+        args = [tvm.runtime.tensor(a) for a in arrays]
+        out = self._vm[name](*args)
         outs = list(out) if not hasattr(out, "numpy") else [out]
         return [o.numpy() for o in outs]
 
@@ -183,8 +211,11 @@ def load_metadata(directory: Path) -> tuple[dict, Path]:
     return meta, lib
 
 
-def load(directory: Path, threads: int | None = None) -> LoadedModel:
+def load(directory: Path, threads: int | None = None, truncate: bool = False) -> LoadedModel:
     """Load a build artifact directory (model.so + metadata.json) after checking its sha256.
+
+    A library built from a --dynamic export takes input_ids (and mask, types) of shape [B, L] for every L
+    from 1 to its maximum; longer inputs are refused unless ``truncate``.
 
     TVM's thread pool is set as the library's target asks (:func:`configure_threads`): its threads, at
     most the CPUs this process may use, unless ``threads`` or TVM_NUM_THREADS says otherwise.
@@ -198,4 +229,5 @@ def load(directory: Path, threads: int | None = None) -> LoadedModel:
         raise ArtifactError(f"{lib} was built for a CPU with {', '.join(missing)}, which this CPU lacks "
                             f"(target {meta['target'].get('name')}); rebuild with --target host")
     return LoadedModel.from_files(lib, meta["inputs"], meta["outputs"], vocab_size=meta.get("vocab_size"),
-                                  type_vocab_size=meta.get("type_vocab_size"), pool=pool)
+                                  type_vocab_size=meta.get("type_vocab_size"), pool=pool,
+                                  lengths=meta.get("lengths"), truncate=truncate)

@@ -1,9 +1,12 @@
 // squeezeedge deploy runner: load a built model.so with the TVM runtime (no Python), run it once on
 // raw input files, write the first output as raw float32, print the wall time of each run.
 //
-//   run_model [--threads N] LIB.so OUT.bin REPEAT NAME:DTYPE:D0xD1:FILE [NAME:DTYPE:D0xD1:FILE ...]
+//   run_model [--threads N] [--lengths L1,L2,...] LIB.so OUT.bin REPEAT NAME:DTYPE:D0xD1:FILE [...]
 //
 // Inputs are little-endian raw arrays (int64 or int32) in the order the library's "main" takes them.
+// --lengths (an any-length library's buckets, metadata.json "lengths"): inputs of D1 tokens, any D1 up to
+// the last, are zero-padded to the smallest bucket that holds them (mask 0: the answer does not change)
+// and run by that bucket's function, "main_<bucket>" ("main" for the last).
 // TVM's thread pool: N threads (the library's target threads; 0 or none: all), at most the CPUs this
 // process may use, and a spin count of 1000, unless TVM_NUM_THREADS / TVM_THREAD_POOL_SPIN_COUNT are set
 // (TVM alone takes half the logical CPUs on x86 and spins 300000 times: compiler/runtime.py).
@@ -58,15 +61,21 @@ static int ConfigureThreads(int wanted) {
 
 int main(int argc, char** argv) {
   int wanted = 0;
-  if (argc > 2 && std::strcmp(argv[1], "--threads") == 0) {
-    wanted = std::atoi(argv[2]);
+  std::vector<int64_t> lengths;
+  while (argc > 2 && (std::strcmp(argv[1], "--threads") == 0 || std::strcmp(argv[1], "--lengths") == 0)) {
+    if (argv[1][2] == 't') {
+      wanted = std::atoi(argv[2]);
+    } else {
+      for (auto& l : Split(argv[2], ',')) lengths.push_back(std::atoll(l.c_str()));
+    }
     argv += 2;
     argc -= 2;
   }
   if (argc < 5) {
-    std::cerr << "usage: run_model [--threads N] LIB.so OUT.bin REPEAT NAME:DTYPE:D0xD1:FILE ...\n";
+    std::cerr << "usage: run_model [--threads N] [--lengths L1,L2,...] LIB.so OUT.bin REPEAT NAME:DTYPE:D0xD1:FILE ...\n";
     return 2;
   }
+  int64_t bucket = 0;  // 0: inputs run as given, by "main"
   std::fprintf(stderr, "threads: %d\n", ConfigureThreads(wanted));
   const DLDevice cpu{kDLCPU, 0};
   std::vector<ffi::Tensor> inputs;
@@ -79,11 +88,34 @@ int main(int argc, char** argv) {
     std::vector<int64_t> shape;
     for (auto& d : Split(parts[2], 'x')) shape.push_back(std::atoll(d.c_str()));
     DLDataType dtype{kDLInt, static_cast<uint8_t>(parts[1] == "int64" ? 64 : 32), 1};
-    ffi::Tensor t = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::Shape(shape), dtype, cpu);
+    std::vector<int64_t> padded = shape;
+    if (!lengths.empty()) {
+      if (shape.size() != 2 || shape[1] < 1 || shape[1] > lengths.back()) {
+        std::cerr << "run_model: input " << parts[0] << " has " << (shape.size() == 2 ? shape[1] : -1)
+                  << " tokens; this library takes 1 to " << lengths.back() << "\n";
+        return 3;
+      }
+      padded[1] = *std::find_if(lengths.begin(), lengths.end(), [&](int64_t b) { return b >= shape[1]; });
+      if (bucket && bucket != padded[1]) {
+        std::cerr << "run_model: the inputs differ in length\n";
+        return 3;
+      }
+      bucket = padded[1];
+    }
+    ffi::Tensor t = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::Shape(padded), dtype, cpu);
     size_t bytes = ffi::GetDataSize(*t.GetDLTensorPtr());
+    size_t elem = dtype.bits / 8, rows = padded.size() == 2 ? padded[0] : 1;
+    size_t row_in = (shape.size() == 2 ? shape[1] : bytes / elem) * elem, row_out = bytes / rows;
+    std::memset(t.GetDLTensorPtr()->data, 0, bytes);  // the padding: id 0 ([PAD]), mask 0, type 0
     std::ifstream f(parts[3], std::ios::binary);
-    if (!f.read(static_cast<char*>(t.GetDLTensorPtr()->data), bytes) || f.peek() != EOF) {
-      std::cerr << "run_model: " << parts[3] << " does not hold " << bytes << " bytes\n";
+    for (size_t r = 0; r < rows; ++r) {
+      if (!f.read(static_cast<char*>(t.GetDLTensorPtr()->data) + r * row_out, row_in)) {
+        std::cerr << "run_model: " << parts[3] << " does not hold " << rows * row_in << " bytes\n";
+        return 3;
+      }
+    }
+    if (f.peek() != EOF) {
+      std::cerr << "run_model: " << parts[3] << " does not hold " << rows * row_in << " bytes\n";
       return 3;
     }
     inputs.push_back(t);
@@ -97,7 +129,8 @@ int main(int argc, char** argv) {
     ffi::Function invoke = vm->GetFunction("invoke_stateful").value();
     ffi::Function get_output = vm->GetFunction("get_output").value();
     ffi::Function get_output_arity = vm->GetFunction("get_output_arity").value();
-    const ffi::String main_name("main");  // AnyView does not own: keep it alive
+    const ffi::String main_name(bucket && bucket != lengths.back() ? "main_" + std::to_string(bucket)
+                                                                    : std::string("main"));  // AnyView does not own: keep it alive
     std::vector<ffi::AnyView> args;
     args.push_back(main_name);
     for (auto& t : inputs) args.push_back(t);
