@@ -284,8 +284,10 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, emulate
                  f"(not run: no GPU here)\n  CPU library {cpu['file']} for {cpu['target']['name']}"
                  + (f", run under qemu: max abs diff {cpu['validation']['max_abs_diff']:.2e}" if cpu["validation"]
                     else ", not run (--no-emulate)"))
+    lengths = (f", any length 1..{r['lengths'][-1]} tokens (buckets {', '.join(map(str, r['lengths']))})"
+               if r.get("lengths") else "")
     _finish(ctx, run, "built", run.artifact.file("model.so"),
-            f"  {r['precision']} for {r['target']['name']}{ints}{tuning}, {r['library']['bytes'] / 1e6:.1f} MB"
+            f"  {r['precision']} for {r['target']['name']}{ints}{tuning}{lengths}, {r['library']['bytes'] / 1e6:.1f} MB"
             f"{check}\n"
             f"  load it: python -c \"import compiler.runtime as rt; m = rt.load('{run.artifact.path}'); "
             f"print(m.inputs)\"")

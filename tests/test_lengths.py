@@ -129,6 +129,17 @@ def test_quantize_calibrates_and_measures_at_the_texts_own_lengths(dyn_int8):
     assert fid["tokens"]["median"] < 25 <= MAX  # the shipped corpus: median 14 tokens
 
 
+def test_an_emulated_pi5_fp32_library_takes_every_length(dyn_export, tmp_path):
+    """Cross-built for the Pi 5 and checked under qemu (the C++ runner padding to the bucket) at 1, 16, 17
+    and 32 tokens against onnxruntime at exactly those lengths, within 1e-4 (the build's own check)."""
+    out = tmp_path / "fp32-rpi5"
+    res = cli("-q", "build", dyn_export, "--target", "rpi5", "--out", out)
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["validation"]["lengths"] == [1, 16, 17, MAX] and meta["validation"]["max_abs_diff"] <= 1e-4
+    assert meta["validation"]["ran"].startswith("under qemu")
+
+
 def test_an_emulated_pi5_library_takes_every_length(dyn_int8, tmp_path):
     """Cross-built for the Pi 5, checked under qemu at 1, 16, 17 and 32 tokens against onnxruntime (the
     build's own validation), and a bundle whose run.sh runs the example's first N tokens."""
@@ -149,3 +160,28 @@ def test_an_emulated_pi5_library_takes_every_length(dyn_int8, tmp_path):
     assert whole.returncode == 0 and "output matches" in whole.stdout, whole.stdout + whole.stderr
     part = subprocess.run(["sh", str(run_sh), "9"], capture_output=True, text=True, env=env, timeout=600)
     assert part.returncode == 0 and "run 4:" in part.stdout, part.stdout + part.stderr
+
+
+def test_bench_times_real_text_at_its_own_length_and_each_length(dyn_libs, tmp_path):
+    out = tmp_path / "bench.json"
+    res = cli("-q", "bench", dyn_libs["int8"], dyn_libs["fp32"], "--baselines", "ort,torch", "--repeat", 3,
+              "--warmup", 1, "--out", out)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    text = rep["workloads"]["text"]
+    names = {r["name"] for r in text["rows"]}
+    assert {"squeezeedge int8 (host)", "squeezeedge fp32 (host)", "onnxruntime int8", "onnxruntime fp32",
+            "pytorch fp32"} == names
+    assert text["texts"] == 64 and text["passes"] >= 1 and text["tokens"]["max"] <= MAX
+    for r in text["rows"]:
+        assert r["stats"]["n"] == text["texts"] * text["passes"] and r["mean_ms_per_text"] > 0
+    fp32 = next(r for r in text["rows"] if r["name"] == "squeezeedge fp32 (host)")
+    assert fp32["agreement"]["min_cosine"] > 0.9999  # padded to its bucket vs PyTorch at the text's length
+    lengths = rep["workloads"]["lengths"]
+    assert lengths["points"] == [16, MAX] and lengths["rows"][str(MAX)] == "main"
+    assert {r["name"] for r in lengths["rows"]["16"]} == names
+    report = cli("-q", "report", out, "--out", tmp_path / "report")
+    assert report.exit_code == 0, report.output
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert md.index("real text, each at its own length") < md.index(f"latency at {MAX} tokens")
+    assert (tmp_path / "report" / "length.png").stat().st_size > 1000
