@@ -176,6 +176,9 @@ def export(ctx, model, checkpoint, head, num_labels, batch, seq_len, seed, dynam
 @click.option("--keep-float", type=click.Choice(["gelu-out"]), multiple=True,
               help="Leave these layers in float. gelu-out: the FFN output projections, fed by GELU, where "
                    "trained BERT models keep their activation outliers (costs speed, buys fidelity).")
+@click.option("--float-outputs", default="Gemm", show_default=True, metavar="OPS",
+              help="Comma list of Conv, MatMul, Gemm (or 'none'): these layers multiply in integers but their "
+                   "outputs are not quantized (no rounding before the bias add; what trained models need).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration/held-out split.")
 @click.option("--min-cosine", type=float, default=0.99, show_default=True,
               help="Fail if the mean cosine similarity of fp32 and int8 outputs is below this.")
@@ -186,7 +189,7 @@ def export(ctx, model, checkpoint, head, num_labels, batch, seq_len, seed, dynam
 @click.option("--force", is_flag=True, help="Rerun even if --out already holds this result.")
 @click.pass_context
 def quantize(ctx, export_dir, calibration_data, text_column, num_samples, num_heldout, method, per_channel,
-             activations, target, target_file, keep_float, seed, min_cosine, min_agreement, out, force):
+             activations, target, target_file, keep_float, float_outputs, seed, min_cosine, min_agreement, out, force):
     """Quantize an exported model to int8 (QDQ) with calibration text, and check its fidelity.
 
     Tokenizes the texts with the model's tokenizer (a checkpoint's own, else the bert-base-uncased
@@ -207,6 +210,7 @@ def quantize(ctx, export_dir, calibration_data, text_column, num_samples, num_he
     cfg = QuantizeConfig(calibration_data=calibration_data, text_column=text_column, num_samples=num_samples,
                          num_heldout=num_heldout, method=method, per_channel=per_channel, activations=activations,
                          target=target, target_file=target_file, keep_float=tuple(keep_float), seed=seed,
+                         float_outputs=tuple(o for o in float_outputs.split(",") if o and o != "none"),
                          min_cosine=min_cosine,
                          min_agreement=min_agreement)
     run = quantize_model(export_dir, cfg, _out(ctx, out, "quantize"), force=force)

@@ -48,6 +48,7 @@ class QuantizeConfig:
     target: str = "host"
     target_file: Path | None = None
     keep_float: tuple[str, ...] = ()
+    float_outputs: tuple[str, ...] = ("Gemm",)  # see the scheme's "float_outputs"
     seed: int = 0
     min_cosine: float = 0.99
     min_agreement: float = 0.9
@@ -76,6 +77,8 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
         raise InputError("--num-samples and --num-heldout must be >= 1")
     if bad := set(cfg.keep_float) - set(KEEP_FLOAT):
         raise InputError(f"unknown --keep-float '{sorted(bad)[0]}' ({', '.join(KEEP_FLOAT)})")
+    if bad := set(cfg.float_outputs) - set(OP_TYPES):
+        raise InputError(f"unknown --float-outputs '{sorted(bad)[0]}' ({', '.join(OP_TYPES)}, or none)")
     if cfg.activations not in (None, "uint8", "int8"):
         raise InputError(f"--activations must be uint8 or int8, got {cfg.activations}")
     parent = load_artifact(export_dir, stage="export")
@@ -89,11 +92,12 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
         "preset_reason": target.int8.reason,
         "op_types": list(OP_TYPES),
         "keep_float": sorted(set(cfg.keep_float)),
-        # Gemm outputs (the pooler and the classifier) are not quantized: quantized, a classifier's logits
-        # round to a handful of steps (seeded-random SqueezeBERT calibrated at the texts' own lengths:
-        # most logits rounded to the zero point, outputs [0, 0] where onnxruntime's own integer path
-        # gave [0.0011, 0], cosine 0). Their multiply-adds stay integer, with a float output.
-        "float_outputs": ["Gemm"],
+        # layers whose outputs are not quantized (onnxruntime's OpTypesToExcludeOutputQuantization); their
+        # multiply-adds stay integer, with a float output. Default Gemm (the pooler and the classifier):
+        # quantized, a classifier's logits round to a handful of steps (seeded-random SqueezeBERT
+        # calibrated at the texts' own lengths: most logits rounded to the zero point, outputs [0, 0]
+        # where onnxruntime's own integer path gave [0.0011, 0], cosine 0)
+        "float_outputs": sorted(set(cfg.float_outputs)),
     }
     corpus = read_texts(cfg.calibration_data or DEFAULT_CORPUS, cfg.text_column)
     calib, heldout = split(corpus.texts, cfg.num_samples, cfg.num_heldout, cfg.seed, corpus.path)

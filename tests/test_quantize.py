@@ -218,3 +218,25 @@ def test_json_output_is_clean_for_histogram_methods(tiny_export, tmp_path):
     res = cli("-q", "--json", "quantize", tiny_export, *FAST, "--method", "entropy", "--out", tmp_path / "e")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["manifest"]["results"]["method"] == "entropy"
+
+
+def test_float_outputs_leave_those_layers_outputs_unquantized(tiny_export, tmp_path):
+    """Default: Gemm outputs (pooler, classifier) unquantized; --float-outputs Conv,MatMul,Gemm: no compute
+    layer's output is quantized (their multiply-adds still are); a bad op type is one line, exit 3."""
+    import onnx
+
+    def output_quantized(model_dir, op_type):
+        graph = onnx.load(str(model_dir / "model.onnx")).graph
+        consumers = {i: n.op_type for n in graph.node for i in n.input}
+        return [consumers.get(o) == "QuantizeLinear" for n in graph.node if n.op_type == op_type for o in n.output]
+
+    default = tmp_path / "default"
+    assert cli("-q", "quantize", tiny_export, *FAST, "--out", default).exit_code == 0
+    assert not any(output_quantized(default, "Gemm")) and all(output_quantized(default, "Conv"))
+    none = tmp_path / "none"
+    res = cli("-q", "quantize", tiny_export, *FAST, "--float-outputs", "Conv,MatMul,Gemm", "--out", none)
+    assert res.exit_code == 0, res.output
+    assert not any(any(output_quantized(none, op)) for op in ("Conv", "MatMul", "Gemm"))
+    assert manifest(none)["results"]["scheme"]["float_outputs"] == ["Conv", "Gemm", "MatMul"]
+    bad = cli("quantize", tiny_export, *FAST, "--float-outputs", "Relu", "--out", tmp_path / "bad")
+    assert bad.exit_code == 3 and "unknown --float-outputs 'Relu'" in bad.stderr and "Traceback" not in bad.output
