@@ -22,7 +22,7 @@ from . import console
 from .artifact import MANIFEST, Artifact, hash_tree, load_artifact, peak_rss_mb, prepare_output, sha256_json, \
     tool_versions, _lock
 from .errors import BoardLostError, InputError
-from .int8 import AVX2, AVX2_U8S8, MAC_KERNELS
+from .int8 import AVX2, AVX2_U8S8, MAC_KERNELS, VNNI
 from .targets import load_target
 
 STATE_FILE = "tune-state.json"
@@ -175,9 +175,12 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
     with console.step("extracting tuning tasks"), console.native_stderr_to_debug():
         mod = lowered_module(parent, tvm_target)
         tasks = ms.relax_integration.extract_tasks(mod, tvm_target, module_equality=MODULE_EQUALITY)
-    # AVX2's packed kernels keep their default schedule (compiler/schedules.py): MetaSchedule's tiling
-    # onto our vpmaddwd intrinsic mostly failed to compile, and what compiled ran 20x slower
-    chosen = [t for t in tasks if not any(p.block in t.task_name for p in (AVX2, AVX2_U8S8))
+    # x86's packed kernels keep their default schedule (compiler/schedules.py). AVX2: MetaSchedule's
+    # tiling onto our vpmaddwd intrinsic mostly failed to compile, and what compiled ran 20x slower.
+    # VNNI: records 5-7% faster alone never made the model faster at 128 tokens (PERFORMANCE-LOG step
+    # 36), and at 16 tokens the tuned vpdpbusd kernels ran 1.7x slower in the model than their defaults
+    # (step 37: int8 4.10 vs 3.17 ms), though >= 10% faster when tune timed them alone
+    chosen = [t for t in tasks if not any(p.block in t.task_name for p in (AVX2, AVX2_U8S8, VNNI))
               and (cfg.all_tasks or any(op in t.task_name for op in MAC_KERNELS))]
     if cfg.tracker is not None:
         host, port = cfg.tracker.rsplit(":", 1)
