@@ -39,12 +39,14 @@ def tiny_db(tiny_int8, tmp_path_factory):
 def test_tune_writes_a_database_for_model_and_target(tiny_db, tiny_int8):
     m = json.loads((tiny_db / "manifest.json").read_text())
     r = m["results"]
-    assert m["stage"] == "tune" and r["trials"] == 16 and r["tasks"] > 10 and 1 <= r["tuned_tasks"] <= r["tasks"]
+    # the defaults are measured first, the rest in whole batches of 8: at most a batch past the 16 asked
+    assert m["stage"] == "tune" and 16 <= r["trials"] < 16 + 8 and r["tasks"] > 10
+    assert 1 <= r["tuned_tasks"] <= r["tasks"]
     ident = m["config"]["identity"]
     assert ident["target"] == "host"
     assert ident["model_sha256"] == json.loads((tiny_int8 / "manifest.json").read_text())["artifact_sha256"]
     records = (tiny_db / "database_tuning_record.json").read_text().splitlines()
-    assert len(records) == 16 and all(json.loads(line) for line in records)
+    assert len(records) == r["trials"] and all(json.loads(line) for line in records)
 
 
 def test_build_applies_the_database(tiny_db, tiny_int8, tmp_path):
@@ -52,7 +54,10 @@ def test_build_applies_the_database(tiny_db, tiny_int8, tmp_path):
     res = cli("-q", "build", tiny_int8, "--database", tiny_db, "--out", out)
     assert res.exit_code == 0, res.output
     meta = json.loads((out / "metadata.json").read_text())
-    assert meta["tuning"]["kernels_with_tuned_schedule"] >= 1
+    # kernels whose task has a record took it, or kept their default where the record beat it by less
+    # than MIN_GAIN (on VNNI the tuned tasks are the attention matmuls, whose defaults often win)
+    t = meta["tuning"]
+    assert t["kernels_with_tuned_schedule"] + t["kernels_kept_default_schedule"] >= 1
     assert meta["tuning"]["tuned_tasks"] >= 1 and meta["tuning"]["tasks"] > 10
     assert meta["database"]["sha256"] == json.loads((tiny_db / "manifest.json").read_text())["artifact_sha256"]
     assert meta["int8"]["compiled_float_mac_kernels"] == 0
