@@ -234,7 +234,7 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
         else:
             from .workloads import any_length_workloads
 
-            workloads = any_length_workloads(runners, cfg, chain, meta, seq, window_s)
+            workloads = any_length_workloads(runners, cfg, chain, meta, seq)
     ref_name = next((n for n in ("pytorch fp32", "onnxruntime fp32") if n in outputs), None)
     rows = []
     for r in runners:

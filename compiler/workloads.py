@@ -22,17 +22,10 @@ HELDOUT = (128, 64, 0)  # quantize's defaults: --num-samples, --num-heldout, --s
 
 def text_feeds(texts: list[str], checkpoint: str | None, max_len: int, vocab: int) -> list[dict]:
     """One feed [1, L] per text at its own length L (truncated to ``max_len``)."""
-    import numpy as np
-
-    from .calibdata import encode, load_tokenizer
+    from .calibdata import batches, load_tokenizer
 
     tok, _ = load_tokenizer(checkpoint, max_len)
-    tok.no_padding()
-    feeds = []
-    for t in texts:
-        enc = encode(tok, [t], vocab)
-        feeds.append({k: np.ascontiguousarray(v) for k, v in enc.items()})
-    return feeds
+    return batches(tok, texts, vocab, 1, own_length=True)
 
 
 def workload_texts(cfg) -> tuple[list[str], str]:
@@ -46,11 +39,12 @@ def workload_texts(cfg) -> tuple[list[str], str]:
     return split(corpus.texts, n_cal, n_held, seed, corpus.path)[1], f"{corpus.path.name} (held-out split)"
 
 
-def any_length_workloads(runners, cfg, chain, meta: dict, max_len: int, main_window_s: float) -> dict:
+def any_length_workloads(runners, cfg, chain, meta: dict, max_len: int) -> dict:
     """The ``workloads`` section of a bench report (see the module docstring)."""
     import numpy as np
 
     from .bench import _measure, stats, verdict
+    from .build import cosine
     from .export import random_inputs
 
     dyn = [r for r in runners if r.any_length]
@@ -89,9 +83,7 @@ def any_length_workloads(runners, cfg, chain, meta: dict, max_len: int, main_win
         for r in dyn:
             cos = []
             for f, want in zip(feeds, refs):
-                got = np.asarray(r.fn(f), dtype=np.float64).ravel()
-                den = np.linalg.norm(got) * np.linalg.norm(want)
-                cos.append(float(got @ want / den) if den else 1.0)
+                cos.append(cosine(np.asarray(r.fn(f), dtype=np.float64).ravel(), want))
             agreement[r.name] = {"min_cosine": min(cos), "mean_cosine": float(np.mean(cos))}
     rows = []
     for r in dyn:
