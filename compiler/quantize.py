@@ -19,6 +19,7 @@ from . import console
 from .artifact import StageRun, load_artifact, run_stage
 from .calibdata import DEFAULT_CORPUS, batches, load_tokenizer, read_texts, split
 from .errors import InputError, ValidationError
+from .smoothquant import quantize_embeddings, smooth
 from .targets import load_target
 
 ONNX_FILE = "model.onnx"
@@ -30,6 +31,9 @@ OP_TYPES = ("Conv", "MatMul", "Gemm")
 # Histogram calibrators keep every intermediate output of every sample until the end
 # (microsoft/onnxruntime#10503); feeding them in strides of this many samples bounds memory.
 CALIB_STRIDE = 16
+# SmoothQuant's migration strength (compiler/smoothquant.py), chosen by measurement on trained MiniLM:
+# 0.7 gave the best min cosine of 0.5-0.9 (results/int8-fidelity.md)
+SMOOTH_QUANT_ALPHA = 0.7
 # Layers that may be kept in float. "gelu-out": the FFN output projection, whose input is the GELU
 # output, the classic BERT activation-outlier site. Measured on trained MiniLM (results/): keeping those
 # 6 of 42 matmuls in float lifts the mean cosine from 0.940 to 0.992.
@@ -48,7 +52,9 @@ class QuantizeConfig:
     target: str = "host"
     target_file: Path | None = None
     keep_float: tuple[str, ...] = ()
-    float_outputs: tuple[str, ...] = ("Gemm",)  # see the scheme's "float_outputs"
+    float_outputs: tuple[str, ...] = OP_TYPES  # see the scheme's "float_outputs"
+    smooth_quant: float | None = SMOOTH_QUANT_ALPHA  # None: off
+    int8_embeddings: bool = True
     seed: int = 0
     min_cosine: float = 0.99
     min_agreement: float = 0.9
@@ -79,6 +85,8 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
         raise InputError(f"unknown --keep-float '{sorted(bad)[0]}' ({', '.join(KEEP_FLOAT)})")
     if bad := set(cfg.float_outputs) - set(OP_TYPES):
         raise InputError(f"unknown --float-outputs '{sorted(bad)[0]}' ({', '.join(OP_TYPES)}, or none)")
+    if cfg.smooth_quant is not None and not 0 < cfg.smooth_quant < 1:
+        raise InputError(f"--smooth-quant must be between 0 and 1 (exclusive), or none; got {cfg.smooth_quant}")
     if cfg.activations not in (None, "uint8", "int8"):
         raise InputError(f"--activations must be uint8 or int8, got {cfg.activations}")
     parent = load_artifact(export_dir, stage="export")
@@ -93,11 +101,13 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
         "op_types": list(OP_TYPES),
         "keep_float": sorted(set(cfg.keep_float)),
         # layers whose outputs are not quantized (onnxruntime's OpTypesToExcludeOutputQuantization); their
-        # multiply-adds stay integer, with a float output. Default Gemm (the pooler and the classifier):
-        # quantized, a classifier's logits round to a handful of steps (seeded-random SqueezeBERT
-        # calibrated at the texts' own lengths: most logits rounded to the zero point, outputs [0, 0]
-        # where onnxruntime's own integer path gave [0.0011, 0], cosine 0)
+        # multiply-adds stay integer, with a float output (no rounding before the bias add). Default: all.
+        # Quantized, trained MiniLM's FFN output projection rounds [-2.3, 195.7] in steps of 0.78 (mean
+        # cosine 0.943 with SmoothQuant, 0.9975 without output quantizers), and a classifier's logits round
+        # to a handful of steps (seeded-random SqueezeBERT: outputs [0, 0], cosine 0)
         "float_outputs": sorted(set(cfg.float_outputs)),
+        "smooth_quant_alpha": cfg.smooth_quant,
+        "embeddings": "int8 per row" if cfg.int8_embeddings else "float",
     }
     corpus = read_texts(cfg.calibration_data or DEFAULT_CORPUS, cfg.text_column)
     calib, heldout = split(corpus.texts, cfg.num_samples, cfg.num_heldout, cfg.seed, corpus.path)
@@ -127,7 +137,10 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
         feeds_cal = batches(tok, calib, vocab, batch, own_length=dynamic)
         feeds_eval = batches(tok, heldout, vocab, batch, own_length=dynamic)
         with console.step(f"calibrating ({cfg.method}) and quantizing with onnxruntime"):
-            float_layers = _quantize(parent.file(ONNX_FILE), tmp, feeds_cal, cfg.method, scheme)
+            float_layers, rewrites = _quantize(parent.file(ONNX_FILE), tmp, feeds_cal, cfg.method, scheme)
+        if rewrites["smoothed_groups"] or rewrites["int8_tables"]:
+            console.info(f"  SmoothQuant (alpha {scheme['smooth_quant_alpha']}): {rewrites['smoothed_groups']} layer "
+                         f"groups; int8 embedding tables: {len(rewrites['int8_tables'])}")
         params = quant_record(tmp / ONNX_FILE)
         (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=1) + "\n")
         with console.step("measuring fidelity on held-out texts (fp32 vs int8, onnxruntime)"):
@@ -136,7 +149,8 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
         console.info(fidelity_table(fid, cfg))
         _check(fid, cfg)
         return {"data": data, "scheme": scheme, "method": cfg.method, "fidelity": fid,
-                "quantized_tensors": len(params["tensors"]), "float_layers": float_layers, "head": parent.results["head"],
+                "quantized_tensors": len(params["tensors"]), "float_layers": float_layers, **rewrites,
+                "head": parent.results["head"],
                 "fp32_bytes": parent.file(ONNX_FILE).stat().st_size, "int8_bytes": (tmp / ONNX_FILE).stat().st_size,
                 "inputs": parent.results["inputs"], "outputs": parent.results["outputs"],
                 "model_config": parent.results["model_config"]}
@@ -173,10 +187,12 @@ class _Reader:
         self.set_range(0, len(self.batches))
 
 
-def _quantize(src: Path, tmp: Path, feeds: list[dict], method: str, scheme: dict) -> int:
-    """Run onnxruntime's calibration and QDQ quantization into tmp; returns how many layers stay float."""
+def _quantize(src: Path, tmp: Path, feeds: list[dict], method: str, scheme: dict) -> tuple[int, dict]:
+    """Rewrite the graph (SmoothQuant, int8 embedding tables), then run onnxruntime's calibration and QDQ
+    quantization into tmp; returns how many layers stay float, and what the rewrites did."""
     import tempfile
 
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -187,6 +203,11 @@ def _quantize(src: Path, tmp: Path, feeds: list[dict], method: str, scheme: dict
             contextlib.redirect_stdout(sys.stderr if console.VERBOSITY >= 2 else io.StringIO()):
         pre = Path(scratch) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        model = onnx.load(str(pre))
+        rewrites = {"smoothed_groups": smooth(model, feeds, scheme["smooth_quant_alpha"])
+                    if scheme.get("smooth_quant_alpha") else 0,
+                    "int8_tables": quantize_embeddings(model) if scheme.get("embeddings", "float") != "float" else []}
+        onnx.save(model, str(pre))
         exclude = gelu_consumers(pre, scheme["op_types"]) if "gelu-out" in scheme["keep_float"] else []
         if exclude:
             console.info(f"  keeping {len(exclude)} GELU-fed layers in float (--keep-float gelu-out)")
@@ -208,7 +229,7 @@ def _quantize(src: Path, tmp: Path, feeds: list[dict], method: str, scheme: dict
                 "OpTypesToExcludeOutputQuantization": list(scheme.get("float_outputs", [])),
             },
         )
-    return len(exclude)
+    return len(exclude), rewrites
 
 
 def gelu_consumers(path: Path, op_types) -> list[str]:
