@@ -194,6 +194,9 @@ def _alpha(text: str) -> float | None:
                    "measured on the calibration texts, move into the weights of the layers reading them.")
 @click.option("--int8-embeddings/--float-embeddings", default=True, show_default=True,
               help="Store embedding tables (Gather on a table of 1,024+ rows) as int8 with one scale a row.")
+@click.option("--fallback/--no-fallback", default=True, show_default=True,
+              help="Below --min-cosine/--min-agreement: rank the layers by measured sensitivity and keep the "
+                   "fewest in float that pass (named in the output and manifest). --no-fallback: fail.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration/held-out split.")
 @click.option("--min-cosine", type=float, default=0.99, show_default=True,
               help="Fail if the mean cosine similarity of fp32 and int8 outputs is below this.")
@@ -204,8 +207,8 @@ def _alpha(text: str) -> float | None:
 @click.option("--force", is_flag=True, help="Rerun even if --out already holds this result.")
 @click.pass_context
 def quantize(ctx, export_dir, calibration_data, text_column, num_samples, num_heldout, method, per_channel,
-             activations, target, target_file, keep_float, float_outputs, smooth_quant, int8_embeddings, seed, min_cosine,
-             min_agreement, out, force):
+             activations, target, target_file, keep_float, float_outputs, smooth_quant, int8_embeddings, fallback, seed,
+             min_cosine, min_agreement, out, force):
     """Quantize an exported model to int8 (QDQ) with calibration text, and check its fidelity.
 
     Tokenizes the texts with the model's tokenizer (a checkpoint's own, else the bert-base-uncased
@@ -227,7 +230,8 @@ def quantize(ctx, export_dir, calibration_data, text_column, num_samples, num_he
                          num_heldout=num_heldout, method=method, per_channel=per_channel, activations=activations,
                          target=target, target_file=target_file, keep_float=tuple(keep_float), seed=seed,
                          float_outputs=tuple(o for o in float_outputs.split(",") if o and o != "none"),
-                         smooth_quant=_alpha(smooth_quant), int8_embeddings=int8_embeddings, min_cosine=min_cosine,
+                         smooth_quant=_alpha(smooth_quant), int8_embeddings=int8_embeddings, fallback=fallback,
+                         min_cosine=min_cosine,
                          min_agreement=min_agreement)
     run = quantize_model(export_dir, cfg, _out(ctx, out, "quantize"), force=force)
     r = run.artifact.results

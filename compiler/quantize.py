@@ -55,6 +55,7 @@ class QuantizeConfig:
     float_outputs: tuple[str, ...] = OP_TYPES  # see the scheme's "float_outputs"
     smooth_quant: float | None = SMOOTH_QUANT_ALPHA  # None: off
     int8_embeddings: bool = True
+    fallback: bool = True  # below the gate: keep the fewest, most sensitive layers in float (compiler/fallback.py)
     seed: int = 0
     min_cosine: float = 0.99
     min_agreement: float = 0.9
@@ -120,7 +121,7 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
         "method": cfg.method, "num_samples": cfg.num_samples, "num_heldout": cfg.num_heldout, "seed": cfg.seed,
         "scheme": scheme, "min_cosine": cfg.min_cosine, "min_agreement": cfg.min_agreement,
         "data_sha256": corpus.sha256, "text_column": corpus.column, "tokenizer_sha256": tok_info.sha256,
-        "calib_stride": CALIB_STRIDE,
+        "calib_stride": CALIB_STRIDE, "fallback": cfg.fallback,
     }
     data = {"path": str(corpus.path), "sha256": corpus.sha256, "format": corpus.format, "column": corpus.column,
             "records": corpus.records, "usable": len(corpus.texts), "calibration": len(calib),
@@ -132,26 +133,39 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
                  f"{len(calib)} calibration / {len(heldout)} held-out texts from {corpus.path.name}")
 
     def work(tmp: Path) -> dict:
+        import tempfile
+
         # a --dynamic export calibrates and is measured on each text at its own length: padding would put
         # [PAD] positions' activations into the ranges, and real text is short (median 14 tokens here)
         feeds_cal = batches(tok, calib, vocab, batch, own_length=dynamic)
         feeds_eval = batches(tok, heldout, vocab, batch, own_length=dynamic)
-        with console.step(f"calibrating ({cfg.method}) and quantizing with onnxruntime"):
-            float_layers, rewrites = _quantize(parent.file(ONNX_FILE), tmp, feeds_cal, cfg.method, scheme)
-        if rewrites["smoothed_groups"] or rewrites["int8_tables"]:
-            console.info(f"  SmoothQuant (alpha {scheme['smooth_quant_alpha']}): {rewrites['smoothed_groups']} layer "
-                         f"groups; int8 embedding tables: {len(rewrites['int8_tables'])}")
+        head, fp32 = parent.results["head"], parent.file(ONNX_FILE)
+        with tempfile.TemporaryDirectory(dir=tmp) as scratch:
+            with console.step(f"calibrating ({cfg.method}) and quantizing with onnxruntime"):
+                float_layers, rewrites = _quantize(fp32, tmp, feeds_cal, cfg.method, scheme, Path(scratch))
+            if rewrites["smoothed_groups"] or rewrites["int8_tables"]:
+                console.info(f"  SmoothQuant (alpha {scheme['smooth_quant_alpha']}): {rewrites['smoothed_groups']} "
+                             f"layer groups; int8 embedding tables: {len(rewrites['int8_tables'])}")
+            with console.step("measuring fidelity on held-out texts (fp32 vs int8, onnxruntime)"):
+                ref = outputs(fp32, feeds_eval, head)
+                fid = compare(ref, outputs(tmp / ONNX_FILE, feeds_eval, head), head)
+            fallback = None
+            if cfg.fallback and _failure(fid, cfg):
+                console.info(fidelity_table(fid, cfg))
+                fallback = _fallback(tmp / ONNX_FILE, Path(scratch) / "pre.onnx", fp32, feeds_cal[:32], feeds_eval,
+                                     ref, head, cfg)
+                if fallback["layers"]:
+                    fid = compare(ref, outputs(tmp / ONNX_FILE, feeds_eval, head), head)
+                    float_layers += len(fallback["layers"])
         params = quant_record(tmp / ONNX_FILE)
         (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=1) + "\n")
-        with console.step("measuring fidelity on held-out texts (fp32 vs int8, onnxruntime)"):
-            fid = fidelity(parent.file(ONNX_FILE), tmp / ONNX_FILE, feeds_eval, parent.results["head"])
         fid["tokens"] = _token_counts(feeds_eval, "own length" if dynamic else f"padded to {seq_len}")
         console.info(fidelity_table(fid, cfg))
-        _check(fid, cfg)
+        _check(fid, cfg, fallback)
         return {"data": data, "scheme": scheme, "method": cfg.method, "fidelity": fid,
                 "quantized_tensors": len(params["tensors"]), "float_layers": float_layers, **rewrites,
-                "head": parent.results["head"],
-                "fp32_bytes": parent.file(ONNX_FILE).stat().st_size, "int8_bytes": (tmp / ONNX_FILE).stat().st_size,
+                "fallback": fallback, "head": head,
+                "fp32_bytes": fp32.stat().st_size, "int8_bytes": (tmp / ONNX_FILE).stat().st_size,
                 "inputs": parent.results["inputs"], "outputs": parent.results["outputs"],
                 "model_config": parent.results["model_config"]}
 
@@ -187,11 +201,9 @@ class _Reader:
         self.set_range(0, len(self.batches))
 
 
-def _quantize(src: Path, tmp: Path, feeds: list[dict], method: str, scheme: dict) -> tuple[int, dict]:
-    """Rewrite the graph (SmoothQuant, int8 embedding tables), then run onnxruntime's calibration and QDQ
-    quantization into tmp; returns how many layers stay float, and what the rewrites did."""
-    import tempfile
-
+def _quantize(src: Path, tmp: Path, feeds: list[dict], method: str, scheme: dict, scratch: Path) -> tuple[int, dict]:
+    """Rewrite the graph (SmoothQuant, int8 embedding tables) into scratch/pre.onnx, then run onnxruntime's
+    calibration and QDQ quantization into tmp; returns how many layers stay float, and what the rewrites did."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -199,9 +211,9 @@ def _quantize(src: Path, tmp: Path, feeds: list[dict], method: str, scheme: dict
     reader = _Reader(feeds)
     stride = next(s for s in (CALIB_STRIDE, 8, 4, 2, 1) if len(reader) % s == 0)
     # onnxruntime's histogram calibrators print progress on stdout, which belongs to --json: send it to stderr
-    with tempfile.TemporaryDirectory(dir=tmp) as scratch, console.quiet_warnings(), \
+    with console.quiet_warnings(), \
             contextlib.redirect_stdout(sys.stderr if console.VERBOSITY >= 2 else io.StringIO()):
-        pre = Path(scratch) / "pre.onnx"
+        pre = scratch / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         model = onnx.load(str(pre))
         rewrites = {"smoothed_groups": smooth(model, feeds, scheme["smooth_quant_alpha"])
@@ -291,36 +303,66 @@ def reference_session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _run_all(sess, feeds: list[dict], out_name: str):
+def outputs(model, feeds: list[dict], head: str):
+    """The model's output (logits or sentence embedding) on every feed, as [samples, features] float64.
+    ``model``: a path or serialized ONNX bytes."""
     import numpy as np
+    import onnxruntime as ort
 
-    return np.concatenate([sess.run([out_name], f)[0] for f in feeds])
+    sess = ort.InferenceSession(model if isinstance(model, bytes) else str(model), ort.SessionOptions(),
+                                providers=["CPUExecutionProvider"])
+    name = "logits" if head == "classify" else "sentence_embedding"
+    out = np.concatenate([sess.run([name], f)[0] for f in feeds])
+    return out.reshape(len(out), -1).astype(np.float64)
 
 
-def fidelity(fp32_path: Path, int8_path: Path, feeds: list[dict], head: str) -> dict:
-    """fp32 vs int8 on the same inputs: max abs error, cosine per sample, top-1 agreement.
+def compare(a, b, head: str) -> dict:
+    """fp32 outputs ``a`` vs int8 outputs ``b``: max abs error, cosine per sample, top-1 agreement.
 
     Top-1 agreement is the argmax of the logits for a classifier; for an embedding model it is
     retrieval: the int8 embedding's nearest fp32 embedding (by cosine) is its own text's.
     """
     import numpy as np
-    import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    out_name = "logits" if head == "classify" else "sentence_embedding"
-    a = _run_all(ort.InferenceSession(str(fp32_path), opts, providers=["CPUExecutionProvider"]), feeds, out_name)
-    b = _run_all(ort.InferenceSession(str(int8_path), opts, providers=["CPUExecutionProvider"]), feeds, out_name)
-    a2, b2 = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    na, nb = np.linalg.norm(a2, axis=1), np.linalg.norm(b2, axis=1)
-    cos = (a2 * b2).sum(1) / np.maximum(na * nb, 1e-30)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = (a * b).sum(1) / np.maximum(na * nb, 1e-30)
     if head == "classify":
-        agree = float(np.mean(a2.argmax(1) == b2.argmax(1)))
+        agree = float(np.mean(a.argmax(1) == b.argmax(1)))
     else:
-        sim = (b2 / nb[:, None]) @ (a2 / na[:, None]).T
-        agree = float(np.mean(sim.argmax(1) == np.arange(len(a2))))
-    return {"samples": len(a2), "max_abs_error": float(np.max(np.abs(a2 - b2))),
+        sim = (b / nb[:, None]) @ (a / na[:, None]).T
+        agree = float(np.mean(sim.argmax(1) == np.arange(len(a))))
+    return {"samples": len(a), "max_abs_error": float(np.max(np.abs(a - b))),
             "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "top1_agreement": agree,
             "agreement_kind": "argmax of logits" if head == "classify" else "nearest-embedding retrieval"}
+
+
+def fidelity(fp32_path: Path, int8_path: Path, feeds: list[dict], head: str) -> dict:
+    """fp32 vs int8 on the same inputs (see :func:`compare`)."""
+    return compare(outputs(fp32_path, feeds, head), outputs(int8_path, feeds, head), head)
+
+
+def _fallback(int8: Path, pre: Path, fp32: Path, feeds_rank, feeds_eval, ref_eval, head: str, cfg) -> dict:
+    """Keep the fewest, most sensitive layers of ``int8`` in float that pass the gate (rewrites it)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from .fallback import quantized_layers, search
+
+    model = onnx.load(str(int8))
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(pre)).graph.initializer}
+    ref_rank = outputs(fp32, feeds_rank, head)
+    total = len(quantized_layers(model))
+    with console.step(f"below the gate: ranking {total} layers by sensitivity on {len(feeds_rank)} calibration "
+                      "texts, then keeping the fewest in float that pass"):
+        kept, ranking = search(model, weights,
+                               lambda b: compare(ref_rank, outputs(b, feeds_rank, head), head)["mean_cosine"],
+                               lambda b: _failure(compare(ref_eval, outputs(b, feeds_eval, head), head), cfg) is None,
+                               max_layers=total // 2)
+    if kept:
+        onnx.save(model, str(int8))
+        console.info(f"  kept {len(kept)} of {total} layers in float: {', '.join(kept)}")
+    return {"layers": kept, "quantized_layers": total, "ranked_on": f"{len(feeds_rank)} calibration texts",
+            "ranking": [{"layer": r["layer"], "gain": round(r["gain"], 6)} for r in ranking[:10]]}
 
 
 def fidelity_table(fid: dict, cfg: QuantizeConfig) -> str:
@@ -335,10 +377,21 @@ def fidelity_table(fid: dict, cfg: QuantizeConfig) -> str:
                      [f"    {n:<{w}}  {v:>10}  {lim}" for n, v, lim in rows])
 
 
-def _check(fid: dict, cfg: QuantizeConfig) -> None:
+def _failure(fid: dict, cfg: QuantizeConfig) -> str | None:
+    """Why ``fid`` misses the gate, or None."""
     if not fid["mean_cosine"] >= cfg.min_cosine:
-        raise ValidationError(f"int8 fidelity too low: mean cosine {fid['mean_cosine']:.4f} < --min-cosine "
-                              f"{cfg.min_cosine} (try --method percentile or --per-channel)")
+        return f"mean cosine {fid['mean_cosine']:.4f} < --min-cosine {cfg.min_cosine}"
     if not fid["top1_agreement"] >= cfg.min_agreement:
-        raise ValidationError(f"int8 fidelity too low: top-1 agreement {fid['top1_agreement']:.3f} < "
-                              f"--min-agreement {cfg.min_agreement}")
+        return f"top-1 agreement {fid['top1_agreement']:.3f} < --min-agreement {cfg.min_agreement}"
+    return None
+
+
+def _check(fid: dict, cfg: QuantizeConfig, fallback: dict | None = None) -> None:
+    why = _failure(fid, cfg)
+    if why is None:
+        return
+    if fallback is not None:
+        raise ValidationError(f"int8 fidelity too low: {why}, even with up to {fallback['quantized_layers'] // 2} of "
+                              f"{fallback['quantized_layers']} layers kept in float")
+    hint = "" if cfg.fallback else " (without --no-fallback the most sensitive layers would be kept in float)"
+    raise ValidationError(f"int8 fidelity too low: {why}{hint}")

@@ -107,5 +107,29 @@ def test_trained_minilm_default_recipe_keeps_its_accuracy_in_integers(minilm, tm
         cos.append(a @ b_ / np.linalg.norm(a) / np.linalg.norm(b_))
     assert min(cos) >= 0.99, min(cos)
 
-    old = cli("quantize", minilm, "--float-outputs", "Gemm", "--smooth-quant", "none", "--out", tmp_path / "old")
-    assert old.exit_code == 6 and "mean cosine" in old.stderr
+    old = ["--float-outputs", "Gemm", "--smooth-quant", "none", "--float-embeddings"]
+    res = cli("quantize", minilm, *old, "--no-fallback", "--out", tmp_path / "old")
+    assert res.exit_code == 6 and "mean cosine" in res.stderr and "Traceback" not in res.output
+
+
+def test_fallback_keeps_the_fewest_sensitive_layers_in_float(minilm, tmp_path):
+    """A gate the default recipe misses on MiniLM (mean cosine 0.9975 < 0.998) passes once the layers that
+    cost the most are back in float: they are named, counted, and the library keeps exactly them in float
+    while every other layer is integer. --no-fallback fails as before."""
+    strict = ["--min-cosine", "0.998"]
+    res = cli("quantize", minilm, *strict, "--no-fallback", "--out", tmp_path / "strict")
+    assert res.exit_code == 6 and "--no-fallback" in res.stderr
+    out = tmp_path / "fb"
+    res = cli("quantize", minilm, *strict, "--out", out)
+    assert res.exit_code == 0, res.output
+    r = manifest(out)["results"]
+    kept = r["fallback"]["layers"]
+    assert 1 <= len(kept) <= 24 and r["float_layers"] == len(kept) and r["fidelity"]["mean_cosine"] >= 0.998
+    assert f"kept {len(kept)} of 48 layers in float" in res.stderr and kept[0] in res.stderr
+    gains = [g["gain"] for g in r["fallback"]["ranking"]]
+    assert gains == sorted(gains, reverse=True) and gains[0] > 0
+    lib = tmp_path / "lib"
+    res = cli("-q", "build", out, "--target", "host", "--out", lib)
+    assert res.exit_code == 0, res.output
+    b = manifest(lib)["results"]["int8"]
+    assert b["float_layers_kept"] == len(kept) and b["integer_kernels"] == 48 - len(kept)
