@@ -75,11 +75,12 @@ def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int
     k_o, k_i = sch.split(k, [None, spec.k])
     sch.reorder(*lead[:-1], r_o, n_o, k_o, *r_i, *n_m, n_i, k_i)
     r_o = sch.fuse(*lead[:-1], r_o) if lead[:-1] else r_o  # batch and heads (attention) run in parallel too
+    width = max(8, spec.lanes)  # float epilogue lanes: a whole vector of the instruction's width
     for epi in epilogue:
         sch.reverse_compute_at(epi, n_o)
         inner = sch.get_loops(epi)[-1]
-        if int(sch.get(inner).extent) % 8 == 0:
-            sch.vectorize(sch.split(inner, [None, 8])[1])
+        if int(sch.get(inner).extent) % width == 0:
+            sch.vectorize(sch.split(inner, [None, width])[1])
     sch.parallel(r_o)
     sch.decompose_reduction(block, k_o)
     sch.tensorize(n_i, spec.intrin)
