@@ -210,6 +210,10 @@ def _quantize(src: Path, tmp: Path, feeds: list[dict], method: str, scheme: dict
 
     reader = _Reader(feeds)
     stride = next(s for s in (CALIB_STRIDE, 8, 4, 2, 1) if len(reader) % s == 0)
+    if method != "minmax" and len({f["input_ids"].shape for f in feeds}) > 1:
+        # texts at their own lengths: onnxruntime's histogram collector stacks a stride's outputs into one
+        # array (np.asarray), which fails on unequal shapes; one text a stride stacks one array
+        stride = 1
     # onnxruntime's histogram calibrators print progress on stdout, which belongs to --json: send it to stderr
     with console.quiet_warnings(), \
             contextlib.redirect_stdout(sys.stderr if console.VERBOSITY >= 2 else io.StringIO()):

@@ -185,3 +185,14 @@ def test_bench_times_real_text_at_its_own_length_and_each_length(dyn_libs, tmp_p
     md = (tmp_path / "report" / "report.md").read_text()
     assert md.index("real text, each at its own length") < md.index(f"latency at {MAX} tokens")
     assert (tmp_path / "report" / "length.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_calibration_at_own_lengths(dyn_export, method, tmp_path):
+    """Histogram calibrators get texts of unequal lengths from a --dynamic export (onnxruntime stacks a
+    stride's outputs into one array; it once failed here with a traceback)."""
+    out = tmp_path / method
+    res = cli("-q", "quantize", dyn_export, *FAST_Q, "--method", method, "--out", out)
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "manifest.json").read_text())["results"]
+    assert m["method"] == method and m["fidelity"]["mean_cosine"] >= 0.99
