@@ -242,3 +242,11 @@ def test_float_outputs_leave_those_layers_outputs_unquantized(tiny_export, tmp_p
     assert manifest(none)["results"]["scheme"]["float_outputs"] == ["Conv", "Gemm", "MatMul"]
     bad = cli("quantize", tiny_export, *FAST, "--float-outputs", "Relu", "--out", tmp_path / "bad")
     assert bad.exit_code == 3 and "unknown --float-outputs 'Relu'" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_bad_smooth_quant_strength_is_one_line(tiny_export, tmp_path):
+    res = cli("quantize", tiny_export, *FAST, "--smooth-quant", "1.5", "--out", tmp_path / "a")
+    assert res.exit_code == 3 and "--smooth-quant must be between 0 and 1" in res.stderr
+    res = cli("quantize", tiny_export, *FAST, "--smooth-quant", "strong", "--out", tmp_path / "b")
+    assert res.exit_code == 2 and "'strong' is not a number" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
