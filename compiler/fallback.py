@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 COMPUTE = ("Conv", "MatMul", "Gemm")
+LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 
 
 def quantized_layers(model) -> list[str]:
@@ -29,8 +30,30 @@ def to_float(model, layers: set[str], float_weights: dict[str, np.ndarray]) -> N
     initializers that quantize_static replaced by ``<name>_quantized``."""
     from onnx import numpy_helper
 
+    from onnx import helper
+
     producer = {o: n for n in model.graph.node for o in n.output}
     have = {i.name for i in model.graph.initializer}
+    added: list[tuple[int, object]] = []  # (position, node): layout ops repeated on the float tensor
+
+    def unquantized(t: str) -> str:
+        """The float tensor that ``t`` rounds: through Q -> DQ pairs and the layout ops between them."""
+        n = producer.get(t)
+        if n is not None and n.op_type == "DequantizeLinear" and getattr(producer.get(n.input[0]), "op_type", "") \
+                == "QuantizeLinear":
+            return unquantized(producer[n.input[0]].input[0])
+        if n is not None and n.op_type in LAYOUT:
+            src = unquantized(n.input[0])
+            if src != n.input[0]:
+                out = f"{t}_float"
+                if out not in producer:
+                    copy = helper.make_node(n.op_type, [src, *n.input[1:]], [out], name=f"{n.name}_float")
+                    copy.attribute.extend(n.attribute)
+                    producer[out] = copy
+                    added.append((list(model.graph.node).index(n) + 1, copy))
+                return out
+        return t
+
     for node in model.graph.node:
         if node.name not in layers:
             continue
@@ -41,13 +64,14 @@ def to_float(model, layers: set[str], float_weights: dict[str, np.ndarray]) -> N
             src = dq.input[0]
             q = producer.get(src)
             if q is not None and q.op_type == "QuantizeLinear":
-                node.input[k] = q.input[0]
+                node.input[k] = unquantized(q.input[0])
             elif src.endswith("_quantized") and src[: -len("_quantized")] in float_weights:
                 orig = src[: -len("_quantized")]
-                if orig not in have:
-                    model.graph.initializer.append(numpy_helper.from_array(float_weights[orig], orig))
-                    have.add(orig)
-                node.input[k] = orig
+                name = orig if orig not in producer else f"{orig}_float"  # a DQ may output the old name
+                if name not in have:
+                    model.graph.initializer.append(numpy_helper.from_array(float_weights[orig], name))
+                    have.add(name)
+                node.input[k] = name
     # its output's quantizer too (a recipe that quantizes outputs): what reads the output back through
     # Q -> DQ reads the float output, except another quantized layer, whose input quantizer it is
     consumers: dict[str, list] = {}
@@ -62,6 +86,21 @@ def to_float(model, layers: set[str], float_weights: dict[str, np.ndarray]) -> N
                         if reader.op_type in COMPUTE and reader.name not in layers:
                             continue
                         reader.input[:] = [out if i == dq.output[0] else i for i in reader.input]
+    for pos, copy in sorted(added, key=lambda a: -a[0]):  # right after the op they repeat, back to front
+        model.graph.node.insert(pos, copy)
+    # a quantizer no integer layer reads any more: what else read through it (a residual add) reads the
+    # float tensor again, as if the layers had never been quantized
+    consumers = {}
+    for node in model.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    for q in [n for n in model.graph.node if n.op_type == "QuantizeLinear"]:
+        dqs = [c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"]
+        readers = [(dq, r) for dq in dqs for r in consumers.get(dq.output[0], [])]
+        if any(r.op_type in COMPUTE and r.name not in layers for _, r in readers):
+            continue
+        for dq, r in readers:
+            r.input[:] = [q.input[0] if i == dq.output[0] else i for i in r.input]
     _prune(model)
 
 

@@ -149,7 +149,7 @@ def test_missing_nvcc_names_the_package(tiny_export, tmp_path, monkeypatch):
 
 
 VECTOR_MACS = {
-    "x86_64": ("vfmadd", "vpdpbusd", "vpmaddwd", "vpmaddubsw", "vpmulld"),
+    "x86_64": ("vfmadd", "vpdpbusd", "vpdpwssd", "vpmaddwd", "vpmaddubsw", "vpmulld"),  # vpdpwssd: LLVM on VNNI
     "aarch64": ("fmla", "mla", "smlal", "umlal", "sdot", "udot"),
 }
 OBJDUMP = {"x86_64": "objdump", "aarch64": "aarch64-linux-gnu-objdump"}

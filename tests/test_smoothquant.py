@@ -133,3 +133,24 @@ def test_fallback_keeps_the_fewest_sensitive_layers_in_float(minilm, tmp_path):
     assert res.exit_code == 0, res.output
     b = manifest(lib)["results"]["int8"]
     assert b["float_layers_kept"] == len(kept) and b["integer_kernels"] == 48 - len(kept)
+
+
+def test_layers_returned_to_float_compute_the_float_model(tiny_export, tmp_path):
+    """Fallback's surgery on a QDQ model (grouped Conv with int32 biases, MatMul, Gemm): with every layer
+    returned to float, nothing quantized is left and the model computes what the fp32 export does."""
+    from compiler.fallback import quantized_layers, to_float
+
+    out = tmp_path / "q"
+    res = cli("-q", "quantize", tiny_export, "--num-samples", 16, "--num-heldout", 16, "--smooth-quant", "none",
+              "--float-embeddings", "--out", out)
+    assert res.exit_code == 0, res.output
+    model = onnx.load(str(out / "model.onnx"))
+    layers = quantized_layers(model)
+    assert len(layers) == 18
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(tiny_export / "model.onnx")).graph.initializer}
+    to_float(model, set(layers), weights)
+    onnx.checker.check_model(model)
+    assert quantized_layers(model) == [] and not [n for n in model.graph.node if "Quantize" in n.op_type]
+    feeds = _feeds(4)
+    np.testing.assert_allclose(_run(model, feeds), _run(onnx.load(str(tiny_export / "model.onnx")), feeds),
+                               rtol=1e-4, atol=1e-5)
