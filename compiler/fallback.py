@@ -28,9 +28,7 @@ def quantized_layers(model) -> list[str]:
 def to_float(model, layers: set[str], float_weights: dict[str, np.ndarray]) -> None:
     """Return ``layers`` to float in place (see the module docstring). ``float_weights``: the fp32 graph's
     initializers that quantize_static replaced by ``<name>_quantized``."""
-    from onnx import numpy_helper
-
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
     producer = {o: n for n in model.graph.node for o in n.output}
     have = {i.name for i in model.graph.initializer}
@@ -72,35 +70,24 @@ def to_float(model, layers: set[str], float_weights: dict[str, np.ndarray]) -> N
                     model.graph.initializer.append(numpy_helper.from_array(float_weights[orig], name))
                     have.add(name)
                 node.input[k] = name
-    # its output's quantizer too (a recipe that quantizes outputs): what reads the output back through
-    # Q -> DQ reads the float output, except another quantized layer, whose input quantizer it is
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
-    for node in [n for n in model.graph.node if n.name in layers]:
-        for out in node.output:
-            for q in [c for c in consumers.get(out, []) if c.op_type == "QuantizeLinear"]:
-                for dq in [c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"]:
-                    for reader in consumers.get(dq.output[0], []):
-                        if reader.op_type in COMPUTE and reader.name not in layers:
-                            continue
-                        reader.input[:] = [out if i == dq.output[0] else i for i in reader.input]
     for pos, copy in sorted(added, key=lambda a: -a[0]):  # right after the op they repeat, back to front
         model.graph.node.insert(pos, copy)
-    # a quantizer no integer layer reads any more: what else read through it (a residual add) reads the
-    # float tensor again, as if the layers had never been quantized
-    consumers = {}
+    # quantizers on the way out: what reads back through Q -> DQ, except an integer layer, reads the float
+    # tensor again where the Q rounds a float layer's output (a recipe quantizing outputs: the bias add)
+    # or no integer layer reads the Q any more (a residual add beside the returned layers)
+    consumers: dict[str, list] = {}
     for node in model.graph.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
     for q in [n for n in model.graph.node if n.op_type == "QuantizeLinear"]:
         dqs = [c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"]
         readers = [(dq, r) for dq in dqs for r in consumers.get(dq.output[0], [])]
-        if any(r.op_type in COMPUTE and r.name not in layers for _, r in readers):
+        integer = {id(r) for _, r in readers if r.op_type in COMPUTE and r.name not in layers}
+        if integer and getattr(producer.get(q.input[0]), "name", None) not in layers:
             continue
         for dq, r in readers:
-            r.input[:] = [q.input[0] if i == dq.output[0] else i for i in r.input]
+            if id(r) not in integer:
+                r.input[:] = [q.input[0] if i == dq.output[0] else i for i in r.input]
     _prune(model)
 
 

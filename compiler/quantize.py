@@ -340,11 +340,6 @@ def compare(a, b, head: str) -> dict:
             "agreement_kind": "argmax of logits" if head == "classify" else "nearest-embedding retrieval"}
 
 
-def fidelity(fp32_path: Path, int8_path: Path, feeds: list[dict], head: str) -> dict:
-    """fp32 vs int8 on the same inputs (see :func:`compare`)."""
-    return compare(outputs(fp32_path, feeds, head), outputs(int8_path, feeds, head), head)
-
-
 def _fallback(int8: Path, pre: Path, fp32: Path, feeds_rank, feeds_eval, ref_eval, head: str, cfg) -> dict:
     """Keep the fewest, most sensitive layers of ``int8`` in float that pass the gate (rewrites it)."""
     import onnx

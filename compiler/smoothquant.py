@@ -94,15 +94,11 @@ def smooth(model, feeds: list[dict], alpha: float) -> int:
 
     groups = smoothable(model)
     inits = {i.name: i for i in model.graph.initializer}
-    users: dict[str, int] = {}
-    for nodes in groups.values():
-        for n in nodes:
-            users[n.input[1]] = users.get(n.input[1], 0) + 1
-    consumers = {}
+    consumers: dict[str, int] = {}
     for n in model.graph.node:
         for i in n.input:
             consumers[i] = consumers.get(i, 0) + 1
-    groups = {x: g for x, g in groups.items() if all(users[n.input[1]] == 1 and consumers[n.input[1]] == 1 for n in g)}
+    groups = {x: g for x, g in groups.items() if all(consumers[n.input[1]] == 1 for n in g)}
     amax = channel_absmax(model, list(groups), feeds)
     position = {n.output[0]: pos for pos, n in enumerate(model.graph.node)}  # outputs are unique (SSA)
     inserts = []
