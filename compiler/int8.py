@@ -164,10 +164,13 @@ def _widen(x, dtype: str, zero: int = 0):
 
 
 def _pack_relax(b, shape: tuple[int, ...], spec: PackedDot, zero: int = 0):
-    """Relax ops packing b - zero, b [..., K, N], into [..., N/lanes, K/k, lanes, k] of spec's weight dtype."""
+    """Relax ops packing b - zero, b [..., K, N], into [..., N/lanes, K/k, lanes, k] of spec's weight dtype
+    (b - zero computed in int16, then narrowed: u8 - 128 fits int8 exactly)."""
     *lead, k, n = shape
     nl = len(lead)
-    split = relax.op.reshape(_widen(b, spec.w_dtype, zero), (*lead, k // spec.k, spec.k, n // spec.lanes, spec.lanes))
+    shifted = _widen(b, "int16", zero) if spec.w_dtype == "int8" else _widen(b, spec.w_dtype, zero)
+    split = relax.op.reshape(relax.op.astype(shifted, spec.w_dtype), (*lead, k // spec.k, spec.k, n // spec.lanes,
+                                                                       spec.lanes))
     return relax.op.permute_dims(split, [*range(nl), nl + 2, nl, nl + 3, nl + 1])
 
 
@@ -210,24 +213,41 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
         out_ty = relax.TensorType((*shape[:-1], n), "int32")
         return relax.call_tir(prim_funcs[name][0], [x, relax.const(_pack(w_nk, groups, spec))], out_ty)
     def packed_pair(aq, bq, za: int, zb: int):
-        """AVX2: (aq - za) x (bq - zb), [..., M, K] x [..., K, N] with the same leading dims, on the exact
-        vpmaddwd kernel: both operands widened to int16 with their zero points subtracted on the way
-        (no row/column sums to correct with afterwards), b packed at run time. None if it does not fit
-        (generic integer matmul instead). u8 x u8 cannot take vpmaddubsw: no operand is 7-bit."""
+        """(aq - za) x (bq - zb), [..., M, K] x [..., K, N] with the same leading dims, on the target's
+        dot-product kernel with b packed at run time (:func:`_pack_relax`), or None if it does not fit
+        (generic integer matmul instead).
+
+        AVX2: both operands widened to int16 with their zero points subtracted on the way, on the exact
+        vpmaddwd kernel (u8 x u8 cannot take vpmaddubsw: no operand is 7-bit). VNNI: a stays u8 and b is
+        shifted to s8 (b' = b - 128, exact), the vpdpbusd operands; with c = 128 - zb,
+        sum (a - za)(b - zb) = sum a b' + c rowsum(a) - za colsum(b') - K za c."""
+        spec = packed if packed in (AVX2, VNNI) else None
         sa, sb = (tuple(int(d) for d in t.ty.shape) for t in (aq, bq))
-        if len(sa) != len(sb) or len(sa) < 3 or sa[:-2] != sb[:-2] or sa[-1] != sb[-2] \
-                or sb[-1] % AVX2.lanes or sa[-1] % AVX2.k:
+        if spec is None or len(sa) != len(sb) or len(sa) < 3 or sa[:-2] != sb[:-2] or sa[-1] != sb[-2] \
+                or sb[-1] % spec.lanes or sa[-1] % spec.k \
+                or (spec is VNNI and (_dtype(aq), _dtype(bq)) != ("uint8", "uint8")):
             return None
-        name = AVX2.block + "_pair_" + "x".join(map(str, sa)) + f"_n{sb[-1]}"
+        name = spec.block + "_pair_" + "x".join(map(str, sa)) + f"_n{sb[-1]}"
         if name not in prim_funcs:
-            func = _te_packed_pair(sa, sb[-1], name, AVX2)
+            func = _te_packed_pair(sa, sb[-1], name, spec)
             gv = tvm.ir.GlobalVar(name)
             relax.expr._update_type(gv, func.ty)
             prim_funcs[name] = (gv, func)
-            report.instructions.add(AVX2.instruction)
+            report.instructions.add(spec.instruction)
         out_ty = relax.TensorType((*sa[:-1], sb[-1]), "int32")
-        return relax.call_tir(prim_funcs[name][0], [_widen(aq, AVX2.x_dtype, za), _pack_relax(bq, sb, AVX2, zb)],
-                              out_ty)
+        if spec is AVX2:
+            return relax.call_tir(prim_funcs[name][0], [_widen(aq, AVX2.x_dtype, za), _pack_relax(bq, sb, AVX2, zb)],
+                                  out_ty)
+        acc = relax.call_tir(prim_funcs[name][0], [aq, _pack_relax(bq, sb, VNNI, 128)], out_ty)
+        c, k = 128 - zb, sa[-1]
+        if c:
+            rows = relax.op.sum(relax.op.astype(aq, "int32"), axis=[-1], keepdims=True)
+            acc = relax.op.add(acc, relax.op.multiply(rows, relax.const(c, "int32")))
+        if za:
+            cols = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)  # colsum(b') + 128 K
+            acc = relax.op.subtract(acc, relax.op.multiply(cols, relax.const(za, "int32")))
+            acc = relax.op.add(acc, relax.const(za * 128 * k - k * za * c, "int32"))
+        return acc
 
     x, a, b = wildcard(), wildcard(), wildcard()
     wconst = is_const()
@@ -320,7 +340,7 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
             return orig
         (aq, sa, za), (bq, sb, zb) = aa, ba
         k = int(aq.ty.shape[-1])
-        acc = packed_pair(aq, bq, za, zb) if packed is AVX2 else None
+        acc = packed_pair(aq, bq, za, zb)
         if acc is None:
             acc = relax.op.matmul(aq, bq, out_dtype="int32")
             # (a - za)(b - zb) summed over k = ab - zb*rowsum(a) - za*colsum(b) + k*za*zb

@@ -2,7 +2,8 @@
 before it: a kernel's epilogue (:func:`fold_requantize`), softmax (:func:`fold_softmax_quantize`) and
 layer norm (:func:`fold_layer_norm_quantize`), so that no quantize divides an element by its scale.
 
-Round trips: dequantize -> reshape/transpose -> quantize with the same scale and zero point.
+Round trips: dequantize -> reshape/transpose -> quantize with the same scale and zero point, or
+dequantize -> quantize alone (where :mod:`compiler.transposes` moved the layout ops before the dequantize).
 
 onnxruntime's QDQ quantizer puts a QuantizeLinear/DequantizeLinear pair around every reshape and
 transpose with the parameters of the tensor they move, so SqueezeBERT's Q, K, V and attention outputs
@@ -62,7 +63,7 @@ def drop_round_trips(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IR
             chain.append(values[cur])
             cur = values[cur].args[0]
         dq = values.get(cur) if isinstance(cur, relax.Var) else None
-        if not chain or not (isinstance(dq, relax.Call) and dq.op.same_as(_DEQUANTIZE)) \
+        if not (isinstance(dq, relax.Call) and dq.op.same_as(_DEQUANTIZE)) \
                 or str(dq.args[0].ty.dtype) != str(value.attrs.out_dtype) or not _same_qparams(dq, value):
             continue
         replace[var] = (dq.args[0], chain[::-1])

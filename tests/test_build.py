@@ -269,3 +269,26 @@ def test_int8_cosine_bound_follows_onnxruntimes_own_drift():
 
     assert int8_cosine_bound(0.99, 0.9999) == int8_cosine_bound(0.99, 0.99) == 0.99
     assert int8_cosine_bound(0.99, 0.9315) == pytest.approx(0.9215)
+
+
+def test_divides_by_a_scalar_constant_become_multiplies_within_one_ulp():
+    """GELU's x / sqrt(2) and the attention's / sqrt(d) turn into multiplies by the reciprocal; a divide by
+    a tensor constant or by a variable is left alone."""
+    import tvm
+    from tvm import relax
+
+    from compiler.build import reciprocal_divides
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, 64), "float32"))
+    with bb.function("main", [x]):
+        a = bb.emit(relax.op.divide(x, relax.const(np.float32(1.4142135))))
+        b = bb.emit(relax.op.divide(a, relax.const(np.linspace(1, 2, 64, dtype=np.float32))))
+        bb.emit_func_output(relax.op.divide(b, x))
+    mod = bb.get()
+    new = reciprocal_divides(mod)
+    assert new["main"].script().count("R.divide") == 2 and new["main"].script().count("R.multiply") == 1
+    data = np.random.default_rng(0).uniform(-8, 8, (4, 64)).astype(np.float32)
+    run = lambda m: relax.VirtualMachine(tvm.compile(m, target="llvm"), tvm.cpu())["main"](  # noqa: E731
+        tvm.runtime.tensor(data)).numpy()
+    np.testing.assert_array_max_ulp(run(new), run(mod), maxulp=2)

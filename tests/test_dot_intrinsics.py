@@ -156,3 +156,43 @@ def test_short_reductions_take_8_row_tiles(groups, tile):
     unrolled = [int(u) for u in re.findall(r"T\.unroll\(T\.int64\((\d+)\)\)", mod["main"].script())]
     rows, columns = tile
     assert rows in unrolled and (columns in unrolled if columns else set(unrolled) == {rows})
+
+
+@pytest.mark.parametrize("mcpu, instruction, cpu_flag", [("cascadelake", "vpdpbusd", "avx512_vnni"),
+                                                         ("haswell", "vpmaddwd", "avx2")])
+@pytest.mark.parametrize("za, zb", [(136, 126), (0, 137), (255, 0)])
+def test_attention_matmul_of_two_activations_is_tensorized_and_exact(mcpu, instruction, cpu_flag, za, zb):
+    """matmul(dequantize(a), dequantize(b)), u8 x u8 as the quantize stage writes attention's Q K^T and P V,
+    through integerize, the build's fusion and default schedules: one tensorized kernel on the target's
+    instruction (VNNI: a u8, b shifted to s8 and packed at run time, row/column sums correcting the
+    zero points), equal to numpy's float64 product of the dequantized operands at the extremes."""
+    from tvm import relax
+
+    from compiler.build import fuse
+    from compiler.int8 import integerize, tensorized_kernels
+
+    target = tvm.target.Target({**TARGET, "mcpu": mcpu})
+    shape_a, shape_b, sa, sb = (1, 2, 32, 64), (1, 2, 64, 48), 0.02, 0.03
+    bb = relax.BlockBuilder()
+    a_var, b_var = relax.Var("a", relax.TensorType(shape_a, "uint8")), relax.Var("b", relax.TensorType(shape_b, "uint8"))
+    deq = lambda v, s, z: relax.op.dequantize(v, relax.const(np.float32(s)), relax.const(np.uint8(z)))  # noqa: E731
+    with bb.function("main", [a_var, b_var]):
+        bb.emit_func_output(relax.op.matmul(deq(a_var, sa, za), deq(b_var, sb, zb)))
+    mod, report = integerize(bb.get(), packed=packed_dot_for(target))
+    assert report.matmul_activation == 1 and report.instructions == {instruction}
+    mod, counts = default_schedules(fuse(mod, target), target)
+    (kernel,) = tensorized_kernels(mod)
+    assert counts["tensorized"] == 1 and counts["naive"] == 0
+    kernel_only = tvm.IRModule({"main": mod[kernel].with_attr("global_symbol", "main")})
+    assert instruction in tvm.tirx.build(kernel_only, target=target).inspect_source("asm")
+    ex = tvm.compile(mod, target=target)
+    if cpu_flag not in open("/proc/cpuinfo").read():
+        pytest.skip(f"this CPU has no {cpu_flag} (the code generation above was still checked)")
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, shape_a).astype(np.uint8)
+    b = rng.integers(0, 256, shape_b).astype(np.uint8)
+    a[..., 0, :], b[..., :, 0] = 255, 255  # the largest products all along one output
+    a[..., 1, :], b[..., :, 1] = 0, 0
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b)).numpy()
+    ref = ((a.astype(np.float64) - za) * sa) @ ((b.astype(np.float64) - zb) * sb)
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())

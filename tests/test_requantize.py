@@ -12,15 +12,15 @@ from tvm import relax
 from compiler.requantize import drop_round_trips, fold_layer_norm_quantize, fold_requantize, fold_softmax_quantize
 
 
-def _module(out_scale: float = 0.02, reuse: bool = False) -> tvm.IRModule:
+def _module(out_scale: float = 0.02, reuse: bool = False, layout: bool = True) -> tvm.IRModule:
     bb = relax.BlockBuilder()
     q = relax.Var("q", relax.TensorType((1, 16, 16), "uint8"))
     with bb.function("main", [q]):
         with bb.dataflow():
             x = bb.emit(relax.op.dequantize(q, relax.const(0.02, "float32"), relax.const(9, "uint8"), axis=2))
-            r = bb.emit(relax.op.reshape(x, (1, 16, 4, 4)))
-            t = bb.emit(relax.op.permute_dims(r, [0, 2, 1, 3]))
-            y = bb.emit(relax.op.quantize(t, relax.const(out_scale, "float32"), relax.const(9, "uint8"), axis=3,
+            r = bb.emit(relax.op.reshape(x, (1, 16, 4, 4))) if layout else x
+            t = bb.emit(relax.op.permute_dims(r, [0, 2, 1, 3])) if layout else x
+            y = bb.emit(relax.op.quantize(t, relax.const(out_scale, "float32"), relax.const(9, "uint8"), axis=-1,
                                           out_dtype="uint8"))
             out = bb.emit_output(relax.Tuple([y, r]) if reuse else y)
         bb.emit_func_output(out)
@@ -32,8 +32,9 @@ def _run(mod, q):
     return out[0].numpy() if isinstance(out, tvm.ir.Array) else out.numpy()
 
 
-def test_round_trip_becomes_byte_moves_with_the_same_output():
-    mod = _module()
+@pytest.mark.parametrize("layout", [True, False], ids=["through-layout-ops", "layout-ops-sunk-before-it"])
+def test_round_trip_becomes_byte_moves_with_the_same_output(layout):
+    mod = _module(layout=layout)
     new, n = drop_round_trips(mod)
     script = new["main"].script()
     assert n == 1 and "R.quantize" not in script and "R.dequantize" not in script
