@@ -1,8 +1,11 @@
 """`squeezeedge bench`: latency of built libraries and their baselines on one device, in one run.
 
 Method: every runtime gets the same input (seeded random tokens at the library's shape) and the same
-thread count; after ``warmup`` rounds, each round runs every runtime once, starting at a rotating
-position, so machine noise (another process, frequency changes) hits all of them alike. Samples are
+thread count; after ``warmup`` rounds, each round runs every runtime once, in a shuffled order (seeded),
+so machine noise (another process, frequency changes) hits all of them alike and no runtime always
+follows the same one (with a rotating start, the TVM library that always came right after TFLite paid
+~0.25 ms a call for waking its thread pool that the next TVM library did not: a shipped database looked
+8% slower than none at 16 tokens, where alone, interleaved A/B, they ran 2.94 vs 2.91 ms). Samples are
 wall-clock milliseconds of one call, including the copy of inputs in and outputs out. The output
 file follows ``bench_schema.json`` (validated before it is written).
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import subprocess
 import time
 from dataclasses import dataclass
@@ -166,7 +170,7 @@ def _measure(runners: list[Runner], feeds: dict | list[dict], cfg: BenchConfig) 
         for r in runners:
             r.fn(feeds[w % len(feeds)])
     start = last_report = time.monotonic()
-    rnd = 0
+    rnd, order = 0, random.Random(0)
     while True:
         whole = rnd % len(feeds) == 0
         if cfg.repeat is not None and rnd >= max(cfg.repeat, len(feeds) if len(feeds) > 1 else 0) and whole:
@@ -176,8 +180,7 @@ def _measure(runners: list[Runner], feeds: dict | list[dict], cfg: BenchConfig) 
         if rnd >= MAX_ROUNDS and whole:
             break
         feed = feeds[rnd % len(feeds)]
-        k = rnd % len(runners)
-        for r in runners[k:] + runners[:k]:
+        for r in order.sample(runners, len(runners)):
             if r.timer is not None:
                 samples[r.name].append(r.timer())
                 continue

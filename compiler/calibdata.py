@@ -10,8 +10,9 @@ from pathlib import Path
 
 from .artifact import sha256_file
 from .errors import CalibrationError
+from .resources import data_dir
 
-DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "calibration" / "sentences.txt"
+DEFAULT_CORPUS = data_dir("calibration") / "sentences.txt"  # shipped; compiler/resources.py
 FORMATS = (".txt", ".jsonl", ".csv", ".tsv")
 MAX_BYTES = 256 << 20  # a calibration file is a few thousand texts; refuse to slurp a multi-GB file
 

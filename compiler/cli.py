@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -69,9 +70,12 @@ def _stage_payload(run) -> dict:
 @click.option("-v", "--verbose", count=True, help="More detail (tool chatter, tracebacks of internal errors).")
 @click.option("-q", "--quiet", is_flag=True, help="Only results and errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+@click.option("--targets-dir", type=click.Path(path_type=Path), default=None,
+              help="Your own board TOML files, looked up by --target before the shipped ones "
+                   "[env: SQUEEZEEDGE_TARGETS_DIR].")
 @click.version_option(package_name="squeezeedge")
 @click.pass_context
-def main(ctx, workdir: Path, verbose: int, quiet: bool, as_json: bool):
+def main(ctx, workdir: Path, verbose: int, quiet: bool, as_json: bool, targets_dir: Path | None):
     """squeezeedge: compile SqueezeBERT to calibrated int8, tuned TVM libraries for edge boards.
 
     \b
@@ -82,10 +86,15 @@ def main(ctx, workdir: Path, verbose: int, quiet: bool, as_json: bool):
       build     deployable library (.so) + metadata.json
       bench     latency of a library and baselines on a device
       report    tables and plots from bench results
+      pipeline  all of the above for many boards from one TOML file
     A stage whose inputs have not changed is skipped; --force reruns it.
     """
     console.VERBOSITY = 0 if quiet else 1 + verbose
     ctx.obj = {"workdir": workdir, "json": as_json}
+    if targets_dir is not None:  # an environment variable, so that worker processes see it too
+        from .resources import TARGETS_ENV
+
+        os.environ[TARGETS_ENV] = str(targets_dir.resolve())
 
 
 def _out(ctx, out: Path | None, stage: str) -> Path:
@@ -435,6 +444,35 @@ def report(ctx, results, out, fail_on):
                     f"{', '.join(res['files'][2:])}\n{res['headline']}")
 
 
+@main.command(epilog=EPILOG)
+@click.argument("file", type=click.Path(path_type=Path), metavar="FILE.toml")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for every stage's output.")
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Targets built in parallel.")
+@click.option("--fail-on", default=None, metavar="median:P%",
+              help="Exit 13 if a library's median is more than P% above the previous run in OUT/history.")
+@click.pass_context
+def pipeline(ctx, file, out, jobs, fail_on):
+    """Export, quantize, (tune,) build with bundles, bench and report for many boards, from one file.
+
+    \b
+    FILE names the model, calibration and recipe, tuning and targets (examples/pipeline-tiny.toml):
+      targets = ["host", "rpi5"]        precisions = ["int8"]
+      [model] preset|checkpoint, seq_len, dynamic    [quantize] calibration_data, num_samples, ...
+      [tuning] database = "none" | "shipped" | DIR of TARGET-PRECISION databases; or tracker, key, trials
+      [bench] baselines, min_seconds, emulated_runs, enabled
+    Export runs once, quantize once per distinct int8 preset, build per target and precision. Libraries
+    that run here are timed in one interleaved bench; aarch64 ones in their C++ runner under qemu-user,
+    reported apart as emulated. Every stage is cached: a rerun with nothing changed says what it
+    skipped. A target that fails is named and the others finish (exit 15); OUT/pipeline.md and
+    OUT/pipeline.json summarize.
+    """
+    from .pipeline import check, load_config, markdown, run
+
+    summary = run(load_config(file), out, jobs=jobs, fail_on=fail_on)
+    _emit(ctx, summary, markdown(summary).rstrip())
+    check(summary)
+
+
 @main.group(epilog=EPILOG)
 def fleet():
     """Start, query and stop a board fleet: TVM's own RPC tracker and servers.
@@ -509,7 +547,9 @@ def fleet_down(ctx):
 def targets(ctx):
     """List the known boards (targets/*.toml), or show one with 'targets show NAME'.
 
-    A board is one TOML file: a user adds a board by adding a file (or passing --target-file PATH).
+    A board is one TOML file: a user adds a board by adding a file to a directory of their own
+    (--targets-dir DIR or $SQUEEZEEDGE_TARGETS_DIR; it overrides a shipped board of the same name), or
+    passes --target-file PATH.
     """
     if ctx.invoked_subcommand is not None:
         return

@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -144,8 +145,26 @@ def run_library(lib_dir: Path, feed: dict, repeat: int = 1, timeout: float = 180
     return run_file(lib, meta, feed, repeat, timeout)
 
 
+def time_library(lib_dir: Path, feed: dict, repeat: int, timeout: float = 1800) -> list[float]:
+    """Wall milliseconds of ``repeat`` runs of a library in the C++ runner (under qemu-user for another
+    architecture: emulated time, not the board's), after one untimed run."""
+    from .runtime import load_metadata
+
+    meta, lib = load_metadata(Path(lib_dir))
+    _, stdout = _run(lib, meta, feed, repeat + 1, timeout)
+    times = [float(m) for m in re.findall(r"^run \d+: ([0-9.]+) ms$", stdout, re.M)]
+    if len(times) != repeat + 1:
+        raise ArtifactError(f"{lib}: the deploy runner printed {len(times)} timings, expected {repeat + 1}")
+    return times[1:]
+
+
 def run_file(lib: Path, meta: dict, feed: dict, repeat: int = 1, timeout: float = 1800):
     """run_library for a library file and its (inputs, outputs, vocab sizes) record."""
+    return _run(lib, meta, feed, repeat, timeout)[0]
+
+
+def _run(lib: Path, meta: dict, feed: dict, repeat: int, timeout: float):
+    """(first output as float32, the runner's stdout)."""
     import numpy as np
 
     from .runtime import LoadedModel, elf_machine
@@ -177,7 +196,7 @@ def run_file(lib: Path, meta: dict, feed: dict, repeat: int = 1, timeout: float 
         if res.returncode != 0:
             why = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
             raise ArtifactError(f"{lib} failed in the deploy runner{' under qemu' if prefix else ''}: {why[:200]}")
-        return np.fromfile(tmp / "out.bin", dtype=np.float32).reshape(meta["outputs"][0]["shape"])
+        return np.fromfile(tmp / "out.bin", dtype=np.float32).reshape(meta["outputs"][0]["shape"]), res.stdout
 
 
 # --- bundles ------------------------------------------------------------------------------------------

@@ -91,6 +91,13 @@ class BoardLostError(SqueezeEdgeError):
     kind = "board lost"
 
 
+class PipelineError(SqueezeEdgeError):
+    """A pipeline finished with one or more targets failed (each is named; the others' results are kept)."""
+
+    exit_code = 15
+    kind = "pipeline incomplete"
+
+
 ALL_ERRORS = (
     SqueezeEdgeError,
     InputError,
@@ -104,6 +111,7 @@ ALL_ERRORS = (
     ExportError,
     RegressionError,
     BoardLostError,
+    PipelineError,
 )
 
 # exit code -> (class name, meaning); 0 is success and 2 is Click's own usage error.

@@ -14,8 +14,9 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from .errors import TargetError
+from .resources import TARGETS_ENV, data_dir, user_targets_dir
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+TARGETS_DIR = data_dir("targets")  # the shipped boards
 DETECT = "detect"  # mcpu = "detect" asks LLVM for this machine's CPU (TVM's own "native" falls back to generic)
 
 
@@ -179,18 +180,28 @@ def load_target_file(path: Path) -> Target:
     return parse_target(text, path)
 
 
+def targets_dirs() -> list[Path]:
+    """Where boards are looked up by name: the user's own directory first (--targets-dir or
+    $SQUEEZEEDGE_TARGETS_DIR; its boards override shipped ones of the same name), then the shipped ones."""
+    user = user_targets_dir()
+    if user is not None and not user.is_dir():
+        raise TargetError(f"targets directory {user} does not exist (--targets-dir / ${TARGETS_ENV})")
+    return ([user] if user is not None else []) + [TARGETS_DIR]
+
+
 def known_targets() -> list[str]:
-    return sorted(p.stem for p in TARGETS_DIR.glob("*.toml"))
+    return sorted({p.stem for d in targets_dirs() for p in d.glob("*.toml")})
 
 
 def load_target(name: str | None = None, target_file: Path | None = None) -> Target:
-    """A shipped target by name, or a user's board from ``target_file`` (which wins if both are given)."""
+    """A board by name (the user's targets directory, then the shipped ones), or a user's board from
+    ``target_file`` (which wins if both are given)."""
     if target_file is not None:
         return load_target_file(target_file)
     if name is None:
         raise TargetError("no target given (use --target NAME or --target-file PATH)")
-    path = TARGETS_DIR / f"{name}.toml"
-    if not path.is_file():
+    path = next((d / f"{name}.toml" for d in targets_dirs() if (d / f"{name}.toml").is_file()), None)
+    if path is None:
         raise TargetError(f"unknown target '{name}' (known: {', '.join(known_targets())}; or --target-file PATH)")
     target = load_target_file(path)
     if target.name != name:

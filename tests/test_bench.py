@@ -182,3 +182,19 @@ def test_two_builds_of_one_kind_keep_separate_rows(fp32_lib, tmp_path):
     names = [r["name"] for r in rows]
     assert names == [f"squeezeedge fp32 (host) [{fp32_lib.name}]", "squeezeedge fp32 (host) [fp32-copy]"]
     assert all(len(r["samples_ms"]) == 10 for r in rows)
+
+
+def test_rounds_shuffle_the_order_so_no_runtime_always_follows_the_same_one():
+    """A runtime's predecessor matters (a thread pool woken by the call before): over the rounds each
+    runtime is preceded by every other one, and every runtime runs once a round."""
+    from compiler.baselines import Runner
+    from compiler.bench import BenchConfig, _measure
+
+    calls = []
+    runners = [Runner(name, "test", "fp32", lambda feed, name=name: calls.append(name)) for name in "abcd"]
+    samples, _ = _measure(runners, {"x": 0}, BenchConfig(warmup=0, repeat=40))
+    assert {n: len(v) for n, v in samples.items()} == {n: 40 for n in "abcd"}
+    rounds = [calls[i:i + 4] for i in range(0, len(calls), 4)]
+    assert all(sorted(r) == list("abcd") for r in rounds)
+    before = {n: {r[r.index(n) - 1] for r in rounds if r.index(n) > 0} for n in "abcd"}
+    assert all(len(v) == 3 for v in before.values()), before

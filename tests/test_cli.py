@@ -12,7 +12,7 @@ from compiler.errors import exit_code_table
 
 from .conftest import cli
 
-COMMANDS = ["export", "quantize", "tune", "build", "bench", "report", "fleet", "targets", "inspect"]
+COMMANDS = ["export", "quantize", "tune", "build", "bench", "report", "fleet", "targets", "inspect", "pipeline", "profile"]
 
 
 @pytest.mark.parametrize("name", COMMANDS)

@@ -62,6 +62,22 @@ def test_user_target_file(tmp_path):
     assert res.exit_code == 0 and json.loads(res.stdout)["name"] == "my-board"
 
 
+def test_users_targets_directory_adds_and_overrides_boards(tmp_path, monkeypatch):
+    """$SQUEEZEEDGE_TARGETS_DIR (what --targets-dir sets): its boards are listed with the shipped ones and
+    win over a shipped board of the same name; a directory that does not exist is a one-line error."""
+    from compiler.resources import TARGETS_ENV
+
+    (tmp_path / "my-board.toml").write_text((TARGETS_DIR / "rpi5.toml").read_text().replace('name = "rpi5"',
+                                                                                           'name = "my-board"'))
+    (tmp_path / "rpi4.toml").write_text((TARGETS_DIR / "rpi4.toml").read_text().replace("threads = 4", "threads = 3"))
+    monkeypatch.setenv(TARGETS_ENV, str(tmp_path))
+    assert known_targets() == sorted([*SHIPPED, "my-board"])
+    assert load_target("rpi4").threads == 3 and load_target("my-board").name == "my-board"
+    monkeypatch.setenv(TARGETS_ENV, str(tmp_path / "missing"))
+    res = cli("targets")
+    assert res.exit_code == 4 and "targets directory" in res.stderr and "missing" in res.stderr
+
+
 def _bad(tmp_path, old, new):
     f = tmp_path / "bad.toml"
     f.write_text((TARGETS_DIR / "rpi4.toml").read_text().replace(old, new))

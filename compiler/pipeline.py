@@ -1,0 +1,401 @@
+"""``squeezeedge pipeline FILE.toml --out DIR``: one model to many boards in one command.
+
+export once -> quantize once per distinct int8 preset among the targets -> tune (only with a tracker) ->
+build with a deploy bundle per target and precision -> bench: every library that runs natively here in
+one interleaved run, aarch64 libraries timed in the C++ runner under qemu-user (kept apart, marked
+emulated) -> one report over this run and the earlier ones kept in DIR/history.
+
+Each stage is the CLI's own command in a child process: its caching (a stage whose inputs did not
+change is skipped), its one-line errors and exit codes. A target whose stage fails is named and the
+others go on; the bench is cached here (same libraries, same settings: the last results are reused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import console
+from .errors import InputError, PipelineError, RegressionError
+
+SCHEMA: dict[str, dict[str, type]] = {
+    "model": {"preset": str, "checkpoint": str, "seq_len": int, "dynamic": bool, "head": str, "num_labels": int,
+              "seed": int},
+    "quantize": {"calibration_data": str, "text_column": str, "num_samples": int, "num_heldout": int,
+                 "method": str, "smooth_quant": str, "min_cosine": float},
+    "tuning": {"database": str, "tracker": str, "key": str, "trials": int},
+    "bench": {"enabled": bool, "baselines": str, "min_seconds": float, "emulated_runs": int},
+}
+TOP = {"targets": list, "precisions": list}
+PRECISIONS = ("int8", "fp32")
+
+
+@dataclass
+class Config:
+    path: Path
+    targets: list[str]
+    precisions: list[str]
+    model: dict = field(default_factory=dict)
+    quantize: dict = field(default_factory=dict)
+    tuning: dict = field(default_factory=dict)
+    bench: dict = field(default_factory=dict)
+
+
+def load_config(path: Path) -> Config:
+    """Read and check a pipeline file: unknown sections or keys and wrong types are one-line errors."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"pipeline file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(f"cannot read pipeline file {path}: {exc}") from None
+    for key, value in data.items():
+        if key in TOP:
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                raise InputError(f"{path}: '{key}' must be a non-empty list of names")
+            continue
+        if key not in SCHEMA:
+            raise InputError(f"{path}: unknown key '{key}' (known: {', '.join([*TOP, *SCHEMA])})")
+        if not isinstance(value, dict):
+            raise InputError(f"{path}: '{key}' must be a table ([{key}])")
+        for k, v in value.items():
+            want = SCHEMA[key].get(k)
+            if want is None:
+                raise InputError(f"{path}: unknown key '{k}' in [{key}] (known: {', '.join(SCHEMA[key])})")
+            if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+                v = float(v) if want is float and isinstance(v, int) and not isinstance(v, bool) else v
+                if not isinstance(v, want):
+                    raise InputError(f"{path}: [{key}] {k} must be {want.__name__}, not {v!r}")
+                value[k] = v
+    if "targets" not in data:
+        raise InputError(f"{path}: no 'targets' (a list of board names, e.g. targets = [\"host\", \"rpi5\"])")
+    precisions = data.get("precisions", ["int8"])
+    if bad := [p for p in precisions if p not in PRECISIONS]:
+        raise InputError(f"{path}: unknown precision {bad[0]!r} (known: {', '.join(PRECISIONS)})")
+    model = data.get("model", {})
+    if "preset" in model and "checkpoint" in model:
+        raise InputError(f"{path}: [model] takes preset or checkpoint, not both")
+    return Config(Path(path), list(dict.fromkeys(data["targets"])), list(dict.fromkeys(precisions)), model,
+                  data.get("quantize", {}), data.get("tuning", {}), data.get("bench", {}))
+
+
+@dataclass
+class Step:
+    stage: str
+    target: str | None = None
+    precision: str | None = None
+    status: str = "pending"  # done | skipped | failed | not run
+    seconds: float = 0.0
+    path: str | None = None
+    detail: str = ""
+
+    def label(self) -> str:
+        return " ".join(x for x in (self.stage, self.target, self.precision) if x)
+
+
+def _cli(args: list) -> tuple[int, dict | None, str]:
+    """Run one squeezeedge command in a child process: (exit code, its --json payload, its last error line)."""
+    cmd = [sys.executable, "-m", "compiler", "-q", "--json", *map(str, args)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    payload = None
+    if res.stdout.strip():
+        try:
+            payload = json.loads(res.stdout)
+        except json.JSONDecodeError:
+            payload = None
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    error = next((ln for ln in reversed(lines) if ln.startswith("squeezeedge:")), lines[-1] if lines else "")
+    return res.returncode, payload, error
+
+
+def _run_step(step: Step, args: list) -> dict | None:
+    console.info(f"  {step.label()} ...")
+    t0 = time.perf_counter()
+    rc, payload, error = _cli(args)
+    step.seconds = round(time.perf_counter() - t0, 1)
+    if rc != 0:
+        step.status, step.detail = "failed", f"exit {rc}: {error}"
+        console.info(f"  {step.label()}: FAILED ({step.detail})")
+        return None
+    step.status = "skipped" if payload and payload.get("skipped") else "done"
+    step.path = payload.get("path") if payload else None
+    console.info(f"  {step.label()}: {'skipped (unchanged)' if step.status == 'skipped' else 'done'} "
+                 f"in {step.seconds:.1f} s")
+    return payload
+
+
+def _resolve(cfg: Config, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (cfg.path.parent / p).resolve()
+
+
+def _export_args(cfg: Config, out: Path) -> list:
+    m = cfg.model
+    args = ["export", "--out", out]
+    args += ["--checkpoint", _resolve(cfg, m["checkpoint"])] if "checkpoint" in m else ["--model", m.get("preset", "squeezebert-uncased")]
+    for key in ("seq_len", "head", "num_labels", "seed"):
+        if key in m:
+            args += [f"--{key.replace('_', '-')}", m[key]]
+    return args + (["--dynamic"] if m.get("dynamic", True) else [])
+
+
+def _quantize_args(cfg: Config, export: Path, target: str, out: Path) -> list:
+    q = cfg.quantize
+    args = ["quantize", export, "--target", target, "--out", out]
+    if q.get("calibration_data", "shipped") != "shipped":
+        args += ["--calibration-data", _resolve(cfg, q["calibration_data"])]
+    for key in ("text_column", "num_samples", "num_heldout", "method", "smooth_quant", "min_cosine"):
+        if key in q:
+            args += [f"--{key.replace('_', '-')}", q[key]]
+    return args
+
+
+def _database(cfg: Config, target: str, precision: str, model: Path) -> tuple[Path | None, str]:
+    """(a database that fits this model and target, or None, and why)."""
+    from .resources import data_dir
+
+    where = cfg.tuning.get("database", "none")
+    if where == "none":
+        return None, "untuned (database = none)"
+    root = data_dir("databases") if where == "shipped" else _resolve(cfg, where)
+    db = root / f"{target}-{precision}"
+    if not (db / "manifest.json").is_file():
+        return None, f"untuned (no {db.name} in {where})"
+    ident = json.loads((db / "manifest.json").read_text()).get("config", {}).get("identity", {})
+    sha = json.loads((model / "manifest.json").read_text()).get("artifact_sha256")
+    if ident.get("model_sha256") != sha or ident.get("target") != target:
+        return None, f"untuned ({db} was tuned for another model or target)"
+    return db, f"database {db}"
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _library_sha(lib: Path) -> str:
+    return json.loads((lib / "manifest.json").read_text()).get("artifact_sha256", "")
+
+
+def _cached(out: Path, name: str, key: str) -> bool:
+    stamp = out / f".{name}.key"
+    return (out / name).is_file() and stamp.is_file() and stamp.read_text().strip() == key
+
+
+def _keep_history(out: Path, name: str) -> None:
+    """Move the previous results file into out/history/ (the report compares runs across them)."""
+    old = out / name
+    if old.is_file():
+        (out / "history").mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(old.stat().st_mtime))
+        old.rename(out / "history" / f"{old.stem}-{stamp}{old.suffix}")
+
+
+def _emulated(libs: list[tuple[str, str, Path]], cfg: Config, out: Path) -> list[dict]:
+    """Median wall time of each aarch64 library in its C++ runner under qemu-user: emulated, not a board's."""
+    import statistics
+
+    from .deploy import time_library
+    from .export import random_inputs
+    from .runtime import load_metadata
+
+    rows = []
+    for target, precision, lib in libs:
+        meta, _ = load_metadata(lib)
+        seq = int(meta["inputs"][0]["shape"][-1]) if isinstance(meta["inputs"][0]["shape"][-1], int) else 0
+        seq = seq or max(meta.get("lengths") or [cfg.model.get("seq_len", 128)])
+        feed = random_inputs(meta.get("vocab_size") or 30528, meta.get("type_vocab_size") or 2, 1, seq, 0)
+        times = time_library(lib, feed, cfg.bench.get("emulated_runs", 3))
+        rows.append({"target": target, "precision": precision, "library": str(lib), "tokens": seq,
+                     "median_ms": round(statistics.median(times), 3), "runs": len(times), "emulated": True,
+                     "how": "C++ deploy runner under qemu-user on this machine: emulated time, not the board's"})
+    return rows
+
+
+def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> dict:
+    """Run the whole pipeline into ``out``; returns the summary (also written to out/pipeline.json/.md;
+    :func:`check` turns a failed part or a regression into the exit code). Only a bad target name or a
+    failed export stop it early."""
+    from .targets import load_target
+
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    targets = {name: load_target(name) for name in cfg.targets}  # an unknown board stops here, before any work
+    steps: list[Step] = []
+    failed: dict[str, str] = {}
+
+    export = Step("export")
+    steps.append(export)
+    console.info(f"pipeline {cfg.path.name}: {len(targets)} target(s) x {', '.join(cfg.precisions)} into {out}")
+    if _run_step(export, _export_args(cfg, out / "export")) is None:
+        raise PipelineError(f"export failed, nothing else can run: {export.detail}")
+
+    # int8: one quantize per distinct preset (targets sharing activations/weights/bits share the model)
+    models: dict[tuple[str, str], Path] = {}
+    if "int8" in cfg.precisions:
+        groups: dict = {}
+        for name, t in targets.items():
+            groups.setdefault(t.int8, []).append(name)
+        for preset, names in groups.items():
+            step = Step("quantize", names[0], "int8", detail=f"preset shared by {', '.join(names)}")
+            steps.append(step)
+            q_out = out / f"int8-{names[0]}"
+            if _run_step(step, _quantize_args(cfg, out / "export", names[0], q_out)) is None:
+                failed.update({n: f"quantize: {step.detail}" for n in names})
+                continue
+            models.update({(n, "int8"): q_out for n in names})
+    if "fp32" in cfg.precisions:
+        models.update({(n, "fp32"): out / "export" for n in targets})
+
+    # tuning with a tracker (boards measure), else a database directory, else untuned
+    databases: dict[tuple[str, str], tuple[Path | None, str]] = {}
+    for (name, precision), model in models.items():
+        if cfg.tuning.get("tracker") and targets[name].device == "cpu":
+            step = Step("tune", name, precision)
+            steps.append(step)
+            db = out / "tune" / f"{name}-{precision}"
+            args = ["tune", model, "--target", name, "--tracker", cfg.tuning["tracker"], "--out", db]
+            args += ["--key", cfg.tuning["key"]] if "key" in cfg.tuning else []
+            args += ["--trials", cfg.tuning["trials"]] if "trials" in cfg.tuning else []
+            databases[(name, precision)] = (db, f"database {db}") if _run_step(step, args) is not None \
+                else (None, f"untuned (tune failed: {step.detail})")
+        else:
+            databases[(name, precision)] = _database(cfg, name, precision, model) \
+                if targets[name].device == "cpu" else (None, "untuned (GPU target)")
+
+    builds: list[tuple[Step, list]] = []
+    for (name, precision), model in models.items():
+        db, why = databases[(name, precision)]
+        step = Step("build", name, precision, detail=why)
+        args = ["build", model, "--target", name, "--bundle", "--out", out / f"{name}-{precision}"]
+        builds.append((step, args + (["--database", db] if db else [])))
+        steps.append(step)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        payloads = list(pool.map(lambda b: _run_step(*b), builds))
+    libs = []
+    for (step, _), payload in zip(builds, payloads):
+        if payload is None:
+            failed.setdefault(step.target, f"build {step.precision}: {step.detail}")
+            continue
+        ran = payload["manifest"]["results"].get("validation", {}).get("ran", "")
+        libs.append((step.target, step.precision, Path(step.path), ran))
+
+    summary_bench: dict = {"native": None, "emulated": [], "not_run": []}
+    if cfg.bench.get("enabled", True):
+        native = [lib for lib in libs if lib[3].startswith("natively")]
+        emulated = [lib for lib in libs if "qemu" in lib[3]]
+        summary_bench["not_run"] = [{"target": t, "precision": p, "why": ran or "not validated here"}
+                                    for t, p, _, ran in libs if (t, p, _, ran) not in native + emulated]
+        if native:
+            step = Step("bench", ", ".join(f"{t}-{p}" for t, p, _, _ in native))
+            steps.append(step)
+            baselines, secs = cfg.bench.get("baselines", "ort"), cfg.bench.get("min_seconds", 2.0)
+            key = _key([(str(p), _library_sha(p)) for _, _, p, _ in native], baselines, secs)
+            if _cached(out, "bench.json", key):
+                step.status, step.path = "skipped", str(out / "bench.json")
+                console.info(f"  {step.label()}: skipped (same libraries and settings: {out / 'bench.json'})")
+            else:
+                _keep_history(out, "bench.json")
+                (out / ".bench.json.key").unlink(missing_ok=True)
+                if _run_step(step, ["--workdir", out / "bench-work", "bench", *[p for _, _, p, _ in native],
+                                    "--baselines", baselines, "--min-seconds", secs, "--out", out / "bench.json"]):
+                    (out / ".bench.json.key").write_text(key)
+                    step.path = str(out / "bench.json")
+                else:
+                    failed.setdefault("bench", step.detail)
+            summary_bench["native"] = step.path
+        if emulated:
+            step = Step("bench (emulated)", ", ".join(f"{t}-{p}" for t, p, _, _ in emulated))
+            steps.append(step)
+            key = _key([(str(p), _library_sha(p)) for _, _, p, _ in emulated], cfg.bench.get("emulated_runs", 3))
+            if _cached(out, "emulated.json", key):
+                step.status = "skipped"
+                console.info(f"  {step.label()}: skipped (same libraries: {out / 'emulated.json'})")
+            else:
+                console.info(f"  {step.label()} ... (qemu-user: emulated time)")
+                s0 = time.perf_counter()
+                try:
+                    rows = _emulated([(t, p, lib) for t, p, lib, _ in emulated], cfg, out)
+                except Exception as exc:  # noqa: BLE001 (named in the summary; the rest of the pipeline stands)
+                    step.status, step.detail = "failed", str(exc).splitlines()[0][:200]
+                    failed.setdefault("bench (emulated)", step.detail)
+                else:
+                    _write(out / "emulated.json", json.dumps({"emulated": True, "rows": rows}, indent=2))
+                    (out / ".emulated.json.key").write_text(key)
+                    step.status = "done"
+                step.seconds = round(time.perf_counter() - s0, 1)
+            if (out / "emulated.json").is_file():
+                summary_bench["emulated"] = json.loads((out / "emulated.json").read_text())["rows"]
+
+    regression = None
+    if summary_bench["native"]:
+        step = Step("report")
+        steps.append(step)
+        history = sorted((out / "history").glob("bench-*.json")) if (out / "history").is_dir() else []
+        args = ["report", out / "bench.json", *history, "--out", out / "report"]
+        console.info(f"  {step.label()} ...")
+        s0 = time.perf_counter()
+        rc, payload, error = _cli(args + (["--fail-on", fail_on] if fail_on else []))
+        step.seconds = round(time.perf_counter() - s0, 1)
+        step.status, step.path = ("done", str(out / "report")) if rc == 0 else ("failed", None)
+        if rc == RegressionError.exit_code:
+            regression, step.status, step.detail = error, "done", error
+        elif rc != 0:
+            step.detail = f"exit {rc}: {error}"
+            failed.setdefault("report", step.detail)
+
+    summary = {"config": str(cfg.path), "out": str(out), "ok": not failed and regression is None,
+               "failed": failed, "regression": regression, "seconds": round(time.perf_counter() - t0, 1),
+               "steps": [vars(s) for s in steps], "bench": summary_bench,
+               "bundles": sorted(str(p) for p in out.glob("*.tar.gz"))}
+    _write(out / "pipeline.json", json.dumps(summary, indent=2) + "\n")
+    _write(out / "pipeline.md", markdown(summary))
+    return summary
+
+
+def check(summary: dict) -> None:
+    """Raise PipelineError (exit 15) if a part failed, else RegressionError (13) on a --fail-on regression."""
+    if summary["failed"]:
+        raise PipelineError(f"{len(summary['failed'])} part(s) failed: "
+                            + "; ".join(f"{k}: {v}" for k, v in summary["failed"].items())
+                            + f" (summary: {Path(summary['out']) / 'pipeline.md'})")
+    if summary["regression"]:
+        raise RegressionError(summary["regression"])
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def markdown(summary: dict) -> str:
+    lines = [f"# squeezeedge pipeline: {Path(summary['config']).name}", "",
+             f"{'all parts succeeded' if summary['ok'] else 'INCOMPLETE: ' + ', '.join(summary['failed']) or 'regression'}"
+             f" in {summary['seconds']} s", "", "| stage | target | precision | status | s | detail |",
+             "| --- | --- | --- | --- | ---: | --- |"]
+    for s in summary["steps"]:
+        lines.append(f"| {s['stage']} | {s['target'] or ''} | {s['precision'] or ''} | {s['status']} | "
+                     f"{s['seconds']} | {s['detail']} |")
+    if summary["bench"]["native"]:
+        lines += ["", f"Native latency (this machine, one interleaved run): `{summary['bench']['native']}`, report in "
+                      f"`{Path(summary['out']) / 'report' / 'report.md'}`."]
+    if summary["bench"]["emulated"]:
+        lines += ["", "## Emulated (qemu-user on this machine: not a board's speed, never compared with native runs)", "",
+                  "| target | precision | tokens | median ms | runs |", "| --- | --- | ---: | ---: | ---: |"]
+        lines += [f"| {r['target']} | {r['precision']} | {r['tokens']} | {r['median_ms']} | {r['runs']} |"
+                  for r in summary["bench"]["emulated"]]
+    if summary["bench"]["not_run"]:
+        lines += ["", "Not timed here: " + "; ".join(f"{r['target']} {r['precision']} ({r['why']})"
+                                                    for r in summary["bench"]["not_run"])]
+    if summary["bundles"]:
+        lines += ["", "Bundles: " + ", ".join(f"`{Path(b).name}`" for b in summary["bundles"])]
+    return "\n".join(lines) + "\n"

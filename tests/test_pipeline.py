@@ -1,0 +1,118 @@
+"""squeezeedge pipeline: the tiny example (host + rpi5) end to end, a rerun from cache, a failing target
+named while the others finish, and bad pipeline files as one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from compiler.bench import SCHEMA_FILE
+from compiler.resources import TARGETS_ENV
+
+from .conftest import cli
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "out"
+    res = cli("--json", "pipeline", EXAMPLES / "pipeline-tiny.toml", "--out", out)
+    assert res.exit_code == 0, res.output
+    return out, json.loads(res.stdout)
+
+
+def test_tiny_pipeline_builds_bundles_benches_and_reports(tiny_run):
+    out, summary = tiny_run
+    assert summary["ok"] and summary["failed"] == {}
+    done = {(s["stage"], s["target"]) for s in summary["steps"] if s["status"] == "done"}
+    # export once; host (u8 activations) and rpi5 (s8 for sdot) have distinct int8 presets: two quantizes
+    assert {("export", None), ("quantize", "host"), ("quantize", "rpi5"), ("build", "host"), ("build", "rpi5")} <= done
+    for name in ("host-int8", "rpi5-int8"):
+        with tarfile.open(out / f"{name}.tar.gz") as tar:
+            assert any(m.name.endswith("model.so") for m in tar.getmembers())
+    bench = json.loads((out / "bench.json").read_text())
+    jsonschema.validate(bench, json.loads(SCHEMA_FILE.read_text()))
+    names = [r["name"] for r in bench["runtimes"]]
+    assert "squeezeedge int8 (host)" in names and not any("rpi5" in n for n in names)  # emulated kept apart
+    (row,) = summary["bench"]["emulated"]
+    assert row["target"] == "rpi5" and row["emulated"] is True and row["median_ms"] > 0 and row["runs"] == 2
+    assert (out / "report" / "report.md").is_file()
+    md = (out / "pipeline.md").read_text()
+    assert "Emulated (qemu-user" in md and "| rpi5 | int8 |" in md
+
+
+def test_rerun_with_nothing_changed_skips_every_stage_in_seconds(tiny_run):
+    out, _ = tiny_run
+    t0 = time.perf_counter()
+    res = cli("--json", "pipeline", EXAMPLES / "pipeline-tiny.toml", "--out", out)
+    elapsed = time.perf_counter() - t0
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert {s["status"] for s in summary["steps"] if s["stage"] != "report"} == {"skipped"}, summary["steps"]
+    assert elapsed < 30, f"rerun took {elapsed:.1f} s"
+
+
+def test_a_failing_target_is_named_and_the_others_finish(tiny_run, tmp_path, monkeypatch):
+    """A user's board whose cross compiler is not installed (riscv64): its build fails, host's still
+    builds and is benched, the exit code is 15 and the message names the board."""
+    out, _ = tiny_run
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    rpi5 = (Path(__file__).resolve().parent.parent / "targets" / "rpi5.toml").read_text()
+    (boards / "riscv-board.toml").write_text(
+        rpi5.replace('name = "rpi5"', 'name = "riscv-board"').replace("aarch64-linux-gnu", "riscv64-linux-gnu")
+        .replace('mcpu = "cortex-a76"', 'mcpu = "generic-rv64"').replace('mattr = ["+neon", "+dotprod"]', ""))
+    monkeypatch.setenv(TARGETS_ENV, str(boards))
+    cfg = tmp_path / "p.toml"
+    cfg.write_text((EXAMPLES / "pipeline-tiny.toml").read_text().replace('targets = ["host", "rpi5"]',
+                                                                          'targets = ["host", "riscv-board"]'))
+    work = tmp_path / "out"
+    shutil.copytree(out / "export", work / "export")  # the export is cached (same config)
+    res = cli("pipeline", cfg, "--out", work)
+    assert res.exit_code == 15, res.output
+    assert "riscv-board" in res.stderr and "build" in res.stderr
+    summary = json.loads((work / "pipeline.json").read_text())
+    assert set(summary["failed"]) == {"riscv-board"}
+    assert (work / "host-int8" / "model.so").is_file() and (work / "bench.json").is_file()
+
+
+@pytest.mark.parametrize("text, code, words", [
+    ('targets = ["host"]\n[model]\nsequence = 3\n', 3, "unknown key 'sequence' in [model]"),
+    ('targets = ["host"]\n[model]\nseq_len = "long"\n', 3, "seq_len must be int"),
+    ('[model]\nseq_len = 32\n', 3, "no 'targets'"),
+    ('targets = ["no-such-board"]\n', 4, "unknown target 'no-such-board'"),
+    ('targets = ["host"]\nprecisions = ["int4"]\n', 3, "unknown precision 'int4'"),
+])
+def test_bad_pipeline_file_is_a_one_line_error(tmp_path, text, code, words):
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(text)
+    res = cli("pipeline", cfg, "--out", tmp_path / "out")
+    assert res.exit_code == code, res.output
+    assert words in res.stderr and "Traceback" not in res.output
+
+
+def test_ci_workflow_runs_the_commands_the_readme_documents():
+    """Every shell step of examples/ci/ is in README.md verbatim, and its pipeline file and flags exist."""
+    import re
+
+    workflow = (EXAMPLES / "ci" / "squeezeedge-boards.yml").read_text()
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    runs = re.findall(r"^\s+run: (.+)$", workflow, re.M)
+    assert len(runs) == 3 and any("squeezeedge pipeline" in r for r in runs)
+    for cmd in runs:
+        assert f"    {cmd}\n" in readme, f"README.md does not document: {cmd}"
+    pipeline_file = re.search(r"PIPELINE: (\S+)", workflow).group(1)
+    assert (EXAMPLES.parent / pipeline_file).is_file()
+    for uses in ("actions/cache@", "actions/upload-artifact@", "actions/setup-python@"):
+        assert uses in workflow
+    from compiler.pipeline import load_config
+
+    cfg = load_config(EXAMPLES.parent / pipeline_file)  # the boards file parses and names shipped boards
+    assert {"rpi4", "rpi5", "jetson-orin-nano", "x86-avx512", "x86-avx2"} <= set(cfg.targets)
