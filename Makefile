@@ -62,7 +62,7 @@ bench: bench-fidelity bench-quantize-cost bench-latency
 # held-out real text, integer kernels, size, and the library's speed next to onnxruntime int8/fp32
 # (results/int8-fidelity.{md,json}; ~20 min)
 bench-fidelity: $(STAMP)
-	$(PY) -m compiler.fidelity_bench --workdir build/bench --results results
+	$(PY) -m compiler.measure.fidelity_bench --workdir build/bench --results results
 
 # fp32 and int8 libraries for the reference target, each built with the shipped tuning database and
 # without one, timed in one interleaved run next to PyTorch, onnxruntime and TFLite; then each library
@@ -80,12 +80,12 @@ bench-latency: $(STAMP)
 		--out build/bench/int8-$(REF_TARGET)-lib
 	$(SE) build build/bench/int8-$(REF_TARGET) --target $(REF_TARGET) --out build/bench/int8-$(REF_TARGET)-nodb
 	$(SE) --workdir build/bench bench $(LIBS) --min-seconds 30 --out results/bench-$(REF_TARGET).json
-	$(PY) -m compiler.plain_latency $(LIBS) --bench results/bench-$(REF_TARGET).json \
+	$(PY) -m compiler.measure.plain_latency $(LIBS) --bench results/bench-$(REF_TARGET).json \
 		--out results/plain-process-$(REF_TARGET)
 	$(SE) report results/bench-*.json --out results/report
 
 bench-quantize-cost: $(STAMP)
-	$(PY) -m compiler.quantize_cost_bench --workdir build/bench --results results
+	$(PY) -m compiler.measure.quantize_cost_bench --workdir build/bench --results results
 
 # Pre-tuned databases for the reference x86 target of this machine (REF_TARGET), shipped in
 # results/databases/ so that users get tuned builds without tuning. Rerunning with a larger TRIALS

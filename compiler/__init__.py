@@ -4,10 +4,10 @@ Each stage is a plain function; the CLI (compiler.cli) only parses, validates, c
 Heavy libraries (torch, tvm, onnxruntime) are imported inside the stage functions.
 """
 
-from .artifact import Artifact, load_artifact
-from .errors import SqueezeEdgeError
-from .export import ExportConfig, export_model
-from .targets import Target, load_target
+from compiler.artifact import Artifact, load_artifact
+from compiler.errors import SqueezeEdgeError
+from compiler.stages.export import ExportConfig, export_model
+from compiler.targets import Target, load_target
 
 __all__ = ["Artifact", "ExportConfig", "SqueezeEdgeError", "Target", "export_model", "load_artifact", "load_target"]
 __version__ = "0.1.0"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from . import console
-from .errors import SqueezeEdgeError
+from compiler import console
+from compiler.errors import SqueezeEdgeError
 
 EPILOG = "Exit codes: see 'Errors and exit codes' in README.md."
 
@@ -48,7 +48,7 @@ def _target_threads(lib_dir: Path) -> int | None:
 def _default_threads(lib_dir: Path) -> int:
     """The threads the library runs with when loaded (compiler.runtime.default_threads): its target's, at
     most the CPUs this process may use."""
-    from .runtime import default_threads
+    from compiler.runtime import default_threads
 
     return default_threads(_target_threads(lib_dir))
 
@@ -92,7 +92,7 @@ def main(ctx, workdir: Path, verbose: int, quiet: bool, as_json: bool, targets_d
     console.VERBOSITY = 0 if quiet else 1 + verbose
     ctx.obj = {"workdir": workdir, "json": as_json}
     if targets_dir is not None:  # an environment variable, so that worker processes see it too
-        from .resources import TARGETS_ENV
+        from compiler.resources import TARGETS_ENV
 
         os.environ[TARGETS_ENV] = str(targets_dir.resolve())
 
@@ -153,7 +153,7 @@ def export(ctx, model, checkpoint, head, num_labels, batch, seq_len, seed, dynam
     Example:
       squeezeedge export --model squeezebert-tiny --seq-len 64 --out build/tiny
     """
-    from .export import ExportConfig, export_model
+    from compiler.stages.export import ExportConfig, export_model
 
     cfg = ExportConfig(model=model, checkpoint=checkpoint, head=head, num_labels=num_labels, batch=batch,
                        seq_len=seq_len, seed=seed, dynamic=dynamic, tolerance=tolerance)
@@ -233,7 +233,7 @@ def quantize(ctx, export_dir, calibration_data, text_column, num_samples, num_he
     Example:
       squeezeedge quantize build/tiny --method percentile --out build/tiny-int8
     """
-    from .quantize import QuantizeConfig, quantize_model
+    from compiler.stages.quantize import QuantizeConfig, quantize_model
 
     cfg = QuantizeConfig(calibration_data=calibration_data, text_column=text_column, num_samples=num_samples,
                          num_heldout=num_heldout, method=method, per_channel=per_channel, activations=activations,
@@ -290,14 +290,14 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, emulate
       squeezeedge build build/tiny-int8 --target host --out build/tiny-int8-host
       squeezeedge build build/tiny-int8 --target rpi5 --bundle --out build/tiny-int8-rpi5
     """
-    from .build import BuildConfig, build_library
+    from compiler.stages.build import BuildConfig, build_library
 
     cfg = BuildConfig(target=target, target_file=target_file, database=database, integer=not simulated_int8,
                       emulate=emulate)
     out = _out(ctx, out, "build")
     run = build_library(model_dir, cfg, out, force=force)
     if bundle:
-        from .deploy import bundle_library
+        from compiler.deploy.bundle import bundle_library
 
         tarball = bundle_library(run.artifact)
         console.info(f"bundle: {tarball}")
@@ -362,7 +362,7 @@ def tune(ctx, model_dir, target, target_file, trials, per_iteration, population,
       squeezeedge tune build/tiny-int8 --target host --trials 64 --out build/tiny-int8-db
       squeezeedge build build/tiny-int8 --target host --database build/tiny-int8-db --out build/lib
     """
-    from .tune import TuneConfig, tune_model
+    from compiler.stages.tune import TuneConfig, tune_model
 
     cfg = TuneConfig(target=target, target_file=target_file, trials=trials, per_iteration=per_iteration,
                      population=population, all_tasks=all_tasks, seed=seed, tracker=tracker, key=key)
@@ -402,7 +402,7 @@ def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_se
 
     Every runtime gets the same input and thread count; rounds are interleaved so machine noise hits
     all alike. Writes median, p90, p99, std, raw samples, a VALID/INVALID verdict with reasons, the
-    machine, git commit and tool versions (schema: compiler/bench_schema.json). A baseline that
+    machine, git commit and tool versions (schema: compiler/measure/bench_schema.json). A baseline that
     cannot run here is reported as skipped, with why, and the rest run.
 
     \b
@@ -410,7 +410,7 @@ def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_se
       squeezeedge bench build/demo/int8-host build/demo/fp32-host --out results/host.json
       squeezeedge report results/host.json --out results/report
     """
-    from .bench import BenchConfig, bench as run_bench
+    from compiler.measure.bench import BenchConfig, bench as run_bench
 
     wanted = tuple(b for b in baselines.split(",") if b and b != "none")
     if threads is None:  # a board's own CPUs are not known here: its target's threads
@@ -418,7 +418,7 @@ def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_se
     cfg = BenchConfig(baselines=wanted, warmup=warmup, repeat=repeat, min_seconds=min_seconds, threads=threads,
                       tracker=tracker, key=key, workdir=ctx.obj["workdir"], texts=texts, workloads=not no_workloads)
     rep = run_bench(list(lib_dirs), cfg, out)
-    from .report import _md, headline_table, text_table
+    from compiler.measure.report import _md, headline_table, text_table
 
     text = text_table(rep)
     _emit(ctx, rep, f"bench: {out} ({rep['verdict']}, {rep['method']['rounds']} rounds on {rep['device']['label']})\n"
@@ -437,7 +437,7 @@ def report(ctx, results, out, fail_on):
     Latency per device per runtime, speed-up over each baseline, output agreement (int8 fidelity),
     model size; compares across devices and across runs (history per device).
     """
-    from .report import render
+    from compiler.measure.report import render
 
     res = render(list(results), out, fail_on)
     _emit(ctx, res, f"report: {out / 'report.md'} ({res['runs']} run(s)); also report.html and "
@@ -466,7 +466,7 @@ def pipeline(ctx, file, out, jobs, fail_on):
     skipped. A target that fails is named and the others finish (exit 15); OUT/pipeline.md and
     OUT/pipeline.json summarize.
     """
-    from .pipeline import check, load_config, markdown, run
+    from compiler.pipeline import check, load_config, markdown, run
 
     summary = run(load_config(file), out, jobs=jobs, fail_on=fail_on)
     _emit(ctx, summary, markdown(summary).rstrip())
@@ -508,7 +508,7 @@ def fleet_up(ctx, host, port, servers, emulated):
     aarch64 TVM runtime under qemu-user, so 'tune --target rpi5 --tracker ...' and 'bench --tracker'
     run real aarch64 code (sdot included) from CI. Its timings are qemu's, not a board's.
     """
-    from .fleet import up
+    from compiler.deploy.fleet import up
 
     state = up(_fleet_dir(ctx), host=host, port=port, servers=tuple(servers), emulated=tuple(emulated))
     _emit(ctx, state, f"tracker up at {state['tracker']} (pids {state['pids']}); registered: "
@@ -520,7 +520,7 @@ def fleet_up(ctx, host, port, servers, emulated):
 @click.pass_context
 def fleet_status(ctx, tracker):
     """List the keys registered at the tracker and how many boards under each are free."""
-    from .fleet import STATE, registered_keys, summary
+    from compiler.deploy.fleet import STATE, registered_keys, summary
 
     if tracker is None:
         state_path = _fleet_dir(ctx) / STATE
@@ -536,7 +536,7 @@ def fleet_status(ctx, tracker):
 @click.pass_context
 def fleet_down(ctx):
     """Stop the tracker and servers that 'fleet up' started."""
-    from .fleet import down
+    from compiler.deploy.fleet import down
 
     stopped = down(_fleet_dir(ctx))
     _emit(ctx, {"stopped": stopped}, f"stopped {len(stopped)} process(es)")
@@ -553,7 +553,7 @@ def targets(ctx):
     """
     if ctx.invoked_subcommand is not None:
         return
-    from .targets import known_targets, load_target
+    from compiler.targets import known_targets, load_target
 
     rows = [load_target(n) for n in known_targets()]
     payload = [{"name": t.name, "device": t.device, "cross_triple": t.cross_triple, "description": t.description}
@@ -571,7 +571,7 @@ def targets_show(ctx, name, target_file):
 
     TVM itself checks the target here, so a board file TVM would reject fails now, not mid-build.
     """
-    from .targets import load_target
+    from compiler.targets import load_target
 
     t = load_target(name, target_file)
     resolved = t.tvm_target_json()
@@ -586,8 +586,8 @@ def targets_show(ctx, name, target_file):
 @click.pass_context
 def inspect(ctx, directory):
     """Print an artifact's story: stage, parent, config, results, tool versions, files (sha256 checked)."""
-    from .artifact import load_artifact
-    from .inspect import describe
+    from compiler.artifact import load_artifact
+    from compiler.inspect import describe
 
     art = load_artifact(directory, verify=True)
     _emit(ctx, art.manifest, describe(art))
@@ -609,10 +609,10 @@ def profile(ctx, lib_dir, runs, top, threads, seq_len):
     Example:
       squeezeedge profile build/demo/int8-x86-avx2 --runs 5
     """
-    from .runtime import load_metadata
+    from compiler.runtime import load_metadata
 
     load_metadata(lib_dir)  # a clear error for a directory that is not a library, before TVM starts
-    from .profile import profile as run_profile
+    from compiler.measure.profile import profile as run_profile
 
     rep = run_profile(lib_dir, runs=runs, threads=threads, seq_len=seq_len)
     lines = [(f"{lib_dir}: {rep['wall_ms']} ms per inference ({runs} runs, {rep['thread_pool']['threads']} threads); "

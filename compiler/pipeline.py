@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import console
-from .errors import InputError, PipelineError, RegressionError
+from compiler import console
+from compiler.errors import InputError, PipelineError, RegressionError
 
 SCHEMA: dict[str, dict[str, type]] = {
     "model": {"preset": str, "checkpoint": str, "seq_len": int, "dynamic": bool, "head": str, "num_labels": int,
@@ -160,7 +160,7 @@ def _quantize_args(cfg: Config, export: Path, target: str, out: Path) -> list:
 
 def _database(cfg: Config, target: str, precision: str, model: Path) -> tuple[Path | None, str]:
     """(a database that fits this model and target, or None, and why)."""
-    from .resources import data_dir
+    from compiler.resources import data_dir
 
     where = cfg.tuning.get("database", "none")
     if where == "none":
@@ -202,9 +202,9 @@ def _emulated(libs: list[tuple[str, str, Path]], cfg: Config, out: Path) -> list
     """Median wall time of each aarch64 library in its C++ runner under qemu-user: emulated, not a board's."""
     import statistics
 
-    from .deploy import time_library
-    from .export import random_inputs
-    from .runtime import load_metadata
+    from compiler.deploy.bundle import time_library
+    from compiler.runtime import random_inputs
+    from compiler.runtime import load_metadata
 
     rows = []
     for target, precision, lib in libs:
@@ -223,7 +223,7 @@ def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> di
     """Run the whole pipeline into ``out``; returns the summary (also written to out/pipeline.json/.md;
     :func:`check` turns a failed part or a regression into the exit code). Only a bad target name or a
     failed export stop it early."""
-    from .targets import load_target
+    from compiler.targets import load_target
 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,8 @@ import os
 import platform
 from pathlib import Path
 
-from .artifact import sha256_file
-from .errors import ArtifactError, InputError
+from compiler.artifact import sha256_file
+from compiler.errors import ArtifactError, InputError
 
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
 # TVM's pool, by default: half the logical CPUs on x86 (it assumes SMT: one thread on a 2-core machine)
@@ -109,7 +109,7 @@ class LoadedModel:
         self._vm, self.inputs, self.outputs = vm, inputs, outputs
         self.vocab_size, self.type_vocab_size = vocab_size, type_vocab_size
         self.pool = pool  # the thread pool settings in force (configure_threads)
-        # an any-length library's buckets (compiler.lengths); None: only the inputs' exact shape
+        # an any-length library's buckets (compiler.lowering.lengths); None: only the inputs' exact shape
         self.lengths, self.truncate = lengths, truncate
 
     @property
@@ -171,7 +171,7 @@ class LoadedModel:
 
     def dispatch(self, arrays: list) -> tuple[str, list]:
         """(Relax function, inputs padded to its length) for checked inputs."""
-        from .lengths import bucket_for, function_name, pad
+        from compiler.lowering.lengths import bucket_for, function_name, pad
 
         if not self.lengths:
             return "main", arrays
@@ -231,3 +231,17 @@ def load(directory: Path, threads: int | None = None, truncate: bool = False) ->
     return LoadedModel.from_files(lib, meta["inputs"], meta["outputs"], vocab_size=meta.get("vocab_size"),
                                   type_vocab_size=meta.get("type_vocab_size"), pool=pool,
                                   lengths=meta.get("lengths"), truncate=truncate)
+
+
+def random_inputs(vocab: int, type_vocab: int, batch: int, seq_len: int, seed: int) -> dict:
+    """Token ids with random-length padding (mask 1s then 0s) and two-segment token types."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, size=(batch, seq_len), dtype=np.int64)
+    lengths = rng.integers(max(1, seq_len // 4), seq_len + 1, size=batch)
+    pos = np.arange(seq_len)[None, :]
+    mask = (pos < lengths[:, None]).astype(np.int64)
+    split = rng.integers(1, seq_len + 1, size=batch)
+    types = ((pos >= split[:, None]) & (type_vocab > 1)).astype(np.int64)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}

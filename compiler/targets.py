@@ -13,8 +13,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from .errors import TargetError
-from .resources import TARGETS_ENV, data_dir, user_targets_dir
+from compiler.errors import TargetError
+from compiler.resources import TARGETS_ENV, data_dir, user_targets_dir
 
 TARGETS_DIR = data_dir("targets")  # the shipped boards
 DETECT = "detect"  # mcpu = "detect" asks LLVM for this machine's CPU (TVM's own "native" falls back to generic)

@@ -41,7 +41,7 @@ def _se(site: Path, cwd: Path, *args, module: bool = True) -> subprocess.Complet
 def test_wheel_holds_the_run_time_data(installed):
     wheel, _, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
-    for must in ("compiler/bench_schema.json", "compiler/runner/run_model.cc", "compiler/runner/rpc_board.cc",
+    for must in ("compiler/measure/bench_schema.json", "compiler/deploy/runner/run_model.cc", "compiler/deploy/runner/rpc_board.cc",
                  "compiler/data/targets/rpi4.toml", "compiler/data/calibration/sentences.txt",
                  "compiler/data/calibration/PROVENANCE.md", "compiler/data/databases/x86-avx512-int8/manifest.json"):
         assert must in names, must
@@ -86,5 +86,5 @@ def test_sdist_carries_the_data_a_wheel_is_built_from(tmp_path):
     with tarfile.open(tmp_path / name) as tar:
         members = {m.name.split("/", 1)[1] for m in tar.getmembers() if "/" in m.name}
     for must in ("targets/rpi5.toml", "calibration/sentences.txt", "results/databases/x86-avx2-int8/manifest.json",
-                 "compiler/runner/run_model.cc", "compiler/bench_schema.json", "examples/pipeline-tiny.toml"):
+                 "compiler/deploy/runner/run_model.cc", "compiler/measure/bench_schema.json"):
         assert must in members, must

@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from compiler.bench import SCHEMA_FILE
+from compiler.measure.bench import SCHEMA_FILE
 from compiler.resources import TARGETS_ENV
 
 from .conftest import cli

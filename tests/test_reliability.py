@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compiler.artifact import load_artifact
-from compiler.calibdata import read_texts
+from compiler.stages.calibdata import read_texts
 from compiler.errors import CalibrationError, TargetError
 from compiler.targets import parse_target
 
@@ -152,7 +152,7 @@ def test_thousand_inferences_do_not_leak(int8_lib):
     import numpy as np
 
     from compiler import runtime
-    from compiler.export import random_inputs
+    from compiler.runtime import random_inputs
 
     model = runtime.load(int8_lib)
     feeds = [random_inputs(30528, 2, 1, TINY_SEQ, s) for s in range(10)]
@@ -167,8 +167,8 @@ def test_thousand_inferences_do_not_leak(int8_lib):
 
 def test_thousand_inferences_through_rpc_do_not_leak(int8_lib, tmp_path):
     """The same through a real tracker and server: the server's RSS stays flat, every call succeeds."""
-    from compiler.export import random_inputs
-    from compiler.remote import remote_runners
+    from compiler.runtime import random_inputs
+    from compiler.measure.remote import remote_runners
 
     res = cli("--workdir", tmp_path, "--json", "fleet", "up", "--port", _free_port(), "--server", "leak-board")
     assert res.exit_code == 0, res.output

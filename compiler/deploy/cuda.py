@@ -1,0 +1,123 @@
+"""CUDA libraries for Jetson, compiled here with no GPU and no NVIDIA driver.
+
+TVM emits CUDA C and, when its CUDA runtime plugin (libtvm_runtime_cuda.so) is loaded, compiles it
+at build time through the ``tvm_callback_cuda_compile`` hook (nvcc -> fatbin) and embeds the binary
+in the library. The plugin links libcuda.so.1, which only the NVIDIA driver provides; without it the
+library would carry CUDA source to be compiled on the board at load time by a Python callback. So a
+stand-in libcuda.so.1 (runner/libcuda_stub.c: every call says "no device") is built and preloaded,
+the plugin is loaded, and nvcc does the work. Kernels get dlight's default GPU schedules.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+from compiler.errors import ToolchainError
+
+STUB_SRC = Path(__file__).with_name("runner") / "libcuda_stub.c"
+FATBIN_MAGIC = 0xBA55ED50
+_enabled: dict = {}
+
+
+def nvcc() -> Path:
+    found = shutil.which("nvcc") or next((str(p) for p in (Path("/usr/local/cuda/bin/nvcc"),) if p.is_file()), None)
+    if not found:
+        raise ToolchainError("CUDA targets compile their kernels with nvcc, which is not installed "
+                             "(apt-get install nvidia-cuda-toolkit, or NVIDIA's cuda-nvcc)")
+    return Path(found).resolve()
+
+
+def check_arch(arch: str) -> None:
+    """ToolchainError unless this nvcc can compile for ``arch`` (CUDA 13 dropped sm_72, Jetson Xavier)."""
+    compiler = nvcc()
+    res = subprocess.run([str(compiler), "--list-gpu-arch"], capture_output=True, text=True)
+    archs = {a.replace("compute_", "sm_") for a in res.stdout.split()}
+    if res.returncode == 0 and archs and arch not in archs:
+        version = subprocess.run([str(compiler), "--version"], capture_output=True, text=True).stdout.strip()
+        release = next((ln.strip() for ln in version.splitlines() if "release" in ln), "unknown version")
+        oldest = min(archs, key=lambda a: int("".join(c for c in a[3:] if c.isdigit()) or 0))
+        raise ToolchainError(f"this nvcc ({release}) cannot compile for {arch} (oldest it knows: {oldest}); "
+                             f"install a CUDA toolkit that still supports {arch} (12.x for sm_72) "
+                             "and put its nvcc first on PATH")
+
+
+def enable_nvcc_codegen() -> dict:
+    """Make TVM compile CUDA kernels to a fatbin with nvcc at build time (idempotent)."""
+    if _enabled:
+        return _enabled
+    from compiler.artifact import sha256_file
+    from compiler.deploy.bundle import RUNTIME_HOME
+
+    compiler = nvcc()
+    homes = [compiler.parent.parent, Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")), Path("/usr/local/cuda")]
+    cudart = next((p for h in homes for p in sorted((h / "lib64").glob("libcudart.so.*"))), None)
+    if cudart is None:
+        raise ToolchainError(f"no libcudart.so in {', '.join(str(h / 'lib64') for h in homes)} "
+                             "(the CUDA toolkit looks incomplete; set CUDA_HOME)")
+    stub_dir = RUNTIME_HOME / "cuda-stub" / sha256_file(STUB_SRC)[:12]
+    stub = stub_dir / "libcuda.so.1"
+    if not stub.is_file():
+        stub_dir.mkdir(parents=True, exist_ok=True)
+        part = stub_dir / f".libcuda.part-{os.getpid()}"
+        res = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-Wl,-soname,libcuda.so.1", "-o", str(part),
+                              str(STUB_SRC)], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise ToolchainError(f"cannot build the libcuda stub with gcc: {res.stderr.strip()[:200]}")
+        os.replace(part, stub)
+    import tvm
+    from tvm.base import _LOADED_LIBS
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    ctypes.CDLL(str(cudart), mode=ctypes.RTLD_GLOBAL)
+    ctypes.CDLL(str(stub), mode=ctypes.RTLD_GLOBAL)
+    if "tvm_runtime_cuda" not in _LOADED_LIBS:
+        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+            package="tvm", target_name="tvm_runtime_cuda", mode="RTLD_LOCAL",
+            extra_lib_paths=[Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent])
+    import tvm.support.nvcc  # noqa: F401  (registers tvm_callback_cuda_compile)
+
+    os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
+    _enabled.update(nvcc=str(compiler), cudart=str(cudart), tvm=tvm.__version__)
+    return _enabled
+
+
+def gpu_schedule(mod, tvm_target):
+    """dlight's default GPU schedules for every kernel (matmul, GEMV, reductions, fallback)."""
+    from tvm.s_tir import dlight as dl
+
+    with tvm_target:
+        return dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                       dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+
+
+def fatbin_cubins(path: Path) -> list[dict]:
+    """The device binaries embedded in a library: [{"kind": "cubin"|"ptx", "arch": "sm_87", "bytes": N}].
+
+    Reads NVIDIA fatbin containers (magic 0xBA55ED50) straight from the file: each entry header holds
+    its kind (1 PTX, 2 ELF cubin), header size, payload size and, at offset 28, the SM number."""
+    data = Path(path).read_bytes()
+    out, pos = [], 0
+    magic = FATBIN_MAGIC.to_bytes(4, "little")
+    while (pos := data.find(magic, pos)) >= 0:
+        _, _, hsize, fat = struct.unpack_from("<IHHQ", data, pos)
+        off, end = pos + hsize, pos + hsize + fat
+        while off + 32 <= min(end, len(data)):
+            kind, _, ehsize, payload = struct.unpack_from("<HHIQ", data, off)
+            arch = struct.unpack_from("<I", data, off + 28)[0]
+            if kind not in (1, 2) or ehsize == 0:
+                break
+            out.append({"kind": "ptx" if kind == 1 else "cubin", "arch": f"sm_{arch}", "bytes": payload})
+            off += ehsize + payload
+        pos = max(end, pos + 4)
+    return out
+
+
+def describe(path: Path, arch: str) -> dict:
+    bins = fatbin_cubins(path)
+    return {"arch": arch, "device_binaries": bins, "compiled_with": _enabled.get("nvcc"),
+            "ran": "not run: no GPU on the build machine"}

@@ -1,0 +1,411 @@
+"""Real integer compute for QDQ models in TVM Relax.
+
+TVM 0.27's ONNX importer turns QuantizeLinear/DequantizeLinear into relax.quantize/relax.dequantize,
+which legalize to float arithmetic: an imported QDQ model multiplies in float. This pass rewrites
+
+    conv1d(dequantize(xq), dequantize(Wq))              SqueezeBERT's grouped 1x1 convolutions
+    matmul(dequantize(xq), [permute_dims](dequantize(Wq)))  the classifier / pooler (Gemm), MatMul weights
+    matmul(dequantize(aq), dequantize(bq))              the attention matmuls (activation x activation)
+
+into integer kernels, u8/s8 x s8/u8 -> int32, followed by one fused epilogue: zero-point correction
+(precomputed from the constant weights where possible), a float rescale by s_x * s_w, and whatever came
+next (bias add, the next layer's quantize). Scales and zero points are the quantize stage's, read from
+the graph's constants. Layers whose pattern does not match are left as they are, and counted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+INT_DTYPES = ("uint8", "int8")
+MAC_KERNELS = ("conv1d", "matmul", "vnni_dot", "arm_sdot", "avx2_madd", "avx2_u8s8")  # names of multiply-accumulate kernels
+
+
+@dataclass
+class RewriteReport:
+    conv1d: int = 0
+    matmul_weight: int = 0
+    matmul_activation: int = 0
+    packed: int = 0  # distinct pre-packed dot-product kernels emitted
+    instructions: set[str] = field(default_factory=set)  # what those kernels tensorize onto
+    lookup_tables: int = 0  # elementwise functions between dequantize and quantize (compiler/lowering/lookup.py)
+    round_trips_dropped: int = 0  # dequantize -> reshape/transpose -> quantize (compiler/lowering/requantize.py)
+    epilogues_folded: int = 0  # quantize(a * acc + b) as one multiply-add (compiler/lowering/requantize.py)
+    softmax_folded: int = 0  # quantize(softmax(x)) dividing once a row (compiler/lowering/requantize.py)
+    layer_norms_folded: int = 0  # quantize(layer_norm(x)) with 1/s in its constants (compiler/lowering/requantize.py)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.conv1d + self.matmul_weight + self.matmul_activation
+
+
+def _np(expr) -> np.ndarray:
+    return expr.value.numpy()
+
+
+def _dtype(expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def _scalar_zp(zp: np.ndarray) -> int | None:
+    """An activation zero point as one int, or None if it varies per channel (not expected for QDQ)."""
+    flat = zp.reshape(-1).astype(np.int64)
+    return int(flat[0]) if np.all(flat == flat[0]) else None
+
+
+def _dq_pattern(data):
+    return is_op("relax.dequantize")(data, is_const(), is_const())
+
+
+@dataclass(frozen=True)
+class PackedDot:
+    """A CPU dot-product instruction and the weight layout it wants: ``lanes`` int32 outputs, each summing
+    ``k`` products of consecutive activations x weights. Weights are pre-packed [G, N/G/lanes, K/G/k,
+    lanes, k] so the innermost lanes x k block is one contiguous vector load (see :func:`pack`)."""
+    block: str  # the kernel's compute block; also names its PrimFuncs (tuning selects them by it)
+    lanes: int
+    k: int
+    accepts: tuple[str, ...]  # quantized activation dtypes this instruction serves
+    x_dtype: str  # what the kernel reads (activations are cast to it in the graph when they differ)
+    w_dtype: str
+    intrin: str  # the registered TensorIntrin
+    instruction: str  # the mnemonic in the generated assembly
+
+
+VNNI = PackedDot("vnni_dot", 16, 4, ("uint8",), "uint8", "int8", "dot_16x4_vnni", "vpdpbusd")
+SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_sdot", "sdot")
+# AVX2 has no exact 8-bit dot product (vpmaddubsw's int16 pair sums saturate): widen to int16 and use
+# vpmaddwd, 8 outputs x 2 products per instruction, exact for any u8/s8 input.
+AVX2 = PackedDot("avx2_madd", 8, 2, ("uint8", "int8"), "int16", "int16", "dot_8x2_i16i16i32_avx2", "vpmaddwd")
+# Twice the products per cycle, exact only for weights in [-64, 64] (7-bit, quantize's weight_bits = 7):
+# u8 activations x s8 weights, vpmaddubsw's int16 pair sums then cannot saturate. Chosen per layer.
+AVX2_U8S8 = PackedDot("avx2_u8s8", 8, 4, ("uint8",), "uint8", "int8", "dot_8x4_u8s8s32_avx2", "vpmaddubsw")
+PACKED = (VNNI, SDOT, AVX2, AVX2_U8S8)
+SEVEN_BIT = 64  # the largest weight magnitude AVX2_U8S8 is exact for
+
+
+def packed_for_layer(packed: PackedDot | None, dtype: str, w: np.ndarray) -> PackedDot | None:
+    """The target's instruction for one layer: on AVX2, u8 activations with 7-bit weights take the
+    u8 x s8 instruction; anything else the exact int16 one."""
+    if packed is AVX2 and dtype in AVX2_U8S8.accepts and int(np.abs(w.astype(np.int16)).max()) <= SEVEN_BIT:
+        return AVX2_U8S8
+    return packed
+
+
+def packed_dot_for(tvm_target) -> PackedDot | None:
+    """The dot-product instruction an LLVM CPU target has: VNNI, else AVX2 on x86; sdot on aarch64.
+    None for GPU targets: their kernels run on the GPU, whatever the host CPU has."""
+    if tvm_target.kind.name != "llvm":
+        return None
+    triple = str(tvm_target.attrs.get("mtriple", "x86_64"))
+    has = lambda feature: bool(tvm.target.codegen.llvm_cpu_has_features([feature], tvm_target))  # noqa: E731
+    if triple.startswith("x86_64"):
+        return VNNI if has("avx512vnni") else AVX2 if has("avx2") else None
+    if triple.startswith("aarch64"):
+        return SDOT if has("dotprod") else None
+    return None
+
+
+def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str, spec: PackedDot = VNNI):
+    """x [..., K] x weights pre-packed for ``spec`` -> int32 [..., N]: the layout the dot-product
+    instruction wants, so a schedule can tensorize the inner lanes x k block."""
+    from tvm import te
+
+    *lead, k_all = shape_x
+    kg, ng = k_all // groups, n_out // groups
+    i64 = lambda *dims: tuple(tvm.tirx.const(d, "int64") for d in dims)  # noqa: E731 (Relax shapes are int64)
+    x = te.placeholder(i64(*shape_x), spec.x_dtype, name="x")
+    w = te.placeholder(i64(groups, ng // spec.lanes, kg // spec.k, spec.lanes, spec.k), spec.w_dtype, name="w")
+    k = te.reduce_axis(i64(0, kg), "k")
+
+    def body(*idx):
+        *lead_idx, n = idx
+        g = n // ng
+        return te.sum(x[(*lead_idx, g * kg + k)].astype("int32")
+                      * w[g, (n % ng) // spec.lanes, k // spec.k, n % spec.lanes, k % spec.k].astype("int32"), axis=k)
+
+    y = te.compute(i64(*lead, n_out), body, name=spec.block)
+    return te.create_prim_func([x, w, y]).with_attr("global_symbol", name)
+
+
+def _te_packed_pair(shape_a: tuple[int, ...], n_out: int, name: str, spec: PackedDot = None):
+    """a [..., M, K] x b packed per batch entry [..., N/lanes, K/k, lanes, k] -> int32 [..., M, N]: the
+    packed kernel for an activation x activation matmul (attention), b packed at run time
+    (:func:`_pack_relax`)."""
+    from tvm import te
+
+    spec = spec or AVX2
+    *lead, m, k_all = shape_a
+    i64 = lambda *dims: tuple(tvm.tirx.const(d, "int64") for d in dims)  # noqa: E731
+    a = te.placeholder(i64(*shape_a), spec.x_dtype, name="x")
+    w = te.placeholder(i64(*lead, n_out // spec.lanes, k_all // spec.k, spec.lanes, spec.k), spec.w_dtype, name="w")
+    k = te.reduce_axis(i64(0, k_all), "k")
+
+    def body(*idx):
+        *lead_idx, i, n = idx
+        return te.sum(a[(*lead_idx, i, k)].astype("int32")
+                      * w[(*lead_idx, n // spec.lanes, k // spec.k, n % spec.lanes, k % spec.k)].astype("int32"), axis=k)
+
+    y = te.compute(i64(*lead, m, n_out), body, name=spec.block)
+    return te.create_prim_func([a, w, y]).with_attr("global_symbol", name)
+
+
+def _widen(x, dtype: str, zero: int = 0):
+    """x cast to ``dtype`` with its zero point subtracted (u8 - z fits int16 exactly)."""
+    x = relax.op.astype(x, dtype)
+    return relax.op.subtract(x, relax.const(zero, dtype)) if zero else x
+
+
+def _pack_relax(b, shape: tuple[int, ...], spec: PackedDot, zero: int = 0):
+    """Relax ops packing b - zero, b [..., K, N], into [..., N/lanes, K/k, lanes, k] of spec's weight dtype
+    (b - zero computed in int16, then narrowed: u8 - 128 fits int8 exactly)."""
+    *lead, k, n = shape
+    nl = len(lead)
+    shifted = _widen(b, "int16", zero) if spec.w_dtype == "int8" else _widen(b, spec.w_dtype, zero)
+    split = relax.op.reshape(relax.op.astype(shifted, spec.w_dtype), (*lead, k // spec.k, spec.k, n // spec.lanes,
+                                                                       spec.lanes))
+    return relax.op.permute_dims(split, [*range(nl), nl + 2, nl, nl + 3, nl + 1])
+
+
+def _pack(w_nk: np.ndarray, groups: int, spec: PackedDot = VNNI) -> np.ndarray:
+    """[N, K/G] per-group weights -> [G, N/G/lanes, K/G/k, lanes, k]."""
+    n, kg = w_nk.shape
+    ng, lanes, k = n // groups, spec.lanes, spec.k
+    packed = w_nk.reshape(groups, ng // lanes, lanes, kg // k, k).transpose(0, 1, 3, 2, 4)
+    return np.ascontiguousarray(packed.astype(spec.w_dtype))
+
+
+def integerize(mod: tvm.IRModule, func_name: str = "main",
+               packed: PackedDot | None = None) -> tuple[tvm.IRModule, RewriteReport]:
+    """Rewrite dequantize -> conv1d/matmul patterns of ``mod[func_name]`` into integer kernels.
+
+    With ``packed`` (the target's dot-product instruction, :func:`packed_dot_for`), weight-stationary
+    layers whose activations it accepts use pre-packed weights and a channels-last kernel (see
+    :func:`_te_packed`) instead of conv1d/matmul.
+    """
+    report = RewriteReport()
+    prim_funcs: dict[str, tuple[tvm.ir.GlobalVar, tvm.tirx.PrimFunc]] = {}
+
+    def packed_call(x, dtype: str, shape: tuple[int, ...], w_nk: np.ndarray, groups: int):
+        """call_tir of the packed kernel on u8 x of ``shape`` [..., K] -> [..., N] int32, or None if it
+        does not fit (the fallback is the plain integer conv1d/matmul)."""
+        n, kg = w_nk.shape
+        spec = packed_for_layer(packed, dtype, w_nk)
+        if spec is None or dtype not in spec.accepts or n % (spec.lanes * groups) or kg % spec.k \
+                or shape[-1] != kg * groups:
+            return None
+        if dtype != spec.x_dtype:
+            x = relax.op.astype(x, spec.x_dtype)
+        name = spec.block + "_" + "x".join(map(str, shape)) + f"_n{n}_g{groups}"
+        if name not in prim_funcs:
+            func = _te_packed(shape, n, groups, name, spec)
+            gv = tvm.ir.GlobalVar(name)
+            relax.expr._update_type(gv, func.ty)  # call_tir checks its callee's type
+            prim_funcs[name] = (gv, func)
+            report.instructions.add(spec.instruction)
+        out_ty = relax.TensorType((*shape[:-1], n), "int32")
+        return relax.call_tir(prim_funcs[name][0], [x, relax.const(_pack(w_nk, groups, spec))], out_ty)
+    def packed_pair(aq, bq, za: int, zb: int):
+        """(aq - za) x (bq - zb), [..., M, K] x [..., K, N] with the same leading dims, on the target's
+        dot-product kernel with b packed at run time (:func:`_pack_relax`), or None if it does not fit
+        (generic integer matmul instead).
+
+        AVX2: both operands widened to int16 with their zero points subtracted on the way, on the exact
+        vpmaddwd kernel (u8 x u8 cannot take vpmaddubsw: no operand is 7-bit). VNNI: a stays u8 and b is
+        shifted to s8 (b' = b - 128, exact), the vpdpbusd operands; with c = 128 - zb,
+        sum (a - za)(b - zb) = sum a b' + c rowsum(a) - za colsum(b') - K za c."""
+        spec = packed if packed in (AVX2, VNNI) else None
+        sa, sb = (tuple(int(d) for d in t.ty.shape) for t in (aq, bq))
+        if spec is None or len(sa) != len(sb) or len(sa) < 3 or sa[:-2] != sb[:-2] or sa[-1] != sb[-2] \
+                or sb[-1] % spec.lanes or sa[-1] % spec.k \
+                or (spec is VNNI and (_dtype(aq), _dtype(bq)) != ("uint8", "uint8")):
+            return None
+        name = spec.block + "_pair_" + "x".join(map(str, sa)) + f"_n{sb[-1]}"
+        if name not in prim_funcs:
+            func = _te_packed_pair(sa, sb[-1], name, spec)
+            gv = tvm.ir.GlobalVar(name)
+            relax.expr._update_type(gv, func.ty)
+            prim_funcs[name] = (gv, func)
+            report.instructions.add(spec.instruction)
+        out_ty = relax.TensorType((*sa[:-1], sb[-1]), "int32")
+        if spec is AVX2:
+            return relax.call_tir(prim_funcs[name][0], [_widen(aq, AVX2.x_dtype, za), _pack_relax(bq, sb, AVX2, zb)],
+                                  out_ty)
+        acc = relax.call_tir(prim_funcs[name][0], [aq, _pack_relax(bq, sb, VNNI, 128)], out_ty)
+        c, k = 128 - zb, sa[-1]
+        if c:
+            rows = relax.op.sum(relax.op.astype(aq, "int32"), axis=[-1], keepdims=True)
+            acc = relax.op.add(acc, relax.op.multiply(rows, relax.const(c, "int32")))
+        if za:
+            cols = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)  # colsum(b') + 128 K
+            acc = relax.op.subtract(acc, relax.op.multiply(cols, relax.const(za, "int32")))
+            acc = relax.op.add(acc, relax.const(za * 128 * k - k * za * c, "int32"))
+        return acc
+
+    x, a, b = wildcard(), wildcard(), wildcard()
+    wconst = is_const()
+    x_dq, a_dq, b_dq = _dq_pattern(x), _dq_pattern(a), _dq_pattern(b)
+    w_dq = _dq_pattern(wconst)
+    w_t = is_op("relax.permute_dims")(w_dq)
+    conv = is_op("relax.nn.conv1d")(x_dq, w_dq)
+    mm_w = is_op("relax.matmul")(x_dq, w_dq | w_t)
+    mm_a = is_op("relax.matmul")(a_dq, b_dq)
+
+    def act(m, pat):
+        """(integer tensor, scale float, zero point int) of a dequantized activation, or None."""
+        dq = m[pat]
+        q, scale, zp = dq.args
+        if _dtype(q) not in INT_DTYPES or _np(scale).size != 1:
+            return None
+        z = _scalar_zp(_np(zp))
+        return None if z is None else (q, float(_np(scale).reshape(-1)[0]), z)
+
+    def weight(dq):
+        q, scale, zp = dq.args
+        wq, sw, zw = _np(q), _np(scale).astype(np.float64), _np(zp)
+        if wq.dtype != np.int8 or np.any(zw != 0):
+            return None  # symmetric s8 weights only (the quantize stage always writes those)
+        return wq, sw, int(dq.attrs.axis)
+
+    def rewrite_conv(orig, m):
+        at = orig.attrs
+        xa = act(m, x_dq)
+        w = weight(m[w_dq])
+        if xa is None or w is None or any(int(p) for p in at.padding) or at.data_layout != "NCW" \
+                or at.kernel_layout != "OIW":
+            report.skipped.append("conv1d")
+            return orig
+        (xq, sx, zx), (wq, sw, axis) = xa, w
+        if sw.size > 1 and axis != 0:
+            report.skipped.append("conv1d (weight scale axis)")
+            return orig
+        out_ch = wq.shape[0]
+        acc = None
+        if packed and _dtype(xq) in packed.accepts and wq.shape[2] == 1 and all(int(v) == 1 for v in (*at.strides,
+                                                                                           *at.dilation)):
+            b, c, w = (int(d) for d in xq.ty.shape)
+            acc_t = packed_call(relax.op.permute_dims(xq, [0, 2, 1]), _dtype(xq), (b, w, c), wq[:, :, 0],
+                                int(at.groups))
+            acc = None if acc_t is None else relax.op.permute_dims(acc_t, [0, 2, 1])  # NWC -> NCW
+        if acc is None:
+            acc = relax.op.nn.conv1d(xq, relax.const(wq), strides=at.strides, padding=at.padding,
+                                     dilation=at.dilation, groups=at.groups, data_layout="NCW",
+                                     kernel_layout="OIW", out_dtype="int32")
+        if zx:  # conv(xq - zx, W) = conv(xq, W) - zx * sum(W[o]) for an unpadded convolution
+            corr = zx * wq.astype(np.int64).reshape(out_ch, -1).sum(1)
+            acc = relax.op.subtract(acc, relax.const(corr.astype(np.int32).reshape(1, out_ch, 1)))
+        scale = (sx * np.broadcast_to(sw.reshape(-1), (out_ch,))).astype(np.float32).reshape(1, out_ch, 1)
+        report.conv1d += 1
+        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
+
+    def rewrite_mm_weight(orig, m):
+        xa = act(m, x_dq)
+        w = weight(m[w_dq])
+        if xa is None or w is None or orig.attrs.out_dtype not in ("", None, "void", "float32"):
+            report.skipped.append("matmul")
+            return orig
+        (xq, sx, zx), (wq, sw, axis) = xa, w
+        transposed = w_t in m
+        if wq.ndim != 2 or (transposed and [int(i) for i in m[w_t].attrs.axes] != [1, 0]):
+            report.skipped.append("matmul (weight shape)")
+            return orig
+        n_axis = 0 if transposed else 1  # the weight axis that becomes the output's last axis
+        if sw.size > 1 and axis != n_axis:
+            report.skipped.append("matmul (weight scale axis)")
+            return orig
+        wkn = wq.T if transposed else wq  # [K, N]
+        n = wkn.shape[1]
+        acc = None
+        if packed:
+            acc = packed_call(xq, _dtype(xq), tuple(int(d) for d in xq.ty.shape), np.ascontiguousarray(wkn.T), 1)
+        if acc is None:
+            acc = relax.op.matmul(xq, relax.const(np.ascontiguousarray(wkn)), out_dtype="int32")
+        if zx:
+            acc = relax.op.subtract(acc, relax.const((zx * wkn.astype(np.int64).sum(0)).astype(np.int32)))
+        scale = (sx * np.broadcast_to(sw.reshape(-1), (n,))).astype(np.float32)
+        report.matmul_weight += 1
+        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
+
+    def rewrite_mm_act(orig, m):
+        aa, ba = act(m, a_dq), act(m, b_dq)
+        if aa is None or ba is None:
+            report.skipped.append("matmul (activations)")
+            return orig
+        (aq, sa, za), (bq, sb, zb) = aa, ba
+        k = int(aq.ty.shape[-1])
+        acc = packed_pair(aq, bq, za, zb)
+        if acc is None:
+            acc = relax.op.matmul(aq, bq, out_dtype="int32")
+            # (a - za)(b - zb) summed over k = ab - zb*rowsum(a) - za*colsum(b) + k*za*zb
+            if zb:
+                rows = relax.op.sum(relax.op.astype(aq, "int32"), axis=[-1], keepdims=True)
+                acc = relax.op.subtract(acc, relax.op.multiply(rows, relax.const(zb, "int32")))
+            if za:
+                cols = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)
+                acc = relax.op.subtract(acc, relax.op.multiply(cols, relax.const(za, "int32")))
+            if za and zb:
+                acc = relax.op.add(acc, relax.const(k * za * zb, "int32"))
+        report.matmul_activation += 1
+        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(np.float32(sa * sb)))
+
+    func = mod[func_name]
+    for pat, fn in ((conv, rewrite_conv), (mm_w, rewrite_mm_weight), (mm_a, rewrite_mm_act)):
+        func = rewrite_call(pat, fn, func)
+    mod = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != func_name},
+                        **{gv: f for gv, f in prim_funcs.values()}})
+    mod[func_name] = func
+    report.packed = len(prim_funcs)
+    mod = relax.transform.DeadCodeElimination()(mod)
+    return mod, report
+
+
+def float_compute_layers(mod: tvm.IRModule, func_name: str = "main") -> list[str]:
+    """conv1d/matmul calls in a Relax function that still multiply float tensors."""
+    found = []
+
+    @relax.expr_functor.visitor
+    class Visit(relax.PyExprVisitor):
+        def visit_call_(self, call):
+            if isinstance(call.op, tvm.ir.Op) and call.op.name in ("relax.nn.conv1d", "relax.matmul"):
+                if any(_dtype(arg).startswith("float") for arg in call.args[:2]):
+                    found.append(call.op.name)
+            super().visit_call_(call)
+
+    Visit().visit_expr(mod[func_name])
+    return found
+
+
+_REDUCE_UPDATE = re.compile(r"^\s*(\w+)\[([^\]]*)\] = \1\[\2\] \+ (.*\*.*)$")
+
+
+def mac_kernels(mod: tvm.IRModule) -> dict[str, list[str]]:
+    """Multiply-accumulate kernels of a lowered (TIR) module, split by the arithmetic they really do.
+
+    Reads the reduction updates (``acc[i] = acc[i] + a * b``) of every conv1d/matmul PrimFunc after
+    legalization and fusion: integer kernels cast their u8/s8 operands to int32 before the multiply;
+    anything else multiplies in float. Returns {"integer": [names], "float": [names]}.
+    """
+    out: dict[str, list[str]] = {"integer": [], "float": []}
+    for gv, func in mod.functions.items():
+        name = gv.name_hint
+        if not isinstance(func, tvm.tirx.PrimFunc) or not any(op in name for op in MAC_KERNELS):
+            continue
+        for line in func.script().splitlines():
+            m = _REDUCE_UPDATE.match(line)
+            if m:
+                out["integer" if 'T.Cast("int32"' in m.group(3) else "float"].append(name)
+    return out
+
+
+def tensorized_kernels(mod: tvm.IRModule) -> list[str]:
+    """PrimFuncs of a lowered module whose code calls a dot-product intrinsic (vpdpbusd, vpmaddwd, sdot/udot)."""
+    marks = ("llvm.x86.avx512.vpdpbusd", "llvm.x86.avx2.pmadd.wd", "llvm.x86.avx2.pmadd.ub.sw", "llvm.aarch64.neon.sdot", "llvm.aarch64.neon.udot")
+    return [gv.name_hint for gv, f in mod.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc) and any(m in f.script() for m in marks)]

@@ -1,0 +1,103 @@
+"""Any input length: a library built from a --dynamic export holds one Relax function per length bucket
+(16, 32, 64, ... up to the export's --seq-len), all sharing one copy of the weights; an input of L tokens
+runs in the smallest bucket that holds it, padded with the attention mask's zeros.
+
+Padding never changes an answer: every position attends only to positions whose mask is 1 (masked
+scores get the dtype's minimum before softmax, so their weight is exactly 0 in float32 and in the int8
+softmax, whose mask add stays float), SqueezeBERT's convolutions are 1x1 (no mixing across positions),
+the classifier reads the first token and mean pooling sums over mask-1 tokens only. Build checks it:
+outputs at L tokens against onnxruntime running the dynamic export at exactly L, no padding.
+
+Weights are shared because TVM's VM executable keeps one copy of byte-identical constants: two
+functions multiplying by equal 4 MB constants link into a 4.2 MB library, by unequal ones 8.4 MB
+(measured with TVM 0.27 here). Every bucket imports the same ONNX initializers and runs the same
+passes, so its weights (packed or not) are byte-identical to the others'.
+"""
+
+from __future__ import annotations
+
+from compiler.errors import InputError
+
+FIRST_BUCKET = 16  # real text here: median 14 tokens, p90 18 (calibration/sentences.txt)
+
+
+def buckets(max_len: int, dynamic: bool) -> list[int]:
+    """Bucket lengths, ascending, the last being ``max_len``: powers of two from FIRST_BUCKET below it.
+    A static export has one: its own length."""
+    if not dynamic:
+        return [max_len]
+    out, n = [], FIRST_BUCKET
+    while n < max_len:
+        out.append(n)
+        n *= 2
+    return out + [max_len]
+
+
+def function_name(length: int, lengths: list[int]) -> str:
+    """The Relax function of a bucket: ``main`` for the longest (what a one-length library calls), else
+    ``main_<length>``."""
+    return "main" if length == lengths[-1] else f"main_{length}"
+
+
+def bucket_for(length: int, lengths: list[int]) -> int:
+    """The smallest bucket holding ``length`` tokens; InputError naming the maximum past it."""
+    if length < 1:
+        raise InputError("the input has no tokens")
+    for b in lengths:
+        if length <= b:
+            return b
+    raise InputError(f"the input has {length} tokens; this library takes at most {lengths[-1]} "
+                     "(truncate the text, or ask for truncation)")
+
+
+def pad(arrays: list, length: int):
+    """Arrays [B, L] zero-padded along the sequence axis to [B, length] (id 0 = [PAD], mask 0, type 0)."""
+    import numpy as np
+
+    out = []
+    for a in arrays:
+        if a.shape[1] == length:
+            out.append(a)
+            continue
+        p = np.zeros((a.shape[0], length), dtype=a.dtype)
+        p[:, :a.shape[1]] = a
+        out.append(p)
+    return out
+
+
+def merge(mods: dict[int, object], lengths: list[int]):
+    """One IRModule from per-bucket modules (each with its ``main`` and the kernels its passes added):
+    each bucket's ``main`` renamed to :func:`function_name`, its other functions suffixed ``_s<length>`` so
+    that equal names from different buckets do not collide."""
+    import tvm
+    from tvm import relax
+
+    if len(lengths) == 1:
+        return mods[lengths[0]]
+
+    @relax.expr_functor.mutator
+    class Rename(relax.PyExprMutator):
+        def __init__(self, mapping):
+            super().__init__()
+            self.mapping = mapping
+
+        def visit_global_var_(self, op):
+            return self.mapping.get(op.name_hint, op)
+
+    merged = {}
+    for n in lengths:
+        mod = mods[n]
+        mapping = {}
+        for gv in mod.get_global_vars():
+            new = tvm.ir.GlobalVar(function_name(n, lengths) if gv.name_hint == "main" else f"{gv.name_hint}_s{n}")
+            if hasattr(gv, "ty") and gv.ty is not None:
+                relax.expr._update_type(new, gv.ty)
+            mapping[gv.name_hint] = new
+        for gv, func in mod.functions.items():
+            new = mapping[gv.name_hint]
+            if isinstance(func, relax.Function):
+                func = Rename(mapping).visit_expr(func)
+            if func.attrs is not None and "global_symbol" in func.attrs:
+                func = func.with_attr("global_symbol", new.name_hint)
+            merged[new] = func
+    return tvm.IRModule(merged)

@@ -1,0 +1,182 @@
+"""The model as TVM sees it: the artifact's ONNX imported into Relax at each length bucket's static shape,
+integerized for int8 (compiler.lowering.int8 and friends), then legalized and fused. Build and tune
+both start here, so a tuning database sees exactly the kernels the build compiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compiler.artifact import Artifact, load_artifact
+from compiler.errors import CompileError
+
+
+def static_onnx(path: Path, dims: dict[str, int], scratch: Path) -> Path:
+    """Workaround for TVM 0.27's importer on dynamic-shape models: fix the named dims, then let
+    onnxruntime's BASIC optimizer fold the shape arithmetic (Shape/Range/Expand) away.
+
+    Imported as-is, a dynamic SqueezeBERT export fails in VM codegen ("CodeGenVM cannot emit this Relax
+    operator directly: R.add(...)") even with a static shape_dict; its Expand and ConstantOfShape
+    converters also mishandle symbolic shapes. Static models skip this.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
+
+    model = onnx.load(str(path))
+    for name, value in dims.items():
+        make_dim_param_fixed(model.graph, name, value)
+    fixed, out = scratch / "fixed.onnx", scratch / "static.onnx"
+    onnx.save(model, str(fixed))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(fixed), opts, providers=["CPUExecutionProvider"])
+    return out
+
+
+def import_onnx(path: Path, inputs: list[dict], static_dims: dict[str, int] | None = None):
+    """ONNX -> Relax IRModule with static input shapes; unknown ops are named.
+
+    ``inputs`` are the artifact's input records; a symbolic dim (a --dynamic export) takes its value
+    from ``static_dims`` (the export's batch and seq-len) and goes through :func:`static_onnx`.
+    """
+    import tempfile
+
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    symbolic = {d for i in inputs for d in i["shape"] if not isinstance(d, int)}
+    if symbolic:
+        if not static_dims or symbolic - set(static_dims):
+            raise CompileError(f"{path}: dynamic dims {sorted(symbolic)} need static values to build")
+        with tempfile.TemporaryDirectory() as scratch:
+            fixed = static_onnx(path, {d: static_dims[d] for d in symbolic}, Path(scratch))
+            inputs = [i | {"shape": [static_dims.get(d, d) for d in i["shape"]]} for i in inputs]
+            return import_onnx(fixed, inputs)
+    model = onnx.load(str(path))
+    known = _get_convert_map()
+    missing = sorted({n.op_type for n in model.graph.node if n.op_type not in known})
+    if missing:
+        node = next(n for n in model.graph.node if n.op_type == missing[0])
+        raise CompileError(f"{path}: TVM's ONNX importer cannot convert operator {', '.join(missing)} "
+                           f"(first at node '{node.name}')")
+    shapes = {i["name"]: [int(d) for d in i["shape"]] for i in inputs}
+    try:
+        return from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
+    except Exception as exc:
+        raise CompileError(f"{path}: TVM could not import the model: {first_line(exc)}") from exc
+
+
+def relax_module(parent: Artifact, tvm_target, integer: bool = True):
+    """(Relax module, RewriteReport | None): the artifact's ONNX imported with static shapes and, for an
+    int8 model with ``integer``, rewritten to integer kernels (pre-packed for the target's dot-product
+    instruction where it has one), then its transposes sunk until they cancel (:mod:`compiler.lowering.transposes`)
+    and its elementwise functions between dequantize and quantize (GELU) turned into lookup tables
+    (:mod:`compiler.lowering.lookup`).
+    Build and tune both start here, so a tuning database sees exactly the kernels the build compiles."""
+    from compiler.lowering.lengths import merge
+
+    lengths = bucket_lengths(parent)
+    mods, reports = {}, {}
+    for n in lengths:
+        mods[n], reports[n] = _bucket_module(parent, tvm_target, integer, _static_dims(parent) | {"seq": n})
+    report = reports[lengths[-1]]
+    if report is not None and len({(r.total, tuple(r.skipped)) for r in reports.values()}) > 1:
+        raise CompileError("the int8 rewrite differs between length buckets: "
+                           + ", ".join(f"{n}: {r.total} integer kernels" for n, r in reports.items()))
+    return merge(mods, lengths), report
+
+
+def bucket_lengths(parent: Artifact) -> list[int]:
+    """The lengths a library of this export (or its quantized model) is built for: one for a static
+    export, buckets up to its --seq-len for a --dynamic one (:mod:`compiler.lowering.lengths`)."""
+    from compiler.lowering.lengths import buckets
+
+    dynamic = any(not isinstance(d, int) for i in parent.results["inputs"] for d in i["shape"])
+    return buckets(_static_dims(parent)["seq"], dynamic)
+
+
+def _bucket_module(parent: Artifact, tvm_target, integer: bool, dims: dict[str, int]):
+    """relax_module for one static shape (``dims``: batch and seq)."""
+    from compiler.lowering.int8 import integerize, packed_dot_for
+    from compiler.lowering.lookup import lookup_tables
+    from compiler.lowering.requantize import (drop_round_trips, fold_layer_norm_quantize, fold_requantize,
+                             fold_softmax_quantize)
+    from compiler.lowering.transposes import sink_transposes
+
+    mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], dims)
+    report = None
+    if parent.stage == "quantize" and integer:
+        mod, report = integerize(mod, packed=packed_dot_for(tvm_target))
+    mod, _ = sink_transposes(mod)  # NCW convolutions vs NWC layer norms and packed kernels
+    if report is not None:  # after sinking: the tables then sit where the transposes no longer are
+        mod, report.lookup_tables = lookup_tables(mod)
+        mod, report.round_trips_dropped = drop_round_trips(mod)
+        from tvm import relax
+
+        with tvm_target:  # the epilogues' constants as constants, so that they fold
+            mod = relax.transform.FoldConstant()(mod)
+        mod, report.epilogues_folded = fold_requantize(mod)
+        mod, report.softmax_folded = fold_softmax_quantize(mod)
+        mod, report.layer_norms_folded = fold_layer_norm_quantize(mod)
+    return mod, report
+
+
+def fuse(mod, tvm_target):
+    """Legalize, fold constants and fuse each kernel with its epilogue (Relax's "zero" pipeline).
+
+    On CPU, softmax, exp, erf and tanh first become TVM's fast polynomial versions (FastMathTransform),
+    which vectorize: libm's scalar erf and exp took a third of tuned fp32 SqueezeBERT here
+    (results/PERFORMANCE-LOG.md step 6). Their error (~1e-7 on the logits) is checked by build's
+    validation against onnxruntime like everything else."""
+    from tvm import relax
+
+    mod = reciprocal_divides(mod)
+    with tvm_target:
+        if tvm_target.kind.name == "llvm":
+            mod = relax.transform.FastMathTransform()(mod)
+        return relax.get_pipeline("zero")(mod)
+
+
+def reciprocal_divides(mod):
+    """x / c -> x * (1 / c) for every float32 scalar constant c (GELU's x / sqrt(2), attention's
+    scores / sqrt(d)): a vector divide costs ~10x a multiply and LLVM keeps it (no fast-math); in
+    SqueezeBERT's GELU epilogue it was ~a quarter of that kernel's float work. Within 1 ulp of x / c."""
+    import numpy as np
+    from tvm import relax
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+    pattern = is_op("relax.divide")(wildcard(), is_const())
+
+    def rewrite(call, _):
+        c = call.args[1].value.numpy()
+        if c.dtype != np.float32 or c.size != 1 or not np.isfinite(1 / np.float64(c.reshape(-1)[0])):
+            return call
+        return relax.op.multiply(call.args[0], relax.const(np.float32(1) / c.reshape(c.shape)))
+
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = rewrite_call(pattern, rewrite, func)
+    return mod
+
+
+def _static_dims(parent: Artifact) -> dict[str, int]:
+    """Values for a --dynamic export's symbolic dims: the batch and seq-len it was exported (and validated) at."""
+    conf = parent.manifest["config"] if parent.stage == "export" else load_artifact(
+        Path(parent.manifest["parent"]["path"]), verify=False).manifest["config"]
+    return {"batch": conf["batch"], "seq": conf["seq_len"]}
+
+
+def static_inputs(parent: Artifact, key: str = "inputs") -> list[dict]:
+    """The artifact's input (or output) records with any symbolic dim replaced by its static value."""
+    records = parent.results[key]
+    dims = _static_dims(parent) if any(not isinstance(d, int) for i in records for d in i["shape"]) else {}
+    return [i | {"shape": [dims.get(d, d) for d in i["shape"]]} for i in records]
+
+
+def first_line(exc: BaseException) -> str:
+    """The last meaningful line of a TVM error (its tracebacks are long)."""
+    text = str(exc).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(("Traceback", "  File", "    "))]
+    return (lines[-1] if lines else type(exc).__name__)[:300]

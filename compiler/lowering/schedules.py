@@ -1,0 +1,417 @@
+"""Schedules for the CPU kernels a tuning database does not cover.
+
+TVM 0.27 compiles an unscheduled CPU kernel as naive single-threaded loops (its GPU pipeline has dlight
+defaults; CPU has none). Before this, every kernel a database missed (softmax, layer norm, transposes,
+every kernel of an untuned build) ran on one core. Here each gets:
+
+- a pre-packed dot-product kernel (:class:`compiler.lowering.int8.PackedDot`): its inner lanes x k block
+  tensorized onto the target's instruction, rows in parallel;
+- reductions along one axis, and data moved into a blocked layout: the rules below;
+- anything else: MetaSchedule's own parallelize/vectorize rule and postprocessors, applied once, with
+  no search (the outer spatial loops fused and parallel, the inner one vectorized).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import tvm
+
+from compiler.lowering.int8 import PACKED, PackedDot
+
+
+def _packed_block(func) -> PackedDot | None:
+    script = func.script()
+    return next((p for p in PACKED if f'T.sblock("{p.block}")' in script), None)
+
+
+SHORT_K = 256  # a reduction this short or shorter takes 8 x 1 tiles
+
+
+def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int | None = None) -> None:
+    """Tile the packed kernel ``rows`` x ``columns`` instructions (each k step reuses a loaded weight
+    vector for ``rows`` rows and an activation pair for ``columns`` vectors), tensorize the inner
+    lanes x k block, run row tiles in parallel. A tile that does not divide the kernel shrinks to 1.
+
+    Unless given: 4 x 3 tiles, or 8 x 1 where the reduction is at most SHORT_K long (SqueezeBERT's Q/K/V
+    and GELU convolutions, K = 192 a group, and the attention matmuls): every row tile streams all the
+    weights, and 8-row tiles stream them half as often, which the short k loop could not hide. Alone, 2
+    threads, with caches flushed: 128.6 -> 116.6 and 514.6 -> 473.5 us for the K = 192 convolutions,
+    134.9 -> 121.3 and 124.1 -> 113.3 us for the attention's; K = 768 ones are no faster (461 -> 472)
+    (results/PERFORMANCE-LOG.md step 30).
+
+    Measured for AVX2 on a 128x768x768/4 grouped kernel, 2 threads: 4 x 3 tiles 0.28 ms, no tiling
+    0.35 ms; MetaSchedule's own tiling onto the intrinsic: most candidates fail to compile (vectorized
+    loops around the intrinsic) and those that build ran 5-7 ms (results/PERFORMANCE-LOG.md step 6).
+    Order matters: a fused or parallel loop added after tensorize breaks TVM's reduction checks.
+
+    A kernel fused with its epilogue (requantize, bias, GELU, residual add: what FuseOps joins to it
+    once no transpose stands between, see :mod:`compiler.lowering.transposes`) gets the epilogue as one
+    vectorized loop nest per output, computed right after each rows x columns tile while its int32 sums
+    are in L1 (after each row tile instead: ~0.5 ms slower on int8 SqueezeBERT): every other elementwise
+    block is inlined into its consumer.
+    """
+    block = sch.get_sblock(spec.block)
+    outputs = {p.name for p in sch.mod["main"].params}
+    operands = {r.source.name for r in sch.get(block).reads}
+    epilogue = []
+    for other in sch.get_child_blocks(sch.get_sblock("root")):
+        writes = {r.source.name for r in sch.get(other).writes}
+        if sch.get(other).name_hint == spec.block or writes & operands:
+            continue  # a producer of the kernel's operands stays as it is
+        if writes & outputs:
+            epilogue.append(other)
+        else:
+            sch.compute_inline(other)
+    *lead, n, k = sch.get_loops(block)
+    n_ext, m_ext = (int(sch.get(loop).extent) for loop in (n, lead[-1]))
+    if rows is None or columns is None:
+        rows, columns = (8, 1) if int(sch.get(k).extent) <= SHORT_K else (4, 3)
+    columns = next(c for c in (columns, 2, 1) if n_ext % (c * spec.lanes) == 0)
+    rows = rows if m_ext % rows == 0 and m_ext > rows else 1
+    r_o, *r_i = sch.split(lead[-1], [None, rows]) if rows > 1 else [lead[-1]]  # unit loops break tensorize
+    n_o, *n_m, n_i = sch.split(n, [None, columns, spec.lanes] if columns > 1 else [None, spec.lanes])
+    k_o, k_i = sch.split(k, [None, spec.k])
+    sch.reorder(*lead[:-1], r_o, n_o, k_o, *r_i, *n_m, n_i, k_i)
+    r_o = sch.fuse(*lead[:-1], r_o) if lead[:-1] else r_o  # batch and heads (attention) run in parallel too
+    width = max(8, spec.lanes)  # float epilogue lanes: a whole vector of the instruction's width
+    for epi in epilogue:
+        sch.reverse_compute_at(epi, n_o)
+        inner = sch.get_loops(epi)[-1]
+        if int(sch.get(inner).extent) % width == 0:
+            sch.vectorize(sch.split(inner, [None, width])[1])
+    sch.parallel(r_o)
+    sch.decompose_reduction(block, k_o)
+    sch.tensorize(n_i, spec.intrin)
+    for loop in (*r_i, *n_m):
+        sch.unroll(loop)
+
+
+def _inline_elementwise(sch, keep_broadcast: bool = False) -> None:
+    """Inline every spatial block with exactly one consumer into it (outputs and reductions stay).
+
+    TVM fuses a chain of ops (reshape, quantize, cast, subtract, transpose) into one kernel but keeps a
+    block and a buffer per op: scheduled one by one, each was a parallel loop of its own, 6-7 fork-joins
+    and as many passes over memory per kernel. A value read by two blocks (softmax's exp) is kept, not
+    computed twice. With ``keep_broadcast`` (one loop over rows, where a kept block costs no pass of its
+    own) a block smaller than its consumer stays too: a per-row reciprocal is computed once a row, not
+    once an element."""
+    outputs = {p.name for p in sch.mod["main"].params}
+    size = lambda b: int(np.prod([int(d) for w in sch.get(b).writes for d in w.source.shape]))  # noqa: E731
+    for block in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
+        stmt = sch.get(block)
+        if any(int(iv.iter_type) != 0 for iv in stmt.iter_vars) or {w.source.name for w in stmt.writes} & outputs \
+                or len(sch.get_consumers(block)) != 1:
+            continue
+        if keep_broadcast and size(block) < size(sch.get_consumers(block)[0]):
+            continue
+        try:
+            sch.compute_inline(block)
+        except Exception:  # noqa: BLE001 (not inlinable: it stays a loop nest of its own)
+            continue
+
+
+def _generic(one: tvm.IRModule, tvm_target):
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+
+    first = Schedule(one)
+    _inline_elementwise(first)
+    one = first.mod
+
+    ctx = ms.TuneContext(
+        mod=one, target=tvm_target, task_name="default", rand_state=0,
+        space_generator=ms.space_generator.PostOrderApply(
+            sch_rules=[ms.schedule_rule.ParallelizeVectorizeUnroll(
+                max_jobs_per_core=16, max_vectorize_extent=64, unroll_max_steps=[0], unroll_explicit=True)],
+            postprocs=[ms.postproc.DisallowDynamicLoop(), ms.postproc.RewriteParallelVectorizeUnroll(),
+                       ms.postproc.RewriteReductionBlock()],
+            mutator_probs={}))
+    (sch,) = ctx.space_generator.generate_design_space(one)
+    for post in ctx.space_generator.postprocs:
+        if not post.apply(sch):
+            return None
+    return sch
+
+
+def _reductions(one: tvm.IRModule):
+    """A schedule for a kernel whose reductions all run along one axis of a row-major tensor, or None.
+
+    MetaSchedule's default rule gives each output its own serial, scalar reduction loop. Here:
+
+    - a reduction across rows (layer norm over NCW's channel axis, once :mod:`compiler.lowering.transposes`
+      has removed the transposes around it; a matmul's column of B) walks rows in the outer loop and
+      32 adjacent outputs in the inner one, which LLVM vectorizes: contiguous loads, the same summation
+      order per output. SqueezeBERT's [1, 768, 128] layer norm, 2 threads: 0.36 -> 0.11 ms, identical;
+    - a reduction along rows (layer norm over NWC's channels, softmax) keeps 16 partial results per
+      output (rfactor), the inner loop over adjacent elements vectorizable, then adds the 16: int8
+      SqueezeBERT's layer norm + requantize 0.28 -> 0.11 ms (same u8 outputs on the test data);
+
+    the elementwise blocks get parallel outer and vectorized inner loops."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(one)
+    _inline_elementwise(sch)
+    plans = []
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        loops = sch.get_loops(block)
+        iters = sch.get(block).iter_vars
+        if not any(int(iv.iter_type) == 2 for iv in iters):  # spatial
+            plans.append((block, None))
+            continue
+        if len(loops) < 2 or len(iters) != len(loops) or int(iters[-1].iter_type) != 2 \
+                or any(int(iv.iter_type) != 0 for iv in iters[:-1]):
+            return None
+        s_var, k_var = iters[-2].var, iters[-1].var
+        reads = [r.region for r in sch.get(block).reads if len(r.region) > 1]
+        if any(r[-1].min.same_as(s_var) and any(_uses(d.min, k_var) for d in r[:-1]) for r in reads) \
+                and int(sch.get(loops[-2]).extent) % 32 == 0:
+            plans.append((block, "column"))
+        elif any(_uses(r[-1].min, k_var) for r in reads) and int(sch.get(loops[-1]).extent) % 16 == 0 \
+                and not any(_uses(d.min, k_var) for r in reads for d in r[:-1]):
+            plans.append((block, "row"))
+        else:
+            return None
+    if all(plan is None for _, plan in plans):
+        return None
+    if all(plan in (None, "row") for _, plan in plans):
+        try:
+            return _rows(one)
+        except Exception:  # noqa: BLE001 (a shape the one-loop form does not take: the passes below)
+            pass
+    for block, plan in plans:
+        if plan == "row":
+            *lead, k = sch.get_loops(block)
+            k_o, k_i = sch.split(k, [None, 16])
+            rf = sch.rfactor(k_i, len(lead))
+            rf_loops = [loop for loop in sch.get_loops(rf) if int(sch.get(loop).extent) > 1]
+            sch.parallel(rf_loops[0])
+            continue
+        *lead, last = sch.get_loops(block) if plan is None else sch.get_loops(block)[:-1]
+        outer, inner = sch.split(last, [None, 32 if plan else 16]) if int(sch.get(last).extent) % 16 == 0 \
+            else (last, None)
+        k = sch.get_loops(block)[-1] if plan else None
+        if plan:
+            sch.reorder(outer, k, inner)
+        sch.parallel(sch.fuse(*lead, outer) if lead else outer)
+        if plan:
+            sch.decompose_reduction(block, k)
+        elif inner is not None:
+            sch.vectorize(inner)
+    return sch
+
+
+def _rows(one: tvm.IRModule):
+    """Softmax and layer norm along the last axis as one parallel loop over rows: each row's partial
+    reductions (8 lanes, vectorized), its elementwise work and its output computed together while the
+    row is in L1, instead of a parallel pass over the whole tensor per step (4 fork-joins a kernel)."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(one)
+    _inline_elementwise(sch, keep_broadcast=True)
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    spatial = [b for b in blocks if all(int(iv.iter_type) == 0 for iv in sch.get(b).iter_vars)]
+    rfs = []
+    for b in blocks:
+        if b not in spatial:
+            k = sch.get_loops(b)[-1]
+            _, k_i = sch.split(k, [None, 8])
+            rfs.append(sch.rfactor(k_i, len(sch.get_loops(b)) - 2))
+    rows = sch.fuse(*sch.get_loops(blocks[-1])[:-1])
+    for b in reversed(sch.get_child_blocks(sch.get_sblock("root"))[:-1]):
+        sch.compute_at(b, rows, preserve_unit_loops=False)
+    for rf in rfs:  # under the row loop: k_i, k_o -> k_o, k_i (the 8 partial results as one vector)
+        *_, k_i, k_o = sch.get_loops(rf)
+        sch.reorder(k_o, k_i)
+        sch.vectorize(k_i)
+    for b in spatial:
+        inner = sch.get_loops(b)[-1]
+        if not sch.get(inner).same_as(sch.get(rows)) and int(sch.get(inner).extent) % 8 == 0:
+            sch.vectorize(sch.split(inner, [None, 8])[1])
+    sch.parallel(rows)
+    return sch
+
+
+def _packing(one: tvm.IRModule):
+    """A schedule for a kernel that only moves data into a blocked layout with small innermost tiles
+    (the attention's second operand packed [..., K/k, lanes, k] for the pair kernel: 8 x 2 on AVX2,
+    16 x 4 on VNNI), or None.
+
+    MetaSchedule's rule fuses all loops, then splits for vectorizing: the index arithmetic of the
+    blocked layout becomes divisions by non-constant-foldable fused extents, and the 16-lane "vector"
+    is a gather of 2-element runs from 8 rows. Here the leading loops run in parallel, the row loop stays,
+    and the small tile (<= 64 elements) is unrolled with its constant offsets: SqueezeBERT's K and V
+    packing 26.6 -> 5.9 and 25.4 -> 3.9 us, identical bytes."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(one)
+    _inline_elementwise(sch)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if len(blocks) != 1 or any(int(iv.iter_type) != 0 for iv in sch.get(blocks[0]).iter_vars):
+        return None
+    loops = sch.get_loops(blocks[0])
+    extents = [int(sch.get(loop).extent) for loop in loops]
+    if len(loops) < 4 or extents[-1] * extents[-2] > 64:
+        return None
+    sch.parallel(sch.fuse(*loops[:-3]))
+    sch.unroll(loops[-1])
+    sch.unroll(loops[-2])
+    return sch
+
+
+def _uses(expr, var) -> bool:
+    return any(v.same_as(var) for v in tvm.tirx.analysis.undefined_vars(expr))
+
+
+def reschedule(mod: tvm.IRModule, schedule_one) -> tuple[tvm.IRModule, Counter]:
+    """Give every PrimFunc of ``mod`` that is not scheduled yet to ``schedule_one``, one kernel at a time.
+
+    ``schedule_one(one)`` gets the kernel as the "main" function of a module of its own and returns
+    (Schedule or None, outcome); a kernel it scheduled is replaced and marked scheduled. Returns the
+    module and how many kernels had each outcome. Used for tuned (database) and default schedules.
+    """
+    counts: Counter = Counter()
+    updates = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
+            continue
+        sch, outcome = schedule_one(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
+        counts[outcome] += 1
+        if sch is None:
+            continue
+        new = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        keep = func.attrs and "global_symbol" in func.attrs
+        updates[gv] = new.with_attr("global_symbol", func.attrs["global_symbol"]) if keep \
+            else new.without_attr("global_symbol")
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod, counts
+
+
+def schedule_kernel(one: tvm.IRModule, tvm_target):
+    """The default schedule of one kernel (``one["main"]``): (Schedule, kind) with kind ``tensorized``
+    (a packed dot-product kernel), ``tiled`` (another multiply-accumulate kernel, :func:`tile_mac`) or
+    ``parallel`` (everything else); (None, "naive") when no rule takes it. Build uses it for every
+    kernel a database does not cover, and tune measures it first so that a database never holds a
+    schedule slower than this one."""
+    from tvm.s_tir import Schedule
+
+    from compiler.lowering import intrinsics  # noqa: F401  (the dot-product intrinsics)
+
+    lanes = vector_lanes(tvm_target)
+    registers = 16 if lanes == 8 else 32  # AVX2 has 16 vector registers; AVX-512 and NEON 32
+    spec = _packed_block(one["main"])
+    try:
+        if spec is not None:
+            sch = Schedule(one)
+            tensorize_packed(sch, spec)
+            return sch, "tensorized"
+        if _mac_block(Schedule(one)) is not None:
+            try:
+                sch = Schedule(one)
+                tile_mac(sch, lanes, registers)
+                return sch, "tiled"
+            except Exception:  # noqa: BLE001 (a loop nest it does not take: the rules below)
+                pass
+        try:
+            sch = _reductions(one)
+        except Exception:  # noqa: BLE001 (a pattern this rule misjudged: MetaSchedule's rule instead)
+            sch = None
+        sch = sch or _packing(one) or _generic(one, tvm_target)
+    except Exception:  # noqa: BLE001 (an unschedulable kernel keeps TVM's naive loops)
+        return None, "naive"
+    return (sch, "parallel") if sch is not None else (None, "naive")
+
+
+def default_schedules(mod: tvm.IRModule, tvm_target) -> tuple[tvm.IRModule, dict[str, int]]:
+    """Schedule every CPU PrimFunc of a fused module that is not scheduled yet (see the module doc).
+
+    Returns the module and counts: ``tensorized`` packed kernels, ``tiled`` other multiply-accumulate
+    kernels (:func:`tile_mac`), ``parallel`` others, ``naive`` ones left as they were (a schedule that
+    failed: the kernel still compiles, single-threaded).
+    """
+    mod, counts = reschedule(mod, lambda one: schedule_kernel(one, tvm_target))
+    return mod, {k: counts[k] for k in ("tensorized", "tiled", "parallel", "naive")}
+
+
+def vector_lanes(tvm_target) -> int:
+    """fp32 lanes of the target's widest vector register: 16 (AVX-512), 8 (AVX2), 4 (NEON, SSE)."""
+    if tvm_target.kind.name != "llvm":
+        return 4
+    has = lambda f: bool(tvm.target.codegen.llvm_cpu_has_features([f], tvm_target))  # noqa: E731
+    if str(tvm_target.attrs.get("mtriple", "x86_64")).startswith("x86_64"):
+        return 16 if has("avx512f") else 8 if has("avx2") else 4
+    return 4
+
+
+def _mac_block(sch):
+    """The kernel's multiply-accumulate block (a conv1d/matmul with reduction axes), or None."""
+    blocks = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
+              if any(int(iv.iter_type) == 2 for iv in sch.get(b).iter_vars)]
+    if len(blocks) != 1 or not any(op in sch.get(blocks[0]).name_hint for op in ("conv", "matmul")):
+        return None
+    return blocks[0]
+
+
+def tile_mac(sch, lanes: int, registers: int = 32) -> None:
+    """Register-tiled, vectorized multiply-accumulate for a conv1d/matmul kernel with no dot-product
+    instruction (fp32 everywhere; plain integer kernels on CPUs without one, the Pi 4).
+
+    The output's innermost axis (the sequence in NCW convolutions, the columns of a matmul) is split into
+    ``columns`` vectors of ``lanes``; the axis before it (output channels, rows) into ``rows``. Per
+    reduction step the kernel loads ``columns`` vectors of one operand, broadcasts ``rows`` scalars of
+    the other, and does rows x columns vector multiply-adds into accumulators held in registers (a
+    local buffer LLVM keeps in registers once the tile is unrolled). The epilogue (bias, GELU, residual)
+    is computed as each tile's accumulators are written out; row tiles run in parallel.
+    """
+    block = _mac_block(sch)
+    if block is None:
+        raise ValueError("no single conv/matmul block")
+    outputs = {p.name for p in sch.mod["main"].params}
+    operands = {r.source.name for r in sch.get(block).reads}
+    for other in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(other).same_as(sch.get(block)):
+            continue
+        writes = {r.source.name for r in sch.get(other).writes}
+        if writes & operands or not writes & outputs:  # padding copies and the epilogue's inner steps
+            sch.compute_inline(other)
+    iters = sch.get(block).iter_vars
+    loops = sch.get_loops(block)
+    spatial = [lp for lp, iv in zip(loops, iters) if int(iv.iter_type) == 0]
+    reduce = [lp for lp, iv in zip(loops, iters) if int(iv.iter_type) == 2]
+    if len(spatial) < 2 or len(spatial) + len(reduce) != len(loops):
+        raise ValueError("unexpected loop nest")
+    *lead, row, col = spatial
+    r_ext, c_ext = int(sch.get(row).extent), int(sch.get(col).extent)
+    vec = lanes if c_ext % lanes == 0 else next((v for v in (8, 4) if v < lanes and c_ext % v == 0), 1)
+    if vec == 1:  # too few columns (a classifier's 2 logits): vector partial sums along k instead
+        k = loops[-1]
+        if int(sch.get(k).extent) % lanes or not sch.get(k).same_as(sch.get(reduce[-1])):
+            raise ValueError(f"{c_ext} columns do not fill a vector and k does not split into vectors")
+        _, k_i = sch.split(k, [None, lanes])
+        rf = sch.rfactor(k_i, 0)
+        sch.vectorize(sch.get_loops(rf)[-1])
+        return
+    columns = next(c for c in (2, 1) if c_ext % (c * vec) == 0)
+    budget = max(registers * 3 // 4 // columns, 1)
+    rows = next(r for r in (8, 6, 4, 2, 1) if r <= budget and r_ext % r == 0)
+    r_o, r_i = sch.split(row, [None, rows])
+    c_o, c_m, c_i = sch.split(col, [None, columns, vec])
+    sch.reorder(*lead, r_o, c_o, *reduce, r_i, c_m, c_i)
+    acc = sch.cache_write(block, 0, "local")
+    for epi in sch.get_child_blocks(sch.get_sblock("root")):
+        if not (sch.get(epi).same_as(sch.get(block)) or sch.get(epi).same_as(sch.get(acc))):
+            sch.reverse_compute_inline(epi)  # bias, GELU, residual computed straight from the accumulators
+    sch.reverse_compute_at(acc, c_o)
+    # parallel and vectorize while the block still has its init: TVM refuses both on the update after
+    sch.parallel(sch.fuse(*lead, r_o) if lead else r_o)
+    sch.vectorize(c_i)
+    init = sch.decompose_reduction(block, reduce[0])
+    *_, a_r, a_c = sch.get_loops(acc)
+    a_m, a_i = sch.split(a_c, [None, vec])
+    *_, i_r, i_m, i_i = sch.get_loops(init)
+    sch.vectorize(i_i)
+    sch.vectorize(a_i)
+    for loop in (r_i, c_m, i_r, i_m, a_r, a_m):
+        sch.unroll(loop)

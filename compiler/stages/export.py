@@ -1,0 +1,175 @@
+"""Stage 1: PyTorch SqueezeBERT (preset or local checkpoint) -> validated ONNX."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from compiler import console
+from compiler.artifact import StageRun, run_stage
+from compiler.errors import ExportError, InputError, ValidationError
+from compiler.runtime import random_inputs
+from compiler.stages.models import INPUT_NAMES, ModelSpec, build_torch_model, checkpoint_fingerprint, output_name, read_config
+
+ONNX_FILE = "model.onnx"
+OPSET = 18  # the dynamo exporter's opset; TVM 0.27 imports its static-shape output cleanly (TVM-NOTES)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    model: str = "squeezebert-uncased"
+    checkpoint: Path | None = None
+    head: str = "auto"
+    num_labels: int = 2
+    batch: int = 1
+    seq_len: int = 128
+    seed: int = 0
+    dynamic: bool = False
+    tolerance: float = 1e-4  # max abs difference onnxruntime vs PyTorch before export fails
+    validation_runs: int = 3
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.model if self.checkpoint is None else None, self.checkpoint, self.head,
+                         self.num_labels, self.seed)
+
+
+def validate_config(cfg: ExportConfig):
+    """Check everything that can be checked before work starts; returns the transformers config."""
+    if cfg.head not in ("auto", "classify", "embed"):
+        raise InputError(f"unknown head '{cfg.head}' (auto, classify, embed)")
+    if cfg.batch < 1:
+        raise InputError(f"--batch must be >= 1, got {cfg.batch}")
+    if cfg.num_labels < 1:
+        raise InputError(f"--num-labels must be >= 1, got {cfg.num_labels}")
+    config = read_config(cfg.spec())
+    if not 0 < cfg.seq_len <= config.max_position_embeddings:
+        raise InputError(f"--seq-len must be in 1..{config.max_position_embeddings} for this model, got {cfg.seq_len}")
+    return config
+
+
+def export_model(cfg: ExportConfig, out: Path, force: bool = False) -> StageRun:
+    """Export a SqueezeBERT (or BERT) model to ONNX and validate it against PyTorch with onnxruntime.
+
+    Args:
+        cfg: what to export and at which static shape.
+        out: the artifact directory to write (model.onnx + manifest.json).
+        force: rerun even when ``out`` already holds this exact export.
+
+    Returns:
+        StageRun with the artifact; ``results`` holds parameter count, sizes and the max abs difference.
+
+    Raises:
+        InputError: unknown preset, bad checkpoint, out-of-range shapes.
+        ValidationError: onnxruntime and PyTorch disagree by more than ``cfg.tolerance``.
+        OutputError: ``out`` cannot be written.
+    """
+    validate_config(cfg)
+    key = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    key["opset"] = OPSET
+    if cfg.checkpoint is not None:
+        key["checkpoint_files"] = checkpoint_fingerprint(cfg.checkpoint)
+    return run_stage("export", out, key, lambda tmp: _export(cfg, tmp), force=force)
+
+
+def _export(cfg: ExportConfig, tmp: Path) -> dict:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    with console.step("building the PyTorch model"):
+        model, config, head, report = build_torch_model(cfg.spec())
+    params = sum(p.numel() for p in model.parameters())
+    console.info(f"  {config.model_type}, {head} head, {params / 1e6:.1f}M parameters")
+    out_name = output_name(head)
+    example = random_inputs(config.vocab_size, config.type_vocab_size, cfg.batch, cfg.seq_len, cfg.seed)
+    args = tuple(torch.from_numpy(example[n]) for n in INPUT_NAMES)
+    dynamic_shapes = None
+    if cfg.dynamic:
+        dims = {0: torch.export.Dim("batch", min=1, max=64), 1: torch.export.Dim("seq", min=2,
+                                                                                 max=config.max_position_embeddings)}
+        dynamic_shapes = {"input_ids": dims, "attention_mask": dims, "token_type_ids": dims}
+    path = tmp / ONNX_FILE
+    with console.step("exporting to ONNX (torch.export, opset %d)" % OPSET):
+        chatter = io.StringIO()
+        with torch.no_grad(), contextlib.redirect_stdout(chatter), console.quiet_warnings():
+            try:
+                program = torch.onnx.export(
+                    model, args, input_names=list(INPUT_NAMES), output_names=[out_name], dynamo=True,
+                    opset_version=OPSET, dynamic_shapes=dynamic_shapes,
+                )
+                program.save(str(path), external_data=False)
+                _drop_stack_traces(path)
+                onnx.checker.check_model(str(path))
+            except Exception as exc:
+                raise ExportError(f"torch.onnx.export failed: {_first_line(exc)}") from exc
+        console.debug(chatter.getvalue())
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    shapes = [(cfg.batch, cfg.seq_len)]
+    if cfg.dynamic:
+        shapes.append((cfg.batch + 1, max(2, cfg.seq_len // 2)))
+    diffs = []
+    with console.step(f"validating with onnxruntime on {cfg.validation_runs * len(shapes)} random inputs"):
+        for b, s in shapes:
+            for i in range(cfg.validation_runs):
+                feed = random_inputs(config.vocab_size, config.type_vocab_size, b, s, cfg.seed + 1000 + i)
+                with torch.no_grad():
+                    ref = model(*(torch.from_numpy(feed[n]) for n in INPUT_NAMES))[0].numpy()
+                got = sess.run([out_name], feed)[0]
+                diffs.append(float(np.max(np.abs(got - ref))))
+    max_diff = max(diffs)
+    if not max_diff <= cfg.tolerance:  # also catches NaN
+        raise ValidationError(
+            f"onnxruntime and PyTorch disagree: max abs diff {max_diff:.3g} > tolerance {cfg.tolerance:g}"
+        )
+    proto = onnx.load(str(path), load_external_data=False)
+    io_sig = {
+        "inputs": [_value_info(v) for v in proto.graph.input],
+        "outputs": [_value_info(v) for v in proto.graph.output],
+    }
+    return {
+        "model_type": config.model_type,
+        "head": head,
+        "parameters": params,
+        "onnx_bytes": path.stat().st_size,
+        "opset": OPSET,
+        "validation": {"runs": len(diffs), "max_abs_diff": max_diff, "tolerance": cfg.tolerance},
+        "model_config": config.to_diff_dict() | {"model_type": config.model_type},
+        "weights": report,
+        **io_sig,
+    }
+
+
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
+
+
+def _drop_stack_traces(path: Path) -> None:
+    """Remove the exporter's per-node Python stack traces: they hold the absolute paths of this checkout and
+    its venv, so the same model exported from another directory had another sha256 (and the shipped tuning
+    databases, keyed on it, were refused on CI's checkout). Namespaces and fx names stay for debugging."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    graphs = [proto.graph] + [f for f in proto.functions]
+    for g in graphs:
+        for node in g.node:
+            keep = [p for p in node.metadata_props if p.key != STACK_TRACE_KEY]
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+    onnx.save(proto, str(path))
+
+
+def _value_info(v) -> dict:
+    import onnx
+
+    t = v.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+    return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

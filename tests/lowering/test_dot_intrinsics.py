@@ -1,0 +1,198 @@
+"""Dot-product intrinsics: the pre-packed int8 kernel tensorizes onto x86 VNNI's vpdpbusd (with the
+wheel's LLVM) and onto our AVX2 intrinsics (vpmaddwd; vpmaddubsw for 7-bit weights), all exact."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import tvm
+
+from compiler.lowering import intrinsics  # noqa: F401  (the byte-vector dot_16x4_vnni)
+from compiler.lowering.int8 import AVX2, AVX2_U8S8, VNNI, _pack, _te_packed, packed_dot_for, packed_for_layer
+from compiler.lowering.schedules import default_schedules
+
+TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake", "num-cores": 2}
+
+
+def _tensorized(shape, n, groups):
+    func = _te_packed(shape, n, groups, "main")
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
+    block = sch.get_sblock("vnni_dot")
+    *lead, nn, k = sch.get_loops(block)
+    n_o, n_i = sch.split(nn, [None, 16])
+    k_o, k_i = sch.split(k, [None, 4])
+    sch.reorder(*lead, n_o, k_o, n_i, k_i)
+    sch.decompose_reduction(block, k_o)
+    sch.tensorize(n_i, "dot_16x4_vnni")
+    return sch.mod
+
+
+@pytest.mark.parametrize("shape, n, groups", [((32, 128), 64, 1), ((1, 16, 256), 128, 4)])
+def test_packed_kernel_uses_vpdpbusd_and_is_exact(shape, n, groups):
+    target = tvm.target.Target(TARGET)
+    assert packed_dot_for(target) is VNNI
+    assert packed_dot_for(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})) is not VNNI
+    lib = tvm.tirx.build(_tensorized(shape, n, groups), target=target)
+    asm = lib.inspect_source("asm")
+    assert "vpdpbusd" in asm
+    rng = np.random.default_rng(0)
+    k = shape[-1]
+    x = rng.integers(0, 256, shape, dtype=np.uint8)
+    w = rng.integers(-128, 128, (n, k // groups), dtype=np.int8)
+    ref = np.concatenate([x[..., g * (k // groups):(g + 1) * (k // groups)].astype(np.int32)
+                          @ w[g * (n // groups):(g + 1) * (n // groups)].T.astype(np.int32) for g in range(groups)],
+                         axis=-1)
+    if "avx512_vnni" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU cannot run AVX-512 VNNI code (the code generation above was still checked)")
+    y = tvm.runtime.tensor(np.zeros((*shape[:-1], n), np.int32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(_pack(w, groups)), y)
+    np.testing.assert_array_equal(y.numpy(), ref)
+
+
+def _reference(x, w, groups):
+    k, n = x.shape[-1], w.shape[0]
+    return np.concatenate([x[..., g * (k // groups):(g + 1) * (k // groups)].astype(np.int32)
+                           @ w[g * (n // groups):(g + 1) * (n // groups)].T.astype(np.int32) for g in range(groups)],
+                          axis=-1)
+
+
+@pytest.mark.parametrize("shape, n, groups", [((1, 128, 768), 768, 4), ((1, 768), 768, 1), ((1, 24, 64), 40, 1),
+                                              ((1, 32, 64), 256, 4)])
+def test_avx2_packed_kernel_uses_vpmaddwd_and_is_exact(shape, n, groups):
+    """The default schedule (tiles that divide, or none) tensorizes onto vpmaddwd; results equal numpy's
+    int32 matmul for u8 and s8 activations at their extremes."""
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
+    assert packed_dot_for(target) is AVX2 and packed_dot_for(tvm.target.Target(TARGET)).instruction == "vpdpbusd"
+    mod, counts = default_schedules(tvm.IRModule({"main": _te_packed(shape, n, groups, "main", AVX2)}), target)
+    assert counts == {"tensorized": 1, "tiled": 0, "parallel": 0, "naive": 0}
+    lib = tvm.tirx.build(mod, target=target)
+    assert "vpmaddwd" in lib.inspect_source("asm")
+    if "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU cannot run AVX2 code (the code generation above was still checked)")
+    rng = np.random.default_rng(1)
+    w = rng.integers(-128, 128, (n, shape[-1] // groups), dtype=np.int8)
+    w[0, :] = -128  # the corners where vpmaddubsw would saturate
+    for low, high in ((0, 256), (-128, 128)):
+        x = rng.integers(low, high, shape).astype(np.int16)
+        x[..., :2] = high - 1
+        y = tvm.runtime.tensor(np.zeros((*shape[:-1], n), np.int32))
+        lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(_pack(w, groups, AVX2)), y)
+        np.testing.assert_array_equal(y.numpy(), _reference(x, w, groups))
+
+
+@pytest.mark.parametrize("shape, n, groups", [((1, 128, 768), 768, 4), ((1, 768), 768, 1), ((1, 24, 64), 40, 1)])
+def test_avx2_u8s8_kernel_uses_vpmaddubsw_and_is_exact_for_7_bit_weights(shape, n, groups):
+    """u8 activations x weights in [-64, 64]: vpmaddubsw's int16 pair sums peak at 255 * 64 * 2 = 32640 and
+    cannot saturate, so the kernel equals numpy's int32 matmul at the extremes."""
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
+    mod, counts = default_schedules(tvm.IRModule({"main": _te_packed(shape, n, groups, "main", AVX2_U8S8)}), target)
+    assert counts == {"tensorized": 1, "tiled": 0, "parallel": 0, "naive": 0}
+    lib = tvm.tirx.build(mod, target=target)
+    assert "vpmaddubsw" in lib.inspect_source("asm")
+    if "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU cannot run AVX2 code (the code generation above was still checked)")
+    rng = np.random.default_rng(2)
+    w = rng.integers(-64, 65, (n, shape[-1] // groups), dtype=np.int8)
+    w[0, :], w[1, :] = -64, 64  # the largest pair sums, both signs
+    x = rng.integers(0, 256, shape).astype(np.uint8)
+    x[..., : shape[-1] // 2] = 255
+    y = tvm.runtime.tensor(np.zeros((*shape[:-1], n), np.int32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(_pack(w, groups, AVX2_U8S8)), y)
+    np.testing.assert_array_equal(y.numpy(), _reference(x, w, groups))
+
+
+def test_avx2_layers_take_u8s8_only_when_it_is_exact():
+    w7 = np.full((8, 4), 64, np.int8)
+    w8 = w7.copy()
+    w8[3, 1] = -65  # one weight beyond 7 bits: a pair sum could saturate
+    assert packed_for_layer(AVX2, "uint8", w7) is AVX2_U8S8
+    assert packed_for_layer(AVX2, "uint8", w8) is AVX2
+    assert packed_for_layer(AVX2, "int8", w7) is AVX2  # vpmaddubsw's first operand is unsigned
+    assert packed_for_layer(VNNI, "uint8", w7) is VNNI and packed_for_layer(None, "uint8", w7) is None
+
+
+@pytest.mark.parametrize("shape_a, n", [((1, 12, 128, 64), 128), ((1, 4, 32, 16), 32), ((2, 3, 8, 6), 24)])
+def test_avx2_pair_kernel_multiplies_two_activations_exactly(shape_a, n):
+    """Attention's u8 x u8 matmuls: (a - za) widened to int16, (b - zb) packed per head at run time by the
+    same Relax ops the build emits (_pack_relax), on vpmaddwd; equal to numpy's int32 matmul of the
+    zero-point-shifted operands at the extremes (pair sums up to 2 x 255 x 255 fit int32)."""
+    from tvm import relax
+
+    from compiler.lowering.int8 import _pack_relax, _te_packed_pair
+
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
+    mod, counts = default_schedules(tvm.IRModule({"main": _te_packed_pair(shape_a, n, "main", AVX2)}), target)
+    assert counts == {"tensorized": 1, "tiled": 0, "parallel": 0, "naive": 0}
+    lib = tvm.tirx.build(mod, target=target)
+    assert "vpmaddwd" in lib.inspect_source("asm")
+    shape_b = (*shape_a[:-2], shape_a[-1], n)
+    bb = relax.BlockBuilder()
+    b_var = relax.Var("b", relax.TensorType(shape_b, "uint8"))
+    with bb.function("pack", [b_var]):
+        bb.emit_func_output(_pack_relax(b_var, shape_b, AVX2, zero=200))
+    pack = tvm.compile(bb.get(), target="llvm")
+    if "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU cannot run AVX2 code (the code generation above was still checked)")
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, shape_a).astype(np.uint8)
+    b = rng.integers(0, 256, shape_b).astype(np.uint8)
+    a[..., 0, :], b[..., :, 0] = 255, 255  # the largest products all along one output
+    a[..., 1, :], b[..., :, 1] = 0, 0  # and the largest shifted ones: (0 - 255) x (0 - 200)
+    packed = relax.VirtualMachine(pack, tvm.cpu())["pack"](tvm.runtime.tensor(b))
+    y = tvm.runtime.tensor(np.zeros((*shape_a[:-1], n), np.int32))
+    lib["main"](tvm.runtime.tensor(a.astype(np.int16) - 255), packed, y)
+    np.testing.assert_array_equal(y.numpy(), (a.astype(np.int32) - 255) @ (b.astype(np.int32) - 200))
+
+
+@pytest.mark.parametrize("groups, tile", [(4, (8, None)), (1, (4, 3))])
+def test_short_reductions_take_8_row_tiles(groups, tile):
+    """K = 192 a group (SqueezeBERT's Q/K/V): 8 rows x 1 vector a tile, the weights streamed half as
+    often; K = 768: 4 rows x 3 vectors."""
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
+    mod, _ = default_schedules(tvm.IRModule({"main": _te_packed((1, 128, 768), 768, groups, "main", AVX2_U8S8)}),
+                               target)
+    unrolled = [int(u) for u in re.findall(r"T\.unroll\(T\.int64\((\d+)\)\)", mod["main"].script())]
+    rows, columns = tile
+    assert rows in unrolled and (columns in unrolled if columns else set(unrolled) == {rows})
+
+
+@pytest.mark.parametrize("mcpu, instruction, cpu_flag", [("cascadelake", "vpdpbusd", "avx512_vnni"),
+                                                         ("haswell", "vpmaddwd", "avx2")])
+@pytest.mark.parametrize("za, zb", [(136, 126), (0, 137), (255, 0)])
+def test_attention_matmul_of_two_activations_is_tensorized_and_exact(mcpu, instruction, cpu_flag, za, zb):
+    """matmul(dequantize(a), dequantize(b)), u8 x u8 as the quantize stage writes attention's Q K^T and P V,
+    through integerize, the build's fusion and default schedules: one tensorized kernel on the target's
+    instruction (VNNI: a u8, b shifted to s8 and packed at run time, row/column sums correcting the
+    zero points), equal to numpy's float64 product of the dequantized operands at the extremes."""
+    from tvm import relax
+
+    from compiler.lowering.relax import fuse
+    from compiler.lowering.int8 import integerize, tensorized_kernels
+
+    target = tvm.target.Target({**TARGET, "mcpu": mcpu})
+    shape_a, shape_b, sa, sb = (1, 2, 32, 64), (1, 2, 64, 48), 0.02, 0.03
+    bb = relax.BlockBuilder()
+    a_var, b_var = relax.Var("a", relax.TensorType(shape_a, "uint8")), relax.Var("b", relax.TensorType(shape_b, "uint8"))
+    deq = lambda v, s, z: relax.op.dequantize(v, relax.const(np.float32(s)), relax.const(np.uint8(z)))  # noqa: E731
+    with bb.function("main", [a_var, b_var]):
+        bb.emit_func_output(relax.op.matmul(deq(a_var, sa, za), deq(b_var, sb, zb)))
+    mod, report = integerize(bb.get(), packed=packed_dot_for(target))
+    assert report.matmul_activation == 1 and report.instructions == {instruction}
+    mod, counts = default_schedules(fuse(mod, target), target)
+    (kernel,) = tensorized_kernels(mod)
+    assert counts["tensorized"] == 1 and counts["naive"] == 0
+    kernel_only = tvm.IRModule({"main": mod[kernel].with_attr("global_symbol", "main")})
+    assert instruction in tvm.tirx.build(kernel_only, target=target).inspect_source("asm")
+    ex = tvm.compile(mod, target=target)
+    if cpu_flag not in open("/proc/cpuinfo").read():
+        pytest.skip(f"this CPU has no {cpu_flag} (the code generation above was still checked)")
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, shape_a).astype(np.uint8)
+    b = rng.integers(0, 256, shape_b).astype(np.uint8)
+    a[..., 0, :], b[..., :, 0] = 255, 255  # the largest products all along one output
+    a[..., 1, :], b[..., :, 1] = 0, 0
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b)).numpy()
+    ref = ((a.astype(np.float64) - za) * sa) @ ((b.astype(np.float64) - zb) * sb)
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())

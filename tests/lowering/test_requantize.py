@@ -1,0 +1,195 @@
+"""compiler/lowering/requantize.py: dequantize -> reshape/transpose -> quantize with the same parameters becomes
+the layout ops on the integer tensor (same bytes out), and a kernel's requantize epilogue folds into one
+multiply-add (the same 8-bit values but for rare one-step ties); nothing else is touched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from compiler.lowering.requantize import drop_round_trips, fold_layer_norm_quantize, fold_requantize, fold_softmax_quantize
+
+
+def _module(out_scale: float = 0.02, reuse: bool = False, layout: bool = True) -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    q = relax.Var("q", relax.TensorType((1, 16, 16), "uint8"))
+    with bb.function("main", [q]):
+        with bb.dataflow():
+            x = bb.emit(relax.op.dequantize(q, relax.const(0.02, "float32"), relax.const(9, "uint8"), axis=2))
+            r = bb.emit(relax.op.reshape(x, (1, 16, 4, 4))) if layout else x
+            t = bb.emit(relax.op.permute_dims(r, [0, 2, 1, 3])) if layout else x
+            y = bb.emit(relax.op.quantize(t, relax.const(out_scale, "float32"), relax.const(9, "uint8"), axis=-1,
+                                          out_dtype="uint8"))
+            out = bb.emit_output(relax.Tuple([y, r]) if reuse else y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _run(mod, q):
+    out = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())["main"](tvm.runtime.tensor(q))
+    return out[0].numpy() if isinstance(out, tvm.ir.Array) else out.numpy()
+
+
+@pytest.mark.parametrize("layout", [True, False], ids=["through-layout-ops", "layout-ops-sunk-before-it"])
+def test_round_trip_becomes_byte_moves_with_the_same_output(layout):
+    mod = _module(layout=layout)
+    new, n = drop_round_trips(mod)
+    script = new["main"].script()
+    assert n == 1 and "R.quantize" not in script and "R.dequantize" not in script
+    q = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)  # every u8 value once
+    np.testing.assert_array_equal(_run(new, q), _run(mod, q))
+
+
+@pytest.mark.parametrize("kwargs", [{"out_scale": 0.03}, {"reuse": True}])
+def test_other_parameters_or_shared_values_are_left_alone(kwargs):
+    new, n = drop_round_trips(_module(**kwargs))
+    assert n == 0 and "R.dequantize" in new["main"].script()
+
+
+N = 48  # channels
+
+
+def _epilogue(with_bias: bool = True, scale_is_input: bool = False, out_dtype: str = "uint8") -> tvm.IRModule:
+    """int32 sums -> the chain integerize emits (zero-point correction, cast, per-channel rescale, bias)
+    -> the next layer's quantize."""
+    rng = np.random.default_rng(0)
+    bb = relax.BlockBuilder()
+    acc = relax.Var("acc", relax.TensorType((1, 16, N), "int32"))
+    params = [acc]
+    if scale_is_input:
+        params.append(relax.Var("s", relax.TensorType((1, 1, N), "float32")))
+    with bb.function("main", params):
+        with bb.dataflow():
+            x = bb.emit(relax.op.subtract(acc, relax.const(rng.integers(-40000, 40000, (1, 1, N)).astype("int32"))))
+            x = bb.emit(relax.op.astype(x, "float32"))
+            s = params[1] if scale_is_input else relax.const((rng.random((1, 1, N)) * 1e-4).astype("float32"))
+            x = bb.emit(relax.op.multiply(x, s))
+            if with_bias:
+                x = bb.emit(relax.op.add(x, relax.const(rng.standard_normal((1, 1, N)).astype("float32"))))
+            y = bb.emit(relax.op.quantize(x, relax.const(0.03, "float32"), relax.const(7, out_dtype), axis=2,
+                                          out_dtype=out_dtype))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("out_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_requantize_epilogue_folds_to_one_multiply_add(with_bias, out_dtype):
+    mod = _epilogue(with_bias, out_dtype=out_dtype)
+    new, n = fold_requantize(mod)
+    script = new["main"].script()
+    assert n == 1 and "R.subtract" not in script and script.count("R.multiply") == 1
+    acc = np.random.default_rng(1).integers(-200000, 200000, (1, 16, N)).astype("int32")
+    acc[0, 0, :] = [-(2 ** 23), 2 ** 23] * (N // 2)  # the largest sums a 7-bit K=768 kernel can reach
+    old, folded = _run(mod, acc).astype(int), _run(new, acc).astype(int)
+    assert np.abs(old - folded).max() <= 1  # float32 ties may round the other way, one step at most
+    assert np.mean(old != folded) < 0.01
+    lo, hi = (0, 255) if out_dtype == "uint8" else (-128, 127)
+    assert folded.min() == lo and folded.max() == hi  # the clip is still there (the extremes saturate)
+
+
+def test_requantize_with_a_runtime_operand_is_left_alone():
+    new, n = fold_requantize(_epilogue(scale_is_input=True))
+    assert n == 0 and "R.subtract" in new["main"].script()
+
+
+def _softmax_quantize(masked: bool = True) -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 16, 64), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            p = bb.emit(relax.op.nn.softmax(x, axis=-1))
+            y = bb.emit(relax.op.quantize(p, relax.const(1 / 255, "float32"), relax.const(0, "uint8"), axis=3,
+                                          out_dtype="uint8"))
+            out = bb.emit_output(relax.op.astype(y, "int16"))  # the widening for the attention kernel
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_quantized_softmax_divides_once_a_row():
+    """quantize(softmax(x)) -> one kernel, one parallel loop over rows, the per-row reciprocal kept as a
+    block of its own (not inlined into every element); the same 8-bit values but for one-step ties."""
+    from compiler.lowering.relax import fuse
+    from compiler.lowering.schedules import default_schedules
+
+    mod = _softmax_quantize()
+    new, n = fold_softmax_quantize(mod)
+    assert n == 1 and "R.nn.softmax" not in new["main"].script()
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "num-cores": 2})
+    fused, counts = default_schedules(fuse(new, target), target)
+    kernels = [f.script() for gv, f in fused.functions.items() if isinstance(f, tvm.tirx.PrimFunc)
+               and gv.name_hint.startswith("fused_softmax_quantize")]  # with the cast to int16
+    assert len(kernels) == 1 and kernels[0].count("T.parallel") == 1 and 'T.sblock("row_scale")' in kernels[0]
+    x = np.random.default_rng(3).standard_normal((1, 4, 16, 64)).astype("float32") * 4
+    x[..., -8:] = np.finfo(np.float32).min  # masked keys, as the attention mask adds them
+    old = _run(relax.get_pipeline("zero")(mod), x).astype(int)
+    got = relax.VirtualMachine(tvm.compile(fused, target=target), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    assert np.abs(got.astype(int) - old).max() <= 1 and np.mean(got != old) < 0.01
+    assert got[..., -8:].max() == 0 and got.max() > 100
+
+
+def test_quantized_layer_norm_folds_the_scale_into_its_constants():
+    rng = np.random.default_rng(4)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 64), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.layer_norm(x, relax.const(rng.random(64).astype("float32") + 0.5),
+                                               relax.const(rng.standard_normal(64).astype("float32")), axes=[-1]))
+            out = bb.emit_output(relax.op.quantize(y, relax.const(0.02, "float32"), relax.const(120, "uint8"),
+                                                   axis=2, out_dtype="uint8"))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    new, n = fold_layer_norm_quantize(mod)
+    assert n == 1 and "R.const(0.019999" not in new["main"].script()
+    v = rng.standard_normal((1, 16, 64)).astype("float32") * 3
+    old, got = _run(mod, v).astype(int), _run(new, v).astype(int)
+    assert np.abs(got - old).max() <= 1 and np.mean(got != old) < 0.01 and got.min() == 0 and got.max() == 255
+
+
+def test_quantized_softmax_reads_the_8_bit_scores_and_the_mask():
+    """softmax(dequantize(q) / 8 + mask) -> quantize: the kernel takes the u8 scores and the float mask
+    (the score kernel then writes 1 byte a score, not a 4-byte float); same values but one-step ties."""
+    bb = relax.BlockBuilder()
+    q = relax.Var("q", relax.TensorType((1, 4, 16, 64), "uint8"))
+    mask = relax.Var("mask", relax.TensorType((1, 1, 16, 64), "float32"))
+    with bb.function("main", [q, mask]):
+        with bb.dataflow():
+            x = bb.emit(relax.op.dequantize(q, relax.const(0.4, "float32"), relax.const(131, "uint8"), axis=1))
+            x = bb.emit(relax.op.add(relax.op.divide(x, relax.const(8.0, "float32")), mask))
+            p = bb.emit(relax.op.nn.softmax(x, axis=-1))
+            out = bb.emit_output(relax.op.quantize(p, relax.const(1 / 255, "float32"), relax.const(0, "uint8"),
+                                                   axis=3, out_dtype="uint8"))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    new, n = fold_softmax_quantize(mod)
+    kernel = next(f for gv, f in new.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert n == 1 and [str(p.dtype) for p in kernel.params] == ["uint8", "float32", "uint8"]
+    rng = np.random.default_rng(5)
+    qv = rng.integers(0, 256, (1, 4, 16, 64)).astype("uint8")
+    mv = np.where(rng.random((1, 1, 16, 64)) < 0.2, np.finfo(np.float32).min, 0).astype("float32")
+    run = lambda m: relax.VirtualMachine(tvm.compile(m, target="llvm"), tvm.cpu())["main"](  # noqa: E731
+        tvm.runtime.tensor(qv), tvm.runtime.tensor(mv)).numpy().astype(int)
+    old, got = run(mod), run(new)
+    assert np.abs(got - old).max() <= 1 and np.mean(got != old) < 0.01 and got.max() > 20
+    assert got[np.broadcast_to(mv < 0, got.shape)].max() == 0  # masked keys get nothing
+
+
+def test_an_integer_divide_before_the_cast_is_left_alone():
+    """int32 // c floors (and int32 * c may wrap): not an affine map of the sums, so no fold."""
+    bb = relax.BlockBuilder()
+    acc = relax.Var("acc", relax.TensorType((1, 16, N), "int32"))
+    with bb.function("main", [acc]):
+        with bb.dataflow():
+            x = bb.emit(relax.op.divide(acc, relax.const(3, "int32")))
+            x = bb.emit(relax.op.astype(x, "float32"))
+            x = bb.emit(relax.op.multiply(x, relax.const(0.5, "float32")))
+            y = bb.emit(relax.op.quantize(x, relax.const(0.03, "float32"), relax.const(7, "uint8"), axis=2,
+                                          out_dtype="uint8"))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    new, n = fold_requantize(bb.get())
+    assert n == 0 and "R.divide" in new["main"].script()
