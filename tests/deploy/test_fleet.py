@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from ..conftest import cli
-from .test_tune import QUICK, run_cli
+from ..stages.test_tune import QUICK, run_cli
 
 
 def _free_port() -> int:
