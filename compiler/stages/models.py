@@ -189,6 +189,10 @@ def _wrapped_class():
             pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return (pooled,)
 
+    # The exported ONNX names this class in every node's namespace, so its bytes (the model's sha256, which
+    # the shipped tuning databases are keyed on) would change whenever this module moves: a fixed name,
+    # the one it had when the databases were made (compiler/models.py).
+    Wrapped.__module__, Wrapped.__qualname__ = "compiler.models", "_wrapped_class.<locals>.Wrapped"
     return Wrapped
 
 
