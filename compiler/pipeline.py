@@ -242,10 +242,12 @@ def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> di
     models: dict[tuple[str, str], Path] = {}
     if "int8" in cfg.precisions:
         groups: dict = {}
-        for name, t in targets.items():
-            groups.setdefault(t.int8, []).append(name)
-        for preset, names in groups.items():
-            step = Step("quantize", names[0], "int8", detail=f"preset shared by {', '.join(names)}")
+        for name, t in targets.items():  # what quantize reads from a preset (its reason is prose)
+            p = t.int8
+            groups.setdefault((p.activations, p.weights, p.per_channel, p.weight_bits), []).append(name)
+        for names in groups.values():
+            step = Step("quantize", names[0], "int8",
+                        detail=f"preset shared by {', '.join(names)}" if len(names) > 1 else "")
             steps.append(step)
             q_out = out / f"int8-{names[0]}"
             if _run_step(step, _quantize_args(cfg, out / "export", names[0], q_out)) is None:

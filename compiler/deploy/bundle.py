@@ -331,13 +331,21 @@ def bundle_library(art) -> Path:
     from compiler.runtime import random_inputs
     from compiler.runtime import elf_machine
 
+    tarball = art.path.with_name(art.path.name + ".tar.gz")
+    stamp = tarball.with_name("." + tarball.name + ".sha256")  # the build it was made from
+    if tarball.is_file() and stamp.is_file() and stamp.read_text().strip() == art.sha256:
+        console.info(f"bundle {tarball.name}: unchanged (made from this build)")
+        return tarball
+    stamp.unlink(missing_ok=True)
     meta = json.loads((art.path / "metadata.json").read_text())
     shape = meta["inputs"][0]["shape"]
     feed = random_inputs(meta.get("vocab_size") or 30528, meta.get("type_vocab_size") or 2, shape[0], shape[1], 7)
     emulated = elf_machine(art.path / meta["library"]["file"]) != platform.machine()
     with console.step("running the bundle's example input" + (" under qemu" if emulated else "")):
         expected = run_library(art.path, feed)
-    return write_bundle(art.path, art.path.with_name(art.path.name + ".tar.gz"), expected, feed, emulated)
+    write_bundle(art.path, tarball, expected, feed, emulated)
+    stamp.write_text(art.sha256 + "\n")
+    return tarball
 
 
 def _describe(target: dict) -> str:

@@ -87,12 +87,33 @@ def enable_nvcc_codegen() -> dict:
 
 
 def gpu_schedule(mod, tvm_target):
-    """dlight's default GPU schedules for every kernel (matmul, GEMV, reductions, fallback)."""
+    """dlight's default GPU schedules for every kernel (matmul, GEMV, reductions, fallback), int8 matmuls
+    without dlight's int8 tensor-core path (:func:`_matmul_rule`)."""
     from tvm.s_tir import dlight as dl
 
     with tvm_target:
-        return dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+        return dl.ApplyDefaultSchedule(_matmul_rule(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                        dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+
+
+def _matmul_rule():
+    """dl.gpu.Matmul with its int8 -> int32 tensor-core schedule (MatmulInt8Tensorization, taken on sm >= 70
+    when every extent is over 64: the full-size model's layers) turned off: TVM 0.27's
+    InjectSoftwarePipeline then fails ("Check failed: (it != fragment_info_.end())", GetWmmaFragmentSize)
+    and the whole Jetson int8 build with it. Those matmuls get dlight's plain matmul schedule instead."""
+    from tvm.s_tir import dlight as dl
+    from tvm.s_tir.dlight.gpu import matmul
+
+    class Matmul(dl.gpu.Matmul):
+        def apply(self, func, target, tunable):
+            orig = matmul.MatmulInt8Tensorization.apply
+            matmul.MatmulInt8Tensorization.apply = lambda *args, **kwargs: None  # Matmul falls through
+            try:
+                return super().apply(func, target, tunable)
+            finally:
+                matmul.MatmulInt8Tensorization.apply = orig
+
+    return Matmul()
 
 
 def fatbin_cubins(path: Path) -> list[dict]:

@@ -190,3 +190,27 @@ def test_every_multiply_accumulate_kernel_is_vectorized(cross_libs, fp32_lib, in
     assert len(kernels) >= 6, sorted(kernels)
     scalar = sorted(k for k, ops in kernels.items() if not ops)
     assert not scalar, f"{len(scalar)} of {len(kernels)} MAC kernels without vector MACs: {scalar[:3]}"
+
+
+def test_int8_matmul_large_enough_for_tensor_cores_compiles_for_jetson():
+    """An int8 -> int32 matmul with every extent over 64 (the full-size model's layers; the tiny model's stay
+    under dlight's tensor-core threshold) compiles for sm_87: dlight's int8 tensor-core schedule, which
+    TVM 0.27's InjectSoftwarePipeline fails on ("fragment_info_"), is not taken."""
+    import tvm
+    from tvm import relax
+
+    from compiler.deploy.cuda import enable_nvcc_codegen, gpu_schedule
+    from compiler.lowering.relax import fuse
+    from compiler.targets import load_target
+
+    target = load_target("jetson-orin-nano").tvm_target()
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 128, 256), "int8"))
+    w = relax.const(np.random.default_rng(0).integers(-127, 128, (256, 256)).astype(np.int8))
+    with bb.function("main", [x]):
+        bb.emit_func_output(relax.op.matmul(x, w, out_dtype="int32"))
+    mod = gpu_schedule(fuse(bb.get(), target), target)
+    enable_nvcc_codegen()
+    with target:
+        ex = tvm.compile(mod, target=target)
+    assert ex is not None
