@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compiler import console
+from compiler.artifact import write_text_atomic
 from compiler.errors import InputError, PipelineError, RegressionError
 
 SCHEMA: dict[str, dict[str, type]] = {
@@ -198,7 +199,7 @@ def _keep_history(out: Path, name: str) -> None:
         old.rename(out / "history" / f"{old.stem}-{stamp}{old.suffix}")
 
 
-def _emulated(libs: list[tuple[str, str, Path]], cfg: Config, out: Path) -> list[dict]:
+def _emulated(libs: list[tuple[str, str, Path]], cfg: Config) -> list[dict]:
     """Median wall time of each aarch64 library in its C++ runner under qemu-user: emulated, not a board's."""
     import statistics
 
@@ -325,12 +326,12 @@ def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> di
                 console.info(f"  {step.label()} ... (qemu-user: emulated time)")
                 s0 = time.perf_counter()
                 try:
-                    rows = _emulated([(t, p, lib) for t, p, lib, _ in emulated], cfg, out)
+                    rows = _emulated([(t, p, lib) for t, p, lib, _ in emulated], cfg)
                 except Exception as exc:  # noqa: BLE001 (named in the summary; the rest of the pipeline stands)
                     step.status, step.detail = "failed", str(exc).splitlines()[0][:200]
                     failed.setdefault("bench (emulated)", step.detail)
                 else:
-                    _write(out / "emulated.json", json.dumps({"emulated": True, "rows": rows}, indent=2))
+                    write_text_atomic(out / "emulated.json", json.dumps({"emulated": True, "rows": rows}, indent=2))
                     (out / ".emulated.json.key").write_text(key)
                     step.status = "done"
                 step.seconds = round(time.perf_counter() - s0, 1)
@@ -358,8 +359,8 @@ def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> di
                "failed": failed, "regression": regression, "seconds": round(time.perf_counter() - t0, 1),
                "steps": [vars(s) for s in steps], "bench": summary_bench,
                "bundles": sorted(str(p) for p in out.glob("*.tar.gz"))}
-    _write(out / "pipeline.json", json.dumps(summary, indent=2) + "\n")
-    _write(out / "pipeline.md", markdown(summary))
+    write_text_atomic(out / "pipeline.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "pipeline.md", markdown(summary))
     return summary
 
 
@@ -373,15 +374,9 @@ def check(summary: dict) -> None:
         raise RegressionError(summary["regression"])
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def markdown(summary: dict) -> str:
     lines = [f"# squeezeedge pipeline: {Path(summary['config']).name}", "",
-             f"{'all parts succeeded' if summary['ok'] else 'INCOMPLETE: ' + ', '.join(summary['failed']) or 'regression'}"
+             f"{'all parts succeeded' if summary['ok'] else 'INCOMPLETE: ' + (', '.join(summary['failed']) or 'regression')}"
              f" in {summary['seconds']} s", "", "| stage | target | precision | status | s | detail |",
              "| --- | --- | --- | --- | ---: | --- |"]
     for s in summary["steps"]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 
 from compiler.measure.bench import validate_report
+from compiler.artifact import write_text_atomic
 from compiler.errors import InputError, OutputError, RegressionError
 
 PLOTS = ("latency.png", "speedup.png", "agreement.png", "size.png")
@@ -285,8 +285,8 @@ def render(paths: list[Path], out: Path, fail_on: str | None = None) -> dict:
                 "<style>body{font-family:sans-serif;max-width:70em}td,th{padding:2px 8px;text-align:right}"
                 "td:first-child{text-align:left}table{border-collapse:collapse}tr:nth-child(even){background:#eee}"
                 "</style><h1>squeezeedge latency report</h1>" + "".join(body) + imgs)
-        _atomic_text(out / "report.md", "\n".join(md))
-        _atomic_text(out / "report.html", page)
+        write_text_atomic(out / "report.md", "\n".join(md))
+        write_text_atomic(out / "report.html", page)
     except OSError as exc:
         raise OutputError(f"cannot write the report to {out}: {exc.strerror}") from None
     result = {"out": str(out), "files": ["report.md", "report.html", *pngs], "runs": len(runs),
@@ -296,7 +296,3 @@ def render(paths: list[Path], out: Path, fail_on: str | None = None) -> dict:
     return result
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
