@@ -288,7 +288,10 @@ def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> di
         if payload is None:
             failed.setdefault(step.target, f"build {step.precision}: {step.detail}")
             continue
-        ran = payload["manifest"]["results"].get("validation", {}).get("ran", "")
+        results = payload["manifest"]["results"]
+        ran = (results.get("validation") or {}).get("ran", "")
+        if results.get("cuda"):  # not "natively" nor "qemu": it is timed on the board only
+            ran = f"CUDA library, no GPU here; its CPU library {results['cpu_library']['file']} is checked and bundled"
         libs.append((step.target, step.precision, Path(step.path), ran))
 
     summary_bench: dict = {"native": None, "emulated": [], "not_run": []}

@@ -83,6 +83,30 @@ def test_a_failing_target_is_named_and_the_others_finish(tiny_run, tmp_path, mon
     assert (work / "host-int8" / "model.so").is_file() and (work / "bench.json").is_file()
 
 
+@pytest.mark.skipif(not (shutil.which("nvcc") or Path("/usr/local/cuda/bin/nvcc").is_file()),
+                    reason="no CUDA toolkit (nvcc) on this machine")
+def test_jetson_target_is_built_bundled_and_said_not_timed_here(tiny_run, tmp_path):
+    """A Jetson target in a pipeline: its CUDA library and CPU library are built and bundled (the bundle's
+    expected output from the CPU library under qemu), the run succeeds, and the summary says why it was
+    not timed here."""
+    out, _ = tiny_run
+    cfg = tmp_path / "p.toml"
+    cfg.write_text((EXAMPLES / "pipeline-tiny.toml").read_text().replace('targets = ["host", "rpi5"]',
+                                                                          'targets = ["jetson-orin-nano"]'))
+    work = tmp_path / "out"
+    shutil.copytree(out / "export", work / "export")  # the export is cached (same config)
+    res = cli("--json", "pipeline", cfg, "--out", work)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert {(s["stage"], s["status"]) for s in summary["steps"] if s["stage"] in ("quantize", "build")} \
+        == {("quantize", "done"), ("build", "done")}
+    with tarfile.open(work / "jetson-orin-nano-int8.tar.gz") as tar:
+        names = {m.name.split("/", 1)[1] for m in tar.getmembers()}
+    assert {"model.so", "model-cpu.so", "lib/libtvm_runtime_cuda.so", "inputs/expected_output.bin"} <= names
+    (row,) = summary["bench"]["not_run"]
+    assert row["target"] == "jetson-orin-nano" and "no GPU here" in row["why"]
+
+
 @pytest.mark.parametrize("text, code, words", [
     ('targets = ["host"]\n[model]\nsequence = 3\n', 3, "unknown key 'sequence' in [model]"),
     ('targets = ["host"]\n[model]\nseq_len = "long"\n', 3, "seq_len must be int"),

@@ -30,7 +30,9 @@ from compiler.errors import ArtifactError, InputError, ToolchainError
 
 RUNNER_SRC = Path(__file__).with_name("runner") / "run_model.cc"
 RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_ffi.so")
-WHEELS = {"apache-tvm": "tvm/lib/libtvm_runtime.so", "apache-tvm-ffi": "tvm_ffi/lib/libtvm_ffi.so"}
+CUDA_PLUGIN = "libtvm_runtime_cuda.so"  # TVM's CUDA runtime (a Jetson bundle's GPU library needs it)
+WHEELS = {"apache-tvm": ("tvm/lib/libtvm_runtime.so", f"tvm/lib/{CUDA_PLUGIN}"),
+          "apache-tvm-ffi": ("tvm_ffi/lib/libtvm_ffi.so",)}
 SYSROOT = {"aarch64": Path("/usr/aarch64-linux-gnu")}
 QEMU = {"aarch64": "qemu-aarch64"}
 GXX = {"aarch64": "aarch64-linux-gnu-g++", "x86_64": "g++"}
@@ -53,14 +55,15 @@ def wheel_versions() -> dict[str, str]:
 
 
 def runtime_dir(arch: str) -> Path:
-    """Directory holding libtvm_runtime.so and libtvm_ffi.so for ``arch`` (fetched from PyPI once)."""
+    """Directory holding libtvm_runtime.so, libtvm_ffi.so and the CUDA plugin for ``arch`` (fetched from
+    PyPI once)."""
     versions = wheel_versions()
     if arch == platform.machine():
         site = _site()
         return _linked_dir(RUNTIME_HOME / f"{arch}-{hashlib.sha256(str(site).encode()).hexdigest()[:12]}",
-                           [site / "tvm" / "lib" / "libtvm_runtime.so", site / "tvm_ffi" / "lib" / "libtvm_ffi.so"])
+                           [site / m for members in WHEELS.values() for m in members])
     dest = RUNTIME_HOME / f"{arch}-tvm{versions['apache-tvm']}"
-    if all((dest / f).is_file() for f in RUNTIME_LIBS):
+    if all((dest / f).is_file() for f in (*RUNTIME_LIBS, CUDA_PLUGIN)):
         return dest
     platforms = {"aarch64": "manylinux_2_28_aarch64"}
     if arch not in platforms:
@@ -74,14 +77,15 @@ def runtime_dir(arch: str) -> Path:
         if res.returncode != 0:
             raise ToolchainError(f"cannot download the {arch} TVM runtime wheels ({', '.join(pins)}): "
                                  f"{(res.stderr.strip().splitlines() or ['pip failed'])[-1][:200]}")
-        for (name, member), wheel in zip(WHEELS.items(), (sorted(Path(tmp).glob(f"{n.replace('-', '_')}-*.whl"))
-                                                               for n in WHEELS)):
+        for (name, members), wheel in zip(WHEELS.items(), (sorted(Path(tmp).glob(f"{n.replace('-', '_')}-*.whl"))
+                                                                for n in WHEELS)):
             if not wheel:
                 raise ToolchainError(f"pip did not fetch the {name} wheel for {arch}")
             with zipfile.ZipFile(wheel[0]) as z:
-                part = dest / f".{Path(member).name}.part"
-                part.write_bytes(z.read(member))
-                os.replace(part, dest / Path(member).name)
+                for member in members:
+                    part = dest / f".{Path(member).name}.part"
+                    part.write_bytes(z.read(member))
+                    os.replace(part, dest / Path(member).name)
     return dest
 
 
@@ -206,71 +210,97 @@ BUNDLE_README = """# squeezeedge deploy bundle: {name}
 Built for target `{target}` ({arch}, {description}); {precision}; model sha256 {model_sha}.
 
 ## Contents
-- `model.so`: the compiled model (sha256 in metadata.json: check it before you run it)
+- `model.so`: the compiled model (sha256 in metadata.json: check it before you run it){cuda_contents}
 - `metadata.json`: inputs, outputs, target, int8 coverage, tuning, build validation
 - `run_model`: the deploy runner (C++, {arch}), needs only the TVM runtime below
 - `lib/libtvm_runtime.so`, `lib/libtvm_ffi.so`: the TVM {tvm_version} runtime for {arch}
   (from the apache-tvm / apache-tvm-ffi manylinux wheels); the runner finds them through its rpath
 - `inputs/*.bin`: one example input (raw little-endian {dtype}, shape {shape}), and
-  `inputs/expected_output.bin` (raw float32): the output of the same library on the build machine{emulated}
+  `inputs/expected_output.bin` (raw float32): the output of {expected_from} on the build machine{emulated}
 - `run.sh`: runs the example and compares with the expected output
 
 ## On the board ({arch} Linux, glibc 2.28 or newer)
     tar xzf {name}.tar.gz && cd {name}
     sha256sum model.so        # must equal metadata.json library.sha256
-    ./run.sh                  # prints per-run milliseconds, then "output matches (max abs diff ...)"
+    ./run.sh                  # prints per-run milliseconds, then "output matches (...)"{cuda_usage}
 
 Expected output (first values): {expected}
-Tolerance: max abs diff {tolerance} (the runner writes float32; the same library on the same inputs
-gives the same bits unless the board's CPU takes another code path).
+Tolerance: {tolerance_text}
 
-To run your own inputs: `./run_model --threads {threads}{lengths_opt} ./model.so out.bin REPEAT NAME:DTYPE:1x{seq}:FILE ...`
+To run your own inputs: `./run_model{device_opt} --threads {threads}{lengths_opt} ./model.so out.bin REPEAT NAME:DTYPE:1x{seq}:FILE ...`
 with one NAME:DTYPE:SHAPE:FILE per input, in the order of metadata.json `inputs`; out.bin receives the
 first output as float32. {any_length} Threads: the target's {threads} (0: all cores), at most the CPUs the process may
 use; TVM_NUM_THREADS overrides it.
 
 From Python on the board instead: `pip install apache-tvm=={tvm_version}` and
-`tvm.relax.VirtualMachine(tvm.runtime.load_module("model.so"), tvm.cpu())["main"](...)`.
+`tvm.relax.VirtualMachine(tvm.runtime.load_module("model.so"), {py_device})["main"](...)`.
 Or remotely from a workstation: start `python -m tvm.exec.rpc_server --tracker HOST:9190 --key {rpc_key}`
 on the board and run `squeezeedge bench LIB_DIR --tracker HOST:9190 --key {rpc_key}` (TVM RPC has
 no authentication: keep it on a trusted network).
 """
 
+CUDA_CONTENTS = """
+- `model-cpu.so`: the same model for the board's CPU cores alone (sha256 in metadata.json cpu_library)
+- `lib/libtvm_runtime_cuda.so`: TVM's CUDA runtime, which `run_model --device cuda` loads; it needs
+  the board's `libcuda.so.1` (the driver) and `libcudart.so.13` (CUDA 13)"""
+
+CUDA_USAGE = """
+    ./run.sh --cpu            # model-cpu.so on the CPU cores instead (checked against the expected output)
+
+No GPU ran `model.so` on the build machine: `./run.sh` is its first run. The expected output is the CPU
+library's; the GPU's float kernels round differently, so it is held to what the build holds a library to
+against onnxruntime ({gpu_rule}). If `run_model` cannot load `lib/libtvm_runtime_cuda.so`, the message
+names the CUDA library the board lacks."""
+
 RUN_SH = """#!/bin/sh
 # Run the example input through the library and compare with the expected output.
 # SE_EMULATOR lets a non-{arch} machine run this under qemu, e.g.
 #   SE_EMULATOR="qemu-aarch64 -L /usr/aarch64-linux-gnu" ./run.sh
-#   ./run.sh N   runs the example's first N tokens instead (a library that takes any length)
+#   ./run.sh N   runs the example's first N tokens instead (a library that takes any length){cuda_help}
 set -e
 cd "$(dirname "$0")"
+LIB=./model.so DEVICE={device} CHECK={check}{cuda_switch}
 # TVM's pool: the target's {threads} thread(s) (0: all), at most the CPUs this process may use, unless
 # TVM_NUM_THREADS is set
 if [ -n "$1" ]; then
   if [ -z "{lengths_opt}" ]; then echo "this library takes exactly {seq} tokens"; exit 2; fi
   mkdir -p "inputs/first-$1"
   for f in {names}; do head -c $(( $1 * {elem_bytes} )) "inputs/$f.bin" > "inputs/first-$1/$f.bin"; done
-  $SE_EMULATOR ./run_model --threads {threads}{lengths_opt} ./model.so out.bin 5 {specs_n}
+  $SE_EMULATOR ./run_model --device $DEVICE --threads {threads}{lengths_opt} $LIB out.bin 5 {specs_n}
   exit 0
 fi
-$SE_EMULATOR ./run_model --threads {threads}{lengths_opt} ./model.so out.bin 5 {specs}
+$SE_EMULATOR ./run_model --device $DEVICE --threads {threads}{lengths_opt} $LIB out.bin 5 {specs}
 if ! command -v python3 >/dev/null; then
-  cmp -s out.bin inputs/expected_output.bin && echo "output matches (bit-identical)" && exit 0
-  echo "output differs from inputs/expected_output.bin (install python3 for a tolerance check)"; exit 1
+  [ $CHECK = exact ] && cmp -s out.bin inputs/expected_output.bin && echo "output matches (bit-identical)" && exit 0
+  echo "output differs from inputs/expected_output.bin, or is not bit-comparable (install python3 for the check)"
+  exit 1
 fi
-python3 - <<'EOF'
-import struct
+CHECK=$CHECK python3 - <<'EOF'
+import math, os, struct
 n = {n}
 got = struct.unpack("<%df" % n, open("out.bin", "rb").read())
 exp = struct.unpack("<%df" % n, open("inputs/expected_output.bin", "rb").read())
 diff = max(abs(a - b) for a, b in zip(got, exp))
-print("output", "matches" if diff <= {tolerance} else "DIFFERS", "(max abs diff %.3g, tolerance {tolerance})" % diff)
-raise SystemExit(0 if diff <= {tolerance} else 1)
+norms = math.sqrt(sum(a * a for a in got)) * math.sqrt(sum(b * b for b in exp))
+cos = sum(a * b for a, b in zip(got, exp)) / norms if norms else float(diff == 0)
+if os.environ["CHECK"] == "exact":
+    ok, how = diff <= {tolerance}, "max abs diff %.3g, tolerance {tolerance}" % diff
+else:  # the GPU library against the CPU library's output
+    ok, how = {gpu_ok}, "max abs diff %.3g, cosine %.5f; {gpu_rule}" % (diff, cos)
+print("output", "matches" if ok else "DIFFERS", "(%s)" % how)
+raise SystemExit(0 if ok else 1)
 EOF
 """
 
 
+GPU_FP32_MAX_ABS = 1e-4  # the build's fp32 tolerance against onnxruntime (BuildConfig.fp32_tolerance)
+
+
 def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool, tolerance: float = 1e-5) -> Path:
-    """A deploy tarball for the board: library, metadata, runner, runtime, example input, README."""
+    """A deploy tarball for the board: library, metadata, runner, runtime, example input, README.
+
+    A CUDA build (metadata ``cpu_library``) also carries its CPU library and TVM's CUDA runtime plugin;
+    ``expected`` is then the CPU library's output, and run.sh holds the GPU's to the build's own bound."""
     import numpy as np
 
     from compiler.runtime import elf_machine, load_metadata
@@ -286,6 +316,15 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
                                       "run_model": exe, "lib/libtvm_runtime.so": rt / "libtvm_runtime.so",
                                       "lib/libtvm_ffi.so": rt / "libtvm_ffi.so",
                                       "inputs/expected_output.bin": expected.tobytes()}
+    cpu = meta.get("cpu_library")
+    if cpu:
+        files[cpu["file"]] = Path(lib_dir) / cpu["file"]
+        files[f"lib/{CUDA_PLUGIN}"] = rt / CUDA_PLUGIN
+        if meta["precision"] == "int8":
+            bound = (cpu.get("validation") or {}).get("required_min_cosine", 0.99)
+            gpu_rule, gpu_ok = f"cosine >= {bound:g}", f"cos >= {bound!r}"
+        else:
+            gpu_rule, gpu_ok = f"max abs diff <= {GPU_FP32_MAX_ABS:g}", f"diff <= {GPU_FP32_MAX_ABS!r}"
     for i in meta["inputs"]:
         files[f"inputs/{i['name']}.bin"] = np.ascontiguousarray(feed[i["name"]], dtype=i["dtype"]).tobytes()
     target = meta["target"]
@@ -296,20 +335,34 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
     else:
         lengths_opt_sh = lengths_opt
     specs_n = " ".join(f"{i['name']}:{i['dtype']}:1x$1:inputs/first-$1/{i['name']}.bin" for i in meta["inputs"])
-    files["run.sh"] = RUN_SH.format(arch=arch, specs=specs, n=expected.size, tolerance=tolerance, threads=threads,
-                                    lengths_opt=lengths_opt_sh, seq=meta["inputs"][0]["shape"][1],
-                                    names=" ".join(i["name"] for i in meta["inputs"]), specs_n=specs_n,
-                                    elem_bytes=8 if meta["inputs"][0]["dtype"] == "int64" else 4).encode()
+    files["run.sh"] = RUN_SH.format(
+        arch=arch, specs=specs, n=expected.size, tolerance=tolerance, threads=threads, lengths_opt=lengths_opt_sh,
+        seq=meta["inputs"][0]["shape"][1], names=" ".join(i["name"] for i in meta["inputs"]), specs_n=specs_n,
+        elem_bytes=8 if meta["inputs"][0]["dtype"] == "int64" else 4,
+        device="cuda" if cpu else "cpu", check="gpu" if cpu else "exact",
+        cuda_help=("\n#   ./run.sh --cpu [N]   runs model-cpu.so on the CPU cores instead of model.so on the GPU"
+                   if cpu else ""),
+        cuda_switch=(f'\nif [ "$1" = "--cpu" ]; then LIB=./{cpu["file"]} DEVICE=cpu CHECK=exact; shift; fi'
+                     if cpu else ""),
+        gpu_rule=gpu_rule if cpu else "", gpu_ok=gpu_ok if cpu else "False").encode()
     files["README.md"] = BUNDLE_README.format(
         name=name, target=target["name"], arch=arch, description=_describe(target), precision=meta["precision"],
         model_sha=meta["model"]["sha256"][:16], tvm_version=wheel_versions()["apache-tvm"],
         dtype=meta["inputs"][0]["dtype"], shape="x".join(map(str, meta["inputs"][0]["shape"])),
         seq=meta["inputs"][0]["shape"][1], expected=", ".join(f"{v:.6g}" for v in expected.ravel()[:4]),
-        tolerance=tolerance, rpc_key=target.get("name"), threads=threads, lengths_opt=lengths_opt,
+        rpc_key=target.get("name"), threads=threads, lengths_opt=lengths_opt,
         any_length=(f"This library takes any length from 1 to {meta['lengths'][-1]} tokens (a shape 1xL input is padded to "
                     f"the smallest of {', '.join(map(str, meta['lengths']))} that holds it); `./run.sh N` runs the "
                     "example's first N tokens.") if meta.get("lengths") else "",
-        emulated=" (computed under qemu-user from this bundle's own runner and runtime)" if emulated else "").encode()
+        emulated=" (computed under qemu-user from this bundle's own runner and runtime)" if emulated else "",
+        expected_from=f"`{cpu['file']}`" if cpu else "the same library",
+        cuda_contents=CUDA_CONTENTS if cpu else "",
+        cuda_usage=CUDA_USAGE.format(gpu_rule=gpu_rule) if cpu else "",
+        tolerance_text=(f"`./run.sh --cpu`: max abs diff {tolerance}; `./run.sh` (GPU): {gpu_rule}" if cpu else
+                        f"max abs diff {tolerance} (the runner writes float32; the same library on the same inputs\n"
+                        "gives the same bits unless the board's CPU takes another code path)."),
+        device_opt=" --device cuda" if cpu else "",
+        py_device="tvm.cuda()" if cpu else "tvm.cpu()").encode()
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(f".{out.name}.part-{os.getpid()}")
     with tarfile.open(part, "w:gz") as tar:
@@ -325,11 +378,11 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
 
 def bundle_library(art) -> Path:
     """Write ``<build dir>.tar.gz`` beside a build artifact; its expected output comes from running the
-    bundle's own runner and runtime here (under qemu for another architecture)."""
+    bundle's own runner and runtime here (under qemu for another architecture). A CUDA build's comes from
+    its CPU library: no GPU runs here."""
     import json
 
-    from compiler.runtime import random_inputs
-    from compiler.runtime import elf_machine
+    from compiler.runtime import elf_machine, random_inputs
 
     tarball = art.path.with_name(art.path.name + ".tar.gz")
     stamp = tarball.with_name("." + tarball.name + ".sha256")  # the build it was made from
@@ -340,9 +393,14 @@ def bundle_library(art) -> Path:
     meta = json.loads((art.path / "metadata.json").read_text())
     shape = meta["inputs"][0]["shape"]
     feed = random_inputs(meta.get("vocab_size") or 30528, meta.get("type_vocab_size") or 2, shape[0], shape[1], 7)
-    emulated = elf_machine(art.path / meta["library"]["file"]) != platform.machine()
-    with console.step("running the bundle's example input" + (" under qemu" if emulated else "")):
-        expected = run_library(art.path, feed)
+    cpu = meta.get("cpu_library")
+    lib = art.path / (cpu or meta["library"])["file"]
+    if cpu and sha256_file(lib) != cpu["sha256"]:
+        raise ArtifactError(f"{lib} does not match the sha256 in metadata.json (truncated or tampered)")
+    emulated = elf_machine(lib) != platform.machine()
+    with console.step(f"running the bundle's example input{' through ' + lib.name if cpu else ''}"
+                      + (" under qemu" if emulated else "")):
+        expected = run_file(lib, meta, feed) if cpu else run_library(art.path, feed)
     write_bundle(art.path, tarball, expected, feed, emulated)
     stamp.write_text(art.sha256 + "\n")
     return tarball

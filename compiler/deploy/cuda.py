@@ -82,7 +82,7 @@ def enable_nvcc_codegen() -> dict:
     import tvm.support.nvcc  # noqa: F401  (registers tvm_callback_cuda_compile)
 
     os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
-    _enabled.update(nvcc=str(compiler), cudart=str(cudart), tvm=tvm.__version__)
+    _enabled.update(nvcc=str(compiler), cudart=str(cudart), stub=str(stub), tvm=tvm.__version__)
     return _enabled
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,7 +106,7 @@ needs_nvcc = pytest.mark.skipif(not _has_nvcc(), reason="no CUDA toolkit (nvcc) 
 @pytest.fixture(scope="session")
 def orin_lib(tiny_export, tmp_path_factory):
     out = tmp_path_factory.mktemp("cuda") / "fp32-orin"
-    res = cli("build", tiny_export, "--target", "jetson-orin-nano", "--out", out)
+    res = cli("build", tiny_export, "--target", "jetson-orin-nano", "--bundle", "--out", out)
     assert res.exit_code == 0, res.output
     return out
 
@@ -125,6 +126,70 @@ def test_jetson_build_embeds_sm87_kernels_and_a_checked_cpu_library(orin_lib, fp
     cpu_meta = dict(meta, library={"file": cpu["file"], "sha256": cpu["sha256"]})
     got = deploy.run_file(orin_lib / cpu["file"], cpu_meta, feed)
     np.testing.assert_allclose(got, runtime.load(fp32_lib)(**feed)[0], atol=1e-5, rtol=0)
+
+
+@needs_nvcc
+def test_jetson_bundle_checks_its_cpu_library_and_names_what_the_gpu_run_lacks(orin_lib, tmp_path):
+    """The Jetson bundle carries both libraries and TVM's CUDA plugin; its expected output is the CPU
+    library's (no GPU here), which `run.sh --cpu` reproduces under qemu within 1e-5; `run.sh` (the GPU
+    library) here fails in one line naming the CUDA runtime the machine lacks, not the module loader."""
+    names = deploy.safe_extract(orin_lib.with_name("fp32-orin.tar.gz"), tmp_path)
+    root = tmp_path / "fp32-orin"
+    readme = (root / "README.md").read_text()
+    for f in ("model.so", "model-cpu.so", "lib/libtvm_runtime_cuda.so", "run_model", "inputs/expected_output.bin"):
+        assert f"fp32-orin/{f}" in names and f"`{f}`" in readme, f
+    assert runtime.elf_machine(root / "lib" / "libtvm_runtime_cuda.so") == "aarch64"
+    assert "./run.sh --cpu" in readme and "max abs diff <= 0.0001" in readme
+    env = dict(os.environ, SE_EMULATOR="qemu-aarch64 -L /usr/aarch64-linux-gnu")
+    res = subprocess.run(["sh", str(root / "run.sh"), "--cpu"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and "output matches" in res.stdout, res.stdout + res.stderr
+    res = subprocess.run(["sh", str(root / "run.sh")], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 4 and "libtvm_runtime_cuda.so" in res.stderr and "libcudart.so" in res.stderr, \
+        res.stdout + res.stderr
+
+
+@needs_nvcc
+def test_runner_device_cuda_loads_the_cuda_plugin_and_reaches_the_device(tmp_path):
+    """x86 runner, x86 CUDA library, the libcuda stub standing in for a driver: with --device cuda the CUDA
+    module loads and the VM asks the CUDA runtime for memory (which says there is no driver); without it the
+    runner says it is a CUDA library. Proves the plugin loading a board run depends on, short of a GPU."""
+    import shutil
+
+    import tvm
+    from tvm import relax
+    from tvm.script import relax as R
+
+    from compiler.deploy.cuda import enable_nvcc_codegen, gpu_schedule
+
+    env = enable_nvcc_codegen()
+
+    @tvm.script.ir_module
+    class AddOne:
+        @R.function
+        def main(x: R.Tensor((1, 8), "int64")) -> R.Tensor((1, 8), "float32"):
+            with R.dataflow():
+                y = R.add(R.astype(x, "float32"), R.const(1.0, "float32"))
+                R.output(y)
+            return y
+
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_87"}, host="llvm")
+    with target:
+        relax.build(gpu_schedule(relax.get_pipeline("zero")(AddOne), target), target).export_library(
+            str(tmp_path / "model.so"))
+    rt = deploy.runtime_dir("x86_64")
+    (tmp_path / "lib").mkdir()
+    shutil.copy(deploy.runner("x86_64"), tmp_path / "run_model")
+    for name in (*deploy.RUNTIME_LIBS, deploy.CUDA_PLUGIN):
+        (tmp_path / "lib" / name).symlink_to(rt / name)
+    np.arange(8, dtype=np.int64).tofile(tmp_path / "x.bin")
+    ld = ":".join(str(Path(env[lib]).parent) for lib in ("stub", "cudart"))
+    cmd = [str(tmp_path / "run_model"), str(tmp_path / "model.so"), str(tmp_path / "out.bin"), "1",
+           f"x:int64:1x8:{tmp_path / 'x.bin'}"]
+    res = subprocess.run(cmd[:1] + ["--device", "cuda"] + cmd[1:], capture_output=True, text=True,
+                         env=dict(os.environ, LD_LIBRARY_PATH=ld))
+    assert res.returncode == 4 and "CUDA" in res.stderr and "not registered" not in res.stderr, res.stderr
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 4 and "a CUDA library: run it with --device cuda" in res.stderr, res.stderr
 
 
 @needs_nvcc

@@ -1,7 +1,11 @@
 // squeezeedge deploy runner: load a built model.so with the TVM runtime (no Python), run it once on
 // raw input files, write the first output as raw float32, print the wall time of each run.
 //
-//   run_model [--threads N] [--lengths L1,L2,...] LIB.so OUT.bin REPEAT NAME:DTYPE:D0xD1:FILE [...]
+//   run_model [--device cpu|cuda] [--threads N] [--lengths L1,L2,...] LIB.so OUT.bin REPEAT NAME:DTYPE:D0xD1:FILE [...]
+//
+// --device cuda (a Jetson build's model.so): loads TVM's CUDA runtime plugin, lib/libtvm_runtime_cuda.so
+// beside this runner (it needs the board's libcudart.so.13 and libcuda.so.1), runs the model on GPU 0 and
+// times each run to the end of its kernels; inputs and the output are copied between host and GPU.
 //
 // Inputs are little-endian raw arrays (int64 or int32) in the order the library's "main" takes them.
 // --lengths (an any-length library's buckets, metadata.json "lengths"): inputs of D1 tokens, any D1 up to
@@ -16,7 +20,10 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <dlfcn.h>
+#include <limits.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -59,12 +66,36 @@ static int ConfigureThreads(int wanted) {
   return threads;
 }
 
+// TVM's CUDA plugin registers the "cuda" module loader and device API; it sits in lib/ beside the runner.
+static bool LoadCudaPlugin() {
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  std::string dir = n > 0 ? std::string(exe, n) : std::string(".");
+  dir = dir.substr(0, dir.find_last_of('/') + 1);
+  for (const std::string& path : {dir + "lib/libtvm_runtime_cuda.so", dir + "libtvm_runtime_cuda.so"}) {
+    if (access(path.c_str(), F_OK) != 0) continue;
+    if (dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL)) return true;
+    std::cerr << "run_model: cannot load " << path << ": " << dlerror() << "\n";
+    return false;
+  }
+  std::cerr << "run_model: --device cuda needs libtvm_runtime_cuda.so in " << dir << "lib/\n";
+  return false;
+}
+
 int main(int argc, char** argv) {
   int wanted = 0;
+  bool cuda = false;
   std::vector<int64_t> lengths;
-  while (argc > 2 && (std::strcmp(argv[1], "--threads") == 0 || std::strcmp(argv[1], "--lengths") == 0)) {
+  while (argc > 2 && (std::strcmp(argv[1], "--threads") == 0 || std::strcmp(argv[1], "--lengths") == 0 ||
+                      std::strcmp(argv[1], "--device") == 0)) {
     if (argv[1][2] == 't') {
       wanted = std::atoi(argv[2]);
+    } else if (argv[1][2] == 'd') {
+      if (std::strcmp(argv[2], "cuda") != 0 && std::strcmp(argv[2], "cpu") != 0) {
+        std::cerr << "run_model: --device is cpu or cuda, not '" << argv[2] << "'\n";
+        return 2;
+      }
+      cuda = std::strcmp(argv[2], "cuda") == 0;
     } else {
       for (auto& l : Split(argv[2], ',')) lengths.push_back(std::atoll(l.c_str()));
     }
@@ -72,9 +103,11 @@ int main(int argc, char** argv) {
     argc -= 2;
   }
   if (argc < 5) {
-    std::cerr << "usage: run_model [--threads N] [--lengths L1,L2,...] LIB.so OUT.bin REPEAT NAME:DTYPE:D0xD1:FILE ...\n";
+    std::cerr << "usage: run_model [--device cpu|cuda] [--threads N] [--lengths L1,L2,...] LIB.so OUT.bin REPEAT "
+                 "NAME:DTYPE:D0xD1:FILE ...\n";
     return 2;
   }
+  if (cuda && !LoadCudaPlugin()) return 4;
   int64_t bucket = 0;  // 0: inputs run as given, by "main"
   std::fprintf(stderr, "threads: %d\n", ConfigureThreads(wanted));
   const DLDevice cpu{kDLCPU, 0};
@@ -123,8 +156,17 @@ int main(int argc, char** argv) {
   try {
     ffi::Module lib = ffi::Module::LoadFromFile(argv[1]);
     ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
-    // device type, device id, allocator (2 = pooled), as relax.VirtualMachine does for tvm.cpu()
-    vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2);
+    // device type, device id, allocator (2 = pooled) per device, as relax.VirtualMachine does for tvm.cpu()
+    // and, for a CUDA library, (tvm.cuda(), tvm.cpu()): the VM copies the inputs to the first
+    const DLDevice gpu{kDLCUDA, 0};
+    if (cuda) {
+      vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCUDA), 0, 2, static_cast<int>(kDLCPU), 0, 2);
+    } else {
+      vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2);
+    }
+    auto sync = [&] {  // kernels run asynchronously: a run ends when the GPU's default stream is drained
+      if (cuda) ffi::Function::GetGlobal("runtime.Device_StreamSync").value()(gpu, static_cast<void*>(nullptr));
+    };
     ffi::Function set_input = vm->GetFunction("set_input").value();
     ffi::Function invoke = vm->GetFunction("invoke_stateful").value();
     ffi::Function get_output = vm->GetFunction("get_output").value();
@@ -140,6 +182,7 @@ int main(int argc, char** argv) {
     for (int r = 0; r < repeat; ++r) {
       auto t0 = std::chrono::steady_clock::now();
       invoke(main_name);
+      sync();
       auto t1 = std::chrono::steady_clock::now();
       std::printf("run %d: %.3f ms\n", r, std::chrono::duration<double, std::milli>(t1 - t0).count());
     }
@@ -147,6 +190,12 @@ int main(int argc, char** argv) {
     bool single = get_output_arity(main_name).cast<int>() == -1;
     ffi::Any out = single ? get_output(main_name) : get_output(main_name, 0);
     auto tensor = out.cast<ffi::Tensor>();
+    if (cuda) {  // to host memory
+      auto host = ffi::Tensor::FromNDAlloc(CPUAlloc(), tensor.shape(), tensor.dtype(), cpu);
+      ffi::Function::GetGlobal("runtime.TVMTensorCopyFromTo").value()(tensor, host);
+      sync();
+      tensor = host;
+    }
     const DLTensor* dl = tensor.GetDLTensorPtr();
     if (dl->dtype.code != kDLFloat || dl->dtype.bits != 32) {
       std::cerr << "run_model: output 0 is not float32\n";
@@ -156,7 +205,8 @@ int main(int argc, char** argv) {
     o.write(static_cast<const char*>(dl->data), ffi::GetDataSize(*dl));
     std::printf("output 0: %lld values\n", static_cast<long long>(ffi::GetDataSize(*dl) / 4));
   } catch (const std::exception& e) {
-    std::cerr << "run_model: " << e.what() << "\n";
+    bool gpu_lib = !cuda && std::strstr(e.what(), "{cuda}") != nullptr;  // a CUDA library run on the CPU
+    std::cerr << "run_model: " << e.what() << (gpu_lib ? " (a CUDA library: run it with --device cuda)" : "") << "\n";
     return 4;
   }
   return 0;
