@@ -59,6 +59,28 @@ def test_rerun_with_nothing_changed_skips_every_stage_in_seconds(tiny_run):
     assert elapsed < 30, f"rerun took {elapsed:.1f} s"
 
 
+def test_report_names_the_target_of_each_library_when_a_run_has_several(tiny_run):
+    """Two int8 libraries in one run (the boards pipeline's x86-avx2 and x86-avx512): each real-text ratio
+    names its target; with one library the short name stays."""
+    import copy
+
+    from compiler.measure.report import sections
+
+    out, _ = tiny_run
+    run = json.loads((out / "bench.json").read_text())
+    run["_file"] = str(out / "bench.json")
+
+    def ratios(r):
+        return next(text for title, text, _ in sections([r]) if "real text" in title).split("faster): ")[1]
+
+    assert ratios(run).startswith("squeezeedge int8 / ")
+    two = copy.deepcopy(run)
+    rows = two["workloads"]["text"]["rows"]
+    rows.append(dict(rows[0], name="squeezeedge int8 (rpi5)", mean_ms_per_text=2 * rows[0]["mean_ms_per_text"]))
+    text = ratios(two)
+    assert "squeezeedge int8 (host) / " in text and "squeezeedge int8 (rpi5) / " in text, text
+
+
 def test_a_failing_target_is_named_and_the_others_finish(tiny_run, tmp_path, monkeypatch):
     """A user's board whose cross compiler is not installed (riscv64): its build fails, host's still
     builds and is benched, the exit code is 15 and the message names the board."""

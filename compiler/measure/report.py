@@ -165,13 +165,17 @@ def sections(runs: list[dict]) -> list[tuple[str, str, list[list[str]]]]:
 
             t = run["workloads"]["text"]
             tok = t["tokens"]
+            ratios = text_speedups(run)
+            short = {s["library"]: s["library"].split(" (")[0] for s in ratios}  # "(target)" only where needed
+            if len(set(short.values())) < len(short):
+                short = {name: name for name in short}
             out.append((f"{device}: real text, each at its own length",
                         f"{t['texts']} texts from {t['source']} ({tok['min']}-{tok['max']} tokens, median "
                         f"{tok['median']:g}, p90 {tok['p90']:g}), {t['passes']} interleaved pass(es); the library "
                         "pads each text to its smallest length bucket, onnxruntime and PyTorch run the dynamic "
                         "export at exactly the text's length. Ratios (library mean / baseline mean, lower is "
-                        "faster): " + "; ".join(f"{s['library'].split(' (')[0]} / {s['baseline']} {s['ratio']:.2f}x"
-                                                for s in text_speedups(run)), text))
+                        "faster): " + "; ".join(f"{short[s['library']]} / {s['baseline']} {s['ratio']:.2f}x"
+                                                for s in ratios), text))
             lengths = length_table(run)
             if lengths:
                 out.append((f"{device}: median ms by input length", "Random ids at each length, interleaved; the "
