@@ -13,6 +13,19 @@ from compiler.cli import main
 TINY_SEQ = 32
 
 
+def _has_nvcc() -> bool:
+    from compiler.deploy.cuda import nvcc
+    from compiler.errors import ToolchainError
+
+    try:
+        return bool(nvcc())
+    except ToolchainError:
+        return False
+
+
+needs_nvcc = pytest.mark.skipif(not _has_nvcc(), reason="no CUDA toolkit (nvcc) on this machine")
+
+
 def cli(*args: str, **kw):
     """Run the CLI in-process; returns click's Result (exit_code, stdout, stderr, output)."""
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, **kw)

@@ -15,7 +15,7 @@ import pytest
 from compiler.measure.bench import SCHEMA_FILE
 from compiler.resources import TARGETS_ENV
 
-from .conftest import cli
+from .conftest import cli, needs_nvcc
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -105,8 +105,7 @@ def test_a_failing_target_is_named_and_the_others_finish(tiny_run, tmp_path, mon
     assert (work / "host-int8" / "model.so").is_file() and (work / "bench.json").is_file()
 
 
-@pytest.mark.skipif(not (shutil.which("nvcc") or Path("/usr/local/cuda/bin/nvcc").is_file()),
-                    reason="no CUDA toolkit (nvcc) on this machine")
+@needs_nvcc
 def test_jetson_target_is_built_bundled_and_said_not_timed_here(tiny_run, tmp_path):
     """A Jetson target in a pipeline: its CUDA library and CPU library are built and bundled (the bundle's
     expected output from the CPU library under qemu), the run succeeds, and the summary says why it was

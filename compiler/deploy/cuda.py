@@ -20,16 +20,27 @@ from pathlib import Path
 from compiler.errors import ToolchainError
 
 STUB_SRC = Path(__file__).with_name("runner") / "libcuda_stub.c"
+CUDART = "libcudart.so.13"
+PIP_CUDA = 'pip install "nvidia-cuda-nvcc==13.*" "nvidia-cuda-runtime==13.*"'  # nvcc + libcudart.so.13
 FATBIN_MAGIC = 0xBA55ED50
 _enabled: dict = {}
 
 
 def nvcc() -> Path:
-    found = shutil.which("nvcc") or next((str(p) for p in (Path("/usr/local/cuda/bin/nvcc"),) if p.is_file()), None)
+    """nvcc from PATH, else from :func:`_nvcc_candidates`."""
+    found = shutil.which("nvcc") or next((str(p) for p in _nvcc_candidates() if p.is_file()), None)
     if not found:
-        raise ToolchainError("CUDA targets compile their kernels with nvcc, which is not installed "
-                             "(apt-get install nvidia-cuda-toolkit, or NVIDIA's cuda-nvcc)")
+        raise ToolchainError(f"CUDA targets compile their kernels with nvcc, which is not installed ({PIP_CUDA}, "
+                             "or NVIDIA's CUDA 13 toolkit)")
     return Path(found).resolve()
+
+
+def _nvcc_candidates() -> list[Path]:
+    """$CUDA_HOME, NVIDIA's PyPI wheels (site-packages/nvidia/cu13), /usr/local/cuda."""
+    import sys
+
+    return [Path(os.environ.get("CUDA_HOME", "/nonexistent")) / "bin" / "nvcc",
+            *(Path(d) / "nvidia" / "cu13" / "bin" / "nvcc" for d in sys.path if d), Path("/usr/local/cuda/bin/nvcc")]
 
 
 def check_arch(arch: str) -> None:
@@ -55,10 +66,11 @@ def enable_nvcc_codegen() -> dict:
 
     compiler = nvcc()
     homes = [compiler.parent.parent, Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")), Path("/usr/local/cuda")]
-    cudart = next((p for h in homes for p in sorted((h / "lib64").glob("libcudart.so.*"))), None)
+    # TVM 0.27's CUDA plugin links libcudart.so.13: a CUDA 12 toolkit's runtime cannot stand in for it
+    cudart = next((p for h in homes for lib in ("lib64", "lib") for p in sorted((h / lib).glob(CUDART))), None)
     if cudart is None:
-        raise ToolchainError(f"no libcudart.so in {', '.join(str(h / 'lib64') for h in homes)} "
-                             "(the CUDA toolkit looks incomplete; set CUDA_HOME)")
+        raise ToolchainError(f"no {CUDART} (CUDA 13's runtime, which TVM's CUDA plugin links) in "
+                             f"{', '.join(str(h / 'lib64') for h in homes)}: {PIP_CUDA}, or set CUDA_HOME")
     stub_dir = RUNTIME_HOME / "cuda-stub" / sha256_file(STUB_SRC)[:12]
     stub = stub_dir / "libcuda.so.1"
     if not stub.is_file():
@@ -82,6 +94,8 @@ def enable_nvcc_codegen() -> dict:
     import tvm.support.nvcc  # noqa: F401  (registers tvm_callback_cuda_compile)
 
     os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
+    if shutil.which("nvcc") is None or Path(shutil.which("nvcc")).resolve() != compiler:  # TVM runs "nvcc"
+        os.environ["PATH"] = f"{compiler.parent}{os.pathsep}{os.environ.get('PATH', '')}"
     _enabled.update(nvcc=str(compiler), cudart=str(cudart), stub=str(stub), tvm=tvm.__version__)
     return _enabled
 
