@@ -70,7 +70,7 @@ def enable_nvcc_codegen() -> dict:
     cudart = next((p for h in homes for lib in ("lib64", "lib") for p in sorted((h / lib).glob(CUDART))), None)
     if cudart is None:
         raise ToolchainError(f"no {CUDART} (CUDA 13's runtime, which TVM's CUDA plugin links) in "
-                             f"{', '.join(str(h / 'lib64') for h in homes)}: {PIP_CUDA}, or set CUDA_HOME")
+                             f"{', '.join(f'{h}/lib64, {h}/lib' for h in homes)}: {PIP_CUDA}, or set CUDA_HOME")
     stub_dir = RUNTIME_HOME / "cuda-stub" / sha256_file(STUB_SRC)[:12]
     stub = stub_dir / "libcuda.so.1"
     if not stub.is_file():
