@@ -315,7 +315,8 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, emulate
         cu, cpu = r["cuda"], r["cpu_library"]
         check = (f"; CUDA kernels: {', '.join(b['kind'] + ' ' + b['arch'] for b in cu['device_binaries'])} "
                  f"(not run: no GPU here)\n  CPU library {cpu['file']} for {cpu['target']['name']}"
-                 + (f", run under qemu: max abs diff {cpu['validation']['max_abs_diff']:.2e}" if cpu["validation"]
+                 + (f", run {'under qemu' if 'qemu' in cpu['validation']['ran'] else 'natively'}: max abs diff "
+                    f"{cpu['validation']['max_abs_diff']:.2e}" if cpu["validation"]
                     else ", not run (--no-emulate)"))
     lengths = (f", any length 1..{r['lengths'][-1]} tokens (buckets {', '.join(map(str, r['lengths']))})"
                if r.get("lengths") else "")

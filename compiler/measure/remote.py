@@ -27,7 +27,7 @@ def remote_runners(lib_dirs: list[Path], tracker: str, key: str, feed: dict, thr
     except Exception as exc:
         raise InputError(f"no board under key '{key}' answered at {tracker}: {str(exc).splitlines()[0][:160]}") \
             from None
-    dev = sess.cpu()
+    cpu = sess.cpu()
     if threads is None:
         threads = load_metadata(Path(lib_dirs[0]))[0]["target"].get("threads") or 0
     try:
@@ -37,15 +37,18 @@ def remote_runners(lib_dirs: list[Path], tracker: str, key: str, feed: dict, thr
     runners = []
     for i, d in enumerate(lib_dirs):
         meta, lib = load_metadata(Path(d))
+        # a CUDA library (Jetson) runs on the board's GPU, with its CPU for the host code
+        gpu = meta["target"].get("device") == "cuda"
+        dev = sess.cuda() if gpu else cpu
         try:
             sess.upload(str(lib), target=f"se{i}-{lib.name}")
-            vm = relax.VirtualMachine(sess.load_module(f"se{i}-{lib.name}"), dev)
+            vm = relax.VirtualMachine(sess.load_module(f"se{i}-{lib.name}"), [dev, cpu] if gpu else dev)
+            vm.set_input("main", *[tvm.runtime.tensor(np.ascontiguousarray(feed[s["name"]], dtype=s["dtype"]), dev)
+                                   for s in meta["inputs"]])
         except Exception as exc:
-            raise ArtifactError(f"board '{key}' cannot load {lib} (built for {meta['target']['name']}): "
-                                f"{(str(exc).strip().splitlines() or ['?'])[-1][:160]}") from None
-        names = [s["name"] for s in meta["inputs"]]
-        vm.set_input("main", *[tvm.runtime.tensor(np.ascontiguousarray(feed[n], dtype=s["dtype"]), dev)
-                               for n, s in zip(names, meta["inputs"])])
+            raise ArtifactError(f"board '{key}' cannot load {lib} (built for {meta['target']['name']}) on its "
+                                f"{'GPU' if gpu else 'CPU'}: {(str(exc).strip().splitlines() or ['?'])[-1][:160]}") \
+                from None
         evaluator = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=1)
 
         def run(_feed, vm=vm, _keep=sess):  # the session lives as long as the runner

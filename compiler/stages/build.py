@@ -223,7 +223,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
     meta_lengths = lengths if len(lengths) > 1 else None
     if missing:
         console.info(f"  not running the library here: this CPU lacks {', '.join(missing)}")
-    if not target.is_cross and not missing:
+    if not target.is_cross and not missing and not gpu:  # a CUDA library is checked through its CPU library
         with console.step(f"checking the library against onnxruntime on {cfg.validation_runs} random inputs"):
             validation = _validate(lib, onnx_path, parent, precision, cfg, lengths=meta_lengths)
     elif target.is_cross and cfg.emulate and not gpu:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
-from ..conftest import cli
+from ..conftest import cli, needs_nvcc
 from ..stages.test_tune import QUICK, run_cli
 
 
@@ -193,3 +194,36 @@ def test_tune_for_the_pi5_on_an_emulated_board(tiny_int8_s8, tmp_path):
         assert meta["validation"]["ran"].startswith("under qemu-user")
     finally:
         cli("--workdir", tmp_path, "fleet", "down")
+
+
+@needs_nvcc
+def test_bench_runs_a_cuda_library_on_the_boards_gpu(tiny_export, tmp_path, monkeypatch):
+    """A board with a GPU (an x86 one here: a user's board file) behind the tracker: the bench asks the
+    board's CUDA device for the CUDA library, not its CPU. The loopback server has TVM's CUDA plugin loaded
+    over the libcuda stub, so the board's CUDA runtime answers that there is no driver, in one line."""
+    from compiler.deploy.cuda import enable_nvcc_codegen
+    from compiler.resources import TARGETS_ENV
+
+    env = enable_nvcc_codegen()
+    jetson = (Path(__file__).resolve().parents[2] / "targets" / "jetson-orin-nano.toml").read_text()
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    (boards / "gpu-x86.toml").write_text(
+        jetson.replace('name = "jetson-orin-nano"', 'name = "gpu-x86"').replace('"aarch64-linux-gnu"', '""', 1)
+        .replace('mtriple = "aarch64-linux-gnu"\nmcpu = "cortex-a78"\nmattr = ["+neon", "+dotprod"]',
+                 'mtriple = "x86_64-linux-gnu"\nmcpu = "haswell"'))
+    monkeypatch.setenv(TARGETS_ENV, str(boards))
+    lib = tmp_path / "lib"
+    res = cli("build", tiny_export, "--target", "gpu-x86", "--out", lib)
+    assert res.exit_code == 0 and "(not run: no GPU here)" in res.output and "run natively" in res.output, res.output
+    monkeypatch.setenv("LD_LIBRARY_PATH", ":".join(str(Path(env[k]).parent) for k in ("stub", "cudart")))
+    port = _free_port()
+    res = cli("--workdir", tmp_path, "--json", "fleet", "up", "--port", port, "--server", "gpu-board")
+    assert res.exit_code == 0, res.output
+    try:
+        res = cli("bench", lib, "--tracker", f"127.0.0.1:{port}", "--key", "gpu-board", "--repeat", 3,
+                  "--out", tmp_path / "r.json")
+    finally:
+        cli("--workdir", tmp_path, "fleet", "down")
+    assert res.exit_code == 5 and "cannot load" in res.stderr and "on its GPU: CUDA" in res.stderr, res.output
+    assert "Traceback" not in res.output
