@@ -105,8 +105,8 @@ class LoadedModel:
 
     def __init__(self, vm, inputs: list[dict], outputs: list[dict], vocab_size: int | None = None,
                  type_vocab_size: int | None = None, pool: dict | None = None, lengths: list[int] | None = None,
-                 truncate: bool = False):
-        self._vm, self.inputs, self.outputs = vm, inputs, outputs
+                 truncate: bool = False, device=None):
+        self._vm, self.inputs, self.outputs, self._device = vm, inputs, outputs, device
         self.vocab_size, self.type_vocab_size = vocab_size, type_vocab_size
         self.pool = pool  # the thread pool settings in force (configure_threads)
         # an any-length library's buckets (compiler.lowering.lengths); None: only the inputs' exact shape
@@ -117,7 +117,9 @@ class LoadedModel:
         return self.inputs[0]["shape"][1]
 
     @classmethod
-    def from_files(cls, lib: Path, inputs: list[dict], outputs: list[dict], **limits) -> "LoadedModel":
+    def from_files(cls, lib: Path, inputs: list[dict], outputs: list[dict], cuda: bool = False,
+                   **limits) -> "LoadedModel":
+        """``cuda``: a CUDA library (metadata target device "cuda"), run on GPU 0 with the CPU as host."""
         import tvm
         from tvm import relax
 
@@ -127,11 +129,13 @@ class LoadedModel:
                                 "(run it on the board, under qemu, or through --tracker)")
         try:
             module = tvm.runtime.load_module(str(lib))
-            vm = relax.VirtualMachine(module, tvm.cpu())
+            vm = relax.VirtualMachine(module, [tvm.cuda(), tvm.cpu()] if cuda else tvm.cpu())
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-            raise ArtifactError(f"cannot load library {lib}: {first[:200]}") from None
-        return cls(vm, inputs, outputs, **limits)
+            raise ArtifactError(f"cannot load {'CUDA ' if cuda else ''}library {lib}: {first[:200]}"
+                                + (" (it needs a GPU and TVM's CUDA runtime; its CPU library is beside it)"
+                                   if cuda else "")) from None
+        return cls(vm, inputs, outputs, device=tvm.cuda() if cuda else None, **limits)
 
     def _check(self, feeds: dict):
         import numpy as np
@@ -182,7 +186,7 @@ class LoadedModel:
         import tvm
 
         name, arrays = self.dispatch(self._check(feeds))
-        args = [tvm.runtime.tensor(a) for a in arrays]
+        args = [tvm.runtime.tensor(a, self._device) for a in arrays]
         out = self._vm[name](*args)
         outs = list(out) if not hasattr(out, "numpy") else [out]
         return [o.numpy() for o in outs]
@@ -230,7 +234,8 @@ def load(directory: Path, threads: int | None = None, truncate: bool = False) ->
                             f"(target {meta['target'].get('name')}); rebuild with --target host")
     return LoadedModel.from_files(lib, meta["inputs"], meta["outputs"], vocab_size=meta.get("vocab_size"),
                                   type_vocab_size=meta.get("type_vocab_size"), pool=pool,
-                                  lengths=meta.get("lengths"), truncate=truncate)
+                                  lengths=meta.get("lengths"), truncate=truncate,
+                                  cuda=meta.get("target", {}).get("device") == "cuda")
 
 
 def random_inputs(vocab: int, type_vocab: int, batch: int, seq_len: int, seed: int) -> dict:
