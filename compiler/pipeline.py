@@ -199,6 +199,14 @@ def _keep_history(out: Path, name: str) -> None:
         old.rename(out / "history" / f"{old.stem}-{stamp}{old.suffix}")
 
 
+def _where(results: dict) -> str:
+    """Where a built library is timed: "native" (this machine), "emulated" (qemu-user), else why not here."""
+    if results.get("cuda"):  # its CPU library was checked at build time; the GPU library runs on the board
+        return f"CUDA library, no GPU here; its CPU library {results['cpu_library']['file']} is checked and bundled"
+    ran = (results.get("validation") or {}).get("ran", "")
+    return "native" if ran.startswith("natively") else "emulated" if "qemu" in ran else ran or "not validated here"
+
+
 def _emulated(libs: list[tuple[str, str, Path]], cfg: Config) -> list[dict]:
     """Median wall time of each aarch64 library in its C++ runner under qemu-user: emulated, not a board's."""
     import statistics
@@ -288,18 +296,14 @@ def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> di
         if payload is None:
             failed.setdefault(step.target, f"build {step.precision}: {step.detail}")
             continue
-        results = payload["manifest"]["results"]
-        ran = (results.get("validation") or {}).get("ran", "")
-        if results.get("cuda"):  # not "natively" nor "qemu": it is timed on the board only
-            ran = f"CUDA library, no GPU here; its CPU library {results['cpu_library']['file']} is checked and bundled"
-        libs.append((step.target, step.precision, Path(step.path), ran))
+        libs.append((step.target, step.precision, Path(step.path), _where(payload["manifest"]["results"])))
 
     summary_bench: dict = {"native": None, "emulated": [], "not_run": []}
     if cfg.bench.get("enabled", True):
-        native = [lib for lib in libs if lib[3].startswith("natively")]
-        emulated = [lib for lib in libs if "qemu" in lib[3]]
-        summary_bench["not_run"] = [{"target": t, "precision": p, "why": ran or "not validated here"}
-                                    for t, p, _, ran in libs if (t, p, _, ran) not in native + emulated]
+        native = [lib for lib in libs if lib[3] == "native"]
+        emulated = [lib for lib in libs if lib[3] == "emulated"]
+        summary_bench["not_run"] = [{"target": t, "precision": p, "why": why}
+                                    for t, p, _, why in libs if why not in ("native", "emulated")]
         if native:
             step = Step("bench", ", ".join(f"{t}-{p}" for t, p, _, _ in native))
             steps.append(step)
