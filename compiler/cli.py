@@ -299,7 +299,7 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, emulate
     if bundle:
         from compiler.deploy.bundle import bundle_library
 
-        tarball = bundle_library(run.artifact)
+        tarball = bundle_library(run.artifact, gpu_bounds=(cfg.fp32_tolerance, cfg.int8_min_cosine))
         console.info(f"bundle: {tarball}")
     r = run.artifact.results
     cov = r["int8"]

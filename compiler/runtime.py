@@ -215,6 +215,11 @@ def load_metadata(directory: Path) -> tuple[dict, Path]:
     return meta, lib
 
 
+def is_cuda_library(meta: dict) -> bool:
+    """A library whose kernels run on a CUDA GPU (its target's device), its host code on the CPU."""
+    return (meta.get("target") or {}).get("device") == "cuda"
+
+
 def load(directory: Path, threads: int | None = None, truncate: bool = False) -> LoadedModel:
     """Load a build artifact directory (model.so + metadata.json) after checking its sha256.
 
@@ -235,7 +240,7 @@ def load(directory: Path, threads: int | None = None, truncate: bool = False) ->
     return LoadedModel.from_files(lib, meta["inputs"], meta["outputs"], vocab_size=meta.get("vocab_size"),
                                   type_vocab_size=meta.get("type_vocab_size"), pool=pool,
                                   lengths=meta.get("lengths"), truncate=truncate,
-                                  cuda=meta.get("target", {}).get("device") == "cuda")
+                                  cuda=is_cuda_library(meta))
 
 
 def random_inputs(vocab: int, type_vocab: int, batch: int, seq_len: int, seed: int) -> dict:

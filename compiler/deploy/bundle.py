@@ -293,14 +293,14 @@ EOF
 """
 
 
-GPU_FP32_MAX_ABS = 1e-4  # the build's fp32 tolerance against onnxruntime (BuildConfig.fp32_tolerance)
-
-
-def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool, tolerance: float = 1e-5) -> Path:
+def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool, *,
+                 gpu_bounds: tuple[float, float], tolerance: float = 1e-5) -> Path:
     """A deploy tarball for the board: library, metadata, runner, runtime, example input, README.
 
     A CUDA build (metadata ``cpu_library``) also carries its CPU library and TVM's CUDA runtime plugin;
-    ``expected`` is then the CPU library's output, and run.sh holds the GPU's to the build's own bound."""
+    ``expected`` is then the CPU library's output, and run.sh holds the GPU's to the bounds the build held
+    a library to against onnxruntime: ``gpu_bounds`` (fp32 max abs diff, int8 min cosine; the int8 one the
+    CPU library's validation adapted, where it ran)."""
     import numpy as np
 
     from compiler.runtime import elf_machine, load_metadata
@@ -320,11 +320,12 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
     if cpu:
         files[cpu["file"]] = Path(lib_dir) / cpu["file"]
         files[f"lib/{CUDA_PLUGIN}"] = rt / CUDA_PLUGIN
+        max_abs, min_cosine = gpu_bounds
         if meta["precision"] == "int8":
-            bound = (cpu.get("validation") or {}).get("required_min_cosine", 0.99)
+            bound = (cpu.get("validation") or {}).get("required_min_cosine", min_cosine)
             gpu_rule, gpu_ok = f"cosine >= {bound:g}", f"cos >= {bound!r}"
         else:
-            gpu_rule, gpu_ok = f"max abs diff <= {GPU_FP32_MAX_ABS:g}", f"diff <= {GPU_FP32_MAX_ABS!r}"
+            gpu_rule, gpu_ok = f"max abs diff <= {max_abs:g}", f"diff <= {max_abs!r}"
     for i in meta["inputs"]:
         files[f"inputs/{i['name']}.bin"] = np.ascontiguousarray(feed[i["name"]], dtype=i["dtype"]).tobytes()
     target = meta["target"]
@@ -376,10 +377,10 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
     return out
 
 
-def bundle_library(art) -> Path:
+def bundle_library(art, gpu_bounds: tuple[float, float]) -> Path:
     """Write ``<build dir>.tar.gz`` beside a build artifact; its expected output comes from running the
     bundle's own runner and runtime here (under qemu for another architecture). A CUDA build's comes from
-    its CPU library: no GPU runs here."""
+    its CPU library: no GPU runs here (``gpu_bounds``: :func:`write_bundle`)."""
     import json
 
     from compiler.runtime import elf_machine, random_inputs
@@ -401,7 +402,7 @@ def bundle_library(art) -> Path:
     with console.step(f"running the bundle's example input{' through ' + lib.name if cpu else ''}"
                       + (" under qemu" if emulated else "")):
         expected = run_file(lib, meta, feed) if cpu else run_library(art.path, feed)
-    write_bundle(art.path, tarball, expected, feed, emulated)
+    write_bundle(art.path, tarball, expected, feed, emulated, gpu_bounds=gpu_bounds)
     stamp.write_text(art.sha256 + "\n")
     return tarball
 

@@ -39,8 +39,9 @@ def _nvcc_candidates() -> list[Path]:
     """$CUDA_HOME, NVIDIA's PyPI wheels (site-packages/nvidia/cu13), /usr/local/cuda."""
     import sys
 
-    return [Path(os.environ.get("CUDA_HOME", "/nonexistent")) / "bin" / "nvcc",
-            *(Path(d) / "nvidia" / "cu13" / "bin" / "nvcc" for d in sys.path if d), Path("/usr/local/cuda/bin/nvcc")]
+    home = [Path(os.environ["CUDA_HOME"]) / "bin" / "nvcc"] if os.environ.get("CUDA_HOME") else []
+    return [*home, *(Path(d) / "nvidia" / "cu13" / "bin" / "nvcc" for d in sys.path if d),
+            Path("/usr/local/cuda/bin/nvcc")]
 
 
 def check_arch(arch: str) -> None:
@@ -94,7 +95,7 @@ def enable_nvcc_codegen() -> dict:
     import tvm.support.nvcc  # noqa: F401  (registers tvm_callback_cuda_compile)
 
     os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
-    if shutil.which("nvcc") is None or Path(shutil.which("nvcc")).resolve() != compiler:  # TVM runs "nvcc"
+    if shutil.which("nvcc") is None:  # TVM runs "nvcc"; nvcc() took PATH's when there is one
         os.environ["PATH"] = f"{compiler.parent}{os.pathsep}{os.environ.get('PATH', '')}"
     _enabled.update(nvcc=str(compiler), cudart=str(cudart), stub=str(stub), tvm=tvm.__version__)
     return _enabled

@@ -8,7 +8,7 @@ from pathlib import Path
 from compiler.measure.baselines import Runner
 from compiler.errors import ArtifactError, InputError
 from compiler.deploy.fleet import check_key, parse_addr
-from compiler.runtime import load_metadata
+from compiler.runtime import is_cuda_library, load_metadata
 
 
 def remote_runners(lib_dirs: list[Path], tracker: str, key: str, feed: dict, threads: int | None = None,
@@ -37,8 +37,7 @@ def remote_runners(lib_dirs: list[Path], tracker: str, key: str, feed: dict, thr
     runners = []
     for i, d in enumerate(lib_dirs):
         meta, lib = load_metadata(Path(d))
-        # a CUDA library (Jetson) runs on the board's GPU, with its CPU for the host code
-        gpu = meta["target"].get("device") == "cuda"
+        gpu = is_cuda_library(meta)  # a Jetson library runs on the board's GPU, its host code on the CPU
         dev = sess.cuda() if gpu else cpu
         try:
             sess.upload(str(lib), target=f"se{i}-{lib.name}")

@@ -199,9 +199,12 @@ def test_tune_for_the_pi5_on_an_emulated_board(tiny_int8_s8, tmp_path):
 @needs_nvcc
 def test_bench_runs_a_cuda_library_on_the_boards_gpu(tiny_export, tmp_path, monkeypatch):
     """A board with a GPU (an x86 one here: a user's board file) behind the tracker: the bench asks the
-    board's CUDA device for the CUDA library, not its CPU; so does compiler.runtime.load in this process. The loopback server has TVM's CUDA plugin loaded
-    over the libcuda stub, so the board's CUDA runtime answers that there is no driver, in one line."""
+    board's CUDA device for the CUDA library, not its CPU; so does compiler.runtime.load in this process.
+    The loopback server has TVM's CUDA plugin loaded over the libcuda stub, so the board's CUDA runtime
+    answers that there is no driver, in one line."""
+    from compiler import runtime
     from compiler.deploy.cuda import enable_nvcc_codegen
+    from compiler.errors import ArtifactError
     from compiler.resources import TARGETS_ENV
 
     env = enable_nvcc_codegen()
@@ -216,9 +219,6 @@ def test_bench_runs_a_cuda_library_on_the_boards_gpu(tiny_export, tmp_path, monk
     lib = tmp_path / "lib"
     res = cli("build", tiny_export, "--target", "gpu-x86", "--out", lib)
     assert res.exit_code == 0 and "(not run: no GPU here)" in res.output and "run natively" in res.output, res.output
-    from compiler import runtime
-    from compiler.errors import ArtifactError
-
     with pytest.raises(ArtifactError, match="cannot load CUDA library .*CUDA Runtime Error"):
         runtime.load(lib)  # in this process too the CUDA device is asked (the plugin is loaded over the stub)
     monkeypatch.setenv("LD_LIBRARY_PATH", ":".join(str(Path(env[k]).parent) for k in ("stub", "cudart")))
