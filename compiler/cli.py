@@ -381,8 +381,9 @@ def tune(ctx, model_dir, target, target_file, trials, per_iteration, population,
               help="Where to run: this machine, or a board through --tracker/--key.")
 @click.option("--tracker", default=None, metavar="HOST:PORT", help="Run the libraries on a board behind this tracker.")
 @click.option("--key", default=None, help="The board's RPC key (with --tracker).")
-@click.option("--baselines", default=",".join(("torch", "ort", "tflite")), show_default=True,
-              help="Comma list of torch, ort, tflite; 'none' for the libraries alone.")
+@click.option("--baselines", default=None,
+              help="Comma list of torch, ort, tflite; 'none' for the libraries alone [default: torch,ort,tflite; "
+                   "with --emulate ort,tflite: the runtimes a board runs].")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed rounds first.")
 @click.option("--repeat", type=int, default=None, help="Timed rounds (instead of --min-seconds).")
 @click.option("--min-seconds", type=float, default=2.0, show_default=True,
@@ -395,10 +396,14 @@ def tune(ctx, model_dir, target, target_file, trials, per_iteration, population,
                    "a 'text' field) [default: the held-out texts of calibration/sentences.txt]")
 @click.option("--no-workloads", is_flag=True,
               help="Any-length libraries: only the main measurement (no per-length sweep, no real-text workload).")
+@click.option("--emulate", is_flag=True,
+              help="aarch64 libraries: count instructions per inference on the target's own core under qemu-user, "
+                   "beside onnxruntime's and LiteRT's aarch64 wheels on the same core (no timing; one thread; "
+                   "needs 'squeezeedge setup-emulation' once).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="results/NAME.json")
 @click.pass_context
 def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_seconds, threads, texts, no_workloads,
-          out):
+          emulate, out):
     """Time built libraries next to PyTorch, onnxruntime and TFLite on the same device, in one run.
 
     Every runtime gets the same input and thread count; rounds are interleaved so machine noise hits
@@ -413,7 +418,10 @@ def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_se
     """
     from compiler.measure.bench import BenchConfig, bench as run_bench
 
+    baselines = baselines or ("ort,tflite" if emulate else "torch,ort,tflite")
     wanted = tuple(b for b in baselines.split(",") if b and b != "none")
+    if emulate:
+        return _bench_emulated(ctx, lib_dirs, wanted, tracker, texts, out)
     if threads is None:  # a board's own CPUs are not known here: its target's threads
         threads = (_target_threads(Path(lib_dirs[0])) or 1) if tracker else _default_threads(Path(lib_dirs[0]))
     cfg = BenchConfig(baselines=wanted, warmup=warmup, repeat=repeat, min_seconds=min_seconds, threads=threads,
@@ -426,11 +434,46 @@ def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_se
                     + (_md(text) + "\n\n" if text else "") + _md(headline_table(rep)))
 
 
+def _bench_emulated(ctx, lib_dirs, wanted, tracker, texts, out):
+    from compiler.errors import InputError
+    from compiler.measure.emulate import EmulateConfig, emulate, ensure_ready
+    from compiler.measure.board_report import instruction_table
+    from compiler.measure.report import _md
+
+    if tracker:
+        raise InputError("--emulate counts here under qemu; it does not take --tracker")
+    if bad := set(wanted) - {"ort", "tflite"}:
+        raise InputError(f"--emulate runs the board's own runtimes: ort, tflite (not {', '.join(sorted(bad))})")
+    ensure_ready()
+    rep = emulate(list(lib_dirs), EmulateConfig(baselines=wanted, texts=texts, workdir=ctx.obj["workdir"]), out)
+    _emit(ctx, rep, f"bench --emulate: {out} (instructions per inference, emulated cores)\n"
+                    + "\n\n".join(_md(instruction_table(b)) for b in rep["boards"]))
+
+
+@main.command("setup-emulation", epilog=EPILOG)
+@click.option("--force", is_flag=True, help="Fetch everything again.")
+@click.pass_context
+def setup_emulation(ctx, force):
+    """Set up counting a board's work with no board (once; a CI job can cache the directory).
+
+    Fetches Debian's arm64 CPython and PyPI's aarch64 onnxruntime, numpy and LiteRT wheels into
+    ~/.cache/squeezeedge/board-python (or $SQUEEZEEDGE_BOARD_PYTHON) and compiles the qemu
+    instruction-counting plugin with this machine's gcc. Needs qemu-user (make toolchain) and, as
+    root, apt with the arm64 architecture (added here when missing).
+    """
+    from compiler.deploy.board_python import setup
+
+    home = setup(force=force)
+    _emit(ctx, {"path": str(home)}, f"board emulation ready: {home}")
+
+
 @main.command(epilog=EPILOG)
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RESULT.json...")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for report.md/.html and PNGs.")
-@click.option("--fail-on", default=None, metavar="median:P%",
-              help="Exit 13 if a library's median is more than P% above the previous run on the same device.")
+@click.option("--fail-on", default=None, metavar="median:P%,instructions:P%",
+              help="Exit 13 if a library's median is more than P% above the previous run on the same device, "
+                   "or (instructions) its instructions per inference on an emulated core at any length or per "
+                   "text; one or both, comma-separated.")
 @click.pass_context
 def report(ctx, results, out, fail_on):
     """Render bench results into Markdown and HTML tables and PNG plots.
@@ -449,8 +492,9 @@ def report(ctx, results, out, fail_on):
 @click.argument("file", type=click.Path(path_type=Path), metavar="FILE.toml")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for every stage's output.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Targets built in parallel.")
-@click.option("--fail-on", default=None, metavar="median:P%",
-              help="Exit 13 if a library's median is more than P% above the previous run in OUT/history.")
+@click.option("--fail-on", default=None, metavar="median:P%,instructions:P%",
+              help="Exit 13 if a library's median (native) or instructions per inference (emulated board core) "
+                   "is more than P% above the previous run in OUT/history; one or both, comma-separated.")
 @click.pass_context
 def pipeline(ctx, file, out, jobs, fail_on):
     """Export, quantize, (tune,) build with bundles, bench and report for many boards, from one file.

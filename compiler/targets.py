@@ -17,6 +17,7 @@ from compiler.errors import TargetError
 from compiler.resources import TARGETS_ENV, data_dir, user_targets_dir
 
 TARGETS_DIR = data_dir("targets")  # the shipped boards
+QEMU_CPUS = ("cortex-a35", "cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76", "neoverse-n1", "a64fx")
 DETECT = "detect"  # mcpu = "detect" asks LLVM for this machine's CPU (TVM's own "native" falls back to generic)
 
 
@@ -51,6 +52,8 @@ class Target:
     tuning: Tuning
     source: Path
     text: str
+    # The core qemu-user emulates to count this board's instructions (qemu 7.2's names; "": not counted)
+    qemu_cpu: str = ""
 
     def to_dict(self) -> dict:
         """Plain JSON-able form (what --json and build metadata record)."""
@@ -59,6 +62,7 @@ class Target:
             "rpc_key": self.rpc_key, "cross_triple": self.cross_triple, "tvm": dict(self.tvm),
             "tvm_host": dict(self.tvm_host) if self.tvm_host is not None else None,
             "int8": vars(self.int8).copy(), "tuning": vars(self.tuning).copy(), "source": str(self.source),
+            "qemu_cpu": self.qemu_cpu,
         }
 
     @property
@@ -131,6 +135,9 @@ def parse_target(text: str, source: Path) -> Target:
     _check_keys(tuning, Tuning, "[tuning]", source)
     for key in ("name", "description", "device", "rpc_key", "cross_triple"):
         _typed(data[key], str, key, source)
+    if _typed(data.get("qemu_cpu", ""), str, "qemu_cpu", source) not in ("", *QEMU_CPUS):
+        raise TargetError(f"{source}: key 'qemu_cpu' must be one of qemu-aarch64's cores ({', '.join(QEMU_CPUS)}), "
+                          f"got {data['qemu_cpu']!r}")
     if data["device"] not in ("cpu", "cuda"):
         raise TargetError(f"{source}: key 'device' must be 'cpu' or 'cuda', got {data['device']!r}")
     if _typed(data["threads"], int, "threads", source) < 0:
@@ -166,6 +173,7 @@ def parse_target(text: str, source: Path) -> Target:
         tuning=Tuning(**tuning),
         source=source,
         text=text,
+        qemu_cpu=data.get("qemu_cpu", ""),
     )
 
 

@@ -11,7 +11,9 @@ import html
 import json
 from pathlib import Path
 
+from compiler.measure import board_report
 from compiler.measure.bench import validate_report
+from compiler.measure.emulate import SCHEMA_NAME as COUNT_SCHEMA, SCHEMA_VERSION as COUNT_VERSION
 from compiler.artifact import write_text_atomic
 from compiler.errors import InputError, OutputError, RegressionError
 
@@ -30,6 +32,12 @@ def load_results(paths: list[Path]) -> list[dict]:
             raise InputError(f"{p} is not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise InputError(f"{p} is not a squeezeedge bench result")
+        if data.get("schema") == COUNT_SCHEMA:  # bench --emulate: instruction counts
+            if data.get("schema_version") != COUNT_VERSION or not isinstance(data.get("boards"), list):
+                raise InputError(f"{p}: instruction counts of schema version {data.get('schema_version')} "
+                                 f"are not supported (this squeezeedge reads version {COUNT_VERSION})")
+            runs.append(data | {"_file": str(p)})
+            continue
         try:
             validate_report(data)
         except InputError as exc:
@@ -37,22 +45,25 @@ def load_results(paths: list[Path]) -> list[dict]:
         runs.append(data | {"_file": str(p)})
     if not runs:
         raise InputError("no bench result files given")
-    return sorted(runs, key=lambda r: r["created"])
+    return sorted(runs, key=lambda r: r["created"])  # both kinds carry "created"
 
 
-def parse_fail_on(spec: str | None) -> float | None:
-    if spec is None:
-        return None
-    metric, _, pct = spec.partition(":")
-    if metric != "median" or not pct.endswith("%"):
-        raise InputError(f"--fail-on takes median:P% (e.g. median:5%), got '{spec}'")
-    try:
-        value = float(pct[:-1])
-    except ValueError:
-        raise InputError(f"--fail-on takes median:P% (e.g. median:5%), got '{spec}'") from None
-    if value < 0:
-        raise InputError("--fail-on percentage must be >= 0")
-    return value / 100
+def parse_fail_on(spec: str | None) -> dict[str, float]:
+    """{"median" | "instructions": threshold} from "median:P%", "instructions:P%" or both, comma-separated."""
+    out: dict[str, float] = {}
+    for part in (spec.split(",") if spec else []):
+        metric, _, pct = part.strip().partition(":")
+        try:
+            if metric not in ("median", "instructions") or not pct.endswith("%"):
+                raise ValueError
+            value = float(pct[:-1])
+        except ValueError:
+            raise InputError(f"--fail-on takes median:P% and/or instructions:P% (e.g. median:5%,instructions:1%), "
+                             f"got '{spec}'") from None
+        if value < 0:
+            raise InputError("--fail-on percentage must be >= 0")
+        out[metric] = value / 100
+    return out
 
 
 def by_device(runs: list[dict]) -> dict[str, list[dict]]:
@@ -271,15 +282,19 @@ def plots(runs: list[dict], out: Path) -> list[str]:
 
 def render(paths: list[Path], out: Path, fail_on: str | None = None) -> dict:
     """Write report.md, report.html and the PNG plots into ``out``; raise RegressionError on --fail-on."""
-    threshold = parse_fail_on(fail_on)
-    runs = load_results(paths)
-    secs = sections(runs)
+    thresholds = parse_fail_on(fail_on)
+    loaded = load_results(paths)
+    runs = [r for r in loaded if r["schema"] != COUNT_SCHEMA]
+    counts = [r for r in loaded if r["schema"] == COUNT_SCHEMA]
+    secs = sections(runs) + board_report.sections(counts)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        pngs = plots(runs, out)
+        pngs = plots(runs, out) if runs else []
         md = ["# squeezeedge latency report", "",
-              f"{len(runs)} run(s) from {len(by_device(runs))} device(s). Every ratio compares runtimes measured in "
-              "the same run. Plots: " + ", ".join(f"[{p}]({p})" for p in pngs), ""]
+              f"{len(runs)} timed run(s) from {len(by_device(runs))} device(s)"
+              + (f", {len(counts)} run(s) of instructions counted on emulated board cores (never mixed with "
+                 "timings)" if counts else "") + ". Every ratio compares runtimes measured in the same run."
+              + (" Plots: " + ", ".join(f"[{p}]({p})" for p in pngs) if pngs else ""), ""]
         body = []
         for title, text, rows in secs:
             md += [f"## {title}", "", text, "", _md(rows), ""] if text else [f"## {title}", "", _md(rows), ""]
@@ -293,9 +308,11 @@ def render(paths: list[Path], out: Path, fail_on: str | None = None) -> dict:
         write_text_atomic(out / "report.html", page)
     except OSError as exc:
         raise OutputError(f"cannot write the report to {out}: {exc.strerror}") from None
-    result = {"out": str(out), "files": ["report.md", "report.html", *pngs], "runs": len(runs),
+    result = {"out": str(out), "files": ["report.md", "report.html", *pngs], "runs": len(loaded),
               "headline": _md(secs[0][2]) if secs else ""}
-    if threshold is not None and (found := regressions(runs, threshold)):
+    found = (regressions(runs, thresholds["median"]) if "median" in thresholds else []) \
+        + (board_report.regressions(counts, thresholds["instructions"]) if "instructions" in thresholds else [])
+    if found:
         raise RegressionError(f"{len(found)} regression(s): " + "; ".join(found))
     return result
 

@@ -237,7 +237,8 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
         "precision": precision,
         "int8": coverage,
         "target": {"name": target.name, "device": target.device, "cross_triple": target.cross_triple,
-                   "threads": target.threads, "tvm": json.loads(str(tvm_target)), "cpu_features": cpu_features},
+                   "threads": target.threads, "tvm": json.loads(str(tvm_target)), "cpu_features": cpu_features,
+                   "qemu_cpu": target.qemu_cpu},
         "database": {"path": str(database.path), "sha256": database.sha256} if database else None,
         "tuning": ({k: database.results[k] for k in ("tuned_tasks", "tasks", "trials", "tuning_wall_s_total")}
                    if database else {"tuned_tasks": 0, "tasks": None, "note": "untuned default schedules"})

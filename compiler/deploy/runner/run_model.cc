@@ -2,6 +2,9 @@
 // raw input files, write the first output as raw float32, print the wall time of each run.
 //
 //   run_model [--device cpu|cuda] [--threads N] [--lengths L1,L2,...] LIB.so OUT.bin REPEAT NAME:DTYPE:D0xD1:FILE [...]
+//             [-- NAME:DTYPE:D0xD1:FILE ...]...
+//
+// "--" separates input sets: each runs REPEAT times, one after the other; OUT.bin gets the last set's output.
 //
 // --device cuda (a Jetson build's model.so): loads TVM's CUDA runtime plugin, lib/libtvm_runtime_cuda.so
 // beside this runner (it needs the board's libcudart.so.13 and libcuda.so.1), runs the model on GPU 0 and
@@ -23,6 +26,7 @@
 #include <dlfcn.h>
 #include <limits.h>
 #include <sched.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -83,6 +87,58 @@ static bool LoadCudaPlugin() {
   return false;
 }
 
+struct InputSet {
+  std::vector<ffi::Tensor> tensors;
+  int64_t bucket = 0;  // 0: inputs run as given, by "main"
+};
+
+static constexpr long kMarkSyscall = 0x5345;  // count_insns.c's MARK_SYSCALL
+static const DLDevice cpu{kDLCPU, 0};
+
+// One NAME:DTYPE:D0xD1:FILE spec into a tensor of the set (padded to a bucket with --lengths); 0 or an exit code.
+static int ReadInput(const char* spec, const std::vector<int64_t>& lengths, InputSet* set) {
+  auto parts = Split(spec, ':');
+  if (parts.size() != 4 || (parts[1] != "int64" && parts[1] != "int32")) {
+    std::cerr << "run_model: bad input spec '" << spec << "'\n";
+    return 2;
+  }
+  std::vector<int64_t> shape;
+  for (auto& d : Split(parts[2], 'x')) shape.push_back(std::atoll(d.c_str()));
+  DLDataType dtype{kDLInt, static_cast<uint8_t>(parts[1] == "int64" ? 64 : 32), 1};
+  std::vector<int64_t> padded = shape;
+  if (!lengths.empty()) {
+    if (shape.size() != 2 || shape[1] < 1 || shape[1] > lengths.back()) {
+      std::cerr << "run_model: input " << parts[0] << " has " << (shape.size() == 2 ? shape[1] : -1)
+                << " tokens; this library takes 1 to " << lengths.back() << "\n";
+      return 3;
+    }
+    padded[1] = *std::find_if(lengths.begin(), lengths.end(), [&](int64_t b) { return b >= shape[1]; });
+    if (set->bucket && set->bucket != padded[1]) {
+      std::cerr << "run_model: the inputs differ in length\n";
+      return 3;
+    }
+    set->bucket = padded[1];
+  }
+  ffi::Tensor t = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::Shape(padded), dtype, cpu);
+  size_t bytes = ffi::GetDataSize(*t.GetDLTensorPtr());
+  size_t elem = dtype.bits / 8, rows = padded.size() == 2 ? padded[0] : 1;
+  size_t row_in = (shape.size() == 2 ? shape[1] : bytes / elem) * elem, row_out = bytes / rows;
+  std::memset(t.GetDLTensorPtr()->data, 0, bytes);  // the padding: id 0 ([PAD]), mask 0, type 0
+  std::ifstream f(parts[3], std::ios::binary);
+  for (size_t r = 0; r < rows; ++r) {
+    if (!f.read(static_cast<char*>(t.GetDLTensorPtr()->data) + r * row_out, row_in)) {
+      std::cerr << "run_model: " << parts[3] << " does not hold " << rows * row_in << " bytes\n";
+      return 3;
+    }
+  }
+  if (f.peek() != EOF) {
+    std::cerr << "run_model: " << parts[3] << " does not hold " << rows * row_in << " bytes\n";
+    return 3;
+  }
+  set->tensors.push_back(t);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   int wanted = 0;
   bool cuda = false;
@@ -105,55 +161,29 @@ int main(int argc, char** argv) {
   }
   if (argc < 5) {
     std::cerr << "usage: run_model [--device cpu|cuda] [--threads N] [--lengths L1,L2,...] LIB.so OUT.bin REPEAT "
-                 "NAME:DTYPE:D0xD1:FILE ...\n";
+                 "NAME:DTYPE:D0xD1:FILE ... [-- NAME:DTYPE:D0xD1:FILE ...]...\n";
     return 2;
   }
   if (cuda && !LoadCudaPlugin()) return 4;
-  int64_t bucket = 0;  // 0: inputs run as given, by "main"
   std::fprintf(stderr, "threads: %d\n", ConfigureThreads(wanted));
-  const DLDevice cpu{kDLCPU, 0};
-  std::vector<ffi::Tensor> inputs;
+  // input sets: the specs after REPEAT, "--" between sets; each set runs REPEAT times in turn
+  std::vector<InputSet> sets(1);
   for (int i = 4; i < argc; ++i) {
-    auto parts = Split(argv[i], ':');
-    if (parts.size() != 4 || (parts[1] != "int64" && parts[1] != "int32")) {
-      std::cerr << "run_model: bad input spec '" << argv[i] << "'\n";
+    if (std::strcmp(argv[i], "--") == 0) {
+      sets.emplace_back();
+      continue;
+    }
+    if (int rc = ReadInput(argv[i], lengths, &sets.back())) return rc;
+  }
+  for (auto& set : sets) {
+    if (set.tensors.empty()) {
+      std::cerr << "run_model: an empty input set (\"--\" with no input spec after it)\n";
       return 2;
     }
-    std::vector<int64_t> shape;
-    for (auto& d : Split(parts[2], 'x')) shape.push_back(std::atoll(d.c_str()));
-    DLDataType dtype{kDLInt, static_cast<uint8_t>(parts[1] == "int64" ? 64 : 32), 1};
-    std::vector<int64_t> padded = shape;
-    if (!lengths.empty()) {
-      if (shape.size() != 2 || shape[1] < 1 || shape[1] > lengths.back()) {
-        std::cerr << "run_model: input " << parts[0] << " has " << (shape.size() == 2 ? shape[1] : -1)
-                  << " tokens; this library takes 1 to " << lengths.back() << "\n";
-        return 3;
-      }
-      padded[1] = *std::find_if(lengths.begin(), lengths.end(), [&](int64_t b) { return b >= shape[1]; });
-      if (bucket && bucket != padded[1]) {
-        std::cerr << "run_model: the inputs differ in length\n";
-        return 3;
-      }
-      bucket = padded[1];
-    }
-    ffi::Tensor t = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::Shape(padded), dtype, cpu);
-    size_t bytes = ffi::GetDataSize(*t.GetDLTensorPtr());
-    size_t elem = dtype.bits / 8, rows = padded.size() == 2 ? padded[0] : 1;
-    size_t row_in = (shape.size() == 2 ? shape[1] : bytes / elem) * elem, row_out = bytes / rows;
-    std::memset(t.GetDLTensorPtr()->data, 0, bytes);  // the padding: id 0 ([PAD]), mask 0, type 0
-    std::ifstream f(parts[3], std::ios::binary);
-    for (size_t r = 0; r < rows; ++r) {
-      if (!f.read(static_cast<char*>(t.GetDLTensorPtr()->data) + r * row_out, row_in)) {
-        std::cerr << "run_model: " << parts[3] << " does not hold " << rows * row_in << " bytes\n";
-        return 3;
-      }
-    }
-    if (f.peek() != EOF) {
-      std::cerr << "run_model: " << parts[3] << " does not hold " << rows * row_in << " bytes\n";
-      return 3;
-    }
-    inputs.push_back(t);
   }
+  // SE_COUNT_MARKS: a marker system call before and after each run, for the instruction counter
+  // (compiler/deploy/runner/count_insns.c) to read the count at; a kernel without it answers ENOSYS
+  const bool marks = std::getenv("SE_COUNT_MARKS") != nullptr;
   try {
     ffi::Module lib = ffi::Module::LoadFromFile(argv[1]);
     ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
@@ -176,20 +206,26 @@ int main(int argc, char** argv) {
     ffi::Function invoke = vm->GetFunction("invoke_stateful").value();
     ffi::Function get_output = vm->GetFunction("get_output").value();
     ffi::Function get_output_arity = vm->GetFunction("get_output_arity").value();
-    const ffi::String main_name(bucket && bucket != lengths.back() ? "main_" + std::to_string(bucket)
-                                                                    : std::string("main"));  // AnyView does not own: keep it alive
-    std::vector<ffi::AnyView> args;
-    args.push_back(main_name);
-    for (auto& t : inputs) args.push_back(t);
-    ffi::Any unused;
-    set_input.CallPacked(args.data(), static_cast<int>(args.size()), &unused);
     int repeat = std::max(1, std::atoi(argv[3]));
-    for (int r = 0; r < repeat; ++r) {
-      auto t0 = std::chrono::steady_clock::now();
-      invoke(main_name);
-      sync();
-      auto t1 = std::chrono::steady_clock::now();
-      std::printf("run %d: %.3f ms\n", r, std::chrono::duration<double, std::milli>(t1 - t0).count());
+    ffi::String main_name("main");  // AnyView does not own: kept alive across the calls below
+    long run = 0;
+    for (auto& set : sets) {
+      main_name = set.bucket && set.bucket != lengths.back() ? "main_" + std::to_string(set.bucket)
+                                                              : std::string("main");
+      std::vector<ffi::AnyView> args;
+      args.push_back(main_name);
+      for (auto& t : set.tensors) args.push_back(t);
+      ffi::Any unused;
+      set_input.CallPacked(args.data(), static_cast<int>(args.size()), &unused);
+      for (int r = 0; r < repeat; ++r, ++run) {
+        if (marks) syscall(kMarkSyscall, 2 * run);
+        auto t0 = std::chrono::steady_clock::now();
+        invoke(main_name);
+        sync();
+        auto t1 = std::chrono::steady_clock::now();
+        if (marks) syscall(kMarkSyscall, 2 * run + 1);
+        std::printf("run %d: %.3f ms\n", r, std::chrono::duration<double, std::milli>(t1 - t0).count());
+      }
     }
     // a single tensor has arity -1; a tuple's first field is output 0
     bool single = get_output_arity(main_name).cast<int>() == -1;

@@ -1,0 +1,334 @@
+"""`squeezeedge bench --emulate`: a board's work with no board, counted exactly on the board's own core.
+
+Each aarch64 library runs in its deploy runner (one thread) under qemu-user emulating its target's core
+(the target file's ``qemu_cpu``), with an instruction-counting plugin (compiler/deploy/runner/count_insns.c).
+The runner makes a marker system call before and after each inference, so the count between two markers is
+that inference's instructions, whatever loading the process did. Every input runs twice and the second run
+is counted (the first allocates). The same is done, on the same core and the same inputs, for the runtimes
+a board user would pick instead: onnxruntime's aarch64 wheel (fp32, and int8 on its own recipe) and LiteRT's
+(the bench's TFLite models), run by Debian's arm64 CPython (compiler/deploy/board_python.py).
+
+Workloads: random ids at 16/32/64/128 tokens (those up to the library's maximum) and real text, each
+text at its own length (the library pads to its bucket; onnxruntime runs the exact length; LiteRT's
+models take one length, so its texts are padded to it). The floor is the model's multiply-adds (PyTorch's
+FLOP counter on the export's model) over the multiply-adds one instruction of the core's best kind does.
+
+These are counts of emulated instructions, not times: the report keeps them apart from every latency.
+They repeat exactly on any machine, which is what lets ``--fail-on instructions:P%`` gate CI tightly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from compiler import console
+from compiler.errors import ArtifactError, InputError, ToolchainError
+
+SCHEMA_NAME, SCHEMA_VERSION = "squeezeedge-instructions", 1
+REPEAT = 2  # runs per input; the last is counted
+PEER_SCRIPT = Path(__file__).with_name("count_peer.py")
+ORT_FP32, ORT_INT8 = "onnxruntime fp32", "onnxruntime int8 (its own recipe)"
+
+
+@dataclass(frozen=True)
+class EmulateConfig:
+    baselines: tuple[str, ...] = ("ort", "tflite")
+    texts: Path | None = None  # the real-text workload; None: the held-out texts of the shipped corpus
+    workdir: Path = Path("build")
+    seed: int = 1
+    timeout: float = 3600.0
+
+
+# --- the floor ---------------------------------------------------------------------------------------
+
+def best_instruction(target: dict, precision: str) -> tuple[str, float]:
+    """(the core's best multiply-add instruction for ``precision``, multiply-adds per instruction)."""
+    tvm = target.get("tvm_host") if target.get("device") == "cuda" else target.get("tvm")
+    if precision == "fp32":
+        return "fmla (4 x fp32)", 4.0
+    if "+dotprod" in ((tvm or {}).get("mattr") or []):
+        return "sdot (16 x int8)", 16.0
+    return "smull/smlal2 + sadalp (16 x int8 in 3)", 16 / 3
+
+
+def multiply_adds(export_dir: Path, lengths: list[int]) -> dict[int, int]:
+    """Multiply-adds of one inference of the export's model at each length (PyTorch's FLOP counter / 2:
+    every matmul, convolution and linear layer, grouped convolutions at their real size)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from compiler.artifact import load_artifact
+    from compiler.measure.baselines import _quiet
+    from compiler.stages.export import ExportConfig
+    from compiler.stages.models import INPUT_NAMES, build_torch_model
+
+    cfg = load_artifact(export_dir, verify=False).manifest["config"]
+    with _quiet():
+        model, config, *_ = build_torch_model(
+            ExportConfig(**{k: v for k, v in cfg.items() if k in ExportConfig.__dataclass_fields__}).spec())
+    out = {}
+    for n in lengths:
+        ids = torch.ones((cfg["batch"], n), dtype=torch.int64)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.inference_mode():
+            model(*(ids if name != "token_type_ids" else torch.zeros_like(ids) for name in INPUT_NAMES))
+        out[n] = counter.get_total_flops() // 2
+    return out
+
+
+# --- counting ----------------------------------------------------------------------------------------
+
+def parse_marks(log: Path, runs: int) -> list[int]:
+    """Instructions of each marked run, from the counter's log ("mark TAG N" lines)."""
+    marks: dict[int, int] = {}
+    for tag, n in re.findall(r"^mark (\d+) (\d+)$", log.read_text() if log.is_file() else "", re.M):
+        marks[int(tag)] = int(n)
+    missing = [k for k in range(runs) if 2 * k not in marks or 2 * k + 1 not in marks]
+    if missing:
+        raise ArtifactError(f"the instruction counter saw {len(marks) // 2} of {runs} runs (log {log})")
+    return [marks[2 * k + 1] - marks[2 * k] for k in range(runs)]
+
+
+def _counted(cmd: list[str], env: dict | None, log: Path, runs: int, what: str, timeout: float) -> list[int]:
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ArtifactError(f"{what} did not finish in {timeout:.0f} s under qemu") from None
+    if res.returncode != 0:
+        why = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+        raise ArtifactError(f"{what} failed under qemu: {why[:200]}")
+    per_run = parse_marks(log, runs)
+    return per_run[REPEAT - 1::REPEAT]  # each input's last run
+
+
+def count_library(lib_dir: Path, cpu: str, feeds: list[dict], timeout: float = 3600.0) -> list[int]:
+    """Instructions per inference of a built aarch64 library on ``cpu``, one count per feed (one thread)."""
+    from compiler.deploy.board_python import plugin
+    from compiler.deploy.bundle import RUNTIME_LIBS, emulator_prefix, runner, runtime_dir
+    from compiler.runtime import LoadedModel, elf_machine, load_metadata
+
+    meta, lib = load_metadata(Path(lib_dir))
+    if meta.get("cpu_library"):  # a CUDA build: its board CPU library
+        lib = Path(lib_dir) / meta["cpu_library"]["file"]
+    if elf_machine(lib) != "aarch64":
+        raise InputError(f"{lib_dir}: an {elf_machine(lib)} library; --emulate counts aarch64 libraries")
+    check = LoadedModel(None, meta["inputs"], meta["outputs"], vocab_size=meta.get("vocab_size"),
+                        type_vocab_size=meta.get("type_vocab_size"), lengths=meta.get("lengths"))
+    qemu, _, sysroot = emulator_prefix("aarch64")
+    with tempfile.TemporaryDirectory(prefix="se-count-") as tmp:
+        tmp = Path(tmp)
+        for name in RUNTIME_LIBS:
+            (tmp / name).symlink_to(runtime_dir("aarch64") / name)
+        shutil.copy(runner("aarch64"), tmp / "run_model")
+        specs: list[str] = []
+        for i, feed in enumerate(feeds):
+            specs += ["--"] if i else []
+            for spec, arr in zip(meta["inputs"], check._check(feed)):
+                path = tmp / f"{i}.{spec['name']}.bin"
+                arr.tofile(path)
+                specs.append(f"{spec['name']}:{spec['dtype']}:{'x'.join(map(str, arr.shape))}:{path}")
+        lengths = ["--lengths", ",".join(map(str, meta["lengths"]))] if meta.get("lengths") else []
+        log = tmp / "count.log"
+        cmd = [qemu, "-cpu", cpu, "-plugin", str(plugin()), "-d", "plugin", "-D", str(log), "-L", sysroot,
+               str(tmp / "run_model"), "--threads", "1", *lengths, str(lib), str(tmp / "out.bin"), str(REPEAT), *specs]
+        env = os.environ | {"SE_COUNT_MARKS": "1", "TVM_NUM_THREADS": "1"}
+        return _counted(cmd, env, log, REPEAT * len(feeds), f"{lib} in the deploy runner", timeout)
+
+
+def count_peer(runtime: str, model: Path, cpu: str, feeds: list[dict], timeout: float = 3600.0,
+               litert_inputs: list[str] | None = None) -> tuple[list[int], list]:
+    """(instructions per inference, outputs) of onnxruntime or LiteRT's aarch64 wheel on ``cpu``, per feed."""
+    import numpy as np
+
+    from compiler.deploy.board_python import python_command
+
+    with tempfile.TemporaryDirectory(prefix="se-peer-") as tmp:
+        tmp = Path(tmp)
+        names = list(feeds[0])
+        np.savez(tmp / "inputs.npz", **{f"{i}.{n}": f[n] for i, f in enumerate(feeds) for n in names})
+        job = {"runtime": runtime, "model": str(model), "inputs": str(tmp / "inputs.npz"), "count": len(feeds),
+               "names": names, "litert_inputs": litert_inputs or [], "repeat": REPEAT, "out": str(tmp / "out.npz")}
+        (tmp / "job.json").write_text(json.dumps(job))
+        cmd, env = python_command(cpu, counting=tmp / "count.log")
+        counts = _counted([*cmd, str(PEER_SCRIPT), str(tmp / "job.json")], env, tmp / "count.log",
+                          REPEAT * len(feeds), f"{runtime} ({Path(model).name})", timeout)
+        with np.load(tmp / "out.npz") as z:
+            outs = [z[str(i)] for i in range(len(feeds))]
+    return counts, outs
+
+
+# --- the run -----------------------------------------------------------------------------------------
+
+def _workloads(meta: dict, cfg: EmulateConfig, checkpoint: str | None) -> tuple[dict[int, dict], list[dict], dict]:
+    """({length: random feed}, real-text feeds at their own lengths, the text workload's description)."""
+    import numpy as np
+
+    from compiler.measure.workloads import LENGTH_POINTS, text_feeds, workload_texts
+    from compiler.runtime import random_inputs
+
+    shape = meta["inputs"][0]["shape"]
+    max_len = (meta.get("lengths") or [shape[1]])[-1]
+    vocab, types = meta.get("vocab_size") or 30528, meta.get("type_vocab_size") or 2
+    points = [n for n in LENGTH_POINTS if n <= max_len] if meta.get("lengths") else [shape[1]]
+    by_length = {n: random_inputs(vocab, types, shape[0], n, cfg.seed) for n in points}
+    if not meta.get("lengths") or shape[0] != 1:
+        return by_length, [], {"skipped": "the library takes one shape: no real-text workload"}
+    texts, source = workload_texts(cfg)
+    feeds = text_feeds(texts, checkpoint, max_len, vocab)
+    n = np.array([f["input_ids"].shape[1] for f in feeds])
+    return by_length, feeds, {"source": source, "texts": len(feeds),
+                              "tokens": {"min": int(n.min()), "median": float(np.median(n)), "mean": float(n.mean()),
+                                         "max": int(n.max())}}
+
+
+def _row(name: str, family: str, precision: str, lengths: dict, text: list[int] | None, how: str) -> dict:
+    return {"name": name, "family": family, "precision": precision,
+            "lengths": {str(k): v for k, v in lengths.items()},
+            "text_mean": (sum(text) / len(text)) if text else None, "text_counts": text or None, "how": how}
+
+
+def _peers(chain, lib_meta: dict, cpu: str, by_length: dict, texts: list[dict], cfg: EmulateConfig,
+           cache: dict) -> tuple[list[dict], dict]:
+    """Rows of the peer runtimes on ``cpu`` (cached per core and model: libraries on one core share them)."""
+    import numpy as np
+
+    from compiler.measure.baselines import Skip, _ort_recipe_runner, _signature, tflite_models
+    from compiler.stages.models import INPUT_NAMES
+
+    plan: list[tuple[str, str, str, callable]] = []
+    if "ort" in cfg.baselines and chain.export is not None:
+        plan.append((ORT_FP32, "onnxruntime", "fp32", lambda: (chain.export.file("model.onnx"), None)))
+        if lib_meta["precision"] == "int8" and chain.quantize is not None:
+            plan.append((ORT_INT8, "onnxruntime", "int8",
+                         lambda: (Path(_ort_recipe_runner(chain, 1, cfg.workdir).info["model"]), None)))
+    if "tflite" in cfg.baselines and chain.export is not None:
+        for precision in ("fp32", "int8") if lib_meta["precision"] == "int8" else ("fp32",):
+            def tfl(p=precision):
+                models = tflite_models(chain.export, cfg.workdir / "tflite" / chain.export.sha256[:16])
+                return models.file(f"model-{p}.tflite"), _signature(models.file(f"model-{p}.tflite"))[1]
+            plan.append((f"tflite {precision}", "litert", precision, tfl))
+    rows, skipped = [], {}
+    for name, runtime, precision, model in plan:
+        try:
+            path, litert_inputs = model()
+        except Skip as exc:
+            skipped[name] = str(exc)
+            continue
+        key = (cpu, str(path))
+        if key not in cache:
+            console.info(f"  {name} on {cpu}: counting under qemu")
+            if runtime == "litert":  # one static length: the model's own; real texts are padded to it
+                static = int(cfg_len(chain))
+                feed = by_length.get(static) or _pad(by_length[max(by_length)], static)
+                counts, _ = count_peer(runtime, path, cpu, [{n: feed[n] for n in INPUT_NAMES}], cfg.timeout,
+                                       litert_inputs)
+                cache[key] = _row(f"{name} (LiteRT)", "tflite", precision, {static: counts[0]},
+                                  [counts[0]] * len(texts) if texts else None,
+                                  f"ai-edge-litert aarch64 wheel, XNNPACK, 1 thread; static {static} tokens "
+                                  "(real texts padded to it)")
+            else:
+                points = list(by_length)
+                counts, _ = count_peer(runtime, path, cpu, [by_length[n] for n in points] + texts, cfg.timeout)
+                cache[key] = _row(name, "onnxruntime", precision, dict(zip(points, counts[:len(points)])),
+                                  counts[len(points):], "onnxruntime aarch64 wheel, 1 thread, each input at its "
+                                  "own length")
+        rows.append(cache[key])
+    del np
+    return rows, skipped
+
+
+def cfg_len(chain) -> int:
+    return chain.export.manifest["config"]["seq_len"]
+
+
+def _pad(feed: dict, n: int) -> dict:
+    import numpy as np
+
+    return {k: np.pad(v, ((0, 0), (0, n - v.shape[1]))) for k, v in feed.items()}
+
+
+def emulate(lib_dirs: list[Path], cfg: EmulateConfig, out: Path) -> dict:
+    """Count every library and its peers on its target's core; write and return the results."""
+    from compiler.measure.baselines import lineage
+    from compiler.artifact import load_artifact
+    from compiler.measure.bench import _write_json, git_state, machine_info
+    from compiler.artifact import package_versions
+    from compiler.deploy.board_python import wheels
+    from compiler.runtime import load_metadata
+
+    t0 = time.perf_counter()
+    boards, cache = [], {}
+    for lib_dir in lib_dirs:
+        art = load_artifact(Path(lib_dir), "build")
+        meta, _ = load_metadata(Path(lib_dir))
+        target = meta["target"]
+        cpu = target.get("qemu_cpu") or _target_core(target["name"])
+        if not cpu:
+            raise InputError(f"{lib_dir}: target {target['name']} names no qemu_cpu (the core to count on); "
+                             "add qemu_cpu = \"cortex-...\" to its target file")
+        chain = lineage(art)
+        checkpoint = chain.export.manifest["config"].get("checkpoint") if chain.export else None
+        by_length, texts, text_info = _workloads(meta, cfg, checkpoint)
+        name = f"squeezeedge {meta['precision']} ({target['name']})"
+        console.info(f"{name}: counting on {cpu} under qemu ({len(by_length)} lengths, {len(texts)} texts)")
+        points = list(by_length)
+        counts = count_library(Path(lib_dir), cpu, [by_length[n] for n in points] + texts, cfg.timeout)
+        rows = [_row(name, "squeezeedge", meta["precision"], dict(zip(points, counts[:len(points)])),
+                     counts[len(points):], "deploy runner, 1 thread; real texts padded to the library's bucket")]
+        peers, skipped = _peers(chain, meta, cpu, by_length, texts, cfg, cache)
+        instruction, per = best_instruction(target, meta["precision"])
+        macs = multiply_adds(chain.export.path, points) if chain.export else {}
+        text_macs = None
+        if texts and chain.export:
+            own = multiply_adds(chain.export.path, sorted({f["input_ids"].shape[1] for f in texts}))
+            text_macs = sum(own[f["input_ids"].shape[1]] for f in texts) / len(texts)
+        boards.append({"library": name, "path": str(lib_dir), "sha256": art.sha256, "target": target["name"],
+                       "precision": meta["precision"], "core": cpu, "rows": rows + peers, "skipped": skipped,
+                       "text": text_info,
+                       "floor": {"instruction": instruction, "macs_per_instruction": per,
+                                 "macs": {str(k): v for k, v in macs.items()}, "text_macs": text_macs}})
+    report = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "emulated": True,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git": git_state(),
+              "machine": machine_info(),
+              "versions": package_versions(("apache-tvm", "onnxruntime", "ai-edge-litert")) | {"board": wheels()},
+              "method": {"what": "guest instructions per inference, counted by a qemu-user TCG plugin between "
+                                 "marker system calls; each input run twice, the second counted; 1 thread",
+                         "qemu": _qemu_version(), "seed": cfg.seed, "seconds": round(time.perf_counter() - t0, 1)},
+              "boards": boards}
+    _write_json(out, report)
+    return report
+
+
+def _target_core(name: str) -> str:
+    """The qemu core of a library built before metadata recorded it: its target file's (by name)."""
+    from compiler.errors import TargetError
+    from compiler.targets import load_target
+
+    try:
+        return load_target(name).qemu_cpu
+    except TargetError:
+        return ""
+
+
+def _qemu_version() -> str:
+    try:
+        return subprocess.run(["qemu-aarch64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
+def ensure_ready() -> None:
+    """One line naming the set-up command when the board's Python or qemu is missing."""
+    from compiler.deploy.board_python import HOME, ready
+
+    if not ready():
+        raise ToolchainError(f"--emulate needs the board's Python and the counting plugin in {HOME}: "
+                             "run 'squeezeedge setup-emulation' once (cacheable)")
