@@ -10,9 +10,10 @@ STAMP  := $(VENV)/.installed
 # tests convert a model through them), so typing-extensions is put back to 4.16 right after.
 TFLITE_CONVERTERS := litert-torch==0.10.0 ai-edge-quantizer==0.10.0 litert-converter==0.5.0
 
-.PHONY: setup toolchain demo test bench bench-fidelity bench-quantize-cost bench-latency pretune clean
+.PHONY: setup toolchain emulation demo test bench bench-fidelity bench-quantize-cost bench-latency bench-boards \
+	pretune clean
 
-setup: $(STAMP) toolchain
+setup: $(STAMP) toolchain emulation
 
 # Cross toolchain and emulator for the Raspberry Pi / Jetson CPU targets (Debian packages; root).
 # Debian's g++ rather than PyPI's ziglang: 60 MB instead of 440 MB, and its arm64 libc/libstdc++ are the
@@ -24,6 +25,11 @@ toolchain:
 	elif [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PACKAGES); \
 	else echo "cross builds need: sudo apt-get install $(APT_PACKAGES)"; fi
+
+# Counting a board's work with no board (bench --emulate): Debian's arm64 CPython, PyPI's aarch64
+# onnxruntime / LiteRT wheels and the qemu counting plugin, in ~/.cache/squeezeedge/board-python (once).
+emulation: $(STAMP) toolchain
+	$(SE) -q setup-emulation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,11 +58,11 @@ demo: $(STAMP)
 	$(SE) -q bench build/demo/int8-$(REF_TARGET) --baselines torch,ort --min-seconds 5 --out build/demo/bench.json > /dev/null
 	$(SE) report build/demo/bench.json --out build/demo/report
 
-test: $(STAMP) toolchain
+test: $(STAMP) toolchain emulation
 	$(PY) -m pytest -q -m "not slow"
 
 # Benchmarks write results/ (full-size models; minutes, not seconds).
-bench: bench-fidelity bench-quantize-cost bench-latency
+bench: bench-fidelity bench-quantize-cost bench-latency bench-boards
 
 # int8 recipes on trained MiniLM and on SqueezeBERT: fidelity of the ONNX and of the built library on
 # held-out real text, integer kernels, size, and the library's speed next to onnxruntime int8/fp32
@@ -82,7 +88,25 @@ bench-latency: $(STAMP)
 	$(SE) --workdir build/bench bench $(LIBS) --min-seconds 30 --out results/bench-$(REF_TARGET).json
 	$(PY) -m compiler.measure.plain_latency $(LIBS) --bench results/bench-$(REF_TARGET).json \
 		--out results/plain-process-$(REF_TARGET)
-	$(SE) report results/bench-*.json --out results/report
+	$(SE) report results/bench-*.json $(wildcard results/boards-emulated.json) --out results/report
+
+# The boards' work, exactly, with no board: full-size Pi 4 int8 and fp32 and Pi 5 int8 libraries (untuned
+# defaults, deploy bundles), instructions per inference on each Pi's own core under qemu-user at 16/32/64/128
+# tokens and per real text, beside onnxruntime (fp32, int8 its own recipe) and LiteRT on the same core, with
+# the floor (results/boards-emulated.json); then the libraries' counts checked against the bundles' own
+# runner, (3 runs - 1 run) / 2, within 1% (results/boards-count-check.md); then the report. ~40 min here.
+BOARD_LIBS = build/boards/rpi4-int8 build/boards/rpi5-int8 build/boards/rpi4-fp32
+bench-boards: $(STAMP) toolchain emulation
+	$(SE) export --model squeezebert-uncased --dynamic --out build/boards/export
+	$(SE) quantize build/boards/export --target rpi4 --out build/boards/int8-rpi4
+	$(SE) quantize build/boards/export --target rpi5 --out build/boards/int8-rpi5
+	$(SE) build build/boards/int8-rpi4 --target rpi4 --bundle --out build/boards/rpi4-int8
+	$(SE) build build/boards/int8-rpi5 --target rpi5 --bundle --out build/boards/rpi5-int8
+	$(SE) build build/boards/export --target rpi4 --bundle --out build/boards/rpi4-fp32
+	$(SE) --workdir build/boards bench $(BOARD_LIBS) --emulate --out results/boards-emulated.json
+	$(PY) -m compiler.measure.count_check results/boards-emulated.json $(addsuffix .tar.gz,$(BOARD_LIBS)) \
+		--out results/boards-count-check
+	$(SE) report results/bench-*.json results/boards-emulated.json --out results/report
 
 bench-quantize-cost: $(STAMP)
 	$(PY) -m compiler.measure.quantize_cost_bench --workdir build/bench --results results

@@ -504,10 +504,11 @@ def pipeline(ctx, file, out, jobs, fail_on):
       targets = ["host", "rpi5"]        precisions = ["int8"]
       [model] preset|checkpoint, seq_len, dynamic    [quantize] calibration_data, num_samples, ...
       [tuning] database = "none" | "shipped" | DIR of TARGET-PRECISION databases; or tracker, key, trials
-      [bench] baselines, min_seconds, emulated_runs, enabled
+      [bench] baselines, min_seconds, enabled
     Export runs once, quantize once per distinct int8 preset, build per target and precision. Libraries
-    that run here are timed in one interleaved bench; aarch64 ones in their C++ runner under qemu-user,
-    reported apart as emulated. Every stage is cached: a rerun with nothing changed says what it
+    that run here are timed in one interleaved bench; aarch64 ones are counted (bench --emulate:
+    instructions per inference on the target's core under qemu-user, beside onnxruntime and LiteRT),
+    reported apart, never as a time. Every stage is cached: a rerun with nothing changed says what it
     skipped. A target that fails is named and the others finish (exit 15); OUT/pipeline.md and
     OUT/pipeline.json summarize.
     """

@@ -2,8 +2,9 @@
 
 export once -> quantize once per distinct int8 preset among the targets -> tune (only with a tracker) ->
 build with a deploy bundle per target and precision -> bench: every library that runs natively here in
-one interleaved run, aarch64 libraries timed in the C++ runner under qemu-user (kept apart, marked
-emulated) -> one report over this run and the earlier ones kept in DIR/history.
+one interleaved run; aarch64 libraries counted (instructions per inference on their target's core under
+qemu-user, beside onnxruntime and LiteRT on the same core: bench --emulate, never a timing) -> one report
+over this run and the earlier ones kept in DIR/history.
 
 Each stage is the CLI's own command in a child process: its caching (a stage whose inputs did not
 change is skipped), its one-line errors and exit codes. A target whose stage fails is named and the
@@ -33,7 +34,7 @@ SCHEMA: dict[str, dict[str, type]] = {
     "quantize": {"calibration_data": str, "text_column": str, "num_samples": int, "num_heldout": int,
                  "method": str, "smooth_quant": str, "min_cosine": float},
     "tuning": {"database": str, "tracker": str, "key": str, "trials": int},
-    "bench": {"enabled": bool, "baselines": str, "min_seconds": float, "emulated_runs": int},
+    "bench": {"enabled": bool, "baselines": str, "min_seconds": float},
 }
 TOP = {"targets": list, "precisions": list}
 PRECISIONS = ("int8", "fp32")
@@ -207,25 +208,26 @@ def _where(results: dict) -> str:
     return "native" if ran.startswith("natively") else "emulated" if "qemu" in ran else ran or "not validated here"
 
 
-def _emulated(libs: list[tuple[str, str, Path]], cfg: Config) -> list[dict]:
-    """Median wall time of each aarch64 library in its C++ runner under qemu-user: emulated, not a board's."""
-    import statistics
-
-    from compiler.deploy.bundle import time_library
-    from compiler.runtime import random_inputs
-    from compiler.runtime import load_metadata
-
-    rows = []
-    for target, precision, lib in libs:
-        meta, _ = load_metadata(lib)
-        seq = int(meta["inputs"][0]["shape"][-1]) if isinstance(meta["inputs"][0]["shape"][-1], int) else 0
-        seq = seq or max(meta.get("lengths") or [cfg.model.get("seq_len", 128)])
-        feed = random_inputs(meta.get("vocab_size") or 30528, meta.get("type_vocab_size") or 2, 1, seq, 0)
-        times = time_library(lib, feed, cfg.bench.get("emulated_runs", 3))
-        rows.append({"target": target, "precision": precision, "library": str(lib), "tokens": seq,
-                     "median_ms": round(statistics.median(times), 3), "runs": len(times), "emulated": True,
-                     "how": "C++ deploy runner under qemu-user on this machine: emulated time, not the board's"})
-    return rows
+def _bench_once(out: Path, name: str, stage: str, libs: list, steps: list, failed: dict, settings: list,
+                options: list) -> str | None:
+    """``bench`` (timed, or --emulate: counted) over ``libs`` into out/NAME, skipped when the same libraries
+    and settings made the file there; the previous file goes to out/history. Returns its path, or None."""
+    step = Step(stage, ", ".join(f"{t}-{p}" for t, p, _, _ in libs))
+    steps.append(step)
+    key = _key([(str(p), _library_sha(p)) for _, _, p, _ in libs], *settings)
+    if _cached(out, name, key):
+        step.status, step.path = "skipped", str(out / name)
+        console.info(f"  {step.label()}: skipped (same libraries and settings: {out / name})")
+        return step.path
+    _keep_history(out, name)
+    (out / f".{name}.key").unlink(missing_ok=True)
+    if _run_step(step, ["--workdir", out / "bench-work", "bench", *[p for _, _, p, _ in libs], *options,
+                        "--out", out / name]):
+        (out / f".{name}.key").write_text(key)
+        step.path = str(out / name)
+    else:
+        failed.setdefault(stage, step.detail)
+    return step.path
 
 
 def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> dict:
@@ -298,59 +300,31 @@ def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> di
             continue
         libs.append((step.target, step.precision, Path(step.path), _where(payload["manifest"]["results"])))
 
-    summary_bench: dict = {"native": None, "emulated": [], "not_run": []}
+    summary_bench: dict = {"native": None, "emulated": None, "not_run": []}
     if cfg.bench.get("enabled", True):
         native = [lib for lib in libs if lib[3] == "native"]
         emulated = [lib for lib in libs if lib[3] == "emulated"]
         summary_bench["not_run"] = [{"target": t, "precision": p, "why": why}
                                     for t, p, _, why in libs if why not in ("native", "emulated")]
+        baselines = cfg.bench.get("baselines", "ort")
         if native:
-            step = Step("bench", ", ".join(f"{t}-{p}" for t, p, _, _ in native))
-            steps.append(step)
-            baselines, secs = cfg.bench.get("baselines", "ort"), cfg.bench.get("min_seconds", 2.0)
-            key = _key([(str(p), _library_sha(p)) for _, _, p, _ in native], baselines, secs)
-            if _cached(out, "bench.json", key):
-                step.status, step.path = "skipped", str(out / "bench.json")
-                console.info(f"  {step.label()}: skipped (same libraries and settings: {out / 'bench.json'})")
-            else:
-                _keep_history(out, "bench.json")
-                (out / ".bench.json.key").unlink(missing_ok=True)
-                if _run_step(step, ["--workdir", out / "bench-work", "bench", *[p for _, _, p, _ in native],
-                                    "--baselines", baselines, "--min-seconds", secs, "--out", out / "bench.json"]):
-                    (out / ".bench.json.key").write_text(key)
-                    step.path = str(out / "bench.json")
-                else:
-                    failed.setdefault("bench", step.detail)
-            summary_bench["native"] = step.path
+            secs = cfg.bench.get("min_seconds", 2.0)
+            summary_bench["native"] = _bench_once(
+                out, "bench.json", "bench", native, steps, failed, [baselines, secs],
+                ["--baselines", baselines, "--min-seconds", secs])
         if emulated:
-            step = Step("bench (emulated)", ", ".join(f"{t}-{p}" for t, p, _, _ in emulated))
-            steps.append(step)
-            key = _key([(str(p), _library_sha(p)) for _, _, p, _ in emulated], cfg.bench.get("emulated_runs", 3))
-            if _cached(out, "emulated.json", key):
-                step.status = "skipped"
-                console.info(f"  {step.label()}: skipped (same libraries: {out / 'emulated.json'})")
-            else:
-                console.info(f"  {step.label()} ... (qemu-user: emulated time)")
-                s0 = time.perf_counter()
-                try:
-                    rows = _emulated([(t, p, lib) for t, p, lib, _ in emulated], cfg)
-                except Exception as exc:  # noqa: BLE001 (named in the summary; the rest of the pipeline stands)
-                    step.status, step.detail = "failed", str(exc).splitlines()[0][:200]
-                    failed.setdefault("bench (emulated)", step.detail)
-                else:
-                    write_text_atomic(out / "emulated.json", json.dumps({"emulated": True, "rows": rows}, indent=2))
-                    (out / ".emulated.json.key").write_text(key)
-                    step.status = "done"
-                step.seconds = round(time.perf_counter() - s0, 1)
-            if (out / "emulated.json").is_file():
-                summary_bench["emulated"] = json.loads((out / "emulated.json").read_text())["rows"]
+            peers = ",".join(b for b in baselines.split(",") if b in ("ort", "tflite")) or "none"
+            summary_bench["emulated"] = _bench_once(
+                out, "emulated.json", "bench (emulated)", emulated, steps, failed, [peers],
+                ["--emulate", "--baselines", peers])
 
     regression = None
-    if summary_bench["native"]:
+    if summary_bench["native"] or summary_bench["emulated"]:
         step = Step("report")
         steps.append(step)
-        history = sorted((out / "history").glob("bench-*.json")) if (out / "history").is_dir() else []
-        args = ["report", out / "bench.json", *history, "--out", out / "report"]
+        history = sorted((out / "history").glob("*.json")) if (out / "history").is_dir() else []
+        results = [Path(p) for p in (summary_bench["native"], summary_bench["emulated"]) if p]
+        args = ["report", *history, *results, "--out", out / "report"]
         console.info(f"  {step.label()} ...")
         s0 = time.perf_counter()
         rc, payload, error = _cli(args + (["--fail-on", fail_on] if fail_on else []))
@@ -393,10 +367,9 @@ def markdown(summary: dict) -> str:
         lines += ["", f"Native latency (this machine, one interleaved run): `{summary['bench']['native']}`, report in "
                       f"`{Path(summary['out']) / 'report' / 'report.md'}`."]
     if summary["bench"]["emulated"]:
-        lines += ["", "## Emulated (qemu-user on this machine: not a board's speed, never compared with native runs)", "",
-                  "| target | precision | tokens | median ms | runs |", "| --- | --- | ---: | ---: | ---: |"]
-        lines += [f"| {r['target']} | {r['precision']} | {r['tokens']} | {r['median_ms']} | {r['runs']} |"
-                  for r in summary["bench"]["emulated"]]
+        lines += ["", "Board work (instructions per inference counted on each target's core under qemu-user, beside "
+                      f"onnxruntime and LiteRT on the same core; not a latency): `{summary['bench']['emulated']}`, in "
+                      f"the report's boards section."]
     if summary["bench"]["not_run"]:
         lines += ["", "Not timed here: " + "; ".join(f"{r['target']} {r['precision']} ({r['why']})"
                                                     for r in summary["bench"]["not_run"])]

@@ -41,11 +41,44 @@ def test_tiny_pipeline_builds_bundles_benches_and_reports(tiny_run):
     jsonschema.validate(bench, json.loads(SCHEMA_FILE.read_text()))
     names = [r["name"] for r in bench["runtimes"]]
     assert "squeezeedge int8 (host)" in names and not any("rpi5" in n for n in names)  # emulated kept apart
-    (row,) = summary["bench"]["emulated"]
-    assert row["target"] == "rpi5" and row["emulated"] is True and row["median_ms"] > 0 and row["runs"] == 2
-    assert (out / "report" / "report.md").is_file()
+    counts = json.loads((out / "emulated.json").read_text())  # rpi5: counted on its core, never timed
+    assert summary["bench"]["emulated"] == str(out / "emulated.json") and counts["emulated"] is True
+    (board,) = counts["boards"]
+    assert board["target"] == "rpi5" and board["core"] == "cortex-a76" and board["floor"]["macs_per_instruction"] == 16
+    lib, *peers = board["rows"]
+    assert lib["name"] == "squeezeedge int8 (rpi5)" and set(lib["lengths"]) == {"16", "32"} and lib["text_mean"] > 0
+    assert {p["name"] for p in peers} == {"onnxruntime fp32", "onnxruntime int8 (its own recipe)"}  # baselines = ort
+    report = (out / "report" / "report.md").read_text()
+    assert "Board squeezeedge int8 (rpi5) on cortex-a76: instructions per inference (emulated)" in report
     md = (out / "pipeline.md").read_text()
-    assert "Emulated (qemu-user" in md and "| rpi5 | int8 |" in md
+    assert "instructions per inference counted on each target's core" in md and "median ms" not in md
+
+
+def test_ci_gate_refuses_a_10_percent_rise_in_the_rpi5_librarys_instructions(tiny_run):
+    """The last report's counts are 11% (then 9%) below this run's: --fail-on instructions:10% exits 13
+    naming the rpi5 library and the length, then passes."""
+    work, _ = tiny_run  # every stage is cached: only the report runs again (history is removed after)
+    now = json.loads((work / "emulated.json").read_text())
+    try:
+        _gate(work, now)
+    finally:
+        shutil.rmtree(work / "history", ignore_errors=True)
+
+
+def _gate(work: Path, now: dict) -> None:
+    for drop, code in ((1.11, 13), (1.09, 0)):
+        before = json.loads(json.dumps(now))
+        lib = before["boards"][0]["rows"][0]
+        lib["lengths"] = {k: int(v / drop) for k, v in lib["lengths"].items()}
+        lib["text_mean"] /= drop
+        before["created"] = "2000-01-01T00:00:00Z"
+        shutil.rmtree(work / "history", ignore_errors=True)
+        (work / "history").mkdir()
+        (work / "history" / "emulated-before.json").write_text(json.dumps(before))
+        res = cli("pipeline", EXAMPLES / "pipeline-tiny.toml", "--out", work, "--fail-on", "instructions:10%")
+        assert res.exit_code == code, res.output
+        if code:
+            assert "squeezeedge int8 (rpi5) on cortex-a76" in res.stderr and "at 16 tokens" in res.stderr
 
 
 def test_rerun_with_nothing_changed_skips_every_stage_in_seconds(tiny_run):

@@ -149,19 +149,6 @@ def run_library(lib_dir: Path, feed: dict, repeat: int = 1, timeout: float = 180
     return run_file(lib, meta, feed, repeat, timeout)
 
 
-def time_library(lib_dir: Path, feed: dict, repeat: int, timeout: float = 1800) -> list[float]:
-    """Wall milliseconds of ``repeat`` runs of a library in the C++ runner (under qemu-user for another
-    architecture: emulated time, not the board's), after one untimed run."""
-    from compiler.runtime import load_metadata
-
-    meta, lib = load_metadata(Path(lib_dir))
-    _, stdout = _run(lib, meta, feed, repeat + 1, timeout)
-    times = [float(m) for m in re.findall(r"^run \d+: ([0-9.]+) ms$", stdout, re.M)]
-    if len(times) != repeat + 1:
-        raise ArtifactError(f"{lib}: the deploy runner printed {len(times)} timings, expected {repeat + 1}")
-    return times[1:]
-
-
 def run_file(lib: Path, meta: dict, feed: dict, repeat: int = 1, timeout: float = 1800):
     """run_library for a library file and its (inputs, outputs, vocab sizes) record."""
     return _run(lib, meta, feed, repeat, timeout)[0]
@@ -232,6 +219,15 @@ with one NAME:DTYPE:SHAPE:FILE per input, in the order of metadata.json `inputs`
 first output as float32. {any_length} Threads: the target's {threads} (0: all cores), at most the CPUs the process may
 use; TVM_NUM_THREADS overrides it.
 
+## Beside onnxruntime on this board
+    pip install onnxruntime numpy                 # on the board, once
+    ./run.sh --vs-onnxruntime MODEL.onnx [ROUNDS] # medians of both, their ratio, output cosine
+
+`vs_onnxruntime.py` times `run_model` and onnxruntime on the example input with the same threads, one
+after the other. MODEL.onnx: the model this library was built from is `{onnx}` on the build machine;
+onnxruntime's own int8 recipe (its fastest) is what `squeezeedge bench` quantizes into WORKDIR/ort-recipe/.
+Without a board, `squeezeedge bench LIB_DIR --emulate` counts both on the board's core (instructions).
+
 From Python on the board instead: `pip install apache-tvm=={tvm_version}` and
 `tvm.relax.VirtualMachine(tvm.runtime.load_module("model.so"), {py_device})["main"](...)`.
 Or remotely from a workstation: start `python -m tvm.exec.rpc_server --tracker HOST:9190 --key {rpc_key}`
@@ -259,6 +255,8 @@ RUN_SH = """#!/bin/sh
 #   ./run.sh N   runs the example's first N tokens instead (a library that takes any length){cuda_help}
 set -e
 cd "$(dirname "$0")"
+#   ./run.sh --vs-onnxruntime MODEL.onnx [ROUNDS]   times the library and onnxruntime side by side (python3)
+if [ "$1" = "--vs-onnxruntime" ]; then shift; exec python3 vs_onnxruntime.py "$@"; fi
 LIB=./model.so DEVICE={device} CHECK={check}{cuda_switch}
 # TVM's pool: the target's {threads} thread(s) (0: all), at most the CPUs this process may use, unless
 # TVM_NUM_THREADS is set
@@ -315,7 +313,8 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
     files: dict[str, bytes | Path] = {"model.so": lib, "metadata.json": Path(lib_dir) / "metadata.json",
                                       "run_model": exe, "lib/libtvm_runtime.so": rt / "libtvm_runtime.so",
                                       "lib/libtvm_ffi.so": rt / "libtvm_ffi.so",
-                                      "inputs/expected_output.bin": expected.tobytes()}
+                                      "inputs/expected_output.bin": expected.tobytes(),
+                                      "vs_onnxruntime.py": RUNNER_SRC.with_name("vs_onnxruntime.py")}
     cpu = meta.get("cpu_library")
     if cpu:
         files[cpu["file"]] = Path(lib_dir) / cpu["file"]
@@ -362,7 +361,7 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
         tolerance_text=(f"`./run.sh --cpu`: max abs diff {tolerance}; `./run.sh` (GPU): {gpu_rule}" if cpu else
                         f"max abs diff {tolerance} (the runner writes float32; the same library on the same inputs\n"
                         "gives the same bits unless the board's CPU takes another code path)."),
-        device_opt=" --device cuda" if cpu else "",
+        device_opt=" --device cuda" if cpu else "", onnx=_built_from(Path(lib_dir)),
         py_device="tvm.cuda()" if cpu else "tvm.cpu()").encode()
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(f".{out.name}.part-{os.getpid()}")
@@ -405,6 +404,15 @@ def bundle_library(art, gpu_bounds: tuple[float, float]) -> Path:
     write_bundle(art.path, tarball, expected, feed, emulated, gpu_bounds=gpu_bounds)
     stamp.write_text(art.sha256 + "\n")
     return tarball
+
+
+def _built_from(lib_dir: Path) -> str:
+    """The ONNX file the library was built from (its parent artifact's model.onnx)."""
+    import json
+
+    manifest = lib_dir / "manifest.json"
+    parent = (json.loads(manifest.read_text()).get("parent") or {}).get("path") if manifest.is_file() else None
+    return str(Path(parent) / "model.onnx") if parent else "the export or quantize stage's model.onnx"
 
 
 def _describe(target: dict) -> str:
