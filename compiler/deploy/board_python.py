@@ -154,11 +154,12 @@ def python_command(cpu: str, counting: Path | None = None) -> tuple[list[str], d
     """(command prefix, environment) that runs the aarch64 CPython on ``cpu`` under qemu-user; with
     ``counting`` (a log path) the instruction counter is loaded and writes there."""
     root = core_root(cpu)
-    cmd = [need("qemu-aarch64"), "-cpu", cpu, "-L", str(root)]
+    # no address-space randomisation (setarch -R) and a fixed hash seed: the same instructions every run
+    cmd = [*(["setarch", "-R"] if shutil.which("setarch") else []), need("qemu-aarch64"), "-cpu", cpu, "-L", str(root)]
     if counting is not None:
         cmd += ["-plugin", str(plugin()), "-d", "plugin", "-D", str(counting)]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(HOME / "site"),
-           "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8"}
+           "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8"}
     return [*cmd, str(root / PYTHON)], env
 
 

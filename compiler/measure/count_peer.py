@@ -7,9 +7,8 @@ and the runtime itself: none of squeezeedge, which the board's Python does not h
     python count_peer.py JOB.json
 
 JOB: {"runtime": "onnxruntime" | "litert", "model": PATH, "inputs": NPZ, "count": N, "names": [input names],
-      "litert_inputs": [signature input names, in the order of names], "repeat": R, "out": NPZ}
-NPZ holds "<i>.<name>" arrays. Each input runs R times, one thread; run k (over all inputs) is between
-markers 2k and 2k+1. The last run's first output of each input goes to "out".
+      "litert_inputs": [signature input names, in the order of names]}
+NPZ holds "<i>.<name>" arrays. Input i runs once, on one thread, between markers 2i and 2i+1.
 """
 
 import ctypes
@@ -57,15 +56,10 @@ def main() -> int:
     data = np.load(job["inputs"])
     feeds = [{n: data[f"{i}.{n}"] for n in job["names"]} for i in range(job["count"])]
     fn = {"onnxruntime": onnxruntime_session, "litert": litert_session}[job["runtime"]](job)
-    outs, k = {}, 0
     for i, feed in enumerate(feeds):
-        for _ in range(job["repeat"]):
-            mark(2 * k)
-            out = fn(feed)
-            mark(2 * k + 1)
-            k += 1
-        outs[str(i)] = np.asarray(out, dtype=np.float32)
-    np.savez(job["out"], **outs)
+        mark(2 * i)
+        fn(feed)
+        mark(2 * i + 1)
     return 0
 
 

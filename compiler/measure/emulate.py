@@ -3,8 +3,8 @@
 Each aarch64 library runs in its deploy runner (one thread) under qemu-user emulating its target's core
 (the target file's ``qemu_cpu``), with an instruction-counting plugin (compiler/deploy/runner/count_insns.c).
 The runner makes a marker system call before and after each inference, so the count between two markers is
-that inference's instructions, whatever loading the process did. Every input runs twice and the second run
-is counted (the first allocates). The same is done, on the same core and the same inputs, for the runtimes
+that inference's instructions, whatever loading the process did. Each distinct shape runs once uncounted
+first (a first run at a shape allocates), then every input once, counted. The same is done, on the same core and the same inputs, for the runtimes
 a board user would pick instead: onnxruntime's aarch64 wheel (fp32, and int8 on its own recipe) and LiteRT's
 (the bench's TFLite models), run by Debian's arm64 CPython (compiler/deploy/board_python.py).
 
@@ -26,14 +26,15 @@ import shutil
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from compiler import console
 from compiler.errors import ArtifactError, InputError, ToolchainError
 
 SCHEMA_NAME, SCHEMA_VERSION = "squeezeedge-instructions", 1
-REPEAT = 2  # runs per input; the last is counted
 PEER_SCRIPT = Path(__file__).with_name("count_peer.py")
 ORT_FP32, ORT_INT8 = "onnxruntime fp32", "onnxruntime int8 (its own recipe)"
 
@@ -45,6 +46,7 @@ class EmulateConfig:
     workdir: Path = Path("build")
     seed: int = 1
     timeout: float = 3600.0
+    jobs: int = os.cpu_count() or 1  # qemu processes at once (each counts one thread: the counts do not change)
 
 
 # --- the floor ---------------------------------------------------------------------------------------
@@ -97,6 +99,14 @@ def parse_marks(log: Path, runs: int) -> list[int]:
     return [marks[2 * k + 1] - marks[2 * k] for k in range(runs)]
 
 
+def warmups(feeds: list[dict], key) -> list[dict]:
+    """The first feed of each distinct ``key(feed)``: run once, uncounted, before the counted runs."""
+    seen: dict = {}
+    for f in feeds:
+        seen.setdefault(key(f), f)
+    return list(seen.values())
+
+
 def _counted(cmd: list[str], env: dict | None, log: Path, runs: int, what: str, timeout: float) -> list[int]:
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
@@ -105,8 +115,7 @@ def _counted(cmd: list[str], env: dict | None, log: Path, runs: int, what: str, 
     if res.returncode != 0:
         why = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
         raise ArtifactError(f"{what} failed under qemu: {why[:200]}")
-    per_run = parse_marks(log, runs)
-    return per_run[REPEAT - 1::REPEAT]  # each input's last run
+    return parse_marks(log, runs)
 
 
 def count_library(lib_dir: Path, cpu: str, feeds: list[dict], timeout: float = 3600.0) -> list[int]:
@@ -122,6 +131,8 @@ def count_library(lib_dir: Path, cpu: str, feeds: list[dict], timeout: float = 3
         raise InputError(f"{lib_dir}: an {elf_machine(lib)} library; --emulate counts aarch64 libraries")
     check = LoadedModel(None, meta["inputs"], meta["outputs"], vocab_size=meta.get("vocab_size"),
                         type_vocab_size=meta.get("type_vocab_size"), lengths=meta.get("lengths"))
+    buckets = meta.get("lengths") or []
+    warm = warmups(feeds, lambda f: next((b for b in buckets if b >= f["input_ids"].shape[1]), None))
     qemu, _, sysroot = emulator_prefix("aarch64")
     with tempfile.TemporaryDirectory(prefix="se-count-") as tmp:
         tmp = Path(tmp)
@@ -129,7 +140,7 @@ def count_library(lib_dir: Path, cpu: str, feeds: list[dict], timeout: float = 3
             (tmp / name).symlink_to(runtime_dir("aarch64") / name)
         shutil.copy(runner("aarch64"), tmp / "run_model")
         specs: list[str] = []
-        for i, feed in enumerate(feeds):
+        for i, feed in enumerate(warm + feeds):
             specs += ["--"] if i else []
             for spec, arr in zip(meta["inputs"], check._check(feed)):
                 path = tmp / f"{i}.{spec['name']}.bin"
@@ -138,31 +149,31 @@ def count_library(lib_dir: Path, cpu: str, feeds: list[dict], timeout: float = 3
         lengths = ["--lengths", ",".join(map(str, meta["lengths"]))] if meta.get("lengths") else []
         log = tmp / "count.log"
         cmd = [qemu, "-cpu", cpu, "-plugin", str(plugin()), "-d", "plugin", "-D", str(log), "-L", sysroot,
-               str(tmp / "run_model"), "--threads", "1", *lengths, str(lib), str(tmp / "out.bin"), str(REPEAT), *specs]
+               str(tmp / "run_model"), "--threads", "1", *lengths, str(lib), str(tmp / "out.bin"), "1", *specs]
         env = os.environ | {"SE_COUNT_MARKS": "1", "TVM_NUM_THREADS": "1"}
-        return _counted(cmd, env, log, REPEAT * len(feeds), f"{lib} in the deploy runner", timeout)
+        return _counted(cmd, env, log, len(warm) + len(feeds), f"{lib} in the deploy runner", timeout)[len(warm):]
 
 
 def count_peer(runtime: str, model: Path, cpu: str, feeds: list[dict], timeout: float = 3600.0,
-               litert_inputs: list[str] | None = None) -> tuple[list[int], list]:
-    """(instructions per inference, outputs) of onnxruntime or LiteRT's aarch64 wheel on ``cpu``, per feed."""
+               litert_inputs: list[str] | None = None) -> list[int]:
+    """Instructions per inference of onnxruntime or LiteRT's aarch64 wheel on ``cpu``, one count per feed."""
     import numpy as np
 
     from compiler.deploy.board_python import python_command
 
+    warm = warmups(feeds, lambda f: f["input_ids"].shape)
+    feeds = warm + feeds
     with tempfile.TemporaryDirectory(prefix="se-peer-") as tmp:
         tmp = Path(tmp)
         names = list(feeds[0])
         np.savez(tmp / "inputs.npz", **{f"{i}.{n}": f[n] for i, f in enumerate(feeds) for n in names})
         job = {"runtime": runtime, "model": str(model), "inputs": str(tmp / "inputs.npz"), "count": len(feeds),
-               "names": names, "litert_inputs": litert_inputs or [], "repeat": REPEAT, "out": str(tmp / "out.npz")}
+               "names": names, "litert_inputs": litert_inputs or []}
         (tmp / "job.json").write_text(json.dumps(job))
         cmd, env = python_command(cpu, counting=tmp / "count.log")
         counts = _counted([*cmd, str(PEER_SCRIPT), str(tmp / "job.json")], env, tmp / "count.log",
-                          REPEAT * len(feeds), f"{runtime} ({Path(model).name})", timeout)
-        with np.load(tmp / "out.npz") as z:
-            outs = [z[str(i)] for i in range(len(feeds))]
-    return counts, outs
+                          len(feeds), f"{runtime} ({Path(model).name})", timeout)
+    return counts[len(warm):]
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -196,14 +207,12 @@ def _row(name: str, family: str, precision: str, lengths: dict, text: list[int] 
 
 
 def _peers(chain, lib_meta: dict, cpu: str, by_length: dict, texts: list[dict], cfg: EmulateConfig,
-           cache: dict) -> tuple[list[dict], dict]:
-    """Rows of the peer runtimes on ``cpu`` (cached per core and model: libraries on one core share them)."""
-    import numpy as np
-
+           cache: dict, pool) -> tuple[list, dict]:
+    """Futures of the peer runtimes' rows on ``cpu``, counted in ``pool`` (cached per core and model:
+    libraries on one core share them), and the peers skipped, with why."""
     from compiler.measure.baselines import Skip, _ort_recipe_runner, _signature, tflite_models
-    from compiler.stages.models import INPUT_NAMES
 
-    plan: list[tuple[str, str, str, callable]] = []
+    plan: list[tuple[str, str, str, Callable[[], tuple[Path, list[str] | None]]]] = []
     if "ort" in cfg.baselines and chain.export is not None:
         plan.append((ORT_FP32, "onnxruntime", "fp32", lambda: (chain.export.file("model.onnx"), None)))
         if lib_meta["precision"] == "int8" and chain.quantize is not None:
@@ -225,28 +234,31 @@ def _peers(chain, lib_meta: dict, cpu: str, by_length: dict, texts: list[dict], 
         key = (cpu, str(path))
         if key not in cache:
             console.info(f"  {name} on {cpu}: counting under qemu")
-            if runtime == "litert":  # one static length: the model's own; real texts are padded to it
-                static = int(cfg_len(chain))
-                feed = by_length.get(static) or _pad(by_length[max(by_length)], static)
-                counts, _ = count_peer(runtime, path, cpu, [{n: feed[n] for n in INPUT_NAMES}], cfg.timeout,
-                                       litert_inputs)
-                cache[key] = _row(f"{name} (LiteRT)", "tflite", precision, {static: counts[0]},
-                                  [counts[0]] * len(texts) if texts else None,
-                                  f"ai-edge-litert aarch64 wheel, XNNPACK, 1 thread; static {static} tokens "
-                                  "(real texts padded to it)")
-            else:
-                points = list(by_length)
-                counts, _ = count_peer(runtime, path, cpu, [by_length[n] for n in points] + texts, cfg.timeout)
-                cache[key] = _row(name, "onnxruntime", precision, dict(zip(points, counts[:len(points)])),
-                                  counts[len(points):], "onnxruntime aarch64 wheel, 1 thread, each input at its "
-                                  "own length")
+            cache[key] = pool.submit(_peer_row, name, runtime, precision, path, litert_inputs, cpu, by_length, texts,
+                                     chain.export.manifest["config"]["seq_len"], cfg.timeout)
         rows.append(cache[key])
-    del np
     return rows, skipped
 
 
-def cfg_len(chain) -> int:
-    return chain.export.manifest["config"]["seq_len"]
+def _peer_row(name, runtime, precision, path, litert_inputs, cpu, by_length, texts, static, timeout) -> dict:
+    from compiler.stages.models import INPUT_NAMES
+
+    if runtime == "litert":  # one static length: the model's own; real texts are padded to it
+        feed = by_length.get(static) or _pad(by_length[max(by_length)], static)
+        (count,) = count_peer(runtime, path, cpu, [{n: feed[n] for n in INPUT_NAMES}], timeout, litert_inputs)
+        return _row(f"{name} (LiteRT)", "tflite", precision, {static: count}, [count] * len(texts) if texts else None,
+                    f"ai-edge-litert aarch64 wheel, XNNPACK, 1 thread; static {static} tokens (real texts padded to it)")
+    points = list(by_length)
+    counts = count_peer(runtime, path, cpu, [by_length[n] for n in points] + texts, timeout)
+    return _row(name, "onnxruntime", precision, dict(zip(points, counts[:len(points)])), counts[len(points):],
+                "onnxruntime aarch64 wheel, 1 thread, each input at its own length")
+
+
+def _library_row(name, precision, lib_dir, cpu, by_length, texts, timeout) -> dict:
+    points = list(by_length)
+    counts = count_library(Path(lib_dir), cpu, [by_length[n] for n in points] + texts, timeout)
+    return _row(name, "squeezeedge", precision, dict(zip(points, counts[:len(points)])), counts[len(points):],
+                "deploy runner, 1 thread; real texts padded to the library's bucket")
 
 
 def _pad(feed: dict, n: int) -> dict:
@@ -255,52 +267,57 @@ def _pad(feed: dict, n: int) -> dict:
     return {k: np.pad(v, ((0, 0), (0, n - v.shape[1]))) for k, v in feed.items()}
 
 
+def _board(lib_dir: Path, cfg: EmulateConfig, cache: dict, pool) -> dict:
+    """One library's record, its rows as futures of counts running in ``pool``."""
+    from compiler.artifact import load_artifact
+    from compiler.measure.baselines import lineage
+    from compiler.runtime import load_metadata
+
+    art = load_artifact(lib_dir, "build")
+    meta, _ = load_metadata(lib_dir)
+    target = meta["target"]
+    cpu = target.get("qemu_cpu") or _target_core(target["name"])
+    if not cpu:
+        raise InputError(f"{lib_dir}: target {target['name']} names no qemu_cpu (the core to count on); "
+                         "add qemu_cpu = \"cortex-...\" to its target file")
+    chain = lineage(art)
+    checkpoint = chain.export.manifest["config"].get("checkpoint") if chain.export else None
+    by_length, texts, text_info = _workloads(meta, cfg, checkpoint)
+    name = f"squeezeedge {meta['precision']} ({target['name']})"
+    console.info(f"{name}: counting on {cpu} under qemu ({len(by_length)} lengths, {len(texts)} texts)")
+    rows = [pool.submit(_library_row, name, meta["precision"], lib_dir, cpu, by_length, texts, cfg.timeout)]
+    peers, skipped = _peers(chain, meta, cpu, by_length, texts, cfg, cache, pool)
+    instruction, per = best_instruction(target, meta["precision"])
+    macs = multiply_adds(chain.export.path, list(by_length)) if chain.export else {}
+    text_macs = None
+    if texts and chain.export:
+        own = multiply_adds(chain.export.path, sorted({f["input_ids"].shape[1] for f in texts}))
+        text_macs = sum(own[f["input_ids"].shape[1]] for f in texts) / len(texts)
+    return {"library": name, "path": str(lib_dir), "sha256": art.sha256, "target": target["name"],
+            "precision": meta["precision"], "core": cpu, "rows": rows + peers, "skipped": skipped, "text": text_info,
+            "floor": {"instruction": instruction, "macs_per_instruction": per,
+                      "macs": {str(k): v for k, v in macs.items()}, "text_macs": text_macs}}
+
+
 def emulate(lib_dirs: list[Path], cfg: EmulateConfig, out: Path) -> dict:
     """Count every library and its peers on its target's core; write and return the results."""
-    from compiler.measure.baselines import lineage
-    from compiler.artifact import load_artifact
-    from compiler.measure.bench import _write_json, git_state, machine_info
     from compiler.artifact import package_versions
     from compiler.deploy.board_python import wheels
-    from compiler.runtime import load_metadata
+    from compiler.measure.bench import _write_json, git_state, machine_info
 
     t0 = time.perf_counter()
     boards, cache = [], {}
-    for lib_dir in lib_dirs:
-        art = load_artifact(Path(lib_dir), "build")
-        meta, _ = load_metadata(Path(lib_dir))
-        target = meta["target"]
-        cpu = target.get("qemu_cpu") or _target_core(target["name"])
-        if not cpu:
-            raise InputError(f"{lib_dir}: target {target['name']} names no qemu_cpu (the core to count on); "
-                             "add qemu_cpu = \"cortex-...\" to its target file")
-        chain = lineage(art)
-        checkpoint = chain.export.manifest["config"].get("checkpoint") if chain.export else None
-        by_length, texts, text_info = _workloads(meta, cfg, checkpoint)
-        name = f"squeezeedge {meta['precision']} ({target['name']})"
-        console.info(f"{name}: counting on {cpu} under qemu ({len(by_length)} lengths, {len(texts)} texts)")
-        points = list(by_length)
-        counts = count_library(Path(lib_dir), cpu, [by_length[n] for n in points] + texts, cfg.timeout)
-        rows = [_row(name, "squeezeedge", meta["precision"], dict(zip(points, counts[:len(points)])),
-                     counts[len(points):], "deploy runner, 1 thread; real texts padded to the library's bucket")]
-        peers, skipped = _peers(chain, meta, cpu, by_length, texts, cfg, cache)
-        instruction, per = best_instruction(target, meta["precision"])
-        macs = multiply_adds(chain.export.path, points) if chain.export else {}
-        text_macs = None
-        if texts and chain.export:
-            own = multiply_adds(chain.export.path, sorted({f["input_ids"].shape[1] for f in texts}))
-            text_macs = sum(own[f["input_ids"].shape[1]] for f in texts) / len(texts)
-        boards.append({"library": name, "path": str(lib_dir), "sha256": art.sha256, "target": target["name"],
-                       "precision": meta["precision"], "core": cpu, "rows": rows + peers, "skipped": skipped,
-                       "text": text_info,
-                       "floor": {"instruction": instruction, "macs_per_instruction": per,
-                                 "macs": {str(k): v for k, v in macs.items()}, "text_macs": text_macs}})
+    with ThreadPoolExecutor(max_workers=max(1, cfg.jobs)) as pool:  # each count is one qemu process
+        for lib_dir in lib_dirs:
+            boards.append(_board(Path(lib_dir), cfg, cache, pool))
+        for b in boards:  # the counts, as they finish
+            b["rows"] = [f.result() for f in b["rows"]]
     report = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "emulated": True,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git": git_state(),
               "machine": machine_info(),
               "versions": package_versions(("apache-tvm", "onnxruntime", "ai-edge-litert")) | {"board": wheels()},
               "method": {"what": "guest instructions per inference, counted by a qemu-user TCG plugin between "
-                                 "marker system calls; each input run twice, the second counted; 1 thread",
+                                 "marker system calls; 1 thread; each distinct shape run once uncounted first",
                          "qemu": _qemu_version(), "seed": cfg.seed, "seconds": round(time.perf_counter() - t0, 1)},
               "boards": boards}
     _write_json(out, report)
