@@ -35,6 +35,7 @@ def test_pi_targets_resolve_to_their_cores(name, mcpu, dotprod):
     tvm_target = json.loads(res.stdout)["tvm_target"]
     assert tvm_target["mcpu"] == mcpu and tvm_target["mtriple"] == "aarch64-linux-gnu"
     assert tvm_target["feature.has_dotprod"] is dotprod
+    assert json.loads(res.stdout)["qemu_cpu"] == mcpu  # its instructions are counted on its own core
 
 
 def test_host_cpu_is_detected():
@@ -92,6 +93,7 @@ def _bad(tmp_path, old, new):
     ('name = "rpi4"', 'name = "rpi4', "malformed TOML"),
     ('rpc_key = "rpi4"\n', '', "missing key 'rpc_key'"),
     ('per_channel = true', 'per_channel = true\nweight_bits = 4', "key 'int8.weight_bits' must be 7 or 8"),
+    ('qemu_cpu = "cortex-a72"', 'qemu_cpu = "cortex-a78"', "key 'qemu_cpu' must be one of qemu-aarch64's cores"),
 ])
 def test_bad_target_files_name_file_and_key(tmp_path, old, new, words):
     f = _bad(tmp_path, old, new)

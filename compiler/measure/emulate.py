@@ -118,17 +118,24 @@ def _counted(cmd: list[str], env: dict | None, log: Path, runs: int, what: str, 
     return parse_marks(log, runs)
 
 
+def aarch64_library(lib_dir: Path, meta: dict) -> Path:
+    """The library file to count: model.so, or a CUDA build's board CPU library; InputError if not aarch64."""
+    from compiler.runtime import elf_machine
+
+    lib = lib_dir / (meta.get("cpu_library") or meta["library"])["file"]
+    if elf_machine(lib) != "aarch64":
+        raise InputError(f"{lib_dir}: an {elf_machine(lib)} library; --emulate counts aarch64 libraries")
+    return lib
+
+
 def count_library(lib_dir: Path, cpu: str, feeds: list[dict], timeout: float = 3600.0) -> list[int]:
     """Instructions per inference of a built aarch64 library on ``cpu``, one count per feed (one thread)."""
     from compiler.deploy.board_python import plugin
     from compiler.deploy.bundle import RUNTIME_LIBS, emulator_prefix, runner, runtime_dir
-    from compiler.runtime import LoadedModel, elf_machine, load_metadata
+    from compiler.runtime import LoadedModel, load_metadata
 
-    meta, lib = load_metadata(Path(lib_dir))
-    if meta.get("cpu_library"):  # a CUDA build: its board CPU library
-        lib = Path(lib_dir) / meta["cpu_library"]["file"]
-    if elf_machine(lib) != "aarch64":
-        raise InputError(f"{lib_dir}: an {elf_machine(lib)} library; --emulate counts aarch64 libraries")
+    meta, _ = load_metadata(Path(lib_dir))
+    lib = aarch64_library(Path(lib_dir), meta)
     check = LoadedModel(None, meta["inputs"], meta["outputs"], vocab_size=meta.get("vocab_size"),
                         type_vocab_size=meta.get("type_vocab_size"), lengths=meta.get("lengths"))
     buckets = meta.get("lengths") or []
@@ -275,6 +282,7 @@ def _board(lib_dir: Path, cfg: EmulateConfig, cache: dict, pool) -> dict:
 
     art = load_artifact(lib_dir, "build")
     meta, _ = load_metadata(lib_dir)
+    aarch64_library(lib_dir, meta)
     target = meta["target"]
     cpu = target.get("qemu_cpu") or _target_core(target["name"])
     if not cpu:
