@@ -185,7 +185,7 @@ def test_ci_workflow_runs_the_commands_the_readme_documents():
         assert f"    {cmd}\n" in readme, f"README.md does not document: {cmd}"
     pipeline_file = re.search(r"PIPELINE: (\S+)", workflow).group(1)
     assert (EXAMPLES.parent / pipeline_file).is_file()
-    for uses in ("actions/cache@", "actions/upload-artifact@", "actions/setup-python@"):
+    for uses in ("actions/cache@", "actions/upload-artifact@", "container: python:3.11-bookworm"):
         assert uses in workflow
     from compiler.pipeline import load_config
 
