@@ -168,10 +168,25 @@ def _pack_relax(b, shape: tuple[int, ...], spec: PackedDot, zero: int = 0):
     (b - zero computed in int16, then narrowed: u8 - 128 fits int8 exactly)."""
     *lead, k, n = shape
     nl = len(lead)
-    shifted = _widen(b, "int16", zero) if spec.w_dtype == "int8" else _widen(b, spec.w_dtype, zero)
+    shifted = b if not zero and _dtype(b) == spec.w_dtype else \
+        _widen(b, "int16", zero) if spec.w_dtype == "int8" else _widen(b, spec.w_dtype, zero)
     split = relax.op.reshape(relax.op.astype(shifted, spec.w_dtype), (*lead, k // spec.k, spec.k, n // spec.lanes,
                                                                        spec.lanes))
     return relax.op.permute_dims(split, [*range(nl), nl + 2, nl, nl + 3, nl + 1])
+
+
+def _zero_points(acc, aq, bq, za: int, zb: int):
+    """sum_k (a - za)(b - zb) from acc = sum_k a b: acc - zb rowsum(a) - za colsum(b) + K za zb."""
+    k = int(aq.ty.shape[-1])
+    if zb:
+        rows = relax.op.sum(relax.op.astype(aq, "int32"), axis=[-1], keepdims=True)
+        acc = relax.op.subtract(acc, relax.op.multiply(rows, relax.const(zb, "int32")))
+    if za:
+        cols = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)
+        acc = relax.op.subtract(acc, relax.op.multiply(cols, relax.const(za, "int32")))
+    if za and zb:
+        acc = relax.op.add(acc, relax.const(k * za * zb, "int32"))
+    return acc
 
 
 def _pack(w_nk: np.ndarray, groups: int, spec: PackedDot = VNNI) -> np.ndarray:
@@ -220,12 +235,14 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
         AVX2: both operands widened to int16 with their zero points subtracted on the way, on the exact
         vpmaddwd kernel (u8 x u8 cannot take vpmaddubsw: no operand is 7-bit). VNNI: a stays u8 and b is
         shifted to s8 (b' = b - 128, exact), the vpdpbusd operands; with c = 128 - zb,
-        sum (a - za)(b - zb) = sum a b' + c rowsum(a) - za colsum(b') - K za c."""
-        spec = packed if packed in (AVX2, VNNI) else None
+        sum (a - za)(b - zb) = sum a b' + c rowsum(a) - za colsum(b') - K za c. sdot (s8 activations, the
+        Pi 5 and Orin): both operands as they are, the zero points corrected as for a plain matmul."""
+        spec = packed if packed in (AVX2, VNNI, SDOT) else None
         sa, sb = (tuple(int(d) for d in t.ty.shape) for t in (aq, bq))
         if spec is None or len(sa) != len(sb) or len(sa) < 3 or sa[:-2] != sb[:-2] or sa[-1] != sb[-2] \
                 or sb[-1] % spec.lanes or sa[-1] % spec.k \
-                or (spec is VNNI and (_dtype(aq), _dtype(bq)) != ("uint8", "uint8")):
+                or (spec is VNNI and (_dtype(aq), _dtype(bq)) != ("uint8", "uint8")) \
+                or (spec is SDOT and (_dtype(aq), _dtype(bq)) != ("int8", "int8")):
             return None
         name = spec.block + "_pair_" + "x".join(map(str, sa)) + f"_n{sb[-1]}"
         if name not in prim_funcs:
@@ -238,6 +255,9 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
         if spec is AVX2:
             return relax.call_tir(prim_funcs[name][0], [_widen(aq, AVX2.x_dtype, za), _pack_relax(bq, sb, AVX2, zb)],
                                   out_ty)
+        if spec is SDOT:
+            return _zero_points(relax.call_tir(prim_funcs[name][0], [aq, _pack_relax(bq, sb, SDOT)], out_ty),
+                                aq, bq, za, zb)
         acc = relax.call_tir(prim_funcs[name][0], [aq, _pack_relax(bq, sb, VNNI, 128)], out_ty)
         c, k = 128 - zb, sa[-1]
         if c:
@@ -339,19 +359,9 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
             report.skipped.append("matmul (activations)")
             return orig
         (aq, sa, za), (bq, sb, zb) = aa, ba
-        k = int(aq.ty.shape[-1])
         acc = packed_pair(aq, bq, za, zb)
         if acc is None:
-            acc = relax.op.matmul(aq, bq, out_dtype="int32")
-            # (a - za)(b - zb) summed over k = ab - zb*rowsum(a) - za*colsum(b) + k*za*zb
-            if zb:
-                rows = relax.op.sum(relax.op.astype(aq, "int32"), axis=[-1], keepdims=True)
-                acc = relax.op.subtract(acc, relax.op.multiply(rows, relax.const(zb, "int32")))
-            if za:
-                cols = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)
-                acc = relax.op.subtract(acc, relax.op.multiply(cols, relax.const(za, "int32")))
-            if za and zb:
-                acc = relax.op.add(acc, relax.const(k * za * zb, "int32"))
+            acc = _zero_points(relax.op.matmul(aq, bq, out_dtype="int32"), aq, bq, za, zb)
         report.matmul_activation += 1
         return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(np.float32(sa * sb)))
 
