@@ -24,7 +24,7 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 INT_DTYPES = ("uint8", "int8")
-MAC_KERNELS = ("conv1d", "matmul", "vnni_dot", "arm_sdot", "avx2_madd", "avx2_u8s8")  # names of multiply-accumulate kernels
+MAC_KERNELS = ("conv1d", "matmul", "vnni_dot", "arm_sdot", "arm_neon_dot", "avx2_madd", "avx2_u8s8")  # names of multiply-accumulate kernels
 
 
 @dataclass
@@ -81,13 +81,16 @@ class PackedDot:
 
 VNNI = PackedDot("vnni_dot", 16, 4, ("uint8",), "uint8", "int8", "dot_16x4_vnni", "vpdpbusd")
 SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_sdot", "sdot")
+# Cores without dot product (Cortex-A72, the Pi 4): TVM's NEON sequence for the same 4 x 4 block, two
+# widening multiplies (smull) into int16, pairwise adds into int32 (saddlp, addp)
+NEON = PackedDot("arm_neon_dot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_neon", "smull")
 # AVX2 has no exact 8-bit dot product (vpmaddubsw's int16 pair sums saturate): widen to int16 and use
 # vpmaddwd, 8 outputs x 2 products per instruction, exact for any u8/s8 input.
 AVX2 = PackedDot("avx2_madd", 8, 2, ("uint8", "int8"), "int16", "int16", "dot_8x2_i16i16i32_avx2", "vpmaddwd")
 # Twice the products per cycle, exact only for weights in [-64, 64] (7-bit, quantize's weight_bits = 7):
 # u8 activations x s8 weights, vpmaddubsw's int16 pair sums then cannot saturate. Chosen per layer.
 AVX2_U8S8 = PackedDot("avx2_u8s8", 8, 4, ("uint8",), "uint8", "int8", "dot_8x4_u8s8s32_avx2", "vpmaddubsw")
-PACKED = (VNNI, SDOT, AVX2, AVX2_U8S8)
+PACKED = (VNNI, SDOT, NEON, AVX2, AVX2_U8S8)
 SEVEN_BIT = 64  # the largest weight magnitude AVX2_U8S8 is exact for
 
 
@@ -109,7 +112,7 @@ def packed_dot_for(tvm_target) -> PackedDot | None:
     if triple.startswith("x86_64"):
         return VNNI if has("avx512vnni") else AVX2 if has("avx2") else None
     if triple.startswith("aarch64"):
-        return SDOT if has("dotprod") else None
+        return SDOT if has("dotprod") else NEON if has("neon") else None
     return None
 
 
@@ -237,12 +240,12 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
         shifted to s8 (b' = b - 128, exact), the vpdpbusd operands; with c = 128 - zb,
         sum (a - za)(b - zb) = sum a b' + c rowsum(a) - za colsum(b') - K za c. sdot (s8 activations, the
         Pi 5 and Orin): both operands as they are, the zero points corrected as for a plain matmul."""
-        spec = packed if packed in (AVX2, VNNI, SDOT) else None
+        spec = packed if packed in (AVX2, VNNI, SDOT, NEON) else None
         sa, sb = (tuple(int(d) for d in t.ty.shape) for t in (aq, bq))
         if spec is None or len(sa) != len(sb) or len(sa) < 3 or sa[:-2] != sb[:-2] or sa[-1] != sb[-2] \
                 or sb[-1] % spec.lanes or sa[-1] % spec.k \
                 or (spec is VNNI and (_dtype(aq), _dtype(bq)) != ("uint8", "uint8")) \
-                or (spec is SDOT and (_dtype(aq), _dtype(bq)) != ("int8", "int8")):
+                or (spec in (SDOT, NEON) and (_dtype(aq), _dtype(bq)) != ("int8", "int8")):
             return None
         name = spec.block + "_pair_" + "x".join(map(str, sa)) + f"_n{sb[-1]}"
         if name not in prim_funcs:
@@ -255,8 +258,8 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
         if spec is AVX2:
             return relax.call_tir(prim_funcs[name][0], [_widen(aq, AVX2.x_dtype, za), _pack_relax(bq, sb, AVX2, zb)],
                                   out_ty)
-        if spec is SDOT:
-            return _zero_points(relax.call_tir(prim_funcs[name][0], [aq, _pack_relax(bq, sb, SDOT)], out_ty),
+        if spec in (SDOT, NEON):
+            return _zero_points(relax.call_tir(prim_funcs[name][0], [aq, _pack_relax(bq, sb, spec)], out_ty),
                                 aq, bq, za, zb)
         acc = relax.call_tir(prim_funcs[name][0], [aq, _pack_relax(bq, sb, VNNI, 128)], out_ty)
         c, k = 128 - zb, sa[-1]
@@ -415,7 +418,9 @@ def mac_kernels(mod: tvm.IRModule) -> dict[str, list[str]]:
 
 
 def tensorized_kernels(mod: tvm.IRModule) -> list[str]:
-    """PrimFuncs of a lowered module whose code calls a dot-product intrinsic (vpdpbusd, vpmaddwd, sdot/udot)."""
-    marks = ("llvm.x86.avx512.vpdpbusd", "llvm.x86.avx2.pmadd.wd", "llvm.x86.avx2.pmadd.ub.sw", "llvm.aarch64.neon.sdot", "llvm.aarch64.neon.udot")
+    """PrimFuncs of a lowered module whose code calls a dot-product intrinsic (vpdpbusd, vpmaddwd, sdot/udot,
+    NEON smull)."""
+    marks = ("llvm.x86.avx512.vpdpbusd", "llvm.x86.avx2.pmadd.wd", "llvm.x86.avx2.pmadd.ub.sw", "llvm.aarch64.neon.sdot",
+             "llvm.aarch64.neon.udot", "llvm.aarch64.neon.smull")
     return [gv.name_hint for gv, f in mod.functions.items()
             if isinstance(f, tvm.tirx.PrimFunc) and any(m in f.script() for m in marks)]

@@ -275,7 +275,8 @@ def _ort_recipe_runner(chain: Lineage, threads: int, workdir: Path) -> Runner:
                          seed=key["seed"], float_outputs=(), smooth_quant=None, int8_embeddings=False,
                          fallback=False, min_cosine=0.0, min_agreement=0.0)
     console.info(f"  {ORT_RECIPE}: quantizing the export onnxruntime's way")
-    art = quantize_model(chain.export.path, cfg, workdir / "ort-recipe" / chain.export.sha256[:16]).artifact
+    art = quantize_model(chain.export.path, cfg,
+                         workdir / "ort-recipe" / f"{chain.export.sha256[:16]}-{cfg.activations}").artifact
     runner = ort_runner(art, "int8", threads)
     runner.name = ORT_RECIPE
     return runner

@@ -34,24 +34,26 @@ def test_cross_build_runs_under_qemu_and_matches_x86(cross_libs, fp32_lib, int8_
         np.testing.assert_allclose(got, x86(**feed)[0], atol=1e-5, rtol=0)
 
 
-def test_pi5_int8_kernels_use_sdot_and_match_x86(tiny_int8_s8, tmp_path):
-    """With s8 activations the Pi 5 build packs its weight layers for sdot and tensorizes them (no
-    database: the default schedule); the instruction is in the library's code; under qemu the output
-    equals the x86 build of the same model (integer kernels on both: max abs 1e-5)."""
-    pi5, x86 = tmp_path / "pi5", tmp_path / "x86"
-    for target, out in (("rpi5", pi5), ("host", x86)):
-        res = cli("-q", "build", tiny_int8_s8, "--target", target, "--out", out)
+@pytest.mark.parametrize("target, instruction", [("rpi5", "sdot"), ("rpi4", "smull")])
+def test_pi_int8_kernels_use_their_cores_instruction_and_match_x86(tiny_int8_s8, tmp_path, target, instruction):
+    """With s8 activations every integer multiply-accumulate kernel, the attention's included, is packed
+    and tensorized onto the core's instruction (Pi 5: sdot; Pi 4, no dot product: NEON smull + saddlp) with
+    no database; the instruction is in the library's code; under qemu the output equals the x86 build of
+    the same model (integer kernels on both: max abs 1e-5)."""
+    pi, x86 = tmp_path / target, tmp_path / "x86"
+    for tgt, out in ((target, pi), ("host", x86)):
+        res = cli("-q", "build", tiny_int8_s8, "--target", tgt, "--out", out)
         assert res.exit_code == 0, res.output
-    cov = json.loads((pi5 / "metadata.json").read_text())["int8"]
-    assert cov["packed_instruction"] == "sdot" and cov["packed_kernels"] >= 4
-    assert cov["tensorized_kernels"] >= cov["packed_kernels"]
-    asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(pi5 / "model.so")], capture_output=True,
+    cov = json.loads((pi / "metadata.json").read_text())["int8"]
+    assert cov["packed_instruction"] == instruction and cov["packed_kernels"] >= 6
+    assert cov["tensorized_kernels"] == cov["compiled_integer_mac_kernels"] - 1  # all but the classifier
+    asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(pi / "model.so")], capture_output=True,
                          text=True, check=True).stdout
-    assert sum(1 for line in asm.splitlines() if "\tsdot\t" in line) >= cov["packed_kernels"]
+    assert sum(1 for line in asm.splitlines() if f"\t{instruction}\t" in line) >= cov["packed_kernels"]
     host = runtime.load(x86)
     for seed in (13, 14):
         feed = random_inputs(30528, 2, 1, TINY_SEQ, seed)
-        np.testing.assert_allclose(deploy.run_library(pi5, feed), host(**feed)[0], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(deploy.run_library(pi, feed), host(**feed)[0], atol=1e-5, rtol=0)
 
 
 def test_bundle_unpacks_runs_and_its_readme_is_accurate(cross_libs, tmp_path):
