@@ -24,7 +24,7 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 INT_DTYPES = ("uint8", "int8")
-MAC_KERNELS = ("conv1d", "matmul", "vnni_dot", "arm_sdot", "arm_neon_dot", "avx2_madd", "avx2_u8s8")  # names of multiply-accumulate kernels
+MAC_KERNELS = ("conv1d", "matmul", "vnni_dot", "arm_sdot", "arm_neon_dot", "arm_neon_k16", "avx2_madd", "avx2_u8s8")  # names of multiply-accumulate kernels
 
 
 @dataclass
@@ -84,21 +84,28 @@ SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_s
 # Cores without dot product (Cortex-A72, the Pi 4): TVM's NEON sequence for the same 4 x 4 block, two
 # widening multiplies (smull) into int16, pairwise adds into int32 (saddlp, addp)
 NEON = PackedDot("arm_neon_dot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_neon", "smull")
+# Weight layers there: 16 products an output per step, pairs summed in int16 (smull + smlal2: exact while
+# no weight is -128, as symmetric weights never are: |(-128)(-127)| x 2 < 2^15), then into int32 (saddlp),
+# 4 outputs combined by addp: about twice the multiply-adds an instruction of the 4 x 4 sequence
+NEON16 = PackedDot("arm_neon_k16", 4, 16, ("int8",), "int8", "int8", "dot_4x16_i8i8s32_neon", "smlal2")
 # AVX2 has no exact 8-bit dot product (vpmaddubsw's int16 pair sums saturate): widen to int16 and use
 # vpmaddwd, 8 outputs x 2 products per instruction, exact for any u8/s8 input.
 AVX2 = PackedDot("avx2_madd", 8, 2, ("uint8", "int8"), "int16", "int16", "dot_8x2_i16i16i32_avx2", "vpmaddwd")
 # Twice the products per cycle, exact only for weights in [-64, 64] (7-bit, quantize's weight_bits = 7):
 # u8 activations x s8 weights, vpmaddubsw's int16 pair sums then cannot saturate. Chosen per layer.
 AVX2_U8S8 = PackedDot("avx2_u8s8", 8, 4, ("uint8",), "uint8", "int8", "dot_8x4_u8s8s32_avx2", "vpmaddubsw")
-PACKED = (VNNI, SDOT, NEON, AVX2, AVX2_U8S8)
+PACKED = (VNNI, SDOT, NEON, NEON16, AVX2, AVX2_U8S8)
 SEVEN_BIT = 64  # the largest weight magnitude AVX2_U8S8 is exact for
 
 
 def packed_for_layer(packed: PackedDot | None, dtype: str, w: np.ndarray) -> PackedDot | None:
     """The target's instruction for one layer: on AVX2, u8 activations with 7-bit weights take the
-    u8 x s8 instruction; anything else the exact int16 one."""
+    u8 x s8 instruction; anything else the exact int16 one. Without dot product on aarch64: the 4 x 16
+    sequence where no weight is -128 and K divides by 16, else the 4 x 4 one."""
     if packed is AVX2 and dtype in AVX2_U8S8.accepts and int(np.abs(w.astype(np.int16)).max()) <= SEVEN_BIT:
         return AVX2_U8S8
+    if packed is NEON16 and (int(w.min()) < -127 or w.shape[-1] % NEON16.k):
+        return NEON
     return packed
 
 
@@ -112,7 +119,7 @@ def packed_dot_for(tvm_target) -> PackedDot | None:
     if triple.startswith("x86_64"):
         return VNNI if has("avx512vnni") else AVX2 if has("avx2") else None
     if triple.startswith("aarch64"):
-        return SDOT if has("dotprod") else NEON if has("neon") else None
+        return SDOT if has("dotprod") else NEON16 if has("neon") else None
     return None
 
 
@@ -240,7 +247,8 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
         shifted to s8 (b' = b - 128, exact), the vpdpbusd operands; with c = 128 - zb,
         sum (a - za)(b - zb) = sum a b' + c rowsum(a) - za colsum(b') - K za c. sdot (s8 activations, the
         Pi 5 and Orin): both operands as they are, the zero points corrected as for a plain matmul."""
-        spec = packed if packed in (AVX2, VNNI, SDOT, NEON) else None
+        # the attention's operands are both activations, -128 included: the exact 4 x 4 sequence, not 4 x 16
+        spec = NEON if packed is NEON16 else packed if packed in (AVX2, VNNI, SDOT) else None
         sa, sb = (tuple(int(d) for d in t.ty.shape) for t in (aq, bq))
         if spec is None or len(sa) != len(sb) or len(sa) < 3 or sa[:-2] != sb[:-2] or sa[-1] != sb[-2] \
                 or sb[-1] % spec.lanes or sa[-1] % spec.k \
@@ -421,6 +429,6 @@ def tensorized_kernels(mod: tvm.IRModule) -> list[str]:
     """PrimFuncs of a lowered module whose code calls a dot-product intrinsic (vpdpbusd, vpmaddwd, sdot/udot,
     NEON smull)."""
     marks = ("llvm.x86.avx512.vpdpbusd", "llvm.x86.avx2.pmadd.wd", "llvm.x86.avx2.pmadd.ub.sw", "llvm.aarch64.neon.sdot",
-             "llvm.aarch64.neon.udot", "llvm.aarch64.neon.smull")
+             "llvm.aarch64.neon.udot", "llvm.aarch64.neon.smull")  # smull: both NEON sequences
     return [gv.name_hint for gv, f in mod.functions.items()
             if isinstance(f, tvm.tirx.PrimFunc) and any(m in f.script() for m in marks)]

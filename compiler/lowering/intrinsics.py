@@ -156,3 +156,70 @@ def _dot_8x4_u8s8_avx2(
 
 
 TensorIntrin.register(AVX2_DOT_8x4_INTRIN, _dot_8x4_u8s8_desc, _dot_8x4_u8s8_avx2, override=True)
+
+
+NEON_DOT_4x16_INTRIN = "dot_4x16_i8i8s32_neon"
+
+
+@T.prim_func(s_tir=True)
+def _dot_4x16_i8_desc(
+    A: T.Buffer((16,), "int8", offset_factor=1),
+    B: T.Buffer((4, 16), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:16], B[0:4, 0:16])
+        T.writes(C[0:4])
+        for i in T.serial(0, 4):
+            for k in T.serial(0, 16):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_4x16_i8_neon(
+    A: T.Buffer((16,), "int8", offset_factor=1),
+    B: T.Buffer((4, 16), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:16], B[0:4, 0:16])
+        T.writes(C[0:4])
+        a = A.vload([0], "int8x16")
+        a_lo = T.vectorlow(a, dtype="int8x8")
+        a_hi = T.vectorhigh(a, dtype="int8x8")
+        b0 = B.vload([0, 0], dtype="int8x16")
+        b1 = B.vload([1, 0], dtype="int8x16")
+        b2 = B.vload([2, 0], dtype="int8x16")
+        b3 = B.vload([3, 0], dtype="int8x16")
+        # per output: 16 products as 8 int16 pair sums (smull + smlal2), then 4 int32 (saddlp)
+        s0 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_lo,
+                                    T.vectorlow(b0, dtype="int8x8"), dtype="int16x8")
+            + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_hi,
+                                      T.vectorhigh(b0, dtype="int8x8"), dtype="int16x8"), dtype="int32x4")
+        s1 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_lo,
+                                    T.vectorlow(b1, dtype="int8x8"), dtype="int16x8")
+            + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_hi,
+                                      T.vectorhigh(b1, dtype="int8x8"), dtype="int16x8"), dtype="int32x4")
+        s2 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_lo,
+                                    T.vectorlow(b2, dtype="int8x8"), dtype="int16x8")
+            + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_hi,
+                                      T.vectorhigh(b2, dtype="int8x8"), dtype="int16x8"), dtype="int32x4")
+        s3 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_lo,
+                                    T.vectorlow(b3, dtype="int8x8"), dtype="int16x8")
+            + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_hi,
+                                      T.vectorhigh(b3, dtype="int8x8"), dtype="int16x8"), dtype="int32x4")
+        C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
+            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"), s0, s1,
+                                    dtype="int32x4"),
+            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"), s2, s3,
+                                    dtype="int32x4"), dtype="int32x4")
+
+
+TensorIntrin.register(NEON_DOT_4x16_INTRIN, _dot_4x16_i8_desc, _dot_4x16_i8_neon, override=True)
