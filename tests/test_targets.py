@@ -89,7 +89,7 @@ def _bad(tmp_path, old, new):
     ('threads = 4', 'threads = 4\nturbo = true', "unknown key 'turbo' in the top level"),
     ('per_channel = true', 'per_channel = true\nbits = 4', "unknown key 'bits' in [int8]"),
     ('threads = 4', 'threads = "four"', "key 'threads' must be int"),
-    ('activations = "uint8"', 'activations = "int4"', "key 'int8.activations' must be 'uint8' or 'int8'"),
+    ('activations = "int8"', 'activations = "int4"', "key 'int8.activations' must be 'uint8' or 'int8'"),
     ('name = "rpi4"', 'name = "rpi4', "malformed TOML"),
     ('rpc_key = "rpi4"\n', '', "missing key 'rpc_key'"),
     ('per_channel = true', 'per_channel = true\nweight_bits = 4', "key 'int8.weight_bits' must be 7 or 8"),

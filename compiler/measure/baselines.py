@@ -261,17 +261,18 @@ def _own_recipe_differs(q: Artifact) -> bool:
     return bool(sch.get("float_outputs") or sch.get("smooth_quant_alpha") or sch.get("embeddings", "float") != "float")
 
 
-def _ort_recipe_runner(chain: Lineage, threads: int, workdir: Path) -> Runner:
+def _ort_recipe_runner(chain: Lineage, threads: int, workdir: Path, activations: str | None = None) -> Runner:
     """onnxruntime int8 on the same export quantized onnxruntime's way (every output quantized, no
-    smoothing, float embeddings), same calibration texts, method and activation scheme: onnxruntime's
-    fastest int8, so the library is not only compared with onnxruntime running our recipe."""
+    smoothing, float embeddings), same calibration texts, method and activation scheme (or ``activations``):
+    onnxruntime's fastest int8, so the library is not only compared with onnxruntime running our recipe."""
     from compiler.stages.quantize import QuantizeConfig, quantize_model
 
     q = chain.quantize
     key, sch = q.manifest["config"], q.results["scheme"]
     cfg = QuantizeConfig(calibration_data=Path(q.results["data"]["path"]), text_column=key.get("text_column"),
                          num_samples=key["num_samples"], num_heldout=key["num_heldout"], method=key["method"],
-                         per_channel=sch["per_channel"], activations=sch["activations"], target=sch["preset"],
+                         per_channel=sch["per_channel"], activations=activations or sch["activations"],
+                         target=sch["preset"],
                          seed=key["seed"], float_outputs=(), smooth_quant=None, int8_embeddings=False,
                          fallback=False, min_cosine=0.0, min_agreement=0.0)
     console.info(f"  {ORT_RECIPE}: quantizing the export onnxruntime's way")

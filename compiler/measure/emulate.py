@@ -225,6 +225,9 @@ def _peers(chain, lib_meta: dict, cpu: str, by_length: dict, texts: list[dict], 
         if lib_meta["precision"] == "int8" and chain.quantize is not None:
             plan.append((ORT_INT8, "onnxruntime", "int8",
                          lambda: (Path(_ort_recipe_runner(chain, 1, cfg.workdir).info["model"]), None)))
+            if chain.quantize.results["scheme"]["activations"] != "uint8":  # also onnxruntime's default: u8
+                plan.append((f"{ORT_INT8[:-1]}, u8 activations)", "onnxruntime", "int8", lambda: (Path(
+                    _ort_recipe_runner(chain, 1, cfg.workdir, "uint8").info["model"]), None)))
     if "tflite" in cfg.baselines and chain.export is not None:
         for precision in ("fp32", "int8") if lib_meta["precision"] == "int8" else ("fp32",):
             def tfl(p=precision):
