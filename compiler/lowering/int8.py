@@ -77,17 +77,21 @@ class PackedDot:
     w_dtype: str
     intrin: str  # the registered TensorIntrin
     instruction: str  # the mnemonic in the generated assembly
+    # rows x instruction columns of a register tile for every reduction length (None: the schedule's rule).
+    # aarch64's 4-lane instructions: 8 x 4, counted on the full model's Pi 5 library against the rule's
+    # 8 x 1 / 4 x 3: 935 -> 683 M instructions at 128 tokens (8 x 3: 871 M); Pi 4: 1,293 -> 1,257 M
+    tile: tuple[int, int] | None = None
 
 
 VNNI = PackedDot("vnni_dot", 16, 4, ("uint8",), "uint8", "int8", "dot_16x4_vnni", "vpdpbusd")
-SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_sdot", "sdot")
+SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_sdot", "sdot", (8, 4))
 # Cores without dot product (Cortex-A72, the Pi 4): TVM's NEON sequence for the same 4 x 4 block, two
 # widening multiplies (smull) into int16, pairwise adds into int32 (saddlp, addp)
-NEON = PackedDot("arm_neon_dot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_neon", "smull")
+NEON = PackedDot("arm_neon_dot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_neon", "smull", (8, 4))
 # Weight layers there: 16 products an output per step, pairs summed in int16 (smull + smlal2: exact while
 # no weight is -128, as symmetric weights never are: |(-128)(-127)| x 2 < 2^15), then into int32 (saddlp),
 # 4 outputs combined by addp: about twice the multiply-adds an instruction of the 4 x 4 sequence
-NEON16 = PackedDot("arm_neon_k16", 4, 16, ("int8",), "int8", "int8", "dot_4x16_i8i8s32_neon", "smlal2")
+NEON16 = PackedDot("arm_neon_k16", 4, 16, ("int8",), "int8", "int8", "dot_4x16_i8i8s32_neon", "smlal2", (8, 4))
 # AVX2 has no exact 8-bit dot product (vpmaddubsw's int16 pair sums saturate): widen to int16 and use
 # vpmaddwd, 8 outputs x 2 products per instruction, exact for any u8/s8 input.
 AVX2 = PackedDot("avx2_madd", 8, 2, ("uint8", "int8"), "int16", "int16", "dot_8x2_i16i16i32_avx2", "vpmaddwd")

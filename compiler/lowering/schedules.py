@@ -34,7 +34,8 @@ def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int
     vector for ``rows`` rows and an activation pair for ``columns`` vectors), tensorize the inner
     lanes x k block, run row tiles in parallel. A tile that does not divide the kernel shrinks to 1.
 
-    Unless given: 4 x 3 tiles, or 8 x 1 where the reduction is at most SHORT_K long (SqueezeBERT's Q/K/V
+    Unless given: the instruction's own tile (aarch64's 4-lane ones: 8 x 4, see :class:`PackedDot`), else
+    4 x 3 tiles, or 8 x 1 where the reduction is at most SHORT_K long (SqueezeBERT's Q/K/V
     and GELU convolutions, K = 192 a group, and the attention matmuls): every row tile streams all the
     weights, and 8-row tiles stream them half as often, which the short k loop could not hide. Alone, 2
     threads, with caches flushed: 128.6 -> 116.6 and 514.6 -> 473.5 us for the K = 192 convolutions,
@@ -67,7 +68,7 @@ def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int
     *lead, n, k = sch.get_loops(block)
     n_ext, m_ext = (int(sch.get(loop).extent) for loop in (n, lead[-1]))
     if rows is None or columns is None:
-        rows, columns = (8, 1) if int(sch.get(k).extent) <= SHORT_K else (4, 3)
+        rows, columns = spec.tile or ((8, 1) if int(sch.get(k).extent) <= SHORT_K else (4, 3))
     columns = next(c for c in (columns, 2, 1) if n_ext % (c * spec.lanes) == 0)
     rows = rows if m_ext % rows == 0 and m_ext > rows else 1
     r_o, *r_i = sch.split(lead[-1], [None, rows]) if rows > 1 else [lead[-1]]  # unit loops break tensorize
