@@ -46,6 +46,27 @@ def instruction_table(board: dict) -> list[list[str]]:
     return rows
 
 
+def summary_table(run: dict) -> list[list[str]]:
+    """One row per library of a run: M instructions at 16 and 128 tokens and per real text, over
+    onnxruntime's fewest at that precision on the same core (its int8 recipes: the fewer of the two), and
+    over the floor (README.md's boards table; a test checks it against results/)."""
+    rows = [["library", "core", "16 tokens", "128 tokens", "real text", "/ onnxruntime (16 / 128 / text)",
+             "/ floor (16 / 128 / text)"]]
+    for b in run["boards"]:
+        lib = b["rows"][0]
+        ort = [r for r in b["rows"][1:] if r["family"] == "onnxruntime" and r["precision"] == lib["precision"]]
+        cols = [c for c in ("16", "128", "text") if c in columns(b)]
+
+        def best(c):
+            return min((_value(r, c) for r in ort if _value(r, c)), default=None)
+
+        ratio = lambda a, z: f"{a / z:.2f}x" if a and z else "-"  # noqa: E731
+        rows.append([lib["name"], b["core"], *(_m(_value(lib, c)) for c in ("16", "128", "text")),
+                     " / ".join(ratio(_value(lib, c), best(c)) for c in cols),
+                     " / ".join(ratio(_value(lib, c), floor_value(b, c)) for c in cols)])
+    return rows
+
+
 def _key(board: dict) -> str:
     return f"{board['library']} on {board['core']}"
 
@@ -58,7 +79,9 @@ def sections(runs: list[dict]) -> list[tuple[str, str, list[list[str]]]]:
         for b in run["boards"]:
             newest[_key(b)] = (run, b)
             history.setdefault(_key(b), []).append((run, b))
-    out = []
+    out = [("Boards: instructions per inference (emulated), newest run", "Each library over the fewest "
+            "instructions onnxruntime needs at its precision on the same core, and over the floor.",
+            summary_table(runs[-1]))] if runs else []
     for key, (run, b) in newest.items():
         text = b.get("text") or {}
         tok = text.get("tokens")

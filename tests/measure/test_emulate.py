@@ -125,3 +125,13 @@ def test_bundle_times_the_library_beside_onnxruntime_under_qemu(cross_libs, tiny
     assert cosine > 0.99 and "ratio (library / onnxruntime)" in res.stdout
     readme = (root / "README.md").read_text()
     assert "./run.sh --vs-onnxruntime MODEL.onnx" in readme and str(tiny_int8 / "model.onnx") in readme
+
+
+def test_readme_boards_table_is_the_recorded_run():
+    """README.md's boards table is results/boards-emulated.json's, as the report renders it (not typed)."""
+    from compiler.measure.board_report import summary_table
+    from compiler.measure.report import _md
+
+    root = Path(__file__).resolve().parents[2]
+    run = json.loads((root / "results" / "boards-emulated.json").read_text())
+    assert _md(summary_table(run)) in (root / "README.md").read_text()
