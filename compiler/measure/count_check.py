@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from pathlib import Path
 
 
 def total(cmd: list[str], log: Path) -> int:
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    # one thread: the runner lets TVM_NUM_THREADS override --threads, and a pool's threads would be counted
+    res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"TVM_NUM_THREADS": "1"})
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[-6:])} failed: {(res.stderr.strip().splitlines() or ['?'])[-1]}")
     return int(re.search(r"^total (\d+)$", log.read_text(), re.M).group(1))
