@@ -129,6 +129,11 @@ def plugin() -> Path:
     return exe
 
 
+def counter_args(log: Path) -> list[str]:
+    """qemu-user options that load the instruction counter, its lines written to ``log``."""
+    return ["-plugin", str(plugin()), "-d", "plugin", "-D", str(log)]
+
+
 def core_root(cpu: str) -> Path:
     """A -L root for qemu emulating ``cpu``: the sysroot's folders plus that core's proc/cpuinfo."""
     if cpu not in CORES:
@@ -157,7 +162,7 @@ def python_command(cpu: str, counting: Path | None = None) -> tuple[list[str], d
     # no address-space randomisation (setarch -R) and a fixed hash seed: the same instructions every run
     cmd = [*(["setarch", "-R"] if shutil.which("setarch") else []), need("qemu-aarch64"), "-cpu", cpu, "-L", str(root)]
     if counting is not None:
-        cmd += ["-plugin", str(plugin()), "-d", "plugin", "-D", str(counting)]
+        cmd += counter_args(counting)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(HOME / "site"),
            "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8"}
     return [*cmd, str(root / PYTHON)], env

@@ -31,7 +31,7 @@ def total(cmd: list[str], log: Path) -> int:
 
 def per_inference(bundle: Path, cpu: str, tokens: int) -> int:
     """(3 runs - 1 run) / 2 of the bundle's runner on the first ``tokens`` tokens of its example."""
-    from compiler.deploy.board_python import plugin
+    from compiler.deploy.board_python import counter_args
     from compiler.deploy.bundle import emulator_prefix, safe_extract
 
     with tempfile.TemporaryDirectory(prefix="se-check-") as tmp:
@@ -50,9 +50,9 @@ def per_inference(bundle: Path, cpu: str, tokens: int) -> int:
         counts = []
         for runs in (1, 3):
             log = tmp / f"count-{runs}.log"
-            counts.append(total([qemu, "-cpu", cpu, "-plugin", str(plugin()), "-d", "plugin", "-D", str(log),
-                                 "-L", sysroot, str(root / "run_model"), "--threads", "1", *lengths,
-                                 str(root / "model.so"), str(tmp / "out.bin"), str(runs), *specs], log))
+            counts.append(total([qemu, "-cpu", cpu, *counter_args(log), "-L", sysroot, str(root / "run_model"),
+                                 "--threads", "1", *lengths, str(root / "model.so"), str(tmp / "out.bin"), str(runs),
+                                 *specs], log))
         return (counts[1] - counts[0]) // 2
 
 

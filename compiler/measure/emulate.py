@@ -130,7 +130,7 @@ def aarch64_library(lib_dir: Path, meta: dict) -> Path:
 
 def count_library(lib_dir: Path, cpu: str, feeds: list[dict], timeout: float = 3600.0) -> list[int]:
     """Instructions per inference of a built aarch64 library on ``cpu``, one count per feed (one thread)."""
-    from compiler.deploy.board_python import plugin
+    from compiler.deploy.board_python import counter_args
     from compiler.deploy.bundle import RUNTIME_LIBS, emulator_prefix, runner, runtime_dir
     from compiler.runtime import LoadedModel, load_metadata
 
@@ -155,7 +155,7 @@ def count_library(lib_dir: Path, cpu: str, feeds: list[dict], timeout: float = 3
                 specs.append(f"{spec['name']}:{spec['dtype']}:{'x'.join(map(str, arr.shape))}:{path}")
         lengths = ["--lengths", ",".join(map(str, meta["lengths"]))] if meta.get("lengths") else []
         log = tmp / "count.log"
-        cmd = [qemu, "-cpu", cpu, "-plugin", str(plugin()), "-d", "plugin", "-D", str(log), "-L", sysroot,
+        cmd = [qemu, "-cpu", cpu, *counter_args(log), "-L", sysroot,
                str(tmp / "run_model"), "--threads", "1", *lengths, str(lib), str(tmp / "out.bin"), "1", *specs]
         env = os.environ | {"SE_COUNT_MARKS": "1", "TVM_NUM_THREADS": "1"}
         return _counted(cmd, env, log, len(warm) + len(feeds), f"{lib} in the deploy runner", timeout)[len(warm):]
