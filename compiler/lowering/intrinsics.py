@@ -223,3 +223,49 @@ def _dot_4x16_i8_neon(
 
 
 TensorIntrin.register(NEON_DOT_4x16_INTRIN, _dot_4x16_i8_desc, _dot_4x16_i8_neon, override=True)
+
+
+SDOT_4x16_INTRIN = "dot_4x16_i8i8s32_sdot"
+_SDOT = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8")
+
+
+@T.prim_func(s_tir=True)
+def _sdot_4x16_desc(
+    A: T.Buffer((16,), "int8", offset_factor=1),
+    B: T.Buffer((4, 4, 4), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:16], B[0:4, 0:4, 0:4])
+        T.writes(C[0:4])
+        for i in T.serial(0, 4):
+            for k in T.serial(0, 16):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vk // 4, vi, vk % 4], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _sdot_4x16_impl(
+    A: T.Buffer((16,), "int8", offset_factor=1),
+    B: T.Buffer((4, 4, 4), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:16], B[0:4, 0:4, 0:4])
+        T.writes(C[0:4])
+        a = T.reinterpret(A.vload([0], "int8x16"), dtype="int32x4")
+        # lane j of a (4 activations) against the weights' k block j: LLVM selects sdot's indexed form
+        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(_SDOT, T.call_llvm_pure_intrin(_SDOT,
+            T.call_llvm_pure_intrin(_SDOT, T.call_llvm_pure_intrin(_SDOT, C.vload([0], dtype="int32x4"),
+            B.vload([0, 0, 0], dtype="int8x16"), T.reinterpret(T.Shuffle([a], [0, 0, 0, 0]), dtype="int8x16"),
+            dtype="int32x4"),
+            B.vload([1, 0, 0], dtype="int8x16"), T.reinterpret(T.Shuffle([a], [1, 1, 1, 1]), dtype="int8x16"),
+            dtype="int32x4"),
+            B.vload([2, 0, 0], dtype="int8x16"), T.reinterpret(T.Shuffle([a], [2, 2, 2, 2]), dtype="int8x16"),
+            dtype="int32x4"),
+            B.vload([3, 0, 0], dtype="int8x16"), T.reinterpret(T.Shuffle([a], [3, 3, 3, 3]), dtype="int8x16"),
+            dtype="int32x4")
+
+
+TensorIntrin.register(SDOT_4x16_INTRIN, _sdot_4x16_desc, _sdot_4x16_impl, override=True)

@@ -66,17 +66,23 @@ def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int
         else:
             sch.compute_inline(other)
     *lead, n, k = sch.get_loops(block)
-    n_ext, m_ext = (int(sch.get(loop).extent) for loop in (n, lead[-1]))
+    n_ext, m_ext, k_ext = (int(sch.get(loop).extent) for loop in (n, lead[-1], k))
+    step, intrin, tile = spec.k, spec.intrin, spec.tile
+    if spec.wide and k_ext % spec.wide[0] == 0:
+        step, intrin, tile = spec.wide
+    import os
+    if os.environ.get("SE_TILE"):
+        tile = tuple(map(int, os.environ["SE_TILE"].split("x")))
     if rows is None or columns is None:
-        rows, columns = spec.tile or ((8, 1) if int(sch.get(k).extent) <= SHORT_K else (4, 3))
+        rows, columns = tile or ((8, 1) if k_ext <= SHORT_K else (4, 3))
     columns = next(c for c in (columns, 2, 1) if n_ext % (c * spec.lanes) == 0)
     rows = rows if m_ext % rows == 0 and m_ext > rows else 1
     r_o, *r_i = sch.split(lead[-1], [None, rows]) if rows > 1 else [lead[-1]]  # unit loops break tensorize
     n_o, *n_m, n_i = sch.split(n, [None, columns, spec.lanes] if columns > 1 else [None, spec.lanes])
-    k_o, k_i = sch.split(k, [None, spec.k])
+    k_o, k_i = sch.split(k, [None, step])
     sch.reorder(*lead[:-1], r_o, n_o, k_o, *r_i, *n_m, n_i, k_i)
     r_o = sch.fuse(*lead[:-1], r_o) if lead[:-1] else r_o  # batch and heads (attention) run in parallel too
-    width = max(8, spec.lanes)  # float epilogue lanes: a whole vector of the instruction's width
+    width = int(os.environ.get("SE_W", max(8, spec.lanes)))
     for epi in epilogue:
         sch.reverse_compute_at(epi, n_o)
         inner = sch.get_loops(epi)[-1]
@@ -84,7 +90,7 @@ def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int
             sch.vectorize(sch.split(inner, [None, width])[1])
     sch.parallel(r_o)
     sch.decompose_reduction(block, k_o)
-    sch.tensorize(n_i, spec.intrin)
+    sch.tensorize(n_i, intrin)
     for loop in (*r_i, *n_m):
         sch.unroll(loop)
 
