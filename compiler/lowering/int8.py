@@ -81,7 +81,10 @@ class PackedDot:
     # aarch64's 4-lane instructions: 8 x 4, counted on the full model's Pi 5 library against the rule's
     # 8 x 1 / 4 x 3: 935 -> 683 M instructions at 128 tokens (8 x 3: 871 M); Pi 4: 1,293 -> 1,257 M
     tile: tuple[int, int] | None = None
-    # (k, intrin, tile): a longer step on the same weight layout where the reduction divides by k
+    # (k, intrin, tile): a longer step on the same weight layout where the reduction divides by k. sdot's
+    # indexed form: one 16-byte activation load serves 4 instructions (lane j against k block j), 8 x 2
+    # tiles (16 accumulators): full-size Pi 5 library at 128 tokens 683 -> 423 M instructions (8 x 3: 748 M,
+    # accumulators spilled; 4 x 4: 500 M)
     wide: tuple[int, str, tuple[int, int]] | None = None
 
 

@@ -18,6 +18,10 @@ activations and weights in [-64, 64] is at most 255 * 64 * 2 = 32640, so it cann
 7-bit weights (onnxruntime's reduce_range). On Zen 3 this pair of instructions issues about once a
 cycle, twice the products of vpmaddwd alone (measured with a register-only loop: 2.96 G pairs/s against
 3.20 G vpmaddwd/s per core).
+
+``dot_4x16_i8i8s32_sdot`` is sdot's indexed form over the weights TVM's ``dot_4x4_i8i8s32_sdot`` reads
+(packed [.., N/4, K/4, 4, 4]): 16 activations loaded once, lane j (4 of them) against weight block j, four
+sdot a step. The 4 x 4 one broadcasts 4 activations per instruction, a load (and an address) each.
 """
 
 from __future__ import annotations
