@@ -1,4 +1,9 @@
-"""Load a built library and call it like a function: ``compiler.runtime.load(DIR)(input_ids=...)``.
+"""Load a built library and call it like a function: ``compiler.runtime.load(DIR)(input_ids=...)``, or
+with text: ``load(DIR)("a sentence")`` answers with the model's head output (logits, or the sentence
+embedding), tokenized by the tokenizer the library carries.
+
+This module needs only numpy, TVM's runtime (apache-tvm, apache-tvm-ffi) and, for text, tokenizers: what
+a board installs (BOARD_PACKAGES). It never imports torch, onnx, onnxruntime or transformers.
 
 The library is loaded only after its sha256 matches metadata.json and its ELF machine matches this
 host; inputs are checked by name, shape, dtype and range (TVM's embedding gather does not bounds-check:
@@ -16,6 +21,8 @@ from compiler.artifact import sha256_file
 from compiler.errors import ArtifactError, InputError
 
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
+# What a board installs to run a library from Python (pinned as the package pins them: board_requirements)
+BOARD_PACKAGES = ("numpy", "apache-tvm", "apache-tvm-ffi", "tokenizers")
 # TVM's pool, by default: half the logical CPUs on x86 (it assumes SMT: one thread on a 2-core machine)
 # and workers that spin 300000 times waiting for the next kernel. A library loaded in a plain process,
 # 2 cores, int8 SqueezeBERT: 33.9 ms as TVM sets it, 23.5 ms with 2 threads, 19.3 ms with 2 threads and
@@ -105,8 +112,9 @@ class LoadedModel:
 
     def __init__(self, vm, inputs: list[dict], outputs: list[dict], vocab_size: int | None = None,
                  type_vocab_size: int | None = None, pool: dict | None = None, lengths: list[int] | None = None,
-                 truncate: bool = False, device=None):
+                 truncate: bool = False, device=None, tokenizer: Path | None = None):
         self._vm, self.inputs, self.outputs, self._device = vm, inputs, outputs, device
+        self._tokenizer_file, self._tokenizer = tokenizer, None
         self.vocab_size, self.type_vocab_size = vocab_size, type_vocab_size
         self.pool = pool  # the thread pool settings in force (configure_threads)
         # an any-length library's buckets (compiler.lowering.lengths); None: only the inputs' exact shape
@@ -182,7 +190,58 @@ class LoadedModel:
         bucket = bucket_for(arrays[0].shape[1], self.lengths)
         return function_name(bucket, self.lengths), pad(arrays, bucket)
 
-    def __call__(self, **feeds):
+    def __call__(self, text=None, /, **feeds):
+        """``model(input_ids=..., ...)``: the outputs, a list of arrays. ``model("text")``: the first
+        output for that text (a 1-D array); ``model(["text", ...])``: one per text, each at its own length."""
+        if text is not None:
+            if feeds:
+                raise InputError("pass text or token arrays, not both")
+            if isinstance(text, str):
+                return self._answer(text)
+            if isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text):
+                return [self._answer(t) for t in text]
+            raise InputError(f"text must be a string or a list of strings, not {type(text).__name__}")
+        return self._run(feeds)
+
+    def tokenize(self, text: str) -> dict:
+        """Token ids, mask and types [1, L] for one text: L its own length on an any-length library,
+        padded to the library's length on a fixed one; past the maximum refused, or cut when ``truncate``."""
+        import numpy as np
+
+        if self._tokenizer is None:
+            if self._tokenizer_file is None:
+                raise InputError("this library carries no tokenizer.json (rebuild it with squeezeedge build): "
+                                 "pass input_ids=... instead of text")
+            try:
+                from tokenizers import Tokenizer
+            except ImportError:
+                raise InputError("answering text needs the tokenizers package: pip install tokenizers") from None
+            self._tokenizer = Tokenizer.from_file(str(self._tokenizer_file))
+        enc = self._tokenizer.encode(text)
+        n = len(enc.ids)
+        if n > self.max_length:
+            if not self.truncate:
+                raise InputError(f"the text has {n} tokens; this library takes at most {self.max_length} "
+                                 "(truncation only when asked: load(..., truncate=True))")
+            self._tokenizer.enable_truncation(self.max_length)  # [CLS] ... [SEP] within the maximum
+            try:
+                enc = self._tokenizer.encode(text)
+            finally:
+                self._tokenizer.no_truncation()
+            n = len(enc.ids)
+        width = n if self.lengths else self.max_length
+        feeds = {"input_ids": enc.ids, "attention_mask": enc.attention_mask, "token_type_ids": enc.type_ids}
+        out = {}
+        for spec in self.inputs:
+            row = np.zeros((1, width), dtype=spec["dtype"])
+            row[0, :n] = feeds[spec["name"]][:n]
+            out[spec["name"]] = row
+        return out
+
+    def _answer(self, text: str):
+        return self._run(self.tokenize(text))[0][0]
+
+    def _run(self, feeds: dict):
         import tvm
 
         name, arrays = self.dispatch(self._check(feeds))
@@ -240,7 +299,42 @@ def load(directory: Path, threads: int | None = None, truncate: bool = False) ->
     return LoadedModel.from_files(lib, meta["inputs"], meta["outputs"], vocab_size=meta.get("vocab_size"),
                                   type_vocab_size=meta.get("type_vocab_size"), pool=pool,
                                   lengths=meta.get("lengths"), truncate=truncate,
-                                  cuda=is_cuda_library(meta))
+                                  cuda=is_cuda_library(meta), tokenizer=_tokenizer_file(Path(directory), meta))
+
+
+def _tokenizer_file(directory: Path, meta: dict) -> Path | None:
+    """The library's tokenizer.json after checking its sha256; None if it carries none."""
+    entry = meta.get("tokenizer")
+    if not entry:
+        return None
+    path = directory / entry["file"]
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing (metadata.json names it)")
+    if sha256_file(path) != entry["sha256"]:
+        raise ArtifactError(f"{path} does not match the sha256 in metadata.json; refusing to use it")
+    return path
+
+
+def board_requirements() -> list[str]:
+    """pip requirement lines for BOARD_PACKAGES, at the versions this package pins (installed metadata),
+    else the versions installed here."""
+    from importlib import metadata
+
+    pins: dict[str, str] = {}
+    try:
+        for req in metadata.requires("squeezeedge") or []:
+            name = req.split(";")[0].split("==")[0].strip().lower()
+            if name in BOARD_PACKAGES and "==" in req and "extra" not in req:
+                pins[name] = req.split(";")[0].strip()
+    except metadata.PackageNotFoundError:
+        pass
+    for name in BOARD_PACKAGES:
+        if name not in pins:
+            try:
+                pins[name] = f"{name}=={metadata.version(name)}"
+            except metadata.PackageNotFoundError:
+                pins[name] = name
+    return [pins[n] for n in BOARD_PACKAGES]
 
 
 def random_inputs(vocab: int, type_vocab: int, batch: int, seq_len: int, seed: int) -> dict:

@@ -2,7 +2,8 @@
 
 What a board user would run instead of a squeezeedge library (onnxruntime's and LiteRT's own aarch64
 wheels) runs here on the board's own core, so that its instructions can be counted beside the
-library's (compiler/measure/emulate.py). One directory, made once by :func:`setup` and cacheable by CI:
+library's (compiler/measure/emulate.py); so does squeezeedge's own board runtime (numpy, TVM's
+runtime, tokenizers: a bundle answering text from Python, tested). One directory, made once by :func:`setup` and cacheable by CI:
 
     HOME/sysroot/       Debian arm64 packages (python3.11 and the C libraries it and the wheels load)
     HOME/site/          the aarch64 wheels, unpacked (PYTHONPATH)
@@ -49,7 +50,10 @@ STAMP = ".complete"
 
 
 def wheels() -> list[str]:
-    return [f"onnxruntime=={metadata.version('onnxruntime')}", f"numpy=={metadata.version('numpy')}", LITERT, *PURE]
+    """The peers' wheels, and squeezeedge's board runtime (compiler.runtime.BOARD_PACKAGES and TVM's
+    ml-dtypes), at this host's versions."""
+    host = ("onnxruntime", "numpy", "apache-tvm", "apache-tvm-ffi", "tokenizers", "ml-dtypes")
+    return [*(f"{name}=={metadata.version(name)}" for name in host), LITERT, *PURE]
 
 
 def ready() -> bool:

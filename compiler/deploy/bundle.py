@@ -205,6 +205,7 @@ Built for target `{target}` ({arch}, {description}); {precision}; model sha256 {
 - `inputs/*.bin`: one example input (raw little-endian {dtype}, shape {shape}), and
   `inputs/expected_output.bin` (raw float32): the output of {expected_from} on the build machine{emulated}
 - `run.sh`: runs the example and compares with the expected output
+- `tokenizer.json`, `answer.py`, `requirements-board.txt`: text in, answer out, from Python (below)
 
 ## On the board ({arch} Linux, glibc 2.28 or newer)
     tar xzf {name}.tar.gz && cd {name}
@@ -228,8 +229,16 @@ after the other. MODEL.onnx: the model this library was built from is `{onnx}` o
 onnxruntime's own int8 recipe (its fastest) is what `squeezeedge bench` quantizes into WORKDIR/ort-recipe/.
 Without a board, `squeezeedge bench LIB_DIR --emulate` counts both on the board's core (instructions).
 
-From Python on the board instead: `pip install apache-tvm=={tvm_version}` and
-`tvm.relax.VirtualMachine(tvm.runtime.load_module("model.so"), {py_device})["main"](...)`.
+## From Python: text in, answer out
+    pip install -r requirements-board.txt       # numpy, TVM {tvm_version}'s runtime, tokenizers: no torch
+    pip install --no-deps squeezeedge-*.whl     # the squeezeedge wheel, without its compile dependencies
+    ./run.sh --text "a sentence" "another"     # prints each text's {answer}
+
+or in your program: `from compiler.runtime import load; model = load(".")`, then `model("a sentence")`
+(a numpy array: {answer}) or `model(["a", "b"])` (one each{own_length}); `model(input_ids=...)` takes
+token ids. `tokenizer.json` is the model's tokenizer{tokenizer_sha}. Texts past {seq} tokens are refused;
+`load(".", truncate=True)` (`SE_TRUNCATE=1 ./run.sh --text ...`) cuts them instead.
+
 Or remotely from a workstation: start `python -m tvm.exec.rpc_server --tracker HOST:9190 --key {rpc_key}`
 on the board and run `squeezeedge bench LIB_DIR --tracker HOST:9190 --key {rpc_key}` (TVM RPC has
 no authentication: keep it on a trusted network).
@@ -257,6 +266,8 @@ set -e
 cd "$(dirname "$0")"
 #   ./run.sh --vs-onnxruntime MODEL.onnx [ROUNDS]   times the library and onnxruntime side by side (python3)
 if [ "$1" = "--vs-onnxruntime" ]; then shift; exec python3 vs_onnxruntime.py "$@"; fi
+#   ./run.sh --text "a sentence" [...]   answers text from Python (README.md, 'From Python')
+if [ "$1" = "--text" ]; then shift; exec python3 answer.py "$@"; fi
 LIB=./model.so DEVICE={device} CHECK={check}{cuda_switch}
 # TVM's pool: the target's {threads} thread(s) (0: all), at most the CPUs this process may use, unless
 # TVM_NUM_THREADS is set
@@ -301,7 +312,7 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
     CPU library's validation adapted, where it ran)."""
     import numpy as np
 
-    from compiler.runtime import elf_machine, load_metadata
+    from compiler.runtime import board_requirements, elf_machine, load_metadata
 
     meta, lib = load_metadata(Path(lib_dir))
     arch = elf_machine(lib)
@@ -314,7 +325,11 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
                                       "run_model": exe, "lib/libtvm_runtime.so": rt / "libtvm_runtime.so",
                                       "lib/libtvm_ffi.so": rt / "libtvm_ffi.so",
                                       "inputs/expected_output.bin": expected.tobytes(),
-                                      "vs_onnxruntime.py": RUNNER_SRC.with_name("vs_onnxruntime.py")}
+                                      "vs_onnxruntime.py": RUNNER_SRC.with_name("vs_onnxruntime.py"),
+                                      "answer.py": RUNNER_SRC.with_name("answer.py"),
+                                      "requirements-board.txt": "".join(f"{r}\n" for r in board_requirements()).encode()}
+    if meta.get("tokenizer"):
+        files[meta["tokenizer"]["file"]] = Path(lib_dir) / meta["tokenizer"]["file"]
     cpu = meta.get("cpu_library")
     if cpu:
         files[cpu["file"]] = Path(lib_dir) / cpu["file"]
@@ -362,7 +377,10 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
                         f"max abs diff {tolerance} (the runner writes float32; the same library on the same inputs\n"
                         "gives the same bits unless the board's CPU takes another code path)."),
         device_opt=" --device cuda" if cpu else "", onnx=_built_from(Path(lib_dir)),
-        py_device="tvm.cuda()" if cpu else "tvm.cpu()").encode()
+        answer="sentence embedding" if meta["model"].get("head") == "embed" else "logits",
+        own_length=", each at its own length" if meta.get("lengths") else f", padded to {meta['inputs'][0]['shape'][1]}",
+        tokenizer_sha=(f" (sha256 {meta['tokenizer']['sha256'][:16]}... in metadata.json)" if meta.get("tokenizer")
+                       else "; this library has none: pass token ids")).encode()
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(f".{out.name}.part-{os.getpid()}")
     with tarfile.open(part, "w:gz") as tar:

@@ -15,13 +15,14 @@ from pathlib import Path
 
 from compiler import console
 from compiler.artifact import Artifact, StageRun, load_artifact, run_stage, sha256_file, tool_versions
-from compiler.errors import CompileError, InputError, ToolchainError, ValidationError
+from compiler.errors import ArtifactError, CompileError, InputError, ToolchainError, ValidationError
 from compiler.lowering.relax import bucket_lengths, first_line, fuse, relax_module, static_inputs
 from compiler.targets import Target, load_target
 
 LIB_FILE = "model.so"
 CPU_LIB_FILE = "model-cpu.so"  # CUDA targets: the same model for the board's CPU alone
 METADATA_FILE = "metadata.json"
+TOKENIZER_FILE = "tokenizer.json"  # the model's tokenizer: compiler.runtime answers text with it
 CROSS_PACKAGES = {"aarch64-linux-gnu": "g++-aarch64-linux-gnu"}  # Debian package of each cross g++
 
 
@@ -85,9 +86,34 @@ def build_library(model_dir: Path, cfg: BuildConfig, out: Path, force: bool = Fa
            "validation_runs": cfg.validation_runs, "emulate": cfg.emulate and target.is_cross}
 
     def work(tmp: Path) -> dict:
-        return _build(parent, target, tvm_target, compiler, cfg, tmp, database)
+        meta = _build(parent, target, tvm_target, compiler, cfg, tmp, database)
+        meta["tokenizer"] = _save_tokenizer(parent, tmp)
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return meta
 
     return run_stage("build", out, key, work, parent=parent, force=force)
+
+
+def _save_tokenizer(parent: Artifact, out: Path) -> dict | None:
+    """The model's tokenizer as ``out/tokenizer.json``, no padding or truncation (the runtime sets those per
+    call): the export's checkpoint's own, else bert-base-uncased's WordPiece, as quantize and bench use.
+    None, with a note, when the export a quantized model came from is gone (the library still takes ids)."""
+    from compiler.stages.calibdata import load_tokenizer
+
+    export = parent
+    if parent.stage == "quantize":
+        link = parent.manifest.get("parent") or {}
+        try:
+            export = load_artifact(Path(link["path"]), stage="export", verify=False)
+        except (ArtifactError, KeyError):
+            console.info(f"  no tokenizer in the library: the export {link.get('path')} is gone "
+                         "(it still answers token ids)")
+            return None
+    tok, info = load_tokenizer(export.manifest["config"].get("checkpoint"), 1)
+    tok.no_padding()
+    tok.no_truncation()
+    tok.save(str(out / TOKENIZER_FILE))
+    return {"file": TOKENIZER_FILE, "sha256": sha256_file(out / TOKENIZER_FILE), "from": info.source}
 
 
 def _check_database(path: Path, parent: Artifact, target: Target, tvm_target) -> Artifact:
