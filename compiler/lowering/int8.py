@@ -81,16 +81,17 @@ class PackedDot:
     # aarch64's 4-lane instructions: 8 x 4, counted on the full model's Pi 5 library against the rule's
     # 8 x 1 / 4 x 3: 935 -> 683 M instructions at 128 tokens (8 x 3: 871 M); Pi 4: 1,293 -> 1,257 M
     tile: tuple[int, int] | None = None
-    # (k, intrin, tile): a longer step on the same weight layout where the reduction divides by k. sdot's
-    # indexed form: one 16-byte activation load serves 4 instructions (lane j against k block j), 8 x 2
-    # tiles (16 accumulators): full-size Pi 5 library at 128 tokens 683 -> 423 M instructions (8 x 3: 748 M,
-    # accumulators spilled; 4 x 4: 500 M)
-    wide: tuple[int, str, tuple[int, int]] | None = None
+    # (k, intrin, tile, unroll): a longer step on the same weight layout where the reduction divides by k,
+    # its loop unrolled ``unroll`` steps. sdot's indexed form: one 16-byte activation load serves 4
+    # instructions (lane j against k block j), 8 x 2 tiles (16 accumulators): full-size Pi 5 library at
+    # 128 tokens 683 -> 423 M instructions (8 x 3: accumulators spilled, +69%; 4 x 4: +13%), unrolled 2
+    # steps -2.7% (4: no better; the Pi 4's 8 x 4 NEON tiles unrolled 2 spill: +13%, so they are not)
+    wide: tuple[int, str, tuple[int, int], int] | None = None
 
 
 VNNI = PackedDot("vnni_dot", 16, 4, ("uint8",), "uint8", "int8", "dot_16x4_vnni", "vpdpbusd")
 SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_sdot", "sdot", (8, 4),
-                 (16, "dot_4x16_i8i8s32_sdot", (8, 2)))
+                 (16, "dot_4x16_i8i8s32_sdot", (8, 2), 2))
 # Cores without dot product (Cortex-A72, the Pi 4): TVM's NEON sequence for the same 4 x 4 block, two
 # widening multiplies (smull) into int16, pairwise adds into int32 (saddlp, addp)
 NEON = PackedDot("arm_neon_dot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_neon", "smull", (8, 4))
