@@ -125,7 +125,7 @@ def _finish(ctx, run, verb: str, path: Path, details: str) -> None:
               help="A local Hugging Face model directory (config.json + model.safetensors, or "
                    "pytorch_model.bin read with weights_only=True). model_type squeezebert or bert.")
 @click.option("--head", type=click.Choice(["auto", "classify", "embed"]), default="auto", show_default=True,
-              help="classify: output 'logits'. embed: output 'embedding' (mask-mean-pooled last hidden "
+              help="classify: output 'logits'. embed: output 'sentence_embedding' (mask-mean-pooled last hidden "
                    "state, for sentence-embedding models). auto: classify for presets and checkpoints "
                    "whose architecture is *ForSequenceClassification, else embed.")
 @click.option("--num-labels", type=int, default=2, show_default=True, help="Classifier outputs (classify head).")
@@ -377,8 +377,6 @@ def tune(ctx, model_dir, target, target_file, trials, per_iteration, population,
 
 @main.command(epilog=EPILOG)
 @click.argument("lib_dirs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="LIB_DIR...")
-@click.option("--device", type=click.Choice(["local"]), default="local", show_default=True,
-              help="Where to run: this machine, or a board through --tracker/--key.")
 @click.option("--tracker", default=None, metavar="HOST:PORT", help="Run the libraries on a board behind this tracker.")
 @click.option("--key", default=None, help="The board's RPC key (with --tracker).")
 @click.option("--baselines", default=None,
@@ -402,7 +400,7 @@ def tune(ctx, model_dir, target, target_file, trials, per_iteration, population,
                    "needs 'squeezeedge setup-emulation' once).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="results/NAME.json")
 @click.pass_context
-def bench(ctx, lib_dirs, device, tracker, key, baselines, warmup, repeat, min_seconds, threads, texts, no_workloads,
+def bench(ctx, lib_dirs, tracker, key, baselines, warmup, repeat, min_seconds, threads, texts, no_workloads,
           emulate, out):
     """Time built libraries next to PyTorch, onnxruntime and TFLite on the same device, in one run.
 

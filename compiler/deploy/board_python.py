@@ -3,7 +3,8 @@
 What a board user would run instead of a squeezeedge library (onnxruntime's and LiteRT's own aarch64
 wheels) runs here on the board's own core, so that its instructions can be counted beside the
 library's (compiler/measure/emulate.py); so does squeezeedge's own board runtime (numpy, TVM's
-runtime, tokenizers: a bundle answering text from Python, tested). One directory, made once by :func:`setup` and cacheable by CI:
+runtime, tokenizers: a bundle answering text from Python, tested). One directory, made once by
+:func:`setup` and cacheable by CI:
 
     HOME/sysroot/       Debian arm64 packages (python3.11 and the C libraries it and the wheels load)
     HOME/site/          the aarch64 wheels, unpacked (PYTHONPATH)

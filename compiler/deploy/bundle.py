@@ -327,7 +327,7 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
                                       "inputs/expected_output.bin": expected.tobytes(),
                                       "vs_onnxruntime.py": RUNNER_SRC.with_name("vs_onnxruntime.py"),
                                       "answer.py": RUNNER_SRC.with_name("answer.py"),
-                                      "requirements-board.txt": "".join(f"{r}\n" for r in board_requirements()).encode()}
+                                      "requirements-board.txt": "\n".join([*board_requirements(), ""]).encode()}
     if meta.get("tokenizer"):
         files[meta["tokenizer"]["file"]] = Path(lib_dir) / meta["tokenizer"]["file"]
     cpu = meta.get("cpu_library")
@@ -378,7 +378,8 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
                         "gives the same bits unless the board's CPU takes another code path)."),
         device_opt=" --device cuda" if cpu else "", onnx=_built_from(Path(lib_dir)),
         answer="sentence embedding" if meta["model"].get("head") == "embed" else "logits",
-        own_length=", each at its own length" if meta.get("lengths") else f", padded to {meta['inputs'][0]['shape'][1]}",
+        own_length=(", each at its own length" if meta.get("lengths")
+                    else f", padded to {meta['inputs'][0]['shape'][1]}"),
         tokenizer_sha=(f" (sha256 {meta['tokenizer']['sha256'][:16]}... in metadata.json)" if meta.get("tokenizer")
                        else "; this library has none: pass token ids")).encode()
     out.parent.mkdir(parents=True, exist_ok=True)
