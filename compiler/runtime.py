@@ -21,7 +21,7 @@ from compiler.artifact import sha256_file
 from compiler.errors import ArtifactError, InputError
 
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
-# What a board installs to run a library from Python (pinned as the package pins them: board_requirements)
+# What a board installs to run a library from Python (at this machine's versions: board_requirements)
 BOARD_PACKAGES = ("numpy", "apache-tvm", "apache-tvm-ffi", "tokenizers")
 # TVM's pool, by default: half the logical CPUs on x86 (it assumes SMT: one thread on a 2-core machine)
 # and workers that spin 300000 times waiting for the next kernel. A library loaded in a plain process,
@@ -316,25 +316,10 @@ def _tokenizer_file(directory: Path, meta: dict) -> Path | None:
 
 
 def board_requirements() -> list[str]:
-    """pip requirement lines for BOARD_PACKAGES, at the versions this package pins (installed metadata),
-    else the versions installed here."""
+    """pip requirement lines for BOARD_PACKAGES at the versions installed here (the package's pins)."""
     from importlib import metadata
 
-    pins: dict[str, str] = {}
-    try:
-        for req in metadata.requires("squeezeedge") or []:
-            name = req.split(";")[0].split("==")[0].strip().lower()
-            if name in BOARD_PACKAGES and "==" in req and "extra" not in req:
-                pins[name] = req.split(";")[0].strip()
-    except metadata.PackageNotFoundError:
-        pass
-    for name in BOARD_PACKAGES:
-        if name not in pins:
-            try:
-                pins[name] = f"{name}=={metadata.version(name)}"
-            except metadata.PackageNotFoundError:
-                pins[name] = name
-    return [pins[n] for n in BOARD_PACKAGES]
+    return [f"{name}=={metadata.version(name)}" for name in BOARD_PACKAGES]
 
 
 def random_inputs(vocab: int, type_vocab: int, batch: int, seq_len: int, seed: int) -> dict:

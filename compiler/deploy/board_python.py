@@ -29,6 +29,7 @@ from compiler import console
 from compiler.artifact import sha256_file
 from compiler.deploy.bundle import RUNTIME_HOME, need
 from compiler.errors import ToolchainError
+from compiler.runtime import BOARD_PACKAGES
 
 HOME = Path(os.environ.get("SQUEEZEEDGE_BOARD_PYTHON", RUNTIME_HOME.parent / "board-python"))
 PLUGIN_SRC = Path(__file__).with_name("runner") / "count_insns.c"
@@ -53,7 +54,7 @@ STAMP = ".complete"
 def wheels() -> list[str]:
     """The peers' wheels, and squeezeedge's board runtime (compiler.runtime.BOARD_PACKAGES and TVM's
     ml-dtypes), at this host's versions."""
-    host = ("onnxruntime", "numpy", "apache-tvm", "apache-tvm-ffi", "tokenizers", "ml-dtypes")
+    host = ("onnxruntime", *BOARD_PACKAGES, "ml-dtypes")
     return [*(f"{name}=={metadata.version(name)}" for name in host), LITERT, *PURE]
 
 

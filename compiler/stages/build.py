@@ -87,7 +87,7 @@ def build_library(model_dir: Path, cfg: BuildConfig, out: Path, force: bool = Fa
 
     def work(tmp: Path) -> dict:
         meta = _build(parent, target, tvm_target, compiler, cfg, tmp, database)
-        meta["tokenizer"] = _save_tokenizer(parent, tmp)
+        meta["tokenizer"] = _save_tokenizer(parent, tmp)  # the metadata, written once, names it
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return meta
 
@@ -288,7 +288,6 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
     }
     if gpu:  # Jetson: also the CPU-only library for the board's Cortex cores, built and checked the same way
         meta["cpu_library"] = _cpu_library(parent, target, compiler, cfg, tmp)
-    (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
