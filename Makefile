@@ -68,11 +68,11 @@ bench: bench-fidelity bench-quantize-cost bench-latency bench-boards
 # held-out real text, integer kernels, size, and the library's speed next to onnxruntime int8/fp32
 # (results/int8-fidelity.{md,json}; ~20 min)
 bench-fidelity: $(STAMP)
-	$(PY) -m compiler.measure.fidelity_bench --workdir build/bench --results results
+	$(PY) -m squeezeedge.measure.fidelity_bench --workdir build/bench --results results
 
 # fp32 and int8 libraries for the reference target, each built with the shipped tuning database and
 # without one, timed in one interleaved run next to PyTorch, onnxruntime and TFLite; then each library
-# alone in a plain process (compiler.runtime.load with its defaults, what a user gets) against the
+# alone in a plain process (squeezeedge.runtime.load with its defaults, what a user gets) against the
 # bench's figure; then the report over every results/bench-*.json (all devices, all runs).
 # 30 s of rounds: medians of 10 rounds moved by +-1 ms between runs here.
 LIBS = build/bench/int8-$(REF_TARGET)-lib build/bench/int8-$(REF_TARGET)-nodb build/bench/fp32-$(REF_TARGET) \
@@ -86,7 +86,7 @@ bench-latency: $(STAMP)
 		--out build/bench/int8-$(REF_TARGET)-lib
 	$(SE) build build/bench/int8-$(REF_TARGET) --target $(REF_TARGET) --out build/bench/int8-$(REF_TARGET)-nodb
 	$(SE) --workdir build/bench bench $(LIBS) --min-seconds 30 --out results/bench-$(REF_TARGET).json
-	$(PY) -m compiler.measure.plain_latency $(LIBS) --bench results/bench-$(REF_TARGET).json \
+	$(PY) -m squeezeedge.measure.plain_latency $(LIBS) --bench results/bench-$(REF_TARGET).json \
 		--out results/plain-process-$(REF_TARGET)
 	$(SE) report results/bench-*.json $(wildcard results/boards-emulated.json) --out results/report
 
@@ -104,12 +104,12 @@ bench-boards: $(STAMP) toolchain emulation
 	$(SE) build build/boards/int8-rpi5 --target rpi5 --bundle --out build/boards/rpi5-int8
 	$(SE) build build/boards/export --target rpi4 --bundle --out build/boards/rpi4-fp32
 	$(SE) --workdir build/boards bench $(BOARD_LIBS) --emulate --out results/boards-emulated.json
-	$(PY) -m compiler.measure.count_check results/boards-emulated.json $(addsuffix .tar.gz,$(BOARD_LIBS)) \
+	$(PY) -m squeezeedge.measure.count_check results/boards-emulated.json $(addsuffix .tar.gz,$(BOARD_LIBS)) \
 		--out results/boards-count-check
 	$(SE) report results/bench-*.json results/boards-emulated.json --out results/report
 
 bench-quantize-cost: $(STAMP)
-	$(PY) -m compiler.measure.quantize_cost_bench --workdir build/bench --results results
+	$(PY) -m squeezeedge.measure.quantize_cost_bench --workdir build/bench --results results
 
 # Pre-tuned databases for the reference x86 target of this machine (REF_TARGET), shipped in
 # results/databases/ so that users get tuned builds without tuning. Rerunning with a larger TRIALS

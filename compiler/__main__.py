@@ -1,3 +1,3 @@
-from compiler.cli import main
+from squeezeedge.cli import main
 
 main(prog_name="squeezeedge")

@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from compiler.errors import ArtifactError, OutputError
+from squeezeedge.errors import ArtifactError, OutputError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from compiler import console
-from compiler.errors import SqueezeEdgeError
+from squeezeedge import console
+from squeezeedge.errors import SqueezeEdgeError
 
 EPILOG = "Exit codes: see 'Errors and exit codes' in README.md."
 
@@ -46,9 +46,9 @@ def _target_threads(lib_dir: Path) -> int | None:
 
 
 def _default_threads(lib_dir: Path) -> int:
-    """The threads the library runs with when loaded (compiler.runtime.default_threads): its target's, at
+    """The threads the library runs with when loaded (squeezeedge.runtime.default_threads): its target's, at
     most the CPUs this process may use."""
-    from compiler.runtime import default_threads
+    from squeezeedge.runtime import default_threads
 
     return default_threads(_target_threads(lib_dir))
 
@@ -92,7 +92,7 @@ def main(ctx, workdir: Path, verbose: int, quiet: bool, as_json: bool, targets_d
     console.VERBOSITY = 0 if quiet else 1 + verbose
     ctx.obj = {"workdir": workdir, "json": as_json}
     if targets_dir is not None:  # an environment variable, so that worker processes see it too
-        from compiler.resources import TARGETS_ENV
+        from squeezeedge.resources import TARGETS_ENV
 
         os.environ[TARGETS_ENV] = str(targets_dir.resolve())
 
@@ -153,7 +153,7 @@ def export(ctx, model, checkpoint, head, num_labels, batch, seq_len, seed, dynam
     Example:
       squeezeedge export --model squeezebert-tiny --seq-len 64 --out build/tiny
     """
-    from compiler.stages.export import ExportConfig, export_model
+    from squeezeedge.stages.export import ExportConfig, export_model
 
     cfg = ExportConfig(model=model, checkpoint=checkpoint, head=head, num_labels=num_labels, batch=batch,
                        seq_len=seq_len, seed=seed, dynamic=dynamic, tolerance=tolerance)
@@ -233,7 +233,7 @@ def quantize(ctx, export_dir, calibration_data, text_column, num_samples, num_he
     Example:
       squeezeedge quantize build/tiny --method percentile --out build/tiny-int8
     """
-    from compiler.stages.quantize import QuantizeConfig, quantize_model
+    from squeezeedge.stages.quantize import QuantizeConfig, quantize_model
 
     cfg = QuantizeConfig(calibration_data=calibration_data, text_column=text_column, num_samples=num_samples,
                          num_heldout=num_heldout, method=method, per_channel=per_channel, activations=activations,
@@ -283,21 +283,21 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, emulate
     through the C++ deploy runner and the apache-tvm aarch64 runtime, and checked the same way.
     --bundle writes OUT.tar.gz for the board (see its README.md).
 
-    Load the result in Python with compiler.runtime.load(DIR).
+    Load the result in Python with squeezeedge.runtime.load(DIR).
 
     \b
     Example:
       squeezeedge build build/tiny-int8 --target host --out build/tiny-int8-host
       squeezeedge build build/tiny-int8 --target rpi5 --bundle --out build/tiny-int8-rpi5
     """
-    from compiler.stages.build import BuildConfig, build_library
+    from squeezeedge.stages.build import BuildConfig, build_library
 
     cfg = BuildConfig(target=target, target_file=target_file, database=database, integer=not simulated_int8,
                       emulate=emulate)
     out = _out(ctx, out, "build")
     run = build_library(model_dir, cfg, out, force=force)
     if bundle:
-        from compiler.deploy.bundle import bundle_library
+        from squeezeedge.deploy.bundle import bundle_library
 
         tarball = bundle_library(run.artifact, gpu_bounds=(cfg.fp32_tolerance, cfg.int8_min_cosine))
         console.info(f"bundle: {tarball}")
@@ -323,7 +323,7 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, emulate
     _finish(ctx, run, "built", run.artifact.file("model.so"),
             f"  {r['precision']} for {r['target']['name']}{ints}{tuning}{lengths}, {r['library']['bytes'] / 1e6:.1f} MB"
             f"{check}\n"
-            f"  load it: python -c \"import compiler.runtime as rt; m = rt.load('{run.artifact.path}'); "
+            f"  load it: python -c \"import squeezeedge.runtime as rt; m = rt.load('{run.artifact.path}'); "
             f"print(m.inputs)\"")
 
 
@@ -363,7 +363,7 @@ def tune(ctx, model_dir, target, target_file, trials, per_iteration, population,
       squeezeedge tune build/tiny-int8 --target host --trials 64 --out build/tiny-int8-db
       squeezeedge build build/tiny-int8 --target host --database build/tiny-int8-db --out build/lib
     """
-    from compiler.stages.tune import TuneConfig, tune_model
+    from squeezeedge.stages.tune import TuneConfig, tune_model
 
     cfg = TuneConfig(target=target, target_file=target_file, trials=trials, per_iteration=per_iteration,
                      population=population, all_tasks=all_tasks, seed=seed, tracker=tracker, key=key)
@@ -387,7 +387,7 @@ def tune(ctx, model_dir, target, target_file, trials, per_iteration, population,
 @click.option("--min-seconds", type=float, default=2.0, show_default=True,
               help="Rounds until every runtime has this much measured time (at least 10 rounds).")
 @click.option("--threads", type=int, default=None,
-              help="Threads for every runtime [default: the library's own default, as compiler.runtime.load "
+              help="Threads for every runtime [default: the library's own default, as squeezeedge.runtime.load "
                    "sets it: its target's threads, at most the CPUs this process may use]")
 @click.option("--texts", type=click.Path(path_type=Path), default=None,
               help="Any-length libraries: the real-text workload's texts (.txt one per line, .jsonl/.csv/.tsv with "
@@ -414,7 +414,7 @@ def bench(ctx, lib_dirs, tracker, key, baselines, warmup, repeat, min_seconds, t
       squeezeedge bench build/demo/int8-host build/demo/fp32-host --out results/host.json
       squeezeedge report results/host.json --out results/report
     """
-    from compiler.measure.bench import BenchConfig, bench as run_bench
+    from squeezeedge.measure.bench import BenchConfig, bench as run_bench
 
     baselines = baselines or ("ort,tflite" if emulate else "torch,ort,tflite")
     wanted = tuple(b for b in baselines.split(",") if b and b != "none")
@@ -425,7 +425,7 @@ def bench(ctx, lib_dirs, tracker, key, baselines, warmup, repeat, min_seconds, t
     cfg = BenchConfig(baselines=wanted, warmup=warmup, repeat=repeat, min_seconds=min_seconds, threads=threads,
                       tracker=tracker, key=key, workdir=ctx.obj["workdir"], texts=texts, workloads=not no_workloads)
     rep = run_bench(list(lib_dirs), cfg, out)
-    from compiler.measure.report import _md, headline_table, text_table
+    from squeezeedge.measure.report import _md, headline_table, text_table
 
     text = text_table(rep)
     _emit(ctx, rep, f"bench: {out} ({rep['verdict']}, {rep['method']['rounds']} rounds on {rep['device']['label']})\n"
@@ -433,10 +433,10 @@ def bench(ctx, lib_dirs, tracker, key, baselines, warmup, repeat, min_seconds, t
 
 
 def _bench_emulated(ctx, lib_dirs, wanted, tracker, texts, out):
-    from compiler.errors import InputError
-    from compiler.measure.emulate import EmulateConfig, emulate, ensure_ready
-    from compiler.measure.board_report import instruction_table
-    from compiler.measure.report import _md
+    from squeezeedge.errors import InputError
+    from squeezeedge.measure.emulate import EmulateConfig, emulate, ensure_ready
+    from squeezeedge.measure.board_report import instruction_table
+    from squeezeedge.measure.report import _md
 
     if tracker:
         raise InputError("--emulate counts here under qemu; it does not take --tracker")
@@ -459,7 +459,7 @@ def setup_emulation(ctx, force):
     instruction-counting plugin with this machine's gcc. Needs qemu-user (make toolchain) and, as
     root, apt with the arm64 architecture (added here when missing).
     """
-    from compiler.deploy.board_python import setup
+    from squeezeedge.deploy.board_python import setup
 
     home = setup(force=force)
     _emit(ctx, {"path": str(home)}, f"board emulation ready: {home}")
@@ -479,7 +479,7 @@ def report(ctx, results, out, fail_on):
     Latency per device per runtime, speed-up over each baseline, output agreement (int8 fidelity),
     model size; compares across devices and across runs (history per device).
     """
-    from compiler.measure.report import render
+    from squeezeedge.measure.report import render
 
     res = render(list(results), out, fail_on)
     _emit(ctx, res, f"report: {out / 'report.md'} ({res['runs']} run(s)); also report.html and "
@@ -510,7 +510,7 @@ def pipeline(ctx, file, out, jobs, fail_on):
     skipped. A target that fails is named and the others finish (exit 15); OUT/pipeline.md and
     OUT/pipeline.json summarize.
     """
-    from compiler.pipeline import check, load_config, markdown, run
+    from squeezeedge.pipeline import check, load_config, markdown, run
 
     summary = run(load_config(file), out, jobs=jobs, fail_on=fail_on)
     _emit(ctx, summary, markdown(summary).rstrip())
@@ -552,7 +552,7 @@ def fleet_up(ctx, host, port, servers, emulated):
     aarch64 TVM runtime under qemu-user, so 'tune --target rpi5 --tracker ...' and 'bench --tracker'
     run real aarch64 code (sdot included) from CI. Its timings are qemu's, not a board's.
     """
-    from compiler.deploy.fleet import up
+    from squeezeedge.deploy.fleet import up
 
     state = up(_fleet_dir(ctx), host=host, port=port, servers=tuple(servers), emulated=tuple(emulated))
     _emit(ctx, state, f"tracker up at {state['tracker']} (pids {state['pids']}); registered: "
@@ -564,7 +564,7 @@ def fleet_up(ctx, host, port, servers, emulated):
 @click.pass_context
 def fleet_status(ctx, tracker):
     """List the keys registered at the tracker and how many boards under each are free."""
-    from compiler.deploy.fleet import STATE, registered_keys, summary
+    from squeezeedge.deploy.fleet import STATE, registered_keys, summary
 
     if tracker is None:
         state_path = _fleet_dir(ctx) / STATE
@@ -580,7 +580,7 @@ def fleet_status(ctx, tracker):
 @click.pass_context
 def fleet_down(ctx):
     """Stop the tracker and servers that 'fleet up' started."""
-    from compiler.deploy.fleet import down
+    from squeezeedge.deploy.fleet import down
 
     stopped = down(_fleet_dir(ctx))
     _emit(ctx, {"stopped": stopped}, f"stopped {len(stopped)} process(es)")
@@ -597,7 +597,7 @@ def targets(ctx):
     """
     if ctx.invoked_subcommand is not None:
         return
-    from compiler.targets import known_targets, load_target
+    from squeezeedge.targets import known_targets, load_target
 
     rows = [load_target(n) for n in known_targets()]
     payload = [{"name": t.name, "device": t.device, "cross_triple": t.cross_triple, "description": t.description}
@@ -615,7 +615,7 @@ def targets_show(ctx, name, target_file):
 
     TVM itself checks the target here, so a board file TVM would reject fails now, not mid-build.
     """
-    from compiler.targets import load_target
+    from squeezeedge.targets import load_target
 
     t = load_target(name, target_file)
     resolved = t.tvm_target_json()
@@ -630,8 +630,8 @@ def targets_show(ctx, name, target_file):
 @click.pass_context
 def inspect(ctx, directory):
     """Print an artifact's story: stage, parent, config, results, tool versions, files (sha256 checked)."""
-    from compiler.artifact import load_artifact
-    from compiler.inspect import describe
+    from squeezeedge.artifact import load_artifact
+    from squeezeedge.inspect import describe
 
     art = load_artifact(directory, verify=True)
     _emit(ctx, art.manifest, describe(art))
@@ -642,7 +642,7 @@ def inspect(ctx, directory):
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Timed runs after one warm-up.")
 @click.option("--top", type=click.IntRange(min=1), default=15, show_default=True, help="Kernels to print.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="TVM threads [default: the library's own, as compiler.runtime.load sets it]")
+              help="TVM threads [default: the library's own, as squeezeedge.runtime.load sets it]")
 @click.option("--seq-len", type=click.IntRange(min=1), default=None,
               help="Tokens per input, for a library that takes any length [default: its longest]")
 @click.pass_context
@@ -653,10 +653,10 @@ def profile(ctx, lib_dir, runs, top, threads, seq_len):
     Example:
       squeezeedge profile build/demo/int8-x86-avx2 --runs 5
     """
-    from compiler.runtime import load_metadata
+    from squeezeedge.runtime import load_metadata
 
     load_metadata(lib_dir)  # a clear error for a directory that is not a library, before TVM starts
-    from compiler.measure.profile import profile as run_profile
+    from squeezeedge.measure.profile import profile as run_profile
 
     rep = run_profile(lib_dir, runs=runs, threads=threads, seq_len=seq_len)
     lines = [(f"{lib_dir}: {rep['wall_ms']} ms per inference ({runs} runs, {rep['thread_pool']['threads']} threads); "

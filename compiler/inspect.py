@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from compiler.artifact import Artifact
+from squeezeedge.artifact import Artifact
 
 
 def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:

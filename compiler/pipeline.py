@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compiler import console
-from compiler.artifact import write_text_atomic
-from compiler.errors import InputError, PipelineError, RegressionError
+from squeezeedge import console
+from squeezeedge.artifact import write_text_atomic
+from squeezeedge.errors import InputError, PipelineError, RegressionError
 
 SCHEMA: dict[str, dict[str, type]] = {
     "model": {"preset": str, "checkpoint": str, "seq_len": int, "dynamic": bool, "head": str, "num_labels": int,
@@ -105,7 +105,7 @@ class Step:
 
 def _cli(args: list) -> tuple[int, dict | None, str]:
     """Run one squeezeedge command in a child process: (exit code, its --json payload, its last error line)."""
-    cmd = [sys.executable, "-m", "compiler", "-q", "--json", *map(str, args)]
+    cmd = [sys.executable, "-m", "squeezeedge", "-q", "--json", *map(str, args)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     payload = None
     if res.stdout.strip():
@@ -162,7 +162,7 @@ def _quantize_args(cfg: Config, export: Path, target: str, out: Path) -> list:
 
 def _database(cfg: Config, target: str, precision: str, model: Path) -> tuple[Path | None, str]:
     """(a database that fits this model and target, or None, and why)."""
-    from compiler.resources import data_dir
+    from squeezeedge.resources import data_dir
 
     where = cfg.tuning.get("database", "none")
     if where == "none":
@@ -234,7 +234,7 @@ def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> di
     """Run the whole pipeline into ``out``; returns the summary (also written to out/pipeline.json/.md;
     :func:`check` turns a failed part or a regression into the exit code). Only a bad target name or a
     failed export stop it early."""
-    from compiler.targets import load_target
+    from squeezeedge.targets import load_target
 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Where the files squeezeedge reads at run time are: the board descriptions, the calibration corpus, the
 shipped tuning databases.
 
-Installed from a wheel they are package data under ``compiler/data/`` (pyproject.toml maps the top-level
+Installed from a wheel they are package data under ``squeezeedge/data/`` (pyproject.toml maps the top-level
 ``targets/``, ``calibration/`` and ``results/databases/`` there), found through importlib.resources; in a
 clone (or an editable install) they are read where they are. Files that live inside ``compiler/`` (the
 runner sources, the bench schema) are found next to the modules either way.
@@ -20,7 +20,7 @@ TARGETS_ENV = "SQUEEZEEDGE_TARGETS_DIR"  # a user's own board descriptions, on t
 
 def data_dir(name: str) -> Path:
     """The directory of one kind of shipped data: ``targets``, ``calibration`` or ``databases``."""
-    installed = resources.files("compiler") / "data" / name
+    installed = resources.files("squeezeedge") / "data" / name
     if installed.is_dir():
         return Path(str(installed))  # a wheel installs as plain files: its Traversable is a path
     return IN_CLONE[name]

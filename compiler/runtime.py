@@ -1,4 +1,4 @@
-"""Load a built library and call it like a function: ``compiler.runtime.load(DIR)(input_ids=...)``, or
+"""Load a built library and call it like a function: ``squeezeedge.runtime.load(DIR)(input_ids=...)``, or
 with text: ``load(DIR)("a sentence")`` answers with the model's head output (logits, or the sentence
 embedding), tokenized by the tokenizer the library carries.
 
@@ -17,8 +17,8 @@ import os
 import platform
 from pathlib import Path
 
-from compiler.artifact import sha256_file
-from compiler.errors import ArtifactError, InputError
+from squeezeedge.artifact import sha256_file
+from squeezeedge.errors import ArtifactError, InputError
 
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
 # What a board installs to run a library from Python (at this machine's versions: board_requirements)
@@ -117,7 +117,7 @@ class LoadedModel:
         self._tokenizer_file, self._tokenizer = tokenizer, None
         self.vocab_size, self.type_vocab_size = vocab_size, type_vocab_size
         self.pool = pool  # the thread pool settings in force (configure_threads)
-        # an any-length library's buckets (compiler.lowering.lengths); None: only the inputs' exact shape
+        # an any-length library's buckets (squeezeedge.lowering.lengths); None: only the inputs' exact shape
         self.lengths, self.truncate = lengths, truncate
 
     @property
@@ -183,7 +183,7 @@ class LoadedModel:
 
     def dispatch(self, arrays: list) -> tuple[str, list]:
         """(Relax function, inputs padded to its length) for checked inputs."""
-        from compiler.lowering.lengths import bucket_for, function_name, pad
+        from squeezeedge.lowering.lengths import bucket_for, function_name, pad
 
         if not self.lengths:
             return "main", arrays

@@ -13,8 +13,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from compiler.errors import TargetError
-from compiler.resources import TARGETS_ENV, data_dir, user_targets_dir
+from squeezeedge.errors import TargetError
+from squeezeedge.resources import TARGETS_ENV, data_dir, user_targets_dir
 
 TARGETS_DIR = data_dir("targets")  # the shipped boards
 QEMU_CPUS = ("cortex-a35", "cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76", "neoverse-n1", "a64fx")

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from compiler.cli import main
+from squeezeedge.cli import main
 
 TINY_SEQ = 32
 
 
 def _has_nvcc() -> bool:
-    from compiler.deploy.cuda import nvcc
-    from compiler.errors import ToolchainError
+    from squeezeedge.deploy.cuda import nvcc
+    from squeezeedge.errors import ToolchainError
 
     try:
         return bool(nvcc())

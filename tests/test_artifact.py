@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from compiler.artifact import load_artifact, run_stage
-from compiler.errors import ArtifactError, OutputError
+from squeezeedge.artifact import load_artifact, run_stage
+from squeezeedge.errors import ArtifactError, OutputError
 
 
 def _work(tmp):

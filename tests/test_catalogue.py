@@ -45,7 +45,7 @@ def _calib(tmp_path, name, content: bytes):
 
 
 def _huge(tmp_path):
-    from compiler.stages.calibdata import MAX_BYTES
+    from squeezeedge.stages.calibdata import MAX_BYTES
 
     p = tmp_path / "huge.txt"
     with open(p, "wb") as f:

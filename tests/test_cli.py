@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.errors import exit_code_table
+from squeezeedge.errors import exit_code_table
 
 from .conftest import cli
 
@@ -24,7 +24,7 @@ def test_every_command_has_a_manual(name):
 
 
 def test_python_dash_m_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "compiler", "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "squeezeedge", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "squeezeedge" in proc.stdout
 
 

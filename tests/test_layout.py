@@ -14,7 +14,7 @@ LAYERS = {"errors": 0, "console": 0, "artifact": 0, "resources": 0, "targets": 0
 
 
 def _part(module: str) -> str:
-    """compiler.stages.build -> stages; compiler.runtime -> runtime; compiler -> __init__."""
+    """squeezeedge.stages.build -> stages; squeezeedge.runtime -> runtime; squeezeedge -> __init__."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
 
@@ -22,16 +22,16 @@ def _part(module: str) -> str:
 def _imports() -> dict[str, set[str]]:
     edges = {}
     for path in PACKAGE.rglob("*.py"):
-        rel = path.relative_to(PACKAGE.parent).with_suffix("")
-        name = ".".join(p for p in rel.parts if p != "__init__") if rel.name == "__init__" else ".".join(rel.parts)
+        rel = path.relative_to(PACKAGE).with_suffix("")
+        name = ".".join(("squeezeedge", *(p for p in rel.parts if p != "__init__")))
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "compiler":
-                found |= {f"{node.module}.{a.name}" if node.module == "compiler" else node.module for a in node.names}
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "squeezeedge":
+                found |= {f"{node.module}.{a.name}" if node.module == "squeezeedge" else node.module for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level:
                 raise AssertionError(f"{name}: relative import (the layout reads from absolute ones)")
             elif isinstance(node, ast.Import):
-                found |= {a.name for a in node.names if a.name.split(".")[0] == "compiler"}
+                found |= {a.name for a in node.names if a.name.split(".")[0] == "squeezeedge"}
         edges[name] = found
     return edges
 

@@ -32,28 +32,28 @@ def installed(tmp_path_factory):
 def _se(site: Path, cwd: Path, *args, module: bool = True) -> subprocess.CompletedProcess:
     """squeezeedge (or python with module=False) from the installed copy, run in ``cwd``, outside the clone."""
     cwd.mkdir(exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(site)}  # the installed copy first: never the clone's compiler/
+    env = {**os.environ, "PYTHONPATH": str(site)}  # the installed copy first: never the clone's sources
     env.pop("SQUEEZEEDGE_TARGETS_DIR", None)
-    return subprocess.run([sys.executable, *(["-m", "compiler"] if module else []), *map(str, args)],
+    return subprocess.run([sys.executable, *(["-m", "squeezeedge"] if module else []), *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, env=env)
 
 
 def test_wheel_holds_the_run_time_data(installed):
     wheel, _, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
-    for must in ("compiler/measure/bench_schema.json", "compiler/deploy/runner/run_model.cc", "compiler/deploy/runner/rpc_board.cc",
-                 "compiler/data/targets/rpi4.toml", "compiler/data/calibration/sentences.txt",
-                 "compiler/data/calibration/PROVENANCE.md", "compiler/data/databases/x86-avx512-int8/manifest.json"):
+    for must in ("squeezeedge/measure/bench_schema.json", "squeezeedge/deploy/runner/run_model.cc", "squeezeedge/deploy/runner/rpc_board.cc",
+                 "squeezeedge/data/targets/rpi4.toml", "squeezeedge/data/calibration/sentences.txt",
+                 "squeezeedge/data/calibration/PROVENANCE.md", "squeezeedge/data/databases/x86-avx512-int8/manifest.json"):
         assert must in names, must
     shipped = {p.name for p in (REPO / "targets").glob("*.toml")}
-    assert {Path(n).name for n in names if n.startswith("compiler/data/targets/")} == shipped
+    assert {Path(n).name for n in names if n.startswith("squeezeedge/data/targets/")} == shipped
 
 
 def test_installed_wheel_runs_the_flow_outside_the_clone(installed):
-    from compiler.artifact import sha256_file
+    from squeezeedge.artifact import sha256_file
 
     _, site, elsewhere = installed
-    res = _se(site, elsewhere, "-c", "import compiler, compiler.resources as r; print(compiler.__file__); "
+    res = _se(site, elsewhere, "-c", "import squeezeedge, squeezeedge.resources as r; print(squeezeedge.__file__); "
                                      "print(r.data_dir('targets')); print(r.data_dir('calibration'))", module=False)
     assert res.stdout.split() and all(p.startswith(str(site)) for p in res.stdout.split()), res.stdout + res.stderr
 
@@ -67,7 +67,7 @@ def test_installed_wheel_runs_the_flow_outside_the_clone(installed):
     assert res.returncode == 0, res.stderr
     # calibrated on the shipped corpus, read from the installed package
     assert json.loads(res.stdout)["manifest"]["config"]["data_sha256"] == \
-        sha256_file(site / "compiler" / "data" / "calibration" / "sentences.txt")
+        sha256_file(site / "squeezeedge" / "data" / "calibration" / "sentences.txt")
     res = _se(site, elsewhere, "-q", "build", "int8", "--target", "host", "--bundle", "--out", "lib")
     assert res.returncode == 0, res.stderr
     with tarfile.open(elsewhere / "lib.tar.gz") as tar:

@@ -11,8 +11,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from compiler.measure.bench import SCHEMA_FILE
-from compiler.resources import TARGETS_ENV
+from squeezeedge.measure.bench import SCHEMA_FILE
+from squeezeedge.resources import TARGETS_ENV
 
 from .conftest import cli, needs_nvcc
 
@@ -96,7 +96,7 @@ def test_report_names_the_target_of_each_library_when_a_run_has_several(tiny_run
     names its target; with one library the short name stays."""
     import copy
 
-    from compiler.measure.report import sections
+    from squeezeedge.measure.report import sections
 
     out, _ = tiny_run
     run = json.loads((out / "bench.json").read_text())
@@ -189,7 +189,7 @@ def test_ci_workflow_runs_the_commands_the_readme_documents():
     assert (EXAMPLES.parent / pipeline_file).is_file()
     for uses in ("actions/cache@", "actions/upload-artifact@", "container: python:3.11-bookworm"):
         assert uses in workflow
-    from compiler.pipeline import load_config
+    from squeezeedge.pipeline import load_config
 
     cfg = load_config(EXAMPLES.parent / pipeline_file)  # the boards file parses and names shipped boards
     assert {"rpi4", "rpi5", "jetson-orin-nano", "x86-avx512", "x86-avx2"} <= set(cfg.targets)

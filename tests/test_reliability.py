@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compiler.artifact import load_artifact
-from compiler.stages.calibdata import read_texts
-from compiler.errors import CalibrationError, TargetError
-from compiler.targets import parse_target
+from squeezeedge.artifact import load_artifact
+from squeezeedge.stages.calibdata import read_texts
+from squeezeedge.errors import CalibrationError, TargetError
+from squeezeedge.targets import parse_target
 
 from .conftest import FAST_Q, TINY_SEQ, cli
 
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "compiler", "-q", *map(str, args)], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "squeezeedge", "-q", *map(str, args)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -96,7 +96,7 @@ def test_two_processes_on_one_output(good_copies):
     exp, q = good_copies
     first = _start("quantize", exp, *FAST_Q, "--force", "--out", q)
     _wait_for(q.parent, f".{q.name}.tmp-*", first)
-    second = subprocess.run([sys.executable, "-m", "compiler", "quantize", str(exp), *FAST_Q, "--force",
+    second = subprocess.run([sys.executable, "-m", "squeezeedge", "quantize", str(exp), *FAST_Q, "--force",
                              "--out", str(q)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert second.returncode == 7 and "another squeezeedge run is writing" in second.stderr
     assert first.wait(300) == 0, first.communicate()
@@ -151,8 +151,8 @@ def test_thousand_inferences_do_not_leak(int8_lib):
     """RSS after 1,000 calls is within 5% of RSS after the first 100 (allocations are reused)."""
     import numpy as np
 
-    from compiler import runtime
-    from compiler.runtime import random_inputs
+    from squeezeedge import runtime
+    from squeezeedge.runtime import random_inputs
 
     model = runtime.load(int8_lib)
     feeds = [random_inputs(30528, 2, 1, TINY_SEQ, s) for s in range(10)]
@@ -167,8 +167,8 @@ def test_thousand_inferences_do_not_leak(int8_lib):
 
 def test_thousand_inferences_through_rpc_do_not_leak(int8_lib, tmp_path):
     """The same through a real tracker and server: the server's RSS stays flat, every call succeeds."""
-    from compiler.runtime import random_inputs
-    from compiler.measure.remote import remote_runners
+    from squeezeedge.runtime import random_inputs
+    from squeezeedge.measure.remote import remote_runners
 
     res = cli("--workdir", tmp_path, "--json", "fleet", "up", "--port", _free_port(), "--server", "leak-board")
     assert res.exit_code == 0, res.output

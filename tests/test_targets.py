@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from compiler.targets import TARGETS_DIR, known_targets, load_target, load_target_file
+from squeezeedge.targets import TARGETS_DIR, known_targets, load_target, load_target_file
 
 from .conftest import cli
 
@@ -66,7 +66,7 @@ def test_user_target_file(tmp_path):
 def test_users_targets_directory_adds_and_overrides_boards(tmp_path, monkeypatch):
     """$SQUEEZEEDGE_TARGETS_DIR (what --targets-dir sets): its boards are listed with the shipped ones and
     win over a shipped board of the same name; a directory that does not exist is a one-line error."""
-    from compiler.resources import TARGETS_ENV
+    from squeezeedge.resources import TARGETS_ENV
 
     (tmp_path / "my-board.toml").write_text((TARGETS_DIR / "rpi5.toml").read_text().replace('name = "rpi5"',
                                                                                            'name = "my-board"'))

@@ -25,11 +25,11 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-from compiler import console
-from compiler.artifact import sha256_file
-from compiler.deploy.bundle import RUNTIME_HOME, need
-from compiler.errors import ToolchainError
-from compiler.runtime import BOARD_PACKAGES
+from squeezeedge import console
+from squeezeedge.artifact import sha256_file
+from squeezeedge.deploy.bundle import RUNTIME_HOME, need
+from squeezeedge.errors import ToolchainError
+from squeezeedge.runtime import BOARD_PACKAGES
 
 HOME = Path(os.environ.get("SQUEEZEEDGE_BOARD_PYTHON", RUNTIME_HOME.parent / "board-python"))
 PLUGIN_SRC = Path(__file__).with_name("runner") / "count_insns.c"
@@ -52,7 +52,7 @@ STAMP = ".complete"
 
 
 def wheels() -> list[str]:
-    """The peers' wheels, and squeezeedge's board runtime (compiler.runtime.BOARD_PACKAGES and TVM's
+    """The peers' wheels, and squeezeedge's board runtime (squeezeedge.runtime.BOARD_PACKAGES and TVM's
     ml-dtypes), at this host's versions."""
     host = ("onnxruntime", *BOARD_PACKAGES, "ml-dtypes")
     return [*(f"{name}=={metadata.version(name)}" for name in host), LITERT, *PURE]
@@ -175,7 +175,7 @@ def python_command(cpu: str, counting: Path | None = None) -> tuple[list[str], d
 
 
 def main() -> int:
-    """``python -m compiler.deploy.board_python``: set up (or check) HOME; prints its path."""
+    """``python -m squeezeedge.deploy.board_python``: set up (or check) HOME; prints its path."""
     try:
         print(setup(force="--force" in sys.argv))
     except ToolchainError as exc:

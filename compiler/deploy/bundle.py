@@ -24,9 +24,9 @@ import time
 import zipfile
 from pathlib import Path
 
-from compiler import console
-from compiler.artifact import sha256_file
-from compiler.errors import ArtifactError, InputError, ToolchainError
+from squeezeedge import console
+from squeezeedge.artifact import sha256_file
+from squeezeedge.errors import ArtifactError, InputError, ToolchainError
 
 RUNNER_SRC = Path(__file__).with_name("runner") / "run_model.cc"
 RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_ffi.so")
@@ -143,7 +143,7 @@ def run_library(lib_dir: Path, feed: dict, repeat: int = 1, timeout: float = 180
 
     The library is checked against its metadata's sha256 first; inputs are checked like runtime.load.
     """
-    from compiler.runtime import load_metadata
+    from squeezeedge.runtime import load_metadata
 
     meta, lib = load_metadata(Path(lib_dir))
     return run_file(lib, meta, feed, repeat, timeout)
@@ -158,7 +158,7 @@ def _run(lib: Path, meta: dict, feed: dict, repeat: int, timeout: float):
     """(first output as float32, the runner's stdout)."""
     import numpy as np
 
-    from compiler.runtime import LoadedModel, elf_machine
+    from squeezeedge.runtime import LoadedModel, elf_machine
 
     arch = elf_machine(lib)
     prefix = emulator_prefix(arch)
@@ -234,7 +234,7 @@ Without a board, `squeezeedge bench LIB_DIR --emulate` counts both on the board'
     pip install --no-deps squeezeedge-*.whl     # the squeezeedge wheel, without its compile dependencies
     ./run.sh --text "a sentence" "another"     # prints each text's {answer}
 
-or in your program: `from compiler.runtime import load; model = load(".")`, then `model("a sentence")`
+or in your program: `from squeezeedge.runtime import load; model = load(".")`, then `model("a sentence")`
 (a numpy array: {answer}) or `model(["a", "b"])` (one each{own_length}); `model(input_ids=...)` takes
 token ids. `tokenizer.json` is the model's tokenizer{tokenizer_sha}. Texts past {seq} tokens are refused;
 `load(".", truncate=True)` (`SE_TRUNCATE=1 ./run.sh --text ...`) cuts them instead.
@@ -312,7 +312,7 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
     CPU library's validation adapted, where it ran)."""
     import numpy as np
 
-    from compiler.runtime import board_requirements, elf_machine, load_metadata
+    from squeezeedge.runtime import board_requirements, elf_machine, load_metadata
 
     meta, lib = load_metadata(Path(lib_dir))
     arch = elf_machine(lib)
@@ -401,7 +401,7 @@ def bundle_library(art, gpu_bounds: tuple[float, float]) -> Path:
     its CPU library: no GPU runs here (``gpu_bounds``: :func:`write_bundle`)."""
     import json
 
-    from compiler.runtime import elf_machine, random_inputs
+    from squeezeedge.runtime import elf_machine, random_inputs
 
     tarball = art.path.with_name(art.path.name + ".tar.gz")
     stamp = tarball.with_name("." + tarball.name + ".sha256")  # the build it was made from

@@ -17,7 +17,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from compiler.errors import ToolchainError
+from squeezeedge.errors import ToolchainError
 
 STUB_SRC = Path(__file__).with_name("runner") / "libcuda_stub.c"
 CUDART = "libcudart.so.13"
@@ -62,8 +62,8 @@ def enable_nvcc_codegen() -> dict:
     """Make TVM compile CUDA kernels to a fatbin with nvcc at build time (idempotent)."""
     if _enabled:
         return _enabled
-    from compiler.artifact import sha256_file
-    from compiler.deploy.bundle import RUNTIME_HOME
+    from squeezeedge.artifact import sha256_file
+    from squeezeedge.deploy.bundle import RUNTIME_HOME
 
     compiler = nvcc()
     homes = [compiler.parent.parent, Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")), Path("/usr/local/cuda")]

@@ -9,7 +9,7 @@ Timings are qemu's, not a board's: they prove the kernels load, run and give the
 let the tuning flow run end to end, but a database tuned on an emulated board is ranked by emulation
 speed. Tune on the board for speed.
 
-    python -m compiler.deploy.emulated_board --tracker 127.0.0.1:9190 --key rpi5
+    python -m squeezeedge.deploy.emulated_board --tracker 127.0.0.1:9190 --key rpi5
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ SOURCE = Path(__file__).with_name("runner") / "rpc_board.cc"
 
 
 def _serve_emulated(sock, load_library, work_path):  # the signature of tvm.rpc.server._serve_loop
-    from compiler.deploy.bundle import emulator_prefix, runner
+    from squeezeedge.deploy.bundle import emulator_prefix, runner
 
     exe = runner("aarch64", SOURCE)  # built by serve(); here only found again
     fd = sock.fileno()
@@ -35,8 +35,8 @@ def serve(tracker: str, key: str, host: str = "127.0.0.1", port: int = 9090, por
     """Register under ``key`` at ``tracker`` and serve sessions under qemu until killed."""
     from tvm.rpc import server
 
-    from compiler.deploy.bundle import emulator_prefix, runner
-    from compiler.deploy.fleet import parse_addr
+    from squeezeedge.deploy.bundle import emulator_prefix, runner
+    from squeezeedge.deploy.fleet import parse_addr
 
     emulator_prefix("aarch64")  # fail now, naming the package, if qemu or the sysroot is missing
     runner("aarch64", SOURCE)
@@ -47,7 +47,7 @@ def serve(tracker: str, key: str, host: str = "127.0.0.1", port: int = 9090, por
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m compiler.deploy.emulated_board", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m squeezeedge.deploy.emulated_board", description=__doc__.splitlines()[0])
     ap.add_argument("--tracker", required=True, metavar="HOST:PORT")
     ap.add_argument("--key", required=True)
     ap.add_argument("--host", default="127.0.0.1")

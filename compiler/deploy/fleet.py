@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from compiler import console
-from compiler.errors import InputError, OutputError
+from squeezeedge import console
+from squeezeedge.errors import InputError, OutputError
 
 STATE = "fleet.json"
 
@@ -126,7 +126,7 @@ def up(fleet_dir: Path, host: str = "127.0.0.1", port: int = 9190, servers: tupl
                             "--port", "9090", "--port-end", "9199", "--silent"], fleet_dir / f"server-{key}.log"))
         state_path.write_text(json.dumps(state, indent=2) + "\n")
     for key in emulated:
-        pids.append(_spawn(["compiler.deploy.emulated_board", "--tracker", addr, "--key", key, "--host", server_host],
+        pids.append(_spawn(["squeezeedge.deploy.emulated_board", "--tracker", addr, "--key", key, "--host", server_host],
                            fleet_dir / f"emulated-{key}.log"))
         state_path.write_text(json.dumps(state, indent=2) + "\n")
     while (set(servers) | set(emulated)) - set(registered_keys(info)):

@@ -16,7 +16,7 @@ passes, so its weights (packed or not) are byte-identical to the others'.
 
 from __future__ import annotations
 
-from compiler.errors import InputError
+from squeezeedge.errors import InputError
 
 FIRST_BUCKET = 16  # real text here: median 14 tokens, p90 18 (calibration/sentences.txt)
 

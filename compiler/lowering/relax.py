@@ -1,13 +1,13 @@
 """The model as TVM sees it: the artifact's ONNX imported into Relax at each length bucket's static shape,
-integerized for int8 (compiler.lowering.int8 and friends), then legalized and fused. Build and tune
+integerized for int8 (squeezeedge.lowering.int8 and friends), then legalized and fused. Build and tune
 both start here, so a tuning database sees exactly the kernels the build compiles."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from compiler.artifact import Artifact, load_artifact
-from compiler.errors import CompileError
+from squeezeedge.artifact import Artifact, load_artifact
+from squeezeedge.errors import CompileError
 
 
 def static_onnx(path: Path, dims: dict[str, int], scratch: Path) -> Path:
@@ -71,11 +71,11 @@ def import_onnx(path: Path, inputs: list[dict], static_dims: dict[str, int] | No
 def relax_module(parent: Artifact, tvm_target, integer: bool = True):
     """(Relax module, RewriteReport | None): the artifact's ONNX imported with static shapes and, for an
     int8 model with ``integer``, rewritten to integer kernels (pre-packed for the target's dot-product
-    instruction where it has one), then its transposes sunk until they cancel (:mod:`compiler.lowering.transposes`)
+    instruction where it has one), then its transposes sunk until they cancel (:mod:`squeezeedge.lowering.transposes`)
     and its elementwise functions between dequantize and quantize (GELU) turned into lookup tables
-    (:mod:`compiler.lowering.lookup`).
+    (:mod:`squeezeedge.lowering.lookup`).
     Build and tune both start here, so a tuning database sees exactly the kernels the build compiles."""
-    from compiler.lowering.lengths import merge
+    from squeezeedge.lowering.lengths import merge
 
     lengths = bucket_lengths(parent)
     mods, reports = {}, {}
@@ -90,8 +90,8 @@ def relax_module(parent: Artifact, tvm_target, integer: bool = True):
 
 def bucket_lengths(parent: Artifact) -> list[int]:
     """The lengths a library of this export (or its quantized model) is built for: one for a static
-    export, buckets up to its --seq-len for a --dynamic one (:mod:`compiler.lowering.lengths`)."""
-    from compiler.lowering.lengths import buckets
+    export, buckets up to its --seq-len for a --dynamic one (:mod:`squeezeedge.lowering.lengths`)."""
+    from squeezeedge.lowering.lengths import buckets
 
     dynamic = any(not isinstance(d, int) for i in parent.results["inputs"] for d in i["shape"])
     return buckets(_static_dims(parent)["seq"], dynamic)
@@ -99,11 +99,11 @@ def bucket_lengths(parent: Artifact) -> list[int]:
 
 def _bucket_module(parent: Artifact, tvm_target, integer: bool, dims: dict[str, int]):
     """relax_module for one static shape (``dims``: batch and seq)."""
-    from compiler.lowering.int8 import integerize, packed_dot_for
-    from compiler.lowering.lookup import lookup_tables
-    from compiler.lowering.requantize import (drop_round_trips, fold_layer_norm_quantize, fold_requantize,
+    from squeezeedge.lowering.int8 import integerize, packed_dot_for
+    from squeezeedge.lowering.lookup import lookup_tables
+    from squeezeedge.lowering.requantize import (drop_round_trips, fold_layer_norm_quantize, fold_requantize,
                              fold_softmax_quantize)
-    from compiler.lowering.transposes import sink_transposes
+    from squeezeedge.lowering.transposes import sink_transposes
 
     mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], dims)
     report = None

@@ -3,7 +3,7 @@ before it: a kernel's epilogue (:func:`fold_requantize`), softmax (:func:`fold_s
 layer norm (:func:`fold_layer_norm_quantize`), so that no quantize divides an element by its scale.
 
 Round trips: dequantize -> reshape/transpose -> quantize with the same scale and zero point, or
-dequantize -> quantize alone (where :mod:`compiler.lowering.transposes` moved the layout ops before the dequantize).
+dequantize -> quantize alone (where :mod:`squeezeedge.lowering.transposes` moved the layout ops before the dequantize).
 
 onnxruntime's QDQ quantizer puts a QuantizeLinear/DequantizeLinear pair around every reshape and
 transpose with the parameters of the tensor they move, so SqueezeBERT's Q, K, V and attention outputs
@@ -18,7 +18,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from compiler.lowering.lookup import _bindings, _qparams_scalar, _scalar_const, rebind
+from squeezeedge.lowering.lookup import _bindings, _qparams_scalar, _scalar_const, rebind
 
 LAYOUT = ("relax.reshape", "relax.permute_dims")
 _QUANTIZE, _DEQUANTIZE = tvm.ir.Op.get("relax.quantize"), tvm.ir.Op.get("relax.dequantize")

@@ -4,7 +4,7 @@ TVM 0.27 compiles an unscheduled CPU kernel as naive single-threaded loops (its 
 defaults; CPU has none). Before this, every kernel a database missed (softmax, layer norm, transposes,
 every kernel of an untuned build) ran on one core. Here each gets:
 
-- a pre-packed dot-product kernel (:class:`compiler.lowering.int8.PackedDot`): its inner lanes x k block
+- a pre-packed dot-product kernel (:class:`squeezeedge.lowering.int8.PackedDot`): its inner lanes x k block
   tensorized onto the target's instruction, rows in parallel;
 - reductions along one axis, and data moved into a blocked layout: the rules below;
 - anything else: MetaSchedule's own parallelize/vectorize rule and postprocessors, applied once, with
@@ -18,7 +18,7 @@ from collections import Counter
 import numpy as np
 import tvm
 
-from compiler.lowering.int8 import PACKED, PackedDot
+from squeezeedge.lowering.int8 import PACKED, PackedDot
 
 
 def _packed_block(func) -> PackedDot | None:
@@ -48,7 +48,7 @@ def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int
     Order matters: a fused or parallel loop added after tensorize breaks TVM's reduction checks.
 
     A kernel fused with its epilogue (requantize, bias, GELU, residual add: what FuseOps joins to it
-    once no transpose stands between, see :mod:`compiler.lowering.transposes`) gets the epilogue as one
+    once no transpose stands between, see :mod:`squeezeedge.lowering.transposes`) gets the epilogue as one
     vectorized loop nest per output, computed right after each rows x columns tile while its int32 sums
     are in L1 (after each row tile instead: ~0.5 ms slower on int8 SqueezeBERT): every other elementwise
     block is inlined into its consumer.
@@ -147,7 +147,7 @@ def _reductions(one: tvm.IRModule):
 
     MetaSchedule's default rule gives each output its own serial, scalar reduction loop. Here:
 
-    - a reduction across rows (layer norm over NCW's channel axis, once :mod:`compiler.lowering.transposes`
+    - a reduction across rows (layer norm over NCW's channel axis, once :mod:`squeezeedge.lowering.transposes`
       has removed the transposes around it; a matmul's column of B) walks rows in the outer loop and
       32 adjacent outputs in the inner one, which LLVM vectorizes: contiguous loads, the same summation
       order per output. SqueezeBERT's [1, 768, 128] layer norm, 2 threads: 0.36 -> 0.11 ms, identical;
@@ -304,7 +304,7 @@ def schedule_kernel(one: tvm.IRModule, tvm_target):
     schedule slower than this one."""
     from tvm.s_tir import Schedule
 
-    from compiler.lowering import intrinsics  # noqa: F401  (the dot-product intrinsics)
+    from squeezeedge.lowering import intrinsics  # noqa: F401  (the dot-product intrinsics)
 
     lanes = vector_lanes(tvm_target)
     registers = 16 if lanes == 8 else 32  # AVX2 has 16 vector registers; AVX-512 and NEON 32

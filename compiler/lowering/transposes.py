@@ -2,7 +2,7 @@
 
 SqueezeBERT works channels-first (NCW) for its convolutions and channels-last (NWC) for its layer
 norms, so its graph transposes around every layer norm; the int8 rewrite adds two more around every
-pre-packed kernel (they read and write NWC, see :mod:`compiler.lowering.int8`). Each is a pass over memory and
+pre-packed kernel (they read and write NWC, see :mod:`squeezeedge.lowering.int8`). Each is a pass over memory and
 splits what would be one fused kernel in two: the intermediate layer's int32 NWC->NCW transpose with
 its GELU epilogue took 18 of the int8 library's 105 ms (``squeezeedge profile``).
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from compiler import console
-from compiler.artifact import Artifact, load_artifact, run_stage
-from compiler.errors import ArtifactError, SqueezeEdgeError
+from squeezeedge import console
+from squeezeedge.artifact import Artifact, load_artifact, run_stage
+from squeezeedge.errors import ArtifactError, SqueezeEdgeError
 
 ORT_RECIPE = "onnxruntime int8 (its own recipe)"
 BASELINE_RUNTIMES = {"torch": ("pytorch fp32",), "ort": ("onnxruntime fp32", "onnxruntime int8", ORT_RECIPE),
@@ -72,7 +72,7 @@ def lineage(build: Artifact) -> Lineage:
 def squeezeedge_runner(lib_dir: Path, threads: int | None = None) -> Runner:
     import json
 
-    from compiler import runtime
+    from squeezeedge import runtime
 
     model = runtime.load(lib_dir, threads=threads)
     meta = json.loads((Path(lib_dir) / "metadata.json").read_text())
@@ -86,8 +86,8 @@ def squeezeedge_runner(lib_dir: Path, threads: int | None = None) -> Runner:
 def torch_runner(export: Artifact, threads: int) -> Runner:
     import torch
 
-    from compiler.stages.export import ExportConfig
-    from compiler.stages.models import INPUT_NAMES, build_torch_model
+    from squeezeedge.stages.export import ExportConfig
+    from squeezeedge.stages.models import INPUT_NAMES, build_torch_model
 
     cfg = {k: v for k, v in export.manifest["config"].items() if k in ExportConfig.__dataclass_fields__}
     with _quiet():
@@ -126,7 +126,7 @@ def tflite_models(export: Artifact, out: Path) -> Artifact:
         versions = {p: version(p) for p in ("litert-torch", "ai-edge-quantizer", "ai-edge-litert")}
     except Exception as exc:  # PackageNotFoundError
         raise Skip(f"TFLite converter not installed ({exc}); run 'make setup'") from None
-    from compiler.stages.calibdata import DEFAULT_CORPUS, encode, load_tokenizer, read_texts, split
+    from squeezeedge.stages.calibdata import DEFAULT_CORPUS, encode, load_tokenizer, read_texts, split
 
     cfg = export.manifest["config"]
     corpus = read_texts(DEFAULT_CORPUS)
@@ -141,8 +141,8 @@ def tflite_models(export: Artifact, out: Path) -> Artifact:
         import numpy as np
         import torch
 
-        from compiler.stages.export import ExportConfig
-        from compiler.stages.models import INPUT_NAMES, build_torch_model
+        from squeezeedge.stages.export import ExportConfig
+        from squeezeedge.stages.models import INPUT_NAMES, build_torch_model
 
         model, config, *_ = build_torch_model(
             ExportConfig(**{k: v for k, v in cfg.items() if k in ExportConfig.__dataclass_fields__}).spec())
@@ -199,7 +199,7 @@ def tflite_runner(models: Artifact, precision: str, threads: int) -> Runner:
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
-    from compiler.stages.models import INPUT_NAMES
+    from squeezeedge.stages.models import INPUT_NAMES
 
     path = models.file(f"model-{precision}.tflite")
     with console.native_stderr_to_debug():
@@ -265,7 +265,7 @@ def _ort_recipe_runner(chain: Lineage, threads: int, workdir: Path, activations:
     """onnxruntime int8 on the same export quantized onnxruntime's way (every output quantized, no
     smoothing, float embeddings), same calibration texts, method and activation scheme (or ``activations``):
     onnxruntime's fastest int8, so the library is not only compared with onnxruntime running our recipe."""
-    from compiler.stages.quantize import QuantizeConfig, quantize_model
+    from squeezeedge.stages.quantize import QuantizeConfig, quantize_model
 
     q = chain.quantize
     key, sch = q.manifest["config"], q.results["scheme"]

@@ -1,6 +1,6 @@
 """`squeezeedge bench`: latency of built libraries and their baselines on one device, in one run.
 
-Method (compiler.measure.timing): every runtime gets the same input (seeded random tokens at the
+Method (squeezeedge.measure.timing): every runtime gets the same input (seeded random tokens at the
 library's shape) and the same thread count, in interleaved rounds of a shuffled order. Samples are
 wall-clock milliseconds of one call, including the copy of inputs in and outputs out. The output
 file follows ``bench_schema.json`` (validated before it is written).
@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler import console
-from compiler.artifact import load_artifact, package_versions, tool_versions
-from compiler.measure.baselines import BASELINE_RUNTIMES, BASELINES, Lineage, Runner, baseline_runners, lineage, squeezeedge_runner
-from compiler.errors import InputError, OutputError
-from compiler.measure.timing import MAX_P90_OVER_MEDIAN, MIN_RUNS, MIN_WINDOW_S, interleave, stats, verdict
+from squeezeedge import console
+from squeezeedge.artifact import load_artifact, package_versions, tool_versions
+from squeezeedge.measure.baselines import BASELINE_RUNTIMES, BASELINES, Lineage, Runner, baseline_runners, lineage, squeezeedge_runner
+from squeezeedge.errors import InputError, OutputError
+from squeezeedge.measure.timing import MAX_P90_OVER_MEDIAN, MIN_RUNS, MIN_WINDOW_S, interleave, stats, verdict
 
 SCHEMA_NAME, SCHEMA_VERSION = "squeezeedge-bench", 1
 SCHEMA_FILE = Path(__file__).with_name("bench_schema.json")
@@ -45,7 +45,7 @@ class BenchConfig:
 # spinning after a call steals the cores the next runtime needs (measured here, full SqueezeBERT:
 # onnxruntime fp32 196 ms interleaved with spinning pools vs 57 ms alone). So the baselines' pools are
 # told to sleep between calls: onnxruntime (allow_spinning=0, set per session; with 1 its busy spin took
-# every runtime here to 2x) and OpenMP under PyTorch. squeezeedge libraries run as compiler.runtime.load
+# every runtime here to 2x) and OpenMP under PyTorch. squeezeedge libraries run as squeezeedge.runtime.load
 # sets them up for any user (its threads and TVM's spin count: compiler/runtime.py), nothing more.
 QUIET_POOLS = {"OMP_WAIT_POLICY": "PASSIVE"}
 
@@ -76,7 +76,7 @@ def machine_info() -> dict:
     import psutil
     import tvm
 
-    from compiler.runtime import isa_features
+    from squeezeedge.runtime import isa_features
 
     cpu = platform.processor() or platform.machine()
     flags: list[str] = []
@@ -131,7 +131,7 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
     """Measure, write ``out`` (JSON, atomically) and return the report."""
     import numpy as np
 
-    from compiler.runtime import random_inputs
+    from squeezeedge.runtime import random_inputs
 
     validate_config(cfg)
     pools = quiet_thread_pools()
@@ -147,7 +147,7 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
     feed = random_inputs(meta.get("vocab_size") or 30528, meta.get("type_vocab_size") or 2, batch, seq, cfg.seed)
 
     if cfg.tracker:
-        from compiler.measure.remote import remote_runners
+        from squeezeedge.measure.remote import remote_runners
 
         runners = remote_runners(lib_dirs, cfg.tracker, cfg.key, feed, cfg.threads)  # timed on the board by TVM
         skipped = {n: "baselines run in this process, not on the board behind the tracker; run "
@@ -166,7 +166,7 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
         if cfg.tracker:
             console.info("  per-length and real-text workloads: local only (the baselines run in this process)")
         else:
-            from compiler.measure.workloads import any_length_workloads
+            from squeezeedge.measure.workloads import any_length_workloads
 
             workloads = any_length_workloads(runners, cfg, chain, meta, seq)
     ref_name = next((n for n in ("pytorch fp32", "onnxruntime fp32") if n in outputs), None)
@@ -199,7 +199,7 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
                    "clock": "device (TVM time_evaluator over RPC)" if cfg.tracker else "wall clock per call",
                    "input_seed": cfg.seed, "reference": ref_name, "window_s": round(window_s, 3),
                    "thread_pools": pools | {"onnxruntime": "session.intra_op.allow_spinning=0",
-                                            "squeezeedge": "as compiler.runtime.load sets it (each library's "
+                                            "squeezeedge": "as squeezeedge.runtime.load sets it (each library's "
                                                            "info.thread_pool)"},
                    "rules": {"min_runs": MIN_RUNS, "min_window_s": MIN_WINDOW_S,
                              "max_p90_over_median": MAX_P90_OVER_MEDIAN}},

@@ -6,7 +6,7 @@ run and once with 3; (total of 3 - total of 1) / 2 is one inference, loading and
 Compared with the emulated bench's count at the same length (other random ids: the kernels' work does
 not depend on the ids), it must agree within --tolerance.
 
-    python -m compiler.measure.count_check results/boards-emulated.json BUNDLE.tar.gz ... --out results/NAME
+    python -m squeezeedge.measure.count_check results/boards-emulated.json BUNDLE.tar.gz ... --out results/NAME
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def total(cmd: list[str], log: Path) -> int:
 
 def per_inference(bundle: Path, cpu: str, tokens: int) -> int:
     """(3 runs - 1 run) / 2 of the bundle's runner on the first ``tokens`` tokens of its example."""
-    from compiler.deploy.board_python import counter_args
-    from compiler.deploy.bundle import emulator_prefix, safe_extract
+    from squeezeedge.deploy.board_python import counter_args
+    from squeezeedge.deploy.bundle import emulator_prefix, safe_extract
 
     with tempfile.TemporaryDirectory(prefix="se-check-") as tmp:
         tmp = Path(tmp)
@@ -57,7 +57,7 @@ def per_inference(bundle: Path, cpu: str, tokens: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m compiler.measure.count_check", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m squeezeedge.measure.count_check", description=__doc__.splitlines()[0])
     ap.add_argument("emulated", type=Path, help="bench --emulate results")
     ap.add_argument("bundles", type=Path, nargs="+", help="the libraries' deploy bundles (TARGET-PRECISION.tar.gz)")
     ap.add_argument("--lengths", default="16,128")

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from compiler import console
-from compiler.errors import ArtifactError, InputError, ToolchainError
+from squeezeedge import console
+from squeezeedge.errors import ArtifactError, InputError, ToolchainError
 
 SCHEMA_NAME, SCHEMA_VERSION = "squeezeedge-instructions", 1
 PEER_SCRIPT = Path(__file__).with_name("count_peer.py")
@@ -67,10 +67,10 @@ def multiply_adds(export_dir: Path, lengths: list[int]) -> dict[int, int]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from compiler.artifact import load_artifact
-    from compiler.measure.baselines import _quiet
-    from compiler.stages.export import ExportConfig
-    from compiler.stages.models import INPUT_NAMES, build_torch_model
+    from squeezeedge.artifact import load_artifact
+    from squeezeedge.measure.baselines import _quiet
+    from squeezeedge.stages.export import ExportConfig
+    from squeezeedge.stages.models import INPUT_NAMES, build_torch_model
 
     cfg = load_artifact(export_dir, verify=False).manifest["config"]
     with _quiet():
@@ -120,7 +120,7 @@ def _counted(cmd: list[str], env: dict | None, log: Path, runs: int, what: str, 
 
 def aarch64_library(lib_dir: Path, meta: dict) -> Path:
     """The library file to count: model.so, or a CUDA build's board CPU library; InputError if not aarch64."""
-    from compiler.runtime import elf_machine
+    from squeezeedge.runtime import elf_machine
 
     lib = lib_dir / (meta.get("cpu_library") or meta["library"])["file"]
     if elf_machine(lib) != "aarch64":
@@ -130,9 +130,9 @@ def aarch64_library(lib_dir: Path, meta: dict) -> Path:
 
 def count_library(lib_dir: Path, cpu: str, feeds: list[dict], timeout: float = 3600.0) -> list[int]:
     """Instructions per inference of a built aarch64 library on ``cpu``, one count per feed (one thread)."""
-    from compiler.deploy.board_python import counter_args
-    from compiler.deploy.bundle import RUNTIME_LIBS, emulator_prefix, runner, runtime_dir
-    from compiler.runtime import LoadedModel, load_metadata
+    from squeezeedge.deploy.board_python import counter_args
+    from squeezeedge.deploy.bundle import RUNTIME_LIBS, emulator_prefix, runner, runtime_dir
+    from squeezeedge.runtime import LoadedModel, load_metadata
 
     meta, _ = load_metadata(Path(lib_dir))
     lib = aarch64_library(Path(lib_dir), meta)
@@ -166,7 +166,7 @@ def count_peer(runtime: str, model: Path, cpu: str, feeds: list[dict], timeout: 
     """Instructions per inference of onnxruntime or LiteRT's aarch64 wheel on ``cpu``, one count per feed."""
     import numpy as np
 
-    from compiler.deploy.board_python import python_command
+    from squeezeedge.deploy.board_python import python_command
 
     warm = warmups(feeds, lambda f: f["input_ids"].shape)
     feeds = warm + feeds
@@ -189,8 +189,8 @@ def _workloads(meta: dict, cfg: EmulateConfig, checkpoint: str | None) -> tuple[
     """({length: random feed}, real-text feeds at their own lengths, the text workload's description)."""
     import numpy as np
 
-    from compiler.measure.workloads import LENGTH_POINTS, text_feeds, workload_texts
-    from compiler.runtime import random_inputs
+    from squeezeedge.measure.workloads import LENGTH_POINTS, text_feeds, workload_texts
+    from squeezeedge.runtime import random_inputs
 
     shape = meta["inputs"][0]["shape"]
     max_len = (meta.get("lengths") or [shape[1]])[-1]
@@ -217,7 +217,7 @@ def _peers(chain, lib_meta: dict, cpu: str, by_length: dict, texts: list[dict], 
            cache: dict, pool) -> tuple[list, dict]:
     """Futures of the peer runtimes' rows on ``cpu``, counted in ``pool`` (cached per core and model:
     libraries on one core share them), and the peers skipped, with why."""
-    from compiler.measure.baselines import Skip, _ort_recipe_runner, _signature, tflite_models
+    from squeezeedge.measure.baselines import Skip, _ort_recipe_runner, _signature, tflite_models
 
     plan: list[tuple[str, str, str, Callable[[], tuple[Path, list[str] | None]]]] = []
     if "ort" in cfg.baselines and chain.export is not None:
@@ -251,7 +251,7 @@ def _peers(chain, lib_meta: dict, cpu: str, by_length: dict, texts: list[dict], 
 
 
 def _peer_row(name, runtime, precision, path, litert_inputs, cpu, by_length, texts, static, timeout) -> dict:
-    from compiler.stages.models import INPUT_NAMES
+    from squeezeedge.stages.models import INPUT_NAMES
 
     if runtime == "litert":  # one static length: the model's own; real texts are padded to it
         feed = by_length.get(static) or _pad(by_length[max(by_length)], static)
@@ -279,9 +279,9 @@ def _pad(feed: dict, n: int) -> dict:
 
 def _board(lib_dir: Path, cfg: EmulateConfig, cache: dict, pool) -> dict:
     """One library's record, its rows as futures of counts running in ``pool``."""
-    from compiler.artifact import load_artifact
-    from compiler.measure.baselines import lineage
-    from compiler.runtime import load_metadata
+    from squeezeedge.artifact import load_artifact
+    from squeezeedge.measure.baselines import lineage
+    from squeezeedge.runtime import load_metadata
 
     art = load_artifact(lib_dir, "build")
     meta, _ = load_metadata(lib_dir)
@@ -312,9 +312,9 @@ def _board(lib_dir: Path, cfg: EmulateConfig, cache: dict, pool) -> dict:
 
 def emulate(lib_dirs: list[Path], cfg: EmulateConfig, out: Path) -> dict:
     """Count every library and its peers on its target's core; write and return the results."""
-    from compiler.artifact import package_versions
-    from compiler.deploy.board_python import wheels
-    from compiler.measure.bench import _write_json, git_state, machine_info
+    from squeezeedge.artifact import package_versions
+    from squeezeedge.deploy.board_python import wheels
+    from squeezeedge.measure.bench import _write_json, git_state, machine_info
 
     t0 = time.perf_counter()
     boards, cache = [], {}
@@ -337,8 +337,8 @@ def emulate(lib_dirs: list[Path], cfg: EmulateConfig, out: Path) -> dict:
 
 def _target_core(name: str) -> str:
     """The qemu core of a library built before metadata recorded it: its target file's (by name)."""
-    from compiler.errors import TargetError
-    from compiler.targets import load_target
+    from squeezeedge.errors import TargetError
+    from squeezeedge.targets import load_target
 
     try:
         return load_target(name).qemu_cpu
@@ -355,7 +355,7 @@ def _qemu_version() -> str:
 
 def ensure_ready() -> None:
     """One line naming the set-up command when the board's Python or qemu is missing."""
-    from compiler.deploy.board_python import HOME, ready
+    from squeezeedge.deploy.board_python import HOME, ready
 
     if not ready():
         raise ToolchainError(f"--emulate needs the board's Python and the counting plugin in {HOME}: "

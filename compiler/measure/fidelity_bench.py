@@ -13,7 +13,7 @@ sentence embedding) as well, both exported for any length up to 128 tokens. Per 
 
 Writes results/int8-fidelity.{json,md}.
 
-    python -m compiler.measure.fidelity_bench [--workdir build/bench] [--results results]
+    python -m squeezeedge.measure.fidelity_bench [--workdir build/bench] [--results results]
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import click
 
-from compiler import console
-from compiler.artifact import tool_versions
-from compiler.stages.calibdata import DEFAULT_CORPUS, batches, default_tokenizer_dir, load_tokenizer, read_texts, split
-from compiler.errors import SqueezeEdgeError
-from compiler.stages.export import ExportConfig, export_model
-from compiler.stages.quantize import OP_TYPES, QuantizeConfig, quantize_model
+from squeezeedge import console
+from squeezeedge.artifact import tool_versions
+from squeezeedge.stages.calibdata import DEFAULT_CORPUS, batches, default_tokenizer_dir, load_tokenizer, read_texts, split
+from squeezeedge.errors import SqueezeEdgeError
+from squeezeedge.stages.export import ExportConfig, export_model
+from squeezeedge.stages.quantize import OP_TYPES, QuantizeConfig, quantize_model
 
 # (label, QuantizeConfig fields, build a library). The first is onnxruntime's quantize_static as it comes.
 RECIPES = [
@@ -63,8 +63,8 @@ def library_fidelity(lib: Path, export: Path, checkpoint: str | None, texts: lis
     import numpy as np
     import onnxruntime as ort
 
-    from compiler import runtime
-    from compiler.stages.build import cosine
+    from squeezeedge import runtime
+    from squeezeedge.stages.build import cosine
 
     model = runtime.load(lib)
     fp32 = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -75,8 +75,8 @@ def library_fidelity(lib: Path, export: Path, checkpoint: str | None, texts: lis
 
 
 def _library_row(q: Path, export: Path, checkpoint, heldout, vocab, workdir: Path, target: str) -> dict:
-    from compiler.measure.bench import BenchConfig, bench
-    from compiler.stages.build import BuildConfig, build_library
+    from squeezeedge.measure.bench import BenchConfig, bench
+    from squeezeedge.stages.build import BuildConfig, build_library
 
     lib = workdir / f"{q.name}-lib"
     # build's own check (cosine >= 0.99 to onnxruntime's op-by-op int8 on random ids) is loosened here:
@@ -103,7 +103,7 @@ def _library_row(q: Path, export: Path, checkpoint, heldout, vocab, workdir: Pat
 
 def _own_recipe(ms: float, text: dict) -> dict:
     """onnxruntime int8 on the export quantized its own way (bench's extra baseline, when it differs)."""
-    from compiler.measure.baselines import ORT_RECIPE
+    from squeezeedge.measure.baselines import ORT_RECIPE
 
     if ORT_RECIPE not in text:
         return {}

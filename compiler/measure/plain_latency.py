@@ -1,8 +1,8 @@
 """A library's latency as a user gets it: loaded in a fresh, plain Python process with
-``compiler.runtime.load`` and nothing set (no TVM_* variables), next to `squeezeedge bench`'s figure
+``squeezeedge.runtime.load`` and nothing set (no TVM_* variables), next to `squeezeedge bench`'s figure
 for the same library. `make bench-latency` writes results/plain-process-TARGET.{json,md}.
 
-    python -m compiler.measure.plain_latency LIB_DIR... --bench results/bench-TARGET.json --out results/plain-process-TARGET
+    python -m squeezeedge.measure.plain_latency LIB_DIR... --bench results/bench-TARGET.json --out results/plain-process-TARGET
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import click
 PROBE = """
 import json, sys, time
 import numpy as np
-import compiler.runtime as rt
-from compiler.measure.profile import random_feed
+import squeezeedge.runtime as rt
+from squeezeedge.measure.profile import random_feed
 lib, seconds = sys.argv[1], float(sys.argv[2])
 model = rt.load(lib)
 feed = random_feed(model, 1)  # bench's input seed
@@ -65,7 +65,7 @@ def main(libs, bench_json, seconds, out):
                      "bench_median_ms": bench_ms,
                      "plain_over_bench": round(got["median_ms"] / bench_ms, 3) if bench_ms else None})
     payload = {"bench": str(bench_json), "bench_created": bench["created"], "machine": bench.get("machine"),
-               "method": f"each library alone in a fresh Python process, compiler.runtime.load defaults, no TVM_* "
+               "method": f"each library alone in a fresh Python process, squeezeedge.runtime.load defaults, no TVM_* "
                          f"or OMP_* variables, 3 warm-up calls then {seconds:.0f} s of calls", "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")

@@ -27,7 +27,7 @@ def kernel_group(name: str) -> str:
 def random_feed(model, seed: int, seq_len: int | None = None) -> dict:
     """Seeded random token ids (and mask, types) at a loaded library's input shape (``seq_len`` tokens
     instead, for a library that takes any length), for the inputs it takes."""
-    from compiler.runtime import random_inputs
+    from squeezeedge.runtime import random_inputs
 
     batch, seq = next(i["shape"] for i in model.inputs if i["name"] == "input_ids")
     seq = seq_len or seq
@@ -43,7 +43,7 @@ def profile(lib_dir: Path, runs: int = 3, seed: int = 0, threads: int | None = N
     The hook calls back into Python twice per VM instruction (~5 us here), so the ``vm.builtin.*``
     rows (allocations, null values) are mostly the hook's own cost, and each kernel's time carries a
     little of it: on int8 SqueezeBERT ~450 instructions add several ms."""
-    from compiler import runtime
+    from squeezeedge import runtime
 
     model = runtime.load(lib_dir, threads=threads)
     feed = random_feed(model, seed, seq_len)

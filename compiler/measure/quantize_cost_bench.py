@@ -3,7 +3,7 @@
 Each method runs `squeezeedge quantize` in a fresh process; wall time and that process's peak RSS
 (os.wait4) are recorded against the issue's bound (2 minutes, 6 GiB). Writes results/quantize-cost.{json,md}.
 
-    python -m compiler.measure.quantize_cost_bench [--workdir build/bench] [--results results]
+    python -m squeezeedge.measure.quantize_cost_bench [--workdir build/bench] [--results results]
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import click
 
-from compiler.artifact import tool_versions
-from compiler.stages.export import ExportConfig, export_model
-from compiler.measure.fidelity_bench import _cpu
-from compiler.stages.quantize import METHODS
+from squeezeedge.artifact import tool_versions
+from squeezeedge.stages.export import ExportConfig, export_model
+from squeezeedge.measure.fidelity_bench import _cpu
+from squeezeedge.stages.quantize import METHODS
 
 BOUND_S, BOUND_MB = 120, 6 * 1024
 
@@ -32,7 +32,7 @@ def main(workdir: Path, results: Path):
     exp = export_model(ExportConfig(model="squeezebert-uncased", seq_len=128), workdir / "squeezebert-export")
     rows = []
     for method in METHODS:
-        cmd = [sys.executable, "-m", "compiler", "-q", "--json", "quantize", str(exp.artifact.path), "--method",
+        cmd = [sys.executable, "-m", "squeezeedge", "-q", "--json", "quantize", str(exp.artifact.path), "--method",
                method, "--num-samples", "128", "--out", str(workdir / f"squeezebert-int8-{method}"), "--force"]
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)

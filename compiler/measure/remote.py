@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compiler.measure.baselines import Runner
-from compiler.errors import ArtifactError, InputError
-from compiler.deploy.fleet import check_key, parse_addr
-from compiler.runtime import is_cuda_library, load_metadata
+from squeezeedge.measure.baselines import Runner
+from squeezeedge.errors import ArtifactError, InputError
+from squeezeedge.deploy.fleet import check_key, parse_addr
+from squeezeedge.runtime import is_cuda_library, load_metadata
 
 
 def remote_runners(lib_dirs: list[Path], tracker: str, key: str, feed: dict, threads: int | None = None,

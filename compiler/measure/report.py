@@ -11,11 +11,11 @@ import html
 import json
 from pathlib import Path
 
-from compiler.measure import board_report
-from compiler.measure.bench import validate_report
-from compiler.measure.emulate import SCHEMA_NAME as COUNT_SCHEMA, SCHEMA_VERSION as COUNT_VERSION
-from compiler.artifact import write_text_atomic
-from compiler.errors import InputError, OutputError, RegressionError
+from squeezeedge.measure import board_report
+from squeezeedge.measure.bench import validate_report
+from squeezeedge.measure.emulate import SCHEMA_NAME as COUNT_SCHEMA, SCHEMA_VERSION as COUNT_VERSION
+from squeezeedge.artifact import write_text_atomic
+from squeezeedge.errors import InputError, OutputError, RegressionError
 
 PLOTS = ("latency.png", "speedup.png", "agreement.png", "size.png")
 LENGTH_PLOT = "length.png"  # runs of any-length libraries only
@@ -116,7 +116,7 @@ def headline_table(run: dict) -> list[list[str]]:
 
 
 def text_table(run: dict) -> list[list[str]] | None:
-    """The real-text workload of an any-length library's run (compiler.measure.workloads), or None."""
+    """The real-text workload of an any-length library's run (squeezeedge.measure.workloads), or None."""
     text = (run.get("workloads") or {}).get("text") or {}
     if not text.get("rows"):
         return None
@@ -130,7 +130,7 @@ def text_table(run: dict) -> list[list[str]] | None:
 
 def length_table(run: dict) -> list[list[str]] | None:
     """Median ms per runtime at each length of the per-length sweep, or None."""
-    from compiler.measure.workloads import length_medians
+    from squeezeedge.measure.workloads import length_medians
 
     med = length_medians(run)
     if not med:
@@ -172,7 +172,7 @@ def sections(runs: list[dict]) -> list[tuple[str, str, list[list[str]]]]:
                     f"{f['top1_agreement']:.1%}")
         text = text_table(run)
         if text:
-            from compiler.measure.workloads import text_speedups
+            from squeezeedge.measure.workloads import text_speedups
 
             t = run["workloads"]["text"]
             tok = t["tokens"]
@@ -255,7 +255,7 @@ def plots(runs: list[dict], out: Path) -> list[str]:
          lambda r: [(rt["name"], (rt["agreement"] or {}).get("cosine")) for rt in _ok(r)])
     bars("size.png", "Model / library size", "MB",
          lambda r: [(rt["name"], rt["model_bytes"] / 1e6 if rt["model_bytes"] else None) for rt in _ok(r)])
-    from compiler.measure.workloads import length_medians
+    from squeezeedge.measure.workloads import length_medians
 
     swept = {d: length_medians(r) for d, r in newest.items() if length_medians(r)}
     if not swept:

@@ -15,8 +15,8 @@ import os
 import random
 import time
 
-from compiler import console
-from compiler.measure.baselines import Runner  # noqa: F401  (the type of what is timed)
+from squeezeedge import console
+from squeezeedge.measure.baselines import Runner  # noqa: F401  (the type of what is timed)
 
 MIN_RUNS, MIN_WINDOW_S, MAX_P90_OVER_MEDIAN = 10, 1.0, 0.25  # the VALID/INVALID rules (README "bench")
 MAX_ROUNDS = 100_000

@@ -14,7 +14,7 @@ Runtimes that take one length only (TFLite, a static export) are left out of bot
 
 from __future__ import annotations
 
-from compiler import console
+from squeezeedge import console
 
 LENGTH_POINTS = (16, 32, 64, 128)
 HELDOUT = (128, 64, 0)  # quantize's defaults: --num-samples, --num-heldout, --seed
@@ -22,14 +22,14 @@ HELDOUT = (128, 64, 0)  # quantize's defaults: --num-samples, --num-heldout, --s
 
 def text_feeds(texts: list[str], checkpoint: str | None, max_len: int, vocab: int) -> list[dict]:
     """One feed [1, L] per text at its own length L (truncated to ``max_len``)."""
-    from compiler.stages.calibdata import batches, load_tokenizer
+    from squeezeedge.stages.calibdata import batches, load_tokenizer
 
     tok, _ = load_tokenizer(checkpoint, max_len)
     return batches(tok, texts, vocab, 1, own_length=True)
 
 
 def workload_texts(cfg) -> tuple[list[str], str]:
-    from compiler.stages.calibdata import DEFAULT_CORPUS, read_texts, split
+    from squeezeedge.stages.calibdata import DEFAULT_CORPUS, read_texts, split
 
     if cfg.texts is not None:
         corpus = read_texts(cfg.texts)
@@ -43,9 +43,9 @@ def any_length_workloads(runners, cfg, chain, meta: dict, max_len: int) -> dict:
     """The ``workloads`` section of a bench report (see the module docstring)."""
     import numpy as np
 
-    from compiler.measure.timing import interleave, stats, verdict
-    from compiler.stages.build import cosine
-    from compiler.runtime import random_inputs
+    from squeezeedge.measure.timing import interleave, stats, verdict
+    from squeezeedge.stages.build import cosine
+    from squeezeedge.runtime import random_inputs
 
     dyn = [r for r in runners if r.any_length]
     left_out = {r.name: "takes one length only (static-shape model)" for r in runners if not r.any_length}

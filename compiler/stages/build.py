@@ -1,6 +1,6 @@
 """Stage: ONNX (fp32 export or int8 QDQ) -> TVM Relax -> deployable shared library + metadata.json.
 
-For int8 models the Relax module is rewritten to integer kernels first (compiler.lowering.int8); a build whose
+For int8 models the Relax module is rewritten to integer kernels first (squeezeedge.lowering.int8); a build whose
 quantized layers still multiply in float fails. Host builds are run once on random inputs and checked
 against onnxruntime on the same ONNX file before the library is written.
 """
@@ -13,16 +13,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler import console
-from compiler.artifact import Artifact, StageRun, load_artifact, run_stage, sha256_file, tool_versions
-from compiler.errors import ArtifactError, CompileError, InputError, ToolchainError, ValidationError
-from compiler.lowering.relax import bucket_lengths, first_line, fuse, relax_module, static_inputs
-from compiler.targets import Target, load_target
+from squeezeedge import console
+from squeezeedge.artifact import Artifact, StageRun, load_artifact, run_stage, sha256_file, tool_versions
+from squeezeedge.errors import ArtifactError, CompileError, InputError, ToolchainError, ValidationError
+from squeezeedge.lowering.relax import bucket_lengths, first_line, fuse, relax_module, static_inputs
+from squeezeedge.targets import Target, load_target
 
 LIB_FILE = "model.so"
 CPU_LIB_FILE = "model-cpu.so"  # CUDA targets: the same model for the board's CPU alone
 METADATA_FILE = "metadata.json"
-TOKENIZER_FILE = "tokenizer.json"  # the model's tokenizer: compiler.runtime answers text with it
+TOKENIZER_FILE = "tokenizer.json"  # the model's tokenizer: squeezeedge.runtime answers text with it
 CROSS_PACKAGES = {"aarch64-linux-gnu": "g++-aarch64-linux-gnu"}  # Debian package of each cross g++
 
 
@@ -68,13 +68,13 @@ def build_library(model_dir: Path, cfg: BuildConfig, out: Path, force: bool = Fa
                          "CUDA kernels use dlight's default schedules")
     tvm_target = target.tvm_target()  # TargetError if TVM rejects it
     if target.device == "cuda":
-        from compiler.deploy.cuda import check_arch
+        from squeezeedge.deploy.cuda import check_arch
 
         check_arch(str(tvm_target.attrs["arch"]))  # ToolchainError naming what to install, before any work
     database = _check_database(cfg.database, parent, target, tvm_target) if cfg.database is not None else None
     compiler = _cross_compiler(target)
     if target.is_cross and cfg.emulate:
-        from compiler.deploy.bundle import emulator_prefix
+        from squeezeedge.deploy.bundle import emulator_prefix
 
         try:
             emulator_prefix(target.cross_triple.split("-")[0])
@@ -98,7 +98,7 @@ def _save_tokenizer(parent: Artifact, out: Path) -> dict | None:
     """The model's tokenizer as ``out/tokenizer.json``, no padding or truncation (the runtime sets those per
     call): the export's checkpoint's own, else bert-base-uncased's WordPiece, as quantize and bench use.
     None, with a note, when the export a quantized model came from is gone (the library still takes ids)."""
-    from compiler.stages.calibdata import load_tokenizer
+    from squeezeedge.stages.calibdata import load_tokenizer
 
     export = parent
     if parent.stage == "quantize":
@@ -146,8 +146,8 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
            database: Artifact | None) -> dict:
     import tvm
 
-    from compiler.lowering import intrinsics  # noqa: F401  (the dot-product intrinsics)
-    from compiler.lowering.int8 import AVX2, float_compute_layers, mac_kernels, packed_dot_for, tensorized_kernels
+    from squeezeedge.lowering import intrinsics  # noqa: F401  (the dot-product intrinsics)
+    from squeezeedge.lowering.int8 import AVX2, float_compute_layers, mac_kernels, packed_dot_for, tensorized_kernels
 
     precision = "int8" if parent.stage == "quantize" else "fp32"
     onnx_path = parent.file("model.onnx")
@@ -185,7 +185,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
             coverage = {"quantized_layers": quantized, "integer_kernels": 0, "mode": "float QDQ simulation"}
     gpu = target.device == "cuda"
     if gpu:
-        from compiler.deploy.cuda import enable_nvcc_codegen, gpu_schedule
+        from squeezeedge.deploy.cuda import enable_nvcc_codegen, gpu_schedule
 
         enable_nvcc_codegen()
     with console.step(f"compiling for {target.name} ({tvm_target.kind.name}, "
@@ -198,14 +198,14 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
                 mod = gpu_schedule(mod, tvm_target)
             db_failed = db_default = 0
             if database is not None:
-                from compiler.stages.tune import apply_database
+                from squeezeedge.stages.tune import apply_database
 
                 mod, _, db_failed, db_default = apply_database(mod, tvm_target, database.path)
             scheduled = sum(1 for f in mod.functions.values()
                             if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled"))
             defaults = None
             if not gpu:
-                from compiler.lowering.schedules import default_schedules
+                from squeezeedge.lowering.schedules import default_schedules
 
                 mod, defaults = default_schedules(mod, tvm_target)
             tensorized = tensorized_kernels(mod)
@@ -232,14 +232,14 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
             ex.export_library(str(lib), fcompile=compiler)
         else:
             ex.export_library(str(lib))
-    from compiler.runtime import SPIN_COUNT, isa_features, missing_cpu_features
+    from squeezeedge.runtime import SPIN_COUNT, isa_features, missing_cpu_features
 
     cpu_target = tvm_target.host if target.device != "cpu" else tvm_target
     cpu_features = sorted(isa_features(cpu_target)) if cpu_target.kind.name == "llvm" else []
     validation = None
     cuda_info = None
     if gpu:
-        from compiler.deploy.cuda import describe
+        from squeezeedge.deploy.cuda import describe
 
         cuda_info = describe(lib, str(tvm_target.attrs["arch"]))
         if not any(b["arch"] == cuda_info["arch"] for b in cuda_info["device_binaries"]):
@@ -278,7 +278,7 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
         "vocab_size": parent.results["model_config"]["vocab_size"],
         "type_vocab_size": parent.results["model_config"].get("type_vocab_size", 2),
         "library": {"file": LIB_FILE, "sha256": sha256_file(lib), "bytes": lib.stat().st_size},
-        # what compiler.runtime.load, the deploy runner and run.sh set TVM's pool to unless told otherwise
+        # what squeezeedge.runtime.load, the deploy runner and run.sh set TVM's pool to unless told otherwise
         "thread_pool": {"threads": target.threads or "all", "capped_at": "the CPUs the process may use",
                         "spin_count": SPIN_COUNT, "override": "TVM_NUM_THREADS, TVM_THREAD_POOL_SPIN_COUNT"},
         "validation": validation,
@@ -320,17 +320,17 @@ def _validate(lib: Path, onnx_path: Path, parent: Artifact, precision: str, cfg:
     import numpy as np
     import onnxruntime as ort
 
-    from compiler.runtime import random_inputs
-    from compiler.runtime import LoadedModel
+    from squeezeedge.runtime import random_inputs
+    from squeezeedge.runtime import LoadedModel
 
     if emulated:
-        from compiler.deploy.bundle import run_file
+        from squeezeedge.deploy.bundle import run_file
 
         record = {"inputs": static_inputs(parent), "outputs": static_inputs(parent, "outputs"), "lengths": lengths}
         model = lambda **feed: [run_file(lib, record, feed)]  # noqa: E731
     else:
         model = LoadedModel.from_files(lib, static_inputs(parent), parent.results["outputs"], lengths=lengths)
-    from compiler.stages.quantize import reference_session
+    from squeezeedge.stages.quantize import reference_session
 
     sess = (reference_session(onnx_path) if precision == "int8"
             else ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]))

@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.artifact import sha256_file
-from compiler.errors import CalibrationError
-from compiler.resources import data_dir
+from squeezeedge.artifact import sha256_file
+from squeezeedge.errors import CalibrationError
+from squeezeedge.resources import data_dir
 
 DEFAULT_CORPUS = data_dir("calibration") / "sentences.txt"  # shipped; compiler/resources.py
 FORMATS = (".txt", ".jsonl", ".csv", ".tsv")

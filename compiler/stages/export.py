@@ -7,11 +7,11 @@ import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from compiler import console
-from compiler.artifact import StageRun, run_stage
-from compiler.errors import ExportError, InputError, ValidationError
-from compiler.runtime import random_inputs
-from compiler.stages.models import INPUT_NAMES, ModelSpec, build_torch_model, checkpoint_fingerprint, output_name, read_config
+from squeezeedge import console
+from squeezeedge.artifact import StageRun, run_stage
+from squeezeedge.errors import ExportError, InputError, ValidationError
+from squeezeedge.runtime import random_inputs
+from squeezeedge.stages.models import INPUT_NAMES, ModelSpec, build_torch_model, checkpoint_fingerprint, output_name, read_config
 
 ONNX_FILE = "model.onnx"
 OPSET = 18  # the dynamo exporter's opset; TVM 0.27 imports its static-shape output cleanly (TVM-NOTES)

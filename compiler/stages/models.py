@@ -12,8 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.artifact import sha256_file
-from compiler.errors import InputError
+from squeezeedge.artifact import sha256_file
+from squeezeedge.errors import InputError
 
 # The published squeezebert/squeezebert-uncased config.json (51.1M parameters with a 2-label head).
 SQUEEZEBERT_UNCASED = dict(

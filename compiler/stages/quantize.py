@@ -15,12 +15,12 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from compiler import console
-from compiler.artifact import StageRun, load_artifact, run_stage
-from compiler.stages.calibdata import DEFAULT_CORPUS, batches, load_tokenizer, read_texts, split
-from compiler.errors import InputError, ValidationError
-from compiler.stages.smoothquant import quantize_embeddings, smooth
-from compiler.targets import load_target
+from squeezeedge import console
+from squeezeedge.artifact import StageRun, load_artifact, run_stage
+from squeezeedge.stages.calibdata import DEFAULT_CORPUS, batches, load_tokenizer, read_texts, split
+from squeezeedge.errors import InputError, ValidationError
+from squeezeedge.stages.smoothquant import quantize_embeddings, smooth
+from squeezeedge.targets import load_target
 
 ONNX_FILE = "model.onnx"
 PARAMS_FILE = "quant_params.json"
@@ -345,7 +345,7 @@ def _fallback(int8: Path, pre: Path, fp32: Path, feeds_rank, feeds_eval, ref_eva
     import onnx
     from onnx import numpy_helper
 
-    from compiler.stages.fallback import quantized_layers, search
+    from squeezeedge.stages.fallback import quantized_layers, search
 
     model = onnx.load(str(int8))
     weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(pre)).graph.initializer}

@@ -18,12 +18,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler import console
-from compiler.artifact import MANIFEST, Artifact, hash_tree, load_artifact, peak_rss_mb, prepare_output, sha256_json, \
+from squeezeedge import console
+from squeezeedge.artifact import MANIFEST, Artifact, hash_tree, load_artifact, peak_rss_mb, prepare_output, sha256_json, \
     tool_versions, _lock
-from compiler.errors import BoardLostError, InputError
-from compiler.lowering.int8 import AVX2, AVX2_U8S8, MAC_KERNELS, VNNI
-from compiler.targets import load_target
+from squeezeedge.errors import BoardLostError, InputError
+from squeezeedge.lowering.int8 import AVX2, AVX2_U8S8, MAC_KERNELS, VNNI
+from squeezeedge.targets import load_target
 
 STATE_FILE = "tune-state.json"
 # Each layer's fused kernel bakes in its own scales, so "structural" equality sees ~16 tasks per layer
@@ -49,8 +49,8 @@ class TuneConfig:
 
 def lowered_module(parent: Artifact, tvm_target):
     """The module as build compiles it: imported, integerized (int8), legalized and fused."""
-    from compiler.lowering import intrinsics  # noqa: F401  (the dot-product intrinsics)
-    from compiler.lowering.relax import fuse, relax_module
+    from squeezeedge.lowering import intrinsics  # noqa: F401  (the dot-product intrinsics)
+    from squeezeedge.lowering.relax import fuse, relax_module
 
     return fuse(relax_module(parent, tvm_target)[0], tvm_target)
 
@@ -82,12 +82,12 @@ def _drop_unreplayable(out: Path) -> int:
     the database loadable; the dropped ones are re-tuned on a later run.
 
     A tensorized trace names its tensor intrinsic, which replays only once registered: without
-    :mod:`compiler.lowering.intrinsics` imported first, every tensorized (vpdpbusd, vpmaddwd, sdot) record failed
+    :mod:`squeezeedge.lowering.intrinsics` imported first, every tensorized (vpdpbusd, vpmaddwd, sdot) record failed
     here and a resumed run threw away all the work it resumed (issue 19).
     """
     from tvm.s_tir import meta_schedule as ms
 
-    from compiler.lowering import intrinsics  # noqa: F401  (the tensor intrinsics the records' traces name)
+    from squeezeedge.lowering import intrinsics  # noqa: F401  (the tensor intrinsics the records' traces name)
 
     wl_path, rec_path = out / DB_FILES[0], out / DB_FILES[1]
     if not rec_path.is_file() or not wl_path.is_file():
@@ -138,7 +138,7 @@ def tune_model(model_dir: Path, cfg: TuneConfig, out: Path, force: bool = False)
         raise InputError(f"{target.name} kernels must be measured on the board: give --tracker HOST:PORT "
                          f"(and --key, default '{key}'); see 'squeezeedge fleet --help'")
     if cfg.tracker is not None:
-        from compiler.deploy.fleet import check_key
+        from squeezeedge.deploy.fleet import check_key
 
         boards = check_key(cfg.tracker, key)  # fails fast: unreachable tracker, unknown key
         console.info(f"  measuring on {boards} free board(s) under key '{key}' at {cfg.tracker}")
@@ -191,7 +191,7 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
         # candidates are timed in worker processes that inherit this environment: with the threads the
         # library will run with (TVM alone gives them half the logical CPUs, one on a 2-core machine: the
         # databases tuned that way lost to the 2-thread default schedules, int8 17.3 vs 15.7 ms)
-        from compiler.runtime import configure_threads
+        from squeezeedge.runtime import configure_threads
 
         configure_threads(target.threads)
         runner = ms.runner.LocalRunner()
@@ -267,7 +267,7 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
 
 
 def _seed_defaults(tasks, tvm_target, builder, runner, out: Path, budget: int) -> int:
-    """Measure each task's default schedule (compiler.lowering.schedules.schedule_kernel) and record it, before
+    """Measure each task's default schedule (squeezeedge.lowering.schedules.schedule_kernel) and record it, before
     the search: the search starts from the best records it has, and build takes a task's best record,
     so a database then never holds a schedule slower than the default it replaces (the 300-trial
     databases made before the default schedules improved ran int8 20.1 vs 16.1 ms and fp32 66.7 vs
@@ -275,7 +275,7 @@ def _seed_defaults(tasks, tvm_target, builder, runner, out: Path, budget: int) -
     returns how many were measured (one trial each, within ``budget``)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from compiler.lowering.schedules import schedule_kernel
+    from squeezeedge.lowering.schedules import schedule_kernel
 
     db = open_database(out)
     todo = []
@@ -308,7 +308,7 @@ def _seed_defaults(tasks, tvm_target, builder, runner, out: Path, budget: int) -
 def open_database(db_dir: Path):
     from tvm.s_tir import meta_schedule as ms
 
-    from compiler.lowering import intrinsics  # noqa: F401  (loading a record replays its trace, tensor intrinsics included)
+    from squeezeedge.lowering import intrinsics  # noqa: F401  (loading a record replays its trace, tensor intrinsics included)
 
     return ms.database.JSONDatabase(path_workload=str(db_dir / DB_FILES[0]),
                                     path_tuning_record=str(db_dir / DB_FILES[1]), module_equality=MODULE_EQUALITY)
@@ -330,7 +330,7 @@ def _board_session(rpc_config, threads: int = 0):
     progress callback stops the run."""
     import threading
 
-    from compiler.deploy.fleet import boards
+    from squeezeedge.deploy.fleet import boards
 
     addr = f"{rpc_config.tracker_host}:{rpc_config.tracker_port}"
     result: dict = {}
@@ -419,7 +419,7 @@ def apply_database(mod, tvm_target, db_dir: Path):
     from tvm.s_tir import Schedule
     from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace
 
-    from compiler.lowering.schedules import reschedule, schedule_kernel
+    from squeezeedge.lowering.schedules import reschedule, schedule_kernel
 
     db = open_database(db_dir)
     is_default: dict[str, bool] = {}

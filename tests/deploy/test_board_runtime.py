@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler import runtime
-from compiler.artifact import sha256_file
-from compiler.deploy import bundle as deploy
-from compiler.errors import ArtifactError, InputError
+from squeezeedge import runtime
+from squeezeedge.artifact import sha256_file
+from squeezeedge.deploy import bundle as deploy
+from squeezeedge.errors import ArtifactError, InputError
 
 from ..conftest import TINY_SEQ, cli
 
@@ -68,7 +68,7 @@ def light_venv(wheel, tmp_path_factory) -> Path:
 
 ANSWER = """
 import importlib.util, json, sys
-import compiler.runtime as rt
+import squeezeedge.runtime as rt
 model = rt.load(sys.argv[1])
 out = [model(t).tolist() for t in json.loads(sys.argv[2])]
 print(json.dumps({"out": out, "imported": sorted({m.split(".")[0] for m in sys.modules} & set(json.loads(sys.argv[3]))),
@@ -169,7 +169,7 @@ def test_light_install_answers_text_exactly_as_the_full_install(light_venv, int8
 
 
 def test_importing_the_runtime_imports_no_compile_dependency():
-    res = subprocess.run([sys.executable, "-c", "import sys, compiler.runtime; "
+    res = subprocess.run([sys.executable, "-c", "import sys, squeezeedge.runtime; "
                           f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(HEAVY)!r})))"],
                          capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
@@ -179,7 +179,7 @@ def test_rpi5_bundle_answers_text_under_qemu_with_the_boards_python(cross_libs, 
     """The Pi 5's aarch64 CPython with the aarch64 numpy / TVM / tokenizers wheels and the squeezeedge
     wheel answers text from an rpi5 bundle on the Cortex-A76 under qemu: the same numbers as the bundle's
     own C++ runner on the same tokens (max abs diff <= 1e-6)."""
-    from compiler.deploy import board_python
+    from squeezeedge.deploy import board_python
 
     if not board_python.ready():
         pytest.skip("the board's Python is not set up: squeezeedge setup-emulation (make test does it)")

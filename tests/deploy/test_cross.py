@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler import runtime
-from compiler.deploy import bundle as deploy
-from compiler.runtime import random_inputs
+from squeezeedge import runtime
+from squeezeedge.deploy import bundle as deploy
+from squeezeedge.runtime import random_inputs
 
 from ..conftest import CASES, TINY_SEQ, cli, needs_nvcc
 
@@ -110,7 +110,7 @@ def orin_lib(tiny_export, tmp_path_factory):
 
 @needs_nvcc
 def test_jetson_build_embeds_sm87_kernels_and_a_checked_cpu_library(orin_lib, fp32_lib):
-    from compiler.deploy.cuda import fatbin_cubins
+    from squeezeedge.deploy.cuda import fatbin_cubins
 
     meta = json.loads((orin_lib / "metadata.json").read_text())
     bins = fatbin_cubins(orin_lib / "model.so")  # parsed from the library file itself
@@ -156,7 +156,7 @@ def test_runner_device_cuda_loads_the_cuda_plugin_and_reaches_the_device(tmp_pat
     from tvm import relax
     from tvm.script import relax as R
 
-    from compiler.deploy.cuda import enable_nvcc_codegen, gpu_schedule
+    from squeezeedge.deploy.cuda import enable_nvcc_codegen, gpu_schedule
 
     env = enable_nvcc_codegen()
 
@@ -203,7 +203,7 @@ def test_arch_this_nvcc_cannot_compile_is_named(tiny_export, tmp_path):
 
 
 def test_missing_nvcc_names_the_package(tiny_export, tmp_path, monkeypatch):
-    from compiler.deploy import cuda
+    from squeezeedge.deploy import cuda
 
     monkeypatch.setattr(cuda.shutil, "which", lambda t: None)
     monkeypatch.setattr(cuda, "_nvcc_candidates", lambda: [tmp_path / "nvcc"])
@@ -261,9 +261,9 @@ def test_int8_matmul_large_enough_for_tensor_cores_compiles_for_jetson():
     import tvm
     from tvm import relax
 
-    from compiler.deploy.cuda import enable_nvcc_codegen, gpu_schedule
-    from compiler.lowering.relax import fuse
-    from compiler.targets import load_target
+    from squeezeedge.deploy.cuda import enable_nvcc_codegen, gpu_schedule
+    from squeezeedge.lowering.relax import fuse
+    from squeezeedge.targets import load_target
 
     target = load_target("jetson-orin-nano").tvm_target()
     bb = relax.BlockBuilder()

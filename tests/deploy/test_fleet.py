@@ -77,9 +77,9 @@ def test_bench_through_the_tracker(fleet, int8_lib, tmp_path):
     same output as a local run, and is timed there; baselines are reported as skipped, with why."""
     import numpy as np
 
-    from compiler import runtime
-    from compiler.runtime import random_inputs
-    from compiler.measure.remote import remote_runners
+    from squeezeedge import runtime
+    from squeezeedge.runtime import random_inputs
+    from squeezeedge.measure.remote import remote_runners
 
     workdir, state = fleet
     out = tmp_path / "rpc.json"
@@ -106,7 +106,7 @@ def _tune_in_background(tiny_int8, state, key, db, trials):
     import subprocess
     import sys
 
-    return subprocess.Popen([sys.executable, "-m", "compiler", "-q", "--json", "tune", str(tiny_int8), "--tracker",
+    return subprocess.Popen([sys.executable, "-m", "squeezeedge", "-q", "--json", "tune", str(tiny_int8), "--tracker",
                              state["tracker"], "--key", key, "--trials", str(trials), "--per-iteration", "4",
                              "--population", "32", "--out", str(db)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -199,13 +199,13 @@ def test_tune_for_the_pi5_on_an_emulated_board(tiny_int8_s8, tmp_path):
 @needs_nvcc
 def test_bench_runs_a_cuda_library_on_the_boards_gpu(tiny_export, tmp_path, monkeypatch):
     """A board with a GPU (an x86 one here: a user's board file) behind the tracker: the bench asks the
-    board's CUDA device for the CUDA library, not its CPU; so does compiler.runtime.load in this process.
+    board's CUDA device for the CUDA library, not its CPU; so does squeezeedge.runtime.load in this process.
     The loopback server has TVM's CUDA plugin loaded over the libcuda stub, so the board's CUDA runtime
     answers that there is no driver, in one line."""
-    from compiler import runtime
-    from compiler.deploy.cuda import enable_nvcc_codegen
-    from compiler.errors import ArtifactError
-    from compiler.resources import TARGETS_ENV
+    from squeezeedge import runtime
+    from squeezeedge.deploy.cuda import enable_nvcc_codegen
+    from squeezeedge.errors import ArtifactError
+    from squeezeedge.resources import TARGETS_ENV
 
     env = enable_nvcc_codegen()
     jetson = (Path(__file__).resolve().parents[2] / "targets" / "jetson-orin-nano.toml").read_text()

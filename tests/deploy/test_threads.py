@@ -11,8 +11,8 @@ import sys
 
 import numpy as np
 
-from compiler.deploy import bundle as deploy
-from compiler.runtime import random_inputs
+from squeezeedge.deploy import bundle as deploy
+from squeezeedge.runtime import random_inputs
 
 from ..conftest import TINY_SEQ
 
@@ -20,7 +20,7 @@ PROBE = """
 import os, sys
 if len(sys.argv) > 2:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-import compiler.runtime as rt
+import squeezeedge.runtime as rt
 import tvm
 m = rt.load(sys.argv[1])
 print(m.pool["threads"], m.pool["spin_count"], tvm.get_global_func("runtime.NumThreads")(),

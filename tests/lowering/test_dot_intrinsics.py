@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tvm
 
-from compiler.lowering import intrinsics  # noqa: F401  (the byte-vector dot_16x4_vnni)
-from compiler.lowering.int8 import AVX2, AVX2_U8S8, VNNI, _pack, _te_packed, packed_dot_for, packed_for_layer
-from compiler.lowering.schedules import default_schedules
+from squeezeedge.lowering import intrinsics  # noqa: F401  (the byte-vector dot_16x4_vnni)
+from squeezeedge.lowering.int8 import AVX2, AVX2_U8S8, VNNI, _pack, _te_packed, packed_dot_for, packed_for_layer
+from squeezeedge.lowering.schedules import default_schedules
 
 TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake", "num-cores": 2}
 
@@ -120,7 +120,7 @@ def test_avx2_pair_kernel_multiplies_two_activations_exactly(shape_a, n):
     zero-point-shifted operands at the extremes (pair sums up to 2 x 255 x 255 fit int32)."""
     from tvm import relax
 
-    from compiler.lowering.int8 import _pack_relax, _te_packed_pair
+    from squeezeedge.lowering.int8 import _pack_relax, _te_packed_pair
 
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
     mod, counts = default_schedules(tvm.IRModule({"main": _te_packed_pair(shape_a, n, "main", AVX2)}), target)
@@ -168,8 +168,8 @@ def test_attention_matmul_of_two_activations_is_tensorized_and_exact(mcpu, instr
     zero points), equal to numpy's float64 product of the dequantized operands at the extremes."""
     from tvm import relax
 
-    from compiler.lowering.relax import fuse
-    from compiler.lowering.int8 import integerize, tensorized_kernels
+    from squeezeedge.lowering.relax import fuse
+    from squeezeedge.lowering.int8 import integerize, tensorized_kernels
 
     target = tvm.target.Target({**TARGET, "mcpu": mcpu})
     shape_a, shape_b, sa, sb = (1, 2, 32, 64), (1, 2, 64, 48), 0.02, 0.03

@@ -8,7 +8,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from compiler.lowering.lookup import lookup_tables
+from squeezeedge.lowering.lookup import lookup_tables
 
 
 def _gelu_module(in_dtype: str, bias_shape=(), reuse: bool = False) -> tvm.IRModule:

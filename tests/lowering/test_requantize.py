@@ -9,7 +9,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from compiler.lowering.requantize import drop_round_trips, fold_layer_norm_quantize, fold_requantize, fold_softmax_quantize
+from squeezeedge.lowering.requantize import drop_round_trips, fold_layer_norm_quantize, fold_requantize, fold_softmax_quantize
 
 
 def _module(out_scale: float = 0.02, reuse: bool = False, layout: bool = True) -> tvm.IRModule:
@@ -112,8 +112,8 @@ def _softmax_quantize(masked: bool = True) -> tvm.IRModule:
 def test_quantized_softmax_divides_once_a_row():
     """quantize(softmax(x)) -> one kernel, one parallel loop over rows, the per-row reciprocal kept as a
     block of its own (not inlined into every element); the same 8-bit values but for one-step ties."""
-    from compiler.lowering.relax import fuse
-    from compiler.lowering.schedules import default_schedules
+    from squeezeedge.lowering.relax import fuse
+    from squeezeedge.lowering.schedules import default_schedules
 
     mod = _softmax_quantize()
     new, n = fold_softmax_quantize(mod)

@@ -12,7 +12,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from compiler.lowering.schedules import _reductions, default_schedules
+from squeezeedge.lowering.schedules import _reductions, default_schedules
 
 TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "num-cores": 2}
 
@@ -151,7 +151,7 @@ def _mac_module(kind: str, dtype: str = "float32"):
 def test_multiply_accumulate_kernels_are_register_tiled_and_exact(kind, mcpu, lanes, fma):
     """No tuning database: an fp32 conv1d/matmul gets register tiles of vector FMAs (the kernels that ran
     naive before: 1626 ms for full SqueezeBERT fp32), same values as numpy."""
-    from compiler.lowering.schedules import vector_lanes
+    from squeezeedge.lowering.schedules import vector_lanes
 
     mod, _ = _mac_module(kind)
     target = tvm.target.Target(TARGET | {"mcpu": mcpu})

@@ -8,7 +8,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from compiler.lowering.transposes import sink_transposes
+from squeezeedge.lowering.transposes import sink_transposes
 
 C, W = 8, 16  # channels, width: the model's NCW convolution layout
 

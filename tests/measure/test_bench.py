@@ -12,7 +12,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from compiler.measure.bench import SCHEMA_FILE
+from squeezeedge.measure.bench import SCHEMA_FILE
 
 from ..conftest import cli
 
@@ -47,7 +47,7 @@ def test_bench_times_every_runtime_and_follows_the_schema(bench_json):
     assert rep["machine"]["cores"] >= 1 and rep["machine"]["memory_gb"] > 0 and rep["machine"]["cpu"]
     assert len(rep["git"]["commit"] or "") == 40 and rep["versions"]["apache-tvm"]
     assert rep["threads"] == 2 and rep["fidelity"]["samples"] > 0
-    # libraries run as compiler.runtime.load sets them up: the bench sets no TVM variable of its own
+    # libraries run as squeezeedge.runtime.load sets them up: the bench sets no TVM variable of its own
     assert not any(k.startswith("TVM_") for k in rep["method"]["thread_pools"])
     for r in rep["runtimes"]:
         if r["family"] == "squeezeedge":
@@ -74,8 +74,8 @@ def test_onnxruntime_also_runs_its_own_int8_recipe(bench_json):
     m = json.loads((Path(own["info"]["model"]).parent / "manifest.json").read_text())
     sch = m["results"]["scheme"]
     assert sch["float_outputs"] == [] and sch["smooth_quant_alpha"] is None and sch["embeddings"] == "float"
-    from compiler.artifact import sha256_file
-    from compiler.stages.calibdata import DEFAULT_CORPUS
+    from squeezeedge.artifact import sha256_file
+    from squeezeedge.stages.calibdata import DEFAULT_CORPUS
 
     assert m["config"]["data_sha256"] == sha256_file(DEFAULT_CORPUS) and m["config"]["num_samples"] == 16
 
@@ -187,9 +187,9 @@ def test_two_builds_of_one_kind_keep_separate_rows(fp32_lib, tmp_path):
 def test_rounds_shuffle_the_order_so_no_runtime_always_follows_the_same_one():
     """A runtime's predecessor matters (a thread pool woken by the call before): over the rounds each
     runtime is preceded by every other one, and every runtime runs once a round."""
-    from compiler.measure.baselines import Runner
-    from compiler.measure.bench import BenchConfig
-    from compiler.measure.timing import interleave
+    from squeezeedge.measure.baselines import Runner
+    from squeezeedge.measure.bench import BenchConfig
+    from squeezeedge.measure.timing import interleave
 
     calls = []
     runners = [Runner(name, "test", "fp32", lambda feed, name=name: calls.append(name)) for name in "abcd"]

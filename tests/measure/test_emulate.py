@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from compiler.deploy import board_python
-from compiler.deploy.bundle import safe_extract
-from compiler.measure import count_check
-from compiler.measure.emulate import multiply_adds
+from squeezeedge.deploy import board_python
+from squeezeedge.deploy.bundle import safe_extract
+from squeezeedge.measure import count_check
+from squeezeedge.measure.emulate import multiply_adds
 
 from ..conftest import TINY_SEQ, cli
 
@@ -40,7 +40,7 @@ def _count_loop(tmp_path: Path, n: int) -> int:
     log = tmp_path / f"count-{n}.log"
     subprocess.run(["qemu-aarch64", "-cpu", "cortex-a72", "-plugin", str(board_python.plugin()), "-d", "plugin",
                     "-D", str(log), "-L", "/usr/aarch64-linux-gnu", str(exe), str(n)], check=True)
-    from compiler.measure.emulate import parse_marks
+    from squeezeedge.measure.emulate import parse_marks
 
     return parse_marks(log, 1)[0]
 
@@ -129,8 +129,8 @@ def test_bundle_times_the_library_beside_onnxruntime_under_qemu(cross_libs, tiny
 
 def test_readme_boards_table_is_the_recorded_run():
     """README.md's boards table is results/boards-emulated.json's, as the report renders it (not typed)."""
-    from compiler.measure.board_report import summary_table
-    from compiler.measure.report import _md
+    from squeezeedge.measure.board_report import summary_table
+    from squeezeedge.measure.report import _md
 
     root = Path(__file__).resolve().parents[2]
     run = json.loads((root / "results" / "boards-emulated.json").read_text())

@@ -9,10 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from compiler import runtime
-from compiler.stages.calibdata import DEFAULT_CORPUS, encode, load_tokenizer, read_texts
-from compiler.runtime import random_inputs
-from compiler.stages.quantize import reference_session
+from squeezeedge import runtime
+from squeezeedge.stages.calibdata import DEFAULT_CORPUS, encode, load_tokenizer, read_texts
+from squeezeedge.runtime import random_inputs
+from squeezeedge.stages.quantize import reference_session
 
 from ..conftest import FAST_Q, TINY_SEQ, cli, manifest
 
@@ -129,7 +129,7 @@ def test_bad_runtime_inputs(fp32_lib, feed_change, words):
     model = runtime.load(fp32_lib)
     feed = _feeds(1)[0]
     feed_change(feed)
-    from compiler.errors import InputError
+    from squeezeedge.errors import InputError
 
     with pytest.raises(InputError, match=None) as err:
         model(**feed)
@@ -151,7 +151,7 @@ def test_corrupt_library_is_refused(fp32_lib, tmp_path, damage, words):
     copy = tmp_path / "lib"
     shutil.copytree(fp32_lib, copy)
     damage(copy / "model.so")
-    from compiler.errors import ArtifactError
+    from squeezeedge.errors import ArtifactError
 
     with pytest.raises(ArtifactError) as err:
         runtime.load(copy)
@@ -165,8 +165,8 @@ def test_truncated_library_with_matching_metadata_fails_cleanly(fp32_lib, tmp_pa
     lib = copy / "model.so"
     lib.write_bytes(lib.read_bytes()[:4096])
     meta = json.loads((copy / "metadata.json").read_text())
-    from compiler.artifact import sha256_file
-    from compiler.errors import ArtifactError
+    from squeezeedge.artifact import sha256_file
+    from squeezeedge.errors import ArtifactError
 
     meta["library"]["sha256"] = sha256_file(lib)
     (copy / "metadata.json").write_text(json.dumps(meta))
@@ -183,8 +183,8 @@ def test_unimportable_onnx_op_is_named(tmp_path):
         [helper.make_tensor_value_info("input_ids", TensorProto.UINT8, [1, 2, 4])], 
         [helper.make_tensor_value_info("logits", TensorProto.INT32, [1, 2, 4])],
         [helper.make_tensor("w", TensorProto.UINT8, [2, 2, 1], [1, 2, 3, 4])])
-    from compiler.lowering.relax import import_onnx
-    from compiler.errors import CompileError
+    from squeezeedge.lowering.relax import import_onnx
+    from squeezeedge.errors import CompileError
 
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph), str(path))
@@ -230,7 +230,7 @@ def test_library_for_a_cpu_this_machine_lacks_is_refused(fp32_lib, tmp_path):
     assert "avx2" in meta["target"]["cpu_features"]
     meta["target"]["cpu_features"].append("avx1024vnni")  # an extension no CPU has
     (copy / "metadata.json").write_text(json.dumps(meta))
-    from compiler.errors import ArtifactError
+    from squeezeedge.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match="built for a CPU with avx1024vnni, which this CPU lacks"):
         runtime.load(copy)
@@ -239,7 +239,7 @@ def test_library_for_a_cpu_this_machine_lacks_is_refused(fp32_lib, tmp_path):
 def test_profile_accounts_for_the_kernels(int8_lib):
     """Per-kernel times through the VM's instrument hook: every call is counted, kernels sum to no more
     than the wall time, int8 layers that differ only in their constants are summed under one name."""
-    from compiler.measure.profile import kernel_group
+    from squeezeedge.measure.profile import kernel_group
 
     assert kernel_group("fused_conv1d2_subtract4_cast7_quantize13_dequantize10") == \
         "fused_conv1d2_subtract_cast_quantize_dequantize"
@@ -256,7 +256,7 @@ def test_profile_accounts_for_the_kernels(int8_lib):
 
 
 def test_validation_cosine_counts_two_zero_outputs_as_equal():
-    from compiler.stages.build import cosine
+    from squeezeedge.stages.build import cosine
 
     zero, one = np.zeros(2), np.array([1.0, 0.0])
     assert cosine(zero, zero) == 1.0 and cosine(zero, one) == 0.0 and cosine(one, one) == pytest.approx(1.0)
@@ -265,7 +265,7 @@ def test_validation_cosine_counts_two_zero_outputs_as_equal():
 def test_int8_cosine_bound_follows_onnxruntimes_own_drift():
     """0.99 where onnxruntime's two int8 paths agree; where they drift apart (trained models with
     outliers), the library is held to that drift minus 0.01, never to more than 0.99."""
-    from compiler.stages.build import int8_cosine_bound
+    from squeezeedge.stages.build import int8_cosine_bound
 
     assert int8_cosine_bound(0.99, 0.9999) == int8_cosine_bound(0.99, 0.99) == 0.99
     assert int8_cosine_bound(0.99, 0.9315) == pytest.approx(0.9215)
@@ -277,7 +277,7 @@ def test_divides_by_a_scalar_constant_become_multiplies_within_one_ulp():
     import tvm
     from tvm import relax
 
-    from compiler.lowering.relax import reciprocal_divides
+    from squeezeedge.lowering.relax import reciprocal_divides
 
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((4, 64), "float32"))

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from compiler.artifact import sha256_file
-from compiler.runtime import random_inputs
-from compiler.stages.models import SQUEEZEBERT_TINY
+from squeezeedge.artifact import sha256_file
+from squeezeedge.runtime import random_inputs
+from squeezeedge.stages.models import SQUEEZEBERT_TINY
 
 from ..conftest import TINY_SEQ, cli, manifest
 
@@ -40,7 +40,7 @@ def test_exported_model_matches_seeded_pytorch(tiny_export):
     """Rebuild the same seeded model independently and compare logits on a fresh input."""
     from transformers import SqueezeBertConfig, SqueezeBertForSequenceClassification
 
-    from compiler.stages.models import _perturb_init
+    from squeezeedge.stages.models import _perturb_init
 
     torch.manual_seed(0)
     ref_model = SqueezeBertForSequenceClassification(SqueezeBertConfig(num_labels=2, **SQUEEZEBERT_TINY)).eval()

@@ -10,12 +10,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from compiler import runtime
-from compiler.stages.build import cosine
-from compiler.errors import InputError
-from compiler.runtime import random_inputs
-from compiler.lowering.lengths import bucket_for, buckets, function_name, pad
-from compiler.stages.quantize import reference_session
+from squeezeedge import runtime
+from squeezeedge.stages.build import cosine
+from squeezeedge.errors import InputError
+from squeezeedge.runtime import random_inputs
+from squeezeedge.lowering.lengths import bucket_for, buckets, function_name, pad
+from squeezeedge.stages.quantize import reference_session
 
 from ..conftest import FAST_Q, cli, manifest
 
@@ -115,7 +115,7 @@ def test_the_buckets_share_one_copy_of_the_weights(dyn_libs, dyn_int8, int8_lib)
 
 
 def test_the_cpp_runner_pads_to_the_bucket_like_the_python_runtime(dyn_libs):
-    from compiler.deploy.bundle import run_library
+    from squeezeedge.deploy.bundle import run_library
 
     model = runtime.load(dyn_libs["int8"])
     for n in (3, 17):

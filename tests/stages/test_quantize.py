@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from compiler.artifact import sha256_file
-from compiler.stages.calibdata import DEFAULT_CORPUS, encode, load_tokenizer, read_texts, split
+from squeezeedge.artifact import sha256_file
+from squeezeedge.stages.calibdata import DEFAULT_CORPUS, encode, load_tokenizer, read_texts, split
 
 from ..conftest import FAST_Q, TINY_SEQ, cli, manifest
 

@@ -8,8 +8,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from compiler.stages.calibdata import DEFAULT_CORPUS, batches, default_tokenizer_dir, load_tokenizer, read_texts, split
-from compiler.stages.smoothquant import channel_absmax, quantize_embeddings, smooth, smoothable
+from squeezeedge.stages.calibdata import DEFAULT_CORPUS, batches, default_tokenizer_dir, load_tokenizer, read_texts, split
+from squeezeedge.stages.smoothquant import channel_absmax, quantize_embeddings, smooth, smoothable
 
 from ..conftest import cli, manifest
 
@@ -94,7 +94,7 @@ def test_trained_minilm_default_recipe_keeps_its_accuracy_in_integers(minilm, tm
     b = manifest(lib)["results"]["int8"]
     assert b["integer_kernels"] == b["quantized_layers"] == 48 and b["float_layers_kept"] == 0, b
 
-    import compiler.runtime as rt
+    import squeezeedge.runtime as rt
 
     m = rt.load(lib)
     fp32 = ort.InferenceSession(str(minilm / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -138,7 +138,7 @@ def test_fallback_keeps_the_fewest_sensitive_layers_in_float(minilm, tmp_path):
 def test_layers_returned_to_float_compute_the_float_model(tiny_export, tmp_path):
     """Fallback's surgery on a QDQ model (grouped Conv with int32 biases, MatMul, Gemm): with every layer
     returned to float, nothing quantized is left and the model computes what the fp32 export does."""
-    from compiler.stages.fallback import quantized_layers, to_float
+    from squeezeedge.stages.fallback import quantized_layers, to_float
 
     out = tmp_path / "q"
     res = cli("-q", "quantize", tiny_export, "--num-samples", 16, "--num-heldout", 16, "--smooth-quant", "none",

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from compiler import runtime
-from compiler.runtime import random_inputs
-from compiler.stages.quantize import reference_session
+from squeezeedge import runtime
+from squeezeedge.runtime import random_inputs
+from squeezeedge.stages.quantize import reference_session
 
 from ..conftest import TINY_SEQ, cli
 
@@ -24,7 +24,7 @@ QUICK = ["--per-iteration", "8", "--population", "32"]
 def run_cli(*args, **kw):
     """The real command in its own process, as a user runs it (MetaSchedule's worker pools behave
     differently inside a pytest process that already holds torch and onnxruntime)."""
-    return subprocess.run([sys.executable, "-m", "compiler", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "squeezeedge", *map(str, args)], capture_output=True, text=True,
                           timeout=900, **kw)
 
 
@@ -89,7 +89,7 @@ def test_zero_or_negative_trials(tiny_int8, tmp_path, trials):
 def test_sigkill_mid_tune_then_resume(tiny_int8, tmp_path):
     """Kill a real tuning process after its first batch; the rerun keeps those records and finishes."""
     db = tmp_path / "db"
-    cmd = [sys.executable, "-m", "compiler", "-q", "tune", str(tiny_int8), "--trials", "16", *QUICK,
+    cmd = [sys.executable, "-m", "squeezeedge", "-q", "tune", str(tiny_int8), "--trials", "16", *QUICK,
            "--out", str(db)]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     records = db / "database_tuning_record.json"
@@ -121,10 +121,10 @@ def test_a_tensorized_record_that_replays_is_kept(tmp_path):
     from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
 
-    from compiler.lowering import intrinsics  # noqa: F401
-    from compiler.lowering.int8 import AVX2_U8S8, _te_packed
-    from compiler.lowering.schedules import tensorize_packed
-    from compiler.stages.tune import DB_FILES, MODULE_EQUALITY
+    from squeezeedge.lowering import intrinsics  # noqa: F401
+    from squeezeedge.lowering.int8 import AVX2_U8S8, _te_packed
+    from squeezeedge.lowering.schedules import tensorize_packed
+    from squeezeedge.stages.tune import DB_FILES, MODULE_EQUALITY
 
     mod = tvm.IRModule({"main": _te_packed((1, 16, 64), 32, 1, "main", AVX2_U8S8)})
     sch = Schedule(mod)
@@ -134,7 +134,7 @@ def test_a_tensorized_record_that_replays_is_kept(tmp_path):
                                   path_tuning_record=str(tmp_path / DB_FILES[1]), module_equality=MODULE_EQUALITY)
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
     db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), [1e-5], target))
-    code = ("import sys; from pathlib import Path; from compiler.stages.tune import _drop_unreplayable; "
+    code = ("import sys; from pathlib import Path; from squeezeedge.stages.tune import _drop_unreplayable; "
             "print(_drop_unreplayable(Path(sys.argv[1])))")
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

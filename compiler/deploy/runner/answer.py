@@ -18,8 +18,8 @@ def main() -> int:
         print('usage: ./run.sh --text "a sentence" ["another" ...]', file=sys.stderr)
         return 2
     try:
-        from compiler.errors import SqueezeEdgeError
-        from compiler.runtime import load
+        from squeezeedge.errors import SqueezeEdgeError
+        from squeezeedge.runtime import load
     except ImportError as exc:
         print(f"answer.py: {exc.name} is not installed: pip install -r requirements-board.txt, then "
               "pip install --no-deps squeezeedge-*.whl (README.md, 'From Python')", file=sys.stderr)
