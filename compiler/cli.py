@@ -265,8 +265,11 @@ def quantize(ctx, export_dir, calibration_data, text_column, num_samples, num_he
 @click.option("--bundle", is_flag=True, help="Also write OUT.tar.gz: library, runner, board runtime, example, README.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory [WORKDIR/build].")
 @click.option("--force", is_flag=True, help="Rebuild even if --out already holds this build.")
+@click.option("--dump-ir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Write the IR after each lowering step into this directory, one NN-<step>.py a step "
+                   "(the build then runs even if --out holds it).")
 @click.pass_context
-def build(ctx, model_dir, target, target_file, database, simulated_int8, emulate, bundle, out, force):
+def build(ctx, model_dir, target, target_file, database, simulated_int8, emulate, bundle, out, force, dump_ir):
     """Compile an exported (fp32) or quantized (int8) model into a deployable library.
 
     ONNX -> TVM Relax with the artifact's static shapes -> TVM's build pipeline -> model.so, plus
@@ -295,7 +298,9 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, emulate
     cfg = BuildConfig(target=target, target_file=target_file, database=database, integer=not simulated_int8,
                       emulate=emulate)
     out = _out(ctx, out, "build")
-    run = build_library(model_dir, cfg, out, force=force)
+    run = build_library(model_dir, cfg, out, force=force, dump_ir=dump_ir)
+    if dump_ir is not None:
+        console.info(f"IR after each lowering step: {dump_ir} ({len(list(dump_ir.glob('[0-9][0-9]-*.py')))} files)")
     if bundle:
         from squeezeedge.deploy.bundle import bundle_library
 

@@ -15,13 +15,14 @@ the graph's constants. Layers whose pattern does not match are left as they are,
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+from squeezeedge.lowering.tir_walk import llvm_intrinsics_called, reduction_updates
 
 INT_DTYPES = ("uint8", "int8")
 MAC_KERNELS = ("conv1d", "matmul", "vnni_dot", "arm_sdot", "arm_neon_dot", "arm_neon_k16", "avx2_madd", "avx2_u8s8")  # names of multiply-accumulate kernels
@@ -218,47 +219,103 @@ def _pack(w_nk: np.ndarray, groups: int, spec: PackedDot = VNNI) -> np.ndarray:
     return np.ascontiguousarray(packed.astype(spec.w_dtype))
 
 
-def integerize(mod: tvm.IRModule, func_name: str = "main",
-               packed: PackedDot | None = None) -> tuple[tvm.IRModule, RewriteReport]:
+def integerize(mod: tvm.IRModule, func_name: str = "main", packed: PackedDot | None = None,
+               report: RewriteReport | None = None) -> tuple[tvm.IRModule, RewriteReport]:
     """Rewrite dequantize -> conv1d/matmul patterns of ``mod[func_name]`` into integer kernels.
 
     With ``packed`` (the target's dot-product instruction, :func:`packed_dot_for`), weight-stationary
     layers whose activations it accepts use pre-packed weights and a channels-last kernel (see
-    :func:`_te_packed`) instead of conv1d/matmul.
+    :func:`_te_packed`) instead of conv1d/matmul. Counts go to ``report`` (a new one if None).
     """
-    report = RewriteReport()
-    prim_funcs: dict[str, tuple[tvm.ir.GlobalVar, tvm.tirx.PrimFunc]] = {}
+    rewriter = _Integerizer(mod, packed, report or RewriteReport())
+    pat = rewriter.patterns
+    func = mod[func_name]
+    for pattern, fn in ((pat["conv"], rewriter.conv), (pat["mm_w"], rewriter.matmul_weight),
+                        (pat["mm_a"], rewriter.matmul_activation)):
+        func = rewrite_call(pattern, fn, func)
+    mod = rewriter.builder.get()  # the kernels added
+    mod[func_name] = func
+    rewriter.report.packed = len(rewriter.kernels)
+    return relax.transform.DeadCodeElimination()(mod), rewriter.report
 
-    def packed_call(x, dtype: str, shape: tuple[int, ...], w_nk: np.ndarray, groups: int):
+
+def _patterns() -> dict:
+    """The three layer patterns and their parts (dequantized activations x, a, b; constant weight w)."""
+    x, a, b = wildcard(), wildcard(), wildcard()
+    p = {"x_dq": _dq_pattern(x), "a_dq": _dq_pattern(a), "b_dq": _dq_pattern(b), "w_dq": _dq_pattern(is_const())}
+    p["w_t"] = is_op("relax.permute_dims")(p["w_dq"])
+    p["conv"] = is_op("relax.nn.conv1d")(p["x_dq"], p["w_dq"])
+    p["mm_w"] = is_op("relax.matmul")(p["x_dq"], p["w_dq"] | p["w_t"])
+    p["mm_a"] = is_op("relax.matmul")(p["a_dq"], p["b_dq"])
+    return p
+
+
+def _activation(dq):
+    """(integer tensor, scale float, zero point int) of a dequantized activation, or None."""
+    q, scale, zp = dq.args
+    if _dtype(q) not in INT_DTYPES or _np(scale).size != 1:
+        return None
+    z = _scalar_zp(_np(zp))
+    return None if z is None else (q, float(_np(scale).reshape(-1)[0]), z)
+
+
+def _weight(dq):
+    """(s8 weights, scales float64, scale axis) of a dequantized constant weight, or None."""
+    q, scale, zp = dq.args
+    wq, sw, zw = _np(q), _np(scale).astype(np.float64), _np(zp)
+    if wq.dtype != np.int8 or np.any(zw != 0):
+        return None  # symmetric s8 weights only (the quantize stage always writes those)
+    return wq, sw, int(dq.attrs.axis)
+
+
+def _rescaled(acc, scale: np.ndarray):
+    """float32(acc) * scale: the epilogue every integer kernel gets."""
+    return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
+
+
+class _Integerizer:
+    """The rewrite callbacks of :func:`integerize` and what they share: the target's instruction, the
+    kernels added so far (one per shape, through a BlockBuilder over the module) and the report."""
+
+    def __init__(self, mod: tvm.IRModule, packed: PackedDot | None, report: RewriteReport):
+        self.packed, self.report = packed, report
+        self.builder = relax.BlockBuilder(mod)
+        self.kernels: dict[str, tvm.ir.GlobalVar] = {}
+        self.patterns = _patterns()
+
+    def kernel(self, name: str, make, spec: PackedDot) -> tvm.ir.GlobalVar:
+        """The kernel ``name``, made by ``make()`` and added to the module the first time it is asked for."""
+        if name not in self.kernels:
+            self.kernels[name] = self.builder.add_func(make(), name)
+            self.report.instructions.add(spec.instruction)
+        return self.kernels[name]
+
+    def packed_call(self, x, dtype: str, shape: tuple[int, ...], w_nk: np.ndarray, groups: int):
         """call_tir of the packed kernel on u8 x of ``shape`` [..., K] -> [..., N] int32, or None if it
         does not fit (the fallback is the plain integer conv1d/matmul)."""
         n, kg = w_nk.shape
-        spec = packed_for_layer(packed, dtype, w_nk)
+        spec = packed_for_layer(self.packed, dtype, w_nk)
         if spec is None or dtype not in spec.accepts or n % (spec.lanes * groups) or kg % spec.k \
                 or shape[-1] != kg * groups:
             return None
         if dtype != spec.x_dtype:
             x = relax.op.astype(x, spec.x_dtype)
         name = spec.block + "_" + "x".join(map(str, shape)) + f"_n{n}_g{groups}"
-        if name not in prim_funcs:
-            func = _te_packed(shape, n, groups, name, spec)
-            gv = tvm.ir.GlobalVar(name)
-            relax.expr._update_type(gv, func.ty)  # call_tir checks its callee's type
-            prim_funcs[name] = (gv, func)
-            report.instructions.add(spec.instruction)
+        gv = self.kernel(name, lambda: _te_packed(shape, n, groups, name, spec), spec)
         out_ty = relax.TensorType((*shape[:-1], n), "int32")
-        return relax.call_tir(prim_funcs[name][0], [x, relax.const(_pack(w_nk, groups, spec))], out_ty)
-    def packed_pair(aq, bq, za: int, zb: int):
+        return relax.call_tir(gv, [x, relax.const(_pack(w_nk, groups, spec))], out_ty)
+
+    def packed_pair(self, aq, bq, za: int, zb: int):
         """(aq - za) x (bq - zb), [..., M, K] x [..., K, N] with the same leading dims, on the target's
         dot-product kernel with b packed at run time (:func:`_pack_relax`), or None if it does not fit
         (generic integer matmul instead).
 
         AVX2: both operands widened to int16 with their zero points subtracted on the way, on the exact
         vpmaddwd kernel (u8 x u8 cannot take vpmaddubsw: no operand is 7-bit). VNNI: a stays u8 and b is
-        shifted to s8 (b' = b - 128, exact), the vpdpbusd operands; with c = 128 - zb,
-        sum (a - za)(b - zb) = sum a b' + c rowsum(a) - za colsum(b') - K za c. sdot (s8 activations, the
-        Pi 5 and Orin): both operands as they are, the zero points corrected as for a plain matmul."""
+        shifted to s8 (:func:`_vnni_zero_points`). sdot (s8 activations, the Pi 5 and Orin): both
+        operands as they are, the zero points corrected as for a plain matmul."""
         # the attention's operands are both activations, -128 included: the exact 4 x 4 sequence, not 4 x 16
+        packed = self.packed
         spec = NEON if packed is NEON16 else packed if packed in (AVX2, VNNI, SDOT) else None
         sa, sb = (tuple(int(d) for d in t.ty.shape) for t in (aq, bq))
         if spec is None or len(sa) != len(sb) or len(sa) < 3 or sa[:-2] != sb[:-2] or sa[-1] != sb[-2] \
@@ -267,74 +324,33 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
                 or (spec in (SDOT, NEON) and (_dtype(aq), _dtype(bq)) != ("int8", "int8")):
             return None
         name = spec.block + "_pair_" + "x".join(map(str, sa)) + f"_n{sb[-1]}"
-        if name not in prim_funcs:
-            func = _te_packed_pair(sa, sb[-1], name, spec)
-            gv = tvm.ir.GlobalVar(name)
-            relax.expr._update_type(gv, func.ty)
-            prim_funcs[name] = (gv, func)
-            report.instructions.add(spec.instruction)
+        gv = self.kernel(name, lambda: _te_packed_pair(sa, sb[-1], name, spec), spec)
         out_ty = relax.TensorType((*sa[:-1], sb[-1]), "int32")
         if spec is AVX2:
-            return relax.call_tir(prim_funcs[name][0], [_widen(aq, AVX2.x_dtype, za), _pack_relax(bq, sb, AVX2, zb)],
-                                  out_ty)
+            return relax.call_tir(gv, [_widen(aq, AVX2.x_dtype, za), _pack_relax(bq, sb, AVX2, zb)], out_ty)
         if spec in (SDOT, NEON):
-            return _zero_points(relax.call_tir(prim_funcs[name][0], [aq, _pack_relax(bq, sb, spec)], out_ty),
-                                aq, bq, za, zb)
-        acc = relax.call_tir(prim_funcs[name][0], [aq, _pack_relax(bq, sb, VNNI, 128)], out_ty)
-        c, k = 128 - zb, sa[-1]
-        if c:
-            rows = relax.op.sum(relax.op.astype(aq, "int32"), axis=[-1], keepdims=True)
-            acc = relax.op.add(acc, relax.op.multiply(rows, relax.const(c, "int32")))
-        if za:
-            cols = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)  # colsum(b') + 128 K
-            acc = relax.op.subtract(acc, relax.op.multiply(cols, relax.const(za, "int32")))
-            acc = relax.op.add(acc, relax.const(za * 128 * k - k * za * c, "int32"))
-        return acc
+            return _zero_points(relax.call_tir(gv, [aq, _pack_relax(bq, sb, spec)], out_ty), aq, bq, za, zb)
+        return _vnni_zero_points(relax.call_tir(gv, [aq, _pack_relax(bq, sb, VNNI, 128)], out_ty), aq, bq, za, zb)
 
-    x, a, b = wildcard(), wildcard(), wildcard()
-    wconst = is_const()
-    x_dq, a_dq, b_dq = _dq_pattern(x), _dq_pattern(a), _dq_pattern(b)
-    w_dq = _dq_pattern(wconst)
-    w_t = is_op("relax.permute_dims")(w_dq)
-    conv = is_op("relax.nn.conv1d")(x_dq, w_dq)
-    mm_w = is_op("relax.matmul")(x_dq, w_dq | w_t)
-    mm_a = is_op("relax.matmul")(a_dq, b_dq)
-
-    def act(m, pat):
-        """(integer tensor, scale float, zero point int) of a dequantized activation, or None."""
-        dq = m[pat]
-        q, scale, zp = dq.args
-        if _dtype(q) not in INT_DTYPES or _np(scale).size != 1:
-            return None
-        z = _scalar_zp(_np(zp))
-        return None if z is None else (q, float(_np(scale).reshape(-1)[0]), z)
-
-    def weight(dq):
-        q, scale, zp = dq.args
-        wq, sw, zw = _np(q), _np(scale).astype(np.float64), _np(zp)
-        if wq.dtype != np.int8 or np.any(zw != 0):
-            return None  # symmetric s8 weights only (the quantize stage always writes those)
-        return wq, sw, int(dq.attrs.axis)
-
-    def rewrite_conv(orig, m):
+    def conv(self, orig, m):
+        """A grouped 1x1 convolution (or any unpadded NCW one) on integer operands."""
         at = orig.attrs
-        xa = act(m, x_dq)
-        w = weight(m[w_dq])
+        xa, w = _activation(m[self.patterns["x_dq"]]), _weight(m[self.patterns["w_dq"]])
         if xa is None or w is None or any(int(p) for p in at.padding) or at.data_layout != "NCW" \
                 or at.kernel_layout != "OIW":
-            report.skipped.append("conv1d")
+            self.report.skipped.append("conv1d")
             return orig
         (xq, sx, zx), (wq, sw, axis) = xa, w
         if sw.size > 1 and axis != 0:
-            report.skipped.append("conv1d (weight scale axis)")
+            self.report.skipped.append("conv1d (weight scale axis)")
             return orig
         out_ch = wq.shape[0]
         acc = None
-        if packed and _dtype(xq) in packed.accepts and wq.shape[2] == 1 and all(int(v) == 1 for v in (*at.strides,
-                                                                                           *at.dilation)):
+        if self.packed and _dtype(xq) in self.packed.accepts and wq.shape[2] == 1 \
+                and all(int(v) == 1 for v in (*at.strides, *at.dilation)):
             b, c, w = (int(d) for d in xq.ty.shape)
-            acc_t = packed_call(relax.op.permute_dims(xq, [0, 2, 1]), _dtype(xq), (b, w, c), wq[:, :, 0],
-                                int(at.groups))
+            acc_t = self.packed_call(relax.op.permute_dims(xq, [0, 2, 1]), _dtype(xq), (b, w, c), wq[:, :, 0],
+                                     int(at.groups))
             acc = None if acc_t is None else relax.op.permute_dims(acc_t, [0, 2, 1])  # NWC -> NCW
         if acc is None:
             acc = relax.op.nn.conv1d(xq, relax.const(wq), strides=at.strides, padding=at.padding,
@@ -343,59 +359,73 @@ def integerize(mod: tvm.IRModule, func_name: str = "main",
         if zx:  # conv(xq - zx, W) = conv(xq, W) - zx * sum(W[o]) for an unpadded convolution
             corr = zx * wq.astype(np.int64).reshape(out_ch, -1).sum(1)
             acc = relax.op.subtract(acc, relax.const(corr.astype(np.int32).reshape(1, out_ch, 1)))
-        scale = (sx * np.broadcast_to(sw.reshape(-1), (out_ch,))).astype(np.float32).reshape(1, out_ch, 1)
-        report.conv1d += 1
-        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
+        self.report.conv1d += 1
+        return _rescaled(acc, (sx * np.broadcast_to(sw.reshape(-1), (out_ch,))).astype(np.float32).reshape(1, out_ch, 1))
 
-    def rewrite_mm_weight(orig, m):
-        xa = act(m, x_dq)
-        w = weight(m[w_dq])
+    def matmul_weight(self, orig, m):
+        """A matmul by a constant (possibly transposed) weight on integer operands."""
+        xa, w = _activation(m[self.patterns["x_dq"]]), _weight(m[self.patterns["w_dq"]])
         if xa is None or w is None or orig.attrs.out_dtype not in ("", None, "void", "float32"):
-            report.skipped.append("matmul")
+            self.report.skipped.append("matmul")
             return orig
         (xq, sx, zx), (wq, sw, axis) = xa, w
+        w_t = self.patterns["w_t"]
         transposed = w_t in m
         if wq.ndim != 2 or (transposed and [int(i) for i in m[w_t].attrs.axes] != [1, 0]):
-            report.skipped.append("matmul (weight shape)")
+            self.report.skipped.append("matmul (weight shape)")
             return orig
         n_axis = 0 if transposed else 1  # the weight axis that becomes the output's last axis
         if sw.size > 1 and axis != n_axis:
-            report.skipped.append("matmul (weight scale axis)")
+            self.report.skipped.append("matmul (weight scale axis)")
             return orig
         wkn = wq.T if transposed else wq  # [K, N]
-        n = wkn.shape[1]
         acc = None
-        if packed:
-            acc = packed_call(xq, _dtype(xq), tuple(int(d) for d in xq.ty.shape), np.ascontiguousarray(wkn.T), 1)
+        if self.packed:
+            acc = self.packed_call(xq, _dtype(xq), tuple(int(d) for d in xq.ty.shape), np.ascontiguousarray(wkn.T), 1)
         if acc is None:
             acc = relax.op.matmul(xq, relax.const(np.ascontiguousarray(wkn)), out_dtype="int32")
         if zx:
             acc = relax.op.subtract(acc, relax.const((zx * wkn.astype(np.int64).sum(0)).astype(np.int32)))
-        scale = (sx * np.broadcast_to(sw.reshape(-1), (n,))).astype(np.float32)
-        report.matmul_weight += 1
-        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
+        self.report.matmul_weight += 1
+        return _rescaled(acc, (sx * np.broadcast_to(sw.reshape(-1), (wkn.shape[1],))).astype(np.float32))
 
-    def rewrite_mm_act(orig, m):
-        aa, ba = act(m, a_dq), act(m, b_dq)
+    def matmul_activation(self, orig, m):
+        """A matmul of two dequantized activations (attention) on integer operands."""
+        aa, ba = _activation(m[self.patterns["a_dq"]]), _activation(m[self.patterns["b_dq"]])
         if aa is None or ba is None:
-            report.skipped.append("matmul (activations)")
+            self.report.skipped.append("matmul (activations)")
             return orig
         (aq, sa, za), (bq, sb, zb) = aa, ba
-        acc = packed_pair(aq, bq, za, zb)
+        acc = self.packed_pair(aq, bq, za, zb)
         if acc is None:
             acc = _zero_points(relax.op.matmul(aq, bq, out_dtype="int32"), aq, bq, za, zb)
-        report.matmul_activation += 1
-        return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(np.float32(sa * sb)))
+        self.report.matmul_activation += 1
+        return _rescaled(acc, np.float32(sa * sb))
 
-    func = mod[func_name]
-    for pat, fn in ((conv, rewrite_conv), (mm_w, rewrite_mm_weight), (mm_a, rewrite_mm_act)):
-        func = rewrite_call(pat, fn, func)
-    mod = tvm.IRModule({**{gv: f for gv, f in mod.functions.items() if gv.name_hint != func_name},
-                        **{gv: f for gv, f in prim_funcs.values()}})
-    mod[func_name] = func
-    report.packed = len(prim_funcs)
-    mod = relax.transform.DeadCodeElimination()(mod)
-    return mod, report
+
+def _vnni_zero_points(acc, aq, bq, za: int, zb: int):
+    """sum_k (a - za)(b - zb) from acc = sum_k a b' with b' = b - 128 (vpdpbusd's s8 operand, exact):
+    with c = 128 - zb, sum (a - za)(b - zb) = acc + c rowsum(a) - za colsum(b') - K za c."""
+    c, k = 128 - zb, int(aq.ty.shape[-1])
+    if c:
+        rows = relax.op.sum(relax.op.astype(aq, "int32"), axis=[-1], keepdims=True)
+        acc = relax.op.add(acc, relax.op.multiply(rows, relax.const(c, "int32")))
+    if za:
+        cols = relax.op.sum(relax.op.astype(bq, "int32"), axis=[-2], keepdims=True)  # colsum(b') + 128 K
+        acc = relax.op.subtract(acc, relax.op.multiply(cols, relax.const(za, "int32")))
+        acc = relax.op.add(acc, relax.const(za * 128 * k - k * za * c, "int32"))
+    return acc
+
+
+@tvm.transform.module_pass(opt_level=0, name="Integerize")
+class Integerize:
+    """The pass: :func:`integerize` with the target's instruction, its counts into ``report``."""
+
+    def __init__(self, packed: PackedDot | None, report: RewriteReport):
+        self.packed, self.report = packed, report
+
+    def transform_module(self, mod, _ctx):
+        return integerize(mod, packed=self.packed, report=self.report)[0]
 
 
 def float_compute_layers(mod: tvm.IRModule, func_name: str = "main") -> list[str]:
@@ -414,32 +444,30 @@ def float_compute_layers(mod: tvm.IRModule, func_name: str = "main") -> list[str
     return found
 
 
-_REDUCE_UPDATE = re.compile(r"^\s*(\w+)\[([^\]]*)\] = \1\[\2\] \+ (.*\*.*)$")
-
-
 def mac_kernels(mod: tvm.IRModule) -> dict[str, list[str]]:
     """Multiply-accumulate kernels of a lowered (TIR) module, split by the arithmetic they really do.
 
     Reads the reduction updates (``acc[i] = acc[i] + a * b``) of every conv1d/matmul PrimFunc after
-    legalization and fusion: integer kernels cast their u8/s8 operands to int32 before the multiply;
-    anything else multiplies in float. Returns {"integer": [names], "float": [names]}.
+    legalization and fusion: integer kernels multiply their u8/s8 operands cast to int32; anything else
+    multiplies in float. Returns {"integer": [names], "float": [names]}, a name once per update.
     """
     out: dict[str, list[str]] = {"integer": [], "float": []}
     for gv, func in mod.functions.items():
         name = gv.name_hint
         if not isinstance(func, tvm.tirx.PrimFunc) or not any(op in name for op in MAC_KERNELS):
             continue
-        for line in func.script().splitlines():
-            m = _REDUCE_UPDATE.match(line)
-            if m:
-                out["integer" if 'T.Cast("int32"' in m.group(3) else "float"].append(name)
+        for product in reduction_updates(func):
+            out["integer" if str(product.ty.dtype).startswith("int") else "float"].append(name)
     return out
+
+
+DOT_INTRINSICS = ("llvm.x86.avx512.vpdpbusd.512", "llvm.x86.avx2.pmadd.wd", "llvm.x86.avx2.pmadd.ub.sw",
+                  "llvm.aarch64.neon.sdot", "llvm.aarch64.neon.udot", "llvm.aarch64.neon.smull")  # smull: both NEON sequences
 
 
 def tensorized_kernels(mod: tvm.IRModule) -> list[str]:
     """PrimFuncs of a lowered module whose code calls a dot-product intrinsic (vpdpbusd, vpmaddwd, sdot/udot,
     NEON smull)."""
-    marks = ("llvm.x86.avx512.vpdpbusd", "llvm.x86.avx2.pmadd.wd", "llvm.x86.avx2.pmadd.ub.sw", "llvm.aarch64.neon.sdot",
-             "llvm.aarch64.neon.udot", "llvm.aarch64.neon.smull")  # smull: both NEON sequences
+    ids = {tvm.target.codegen.llvm_lookup_intrinsic_id(name) for name in DOT_INTRINSICS}
     return [gv.name_hint for gv, f in mod.functions.items()
-            if isinstance(f, tvm.tirx.PrimFunc) and any(m in f.script() for m in marks)]
+            if isinstance(f, tvm.tirx.PrimFunc) and llvm_intrinsics_called(f) & ids]

@@ -69,7 +69,6 @@ def merge(mods: dict[int, object], lengths: list[int]):
     """One IRModule from per-bucket modules (each with its ``main`` and the kernels its passes added):
     each bucket's ``main`` renamed to :func:`function_name`, its other functions suffixed ``_s<length>`` so
     that equal names from different buckets do not collide."""
-    import tvm
     from tvm import relax
 
     if len(lengths) == 1:
@@ -84,20 +83,15 @@ def merge(mods: dict[int, object], lengths: list[int]):
         def visit_global_var_(self, op):
             return self.mapping.get(op.name_hint, op)
 
-    merged = {}
+    builder = relax.BlockBuilder()  # types each renamed GlobalVar as call_tir needs
     for n in lengths:
-        mod = mods[n]
-        mapping = {}
-        for gv in mod.get_global_vars():
-            new = tvm.ir.GlobalVar(function_name(n, lengths) if gv.name_hint == "main" else f"{gv.name_hint}_s{n}")
-            if hasattr(gv, "ty") and gv.ty is not None:
-                relax.expr._update_type(new, gv.ty)
-            mapping[gv.name_hint] = new
-        for gv, func in mod.functions.items():
-            new = mapping[gv.name_hint]
+        mod, mapping = mods[n], {}
+        kernels_first = sorted(mod.functions.items(), key=lambda item: isinstance(item[1], relax.Function))
+        for gv, func in kernels_first:
+            name = function_name(n, lengths) if gv.name_hint == "main" else f"{gv.name_hint}_s{n}"
             if isinstance(func, relax.Function):
                 func = Rename(mapping).visit_expr(func)
             if func.attrs is not None and "global_symbol" in func.attrs:
-                func = func.with_attr("global_symbol", new.name_hint)
-            merged[new] = func
-    return tvm.IRModule(merged)
+                func = func.with_attr("global_symbol", name)
+            mapping[gv.name_hint] = builder.add_func(func, name)
+    return builder.get()

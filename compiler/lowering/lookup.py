@@ -16,6 +16,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings
+
 # ops of one tensor argument (plus scalar constants) that act element by element
 ELEMENTWISE = {"relax." + name for name in (
     "add", "subtract", "multiply", "divide", "power", "maximum", "minimum", "erf", "tanh", "exp", "sigmoid",
@@ -29,24 +31,6 @@ def _scalar_const(expr) -> bool:
 
 def _qparams_scalar(call) -> bool:
     return _scalar_const(call.args[1]) and _scalar_const(call.args[2])
-
-
-def _bindings(func) -> tuple[dict, dict]:
-    """var -> bound value, and var -> how many bindings (or the function's result) read it."""
-    values, uses = {}, {}
-
-    def count(expr):
-        def visit(e):
-            if isinstance(e, relax.Var):
-                uses[e] = uses.get(e, 0) + 1
-        relax.analysis.post_order_visit(expr, visit)
-
-    for block in func.body.blocks:
-        for b in block.bindings:
-            values[b.var] = b.value
-            count(b.value)
-    count(func.body.body)
-    return values, uses
 
 
 def _chain(root, values, uses):
@@ -116,20 +100,17 @@ def lookup_tables(mod: tvm.IRModule, func_name: str = "main", target: str = "llv
     """Replace every ``quantize(f(dequantize(q)))`` with scalar quantization parameters and elementwise
     ``f`` by ``take(table, q)``. Returns (module, how many were replaced); tables are evaluated on this
     machine's CPU (``target`` is only for that)."""
-    func = mod[func_name]
-    values, uses = _bindings(func)
-    replace = {}
-    for var, value in values.items():
+    def match(_var, value, values, uses):
         if not (isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE) and _qparams_scalar(value)
                 and isinstance(value.args[0], relax.Var)):
-            continue
+            return None
         found = _chain(value.args[0], values, uses)
         if found is None:
-            continue
+            return None
         dq_var, order = found
         dq = values[dq_var]
-        lut = _table(dq, order, values, value, target)
-        replace[var] = (dq.args[0], lut, str(dq.args[0].ty.dtype))
+        return dq.args[0], _table(dq, order, values, value, target), str(dq.args[0].ty.dtype)
+
     def emit(builder, visit, item):
         q, lut, in_dtype = item
         idx = visit(q)  # u8 indexes the table as it is: the kernel before writes 1 byte, not a 4-byte index
@@ -137,23 +118,8 @@ def lookup_tables(mod: tvm.IRModule, func_name: str = "main", target: str = "llv
             idx = builder.emit(relax.op.add(relax.op.astype(idx, "int32"), relax.const(128, "int32")))
         return builder.emit(relax.op.take(relax.const(lut), idx, axis=0))
 
-    return rebind(mod, func_name, replace, emit), len(replace)
+    return rewrite_bindings(mod, match, emit, func_name)
 
 
-def rebind(mod: tvm.IRModule, func_name: str, replace: dict, emit) -> tvm.IRModule:
-    """A copy of ``mod`` where each binding of a var in ``replace`` is replaced by what
-    ``emit(builder, visit, replace[var])`` emits (``visit`` maps an old expression to the new graph's);
-    what is left unused is removed."""
-    if not replace:
-        return mod
-
-    @relax.expr_functor.mutator
-    class Swap(relax.PyExprMutator):
-        def visit_var_binding_(self, binding):
-            if binding.var not in replace:
-                return super().visit_var_binding_(binding)
-            self.set_var_remap(binding.var, emit(self.builder_, self.visit_expr, replace[binding.var]))
-
-    out = mod.clone()
-    out[func_name] = Swap(out).visit_expr(mod[func_name])
-    return relax.transform.DeadCodeElimination()(out)
+# the rewrites as module passes (squeezeedge.lowering.pipeline declares their order)
+LookupTables = counted_pass("LookupTables", "lookup_tables")(lookup_tables)

@@ -1,6 +1,5 @@
-"""The model as TVM sees it: the artifact's ONNX imported into Relax at each length bucket's static shape,
-integerized for int8 (squeezeedge.lowering.int8 and friends), then legalized and fused. Build and tune
-both start here, so a tuning database sees exactly the kernels the build compiles."""
+"""The model as TVM sees it: the artifact's ONNX imported into Relax at a static shape (the first step of
+squeezeedge.lowering.pipeline), and the small helpers around it."""
 
 from __future__ import annotations
 
@@ -66,77 +65,6 @@ def import_onnx(path: Path, inputs: list[dict], static_dims: dict[str, int] | No
         return from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
     except Exception as exc:
         raise CompileError(f"{path}: TVM could not import the model: {first_line(exc)}") from exc
-
-
-def relax_module(parent: Artifact, tvm_target, integer: bool = True):
-    """(Relax module, RewriteReport | None): the artifact's ONNX imported with static shapes and, for an
-    int8 model with ``integer``, rewritten to integer kernels (pre-packed for the target's dot-product
-    instruction where it has one), then its transposes sunk until they cancel (:mod:`squeezeedge.lowering.transposes`)
-    and its elementwise functions between dequantize and quantize (GELU) turned into lookup tables
-    (:mod:`squeezeedge.lowering.lookup`).
-    Build and tune both start here, so a tuning database sees exactly the kernels the build compiles."""
-    from squeezeedge.lowering.lengths import merge
-
-    lengths = bucket_lengths(parent)
-    mods, reports = {}, {}
-    for n in lengths:
-        mods[n], reports[n] = _bucket_module(parent, tvm_target, integer, _static_dims(parent) | {"seq": n})
-    report = reports[lengths[-1]]
-    if report is not None and len({(r.total, tuple(r.skipped)) for r in reports.values()}) > 1:
-        raise CompileError("the int8 rewrite differs between length buckets: "
-                           + ", ".join(f"{n}: {r.total} integer kernels" for n, r in reports.items()))
-    return merge(mods, lengths), report
-
-
-def bucket_lengths(parent: Artifact) -> list[int]:
-    """The lengths a library of this export (or its quantized model) is built for: one for a static
-    export, buckets up to its --seq-len for a --dynamic one (:mod:`squeezeedge.lowering.lengths`)."""
-    from squeezeedge.lowering.lengths import buckets
-
-    dynamic = any(not isinstance(d, int) for i in parent.results["inputs"] for d in i["shape"])
-    return buckets(_static_dims(parent)["seq"], dynamic)
-
-
-def _bucket_module(parent: Artifact, tvm_target, integer: bool, dims: dict[str, int]):
-    """relax_module for one static shape (``dims``: batch and seq)."""
-    from squeezeedge.lowering.int8 import integerize, packed_dot_for
-    from squeezeedge.lowering.lookup import lookup_tables
-    from squeezeedge.lowering.requantize import (drop_round_trips, fold_layer_norm_quantize, fold_requantize,
-                             fold_softmax_quantize)
-    from squeezeedge.lowering.transposes import sink_transposes
-
-    mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], dims)
-    report = None
-    if parent.stage == "quantize" and integer:
-        mod, report = integerize(mod, packed=packed_dot_for(tvm_target))
-    mod, _ = sink_transposes(mod)  # NCW convolutions vs NWC layer norms and packed kernels
-    if report is not None:  # after sinking: the tables then sit where the transposes no longer are
-        mod, report.lookup_tables = lookup_tables(mod)
-        mod, report.round_trips_dropped = drop_round_trips(mod)
-        from tvm import relax
-
-        with tvm_target:  # the epilogues' constants as constants, so that they fold
-            mod = relax.transform.FoldConstant()(mod)
-        mod, report.epilogues_folded = fold_requantize(mod)
-        mod, report.softmax_folded = fold_softmax_quantize(mod)
-        mod, report.layer_norms_folded = fold_layer_norm_quantize(mod)
-    return mod, report
-
-
-def fuse(mod, tvm_target):
-    """Legalize, fold constants and fuse each kernel with its epilogue (Relax's "zero" pipeline).
-
-    On CPU, softmax, exp, erf and tanh first become TVM's fast polynomial versions (FastMathTransform),
-    which vectorize: libm's scalar erf and exp took a third of tuned fp32 SqueezeBERT here
-    (results/PERFORMANCE-LOG.md step 6). Their error (~1e-7 on the logits) is checked by build's
-    validation against onnxruntime like everything else."""
-    from tvm import relax
-
-    mod = reciprocal_divides(mod)
-    with tvm_target:
-        if tvm_target.kind.name == "llvm":
-            mod = relax.transform.FastMathTransform()(mod)
-        return relax.get_pipeline("zero")(mod)
 
 
 def reciprocal_divides(mod):

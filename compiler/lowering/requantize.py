@@ -18,7 +18,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from squeezeedge.lowering.lookup import _bindings, _qparams_scalar, _scalar_const, rebind
+from squeezeedge.lowering.lookup import _qparams_scalar, _scalar_const
+from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings
 
 LAYOUT = ("relax.reshape", "relax.permute_dims")
 _QUANTIZE, _DEQUANTIZE = tvm.ir.Op.get("relax.quantize"), tvm.ir.Op.get("relax.dequantize")
@@ -51,12 +52,9 @@ def _same_qparams(a, b) -> bool:
 
 def drop_round_trips(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, int]:
     """Replace each such round trip by the layout ops on the integer tensor. Returns (module, count)."""
-    func = mod[func_name]
-    values, uses = _bindings(func)
-    replace = {}
-    for var, value in values.items():
+    def match(_var, value, values, uses):
         if not (isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE)):
-            continue
+            return None
         chain, cur = [], value.args[0]
         while isinstance(cur, relax.Var) and uses.get(cur, 0) == 1 and isinstance(values.get(cur), relax.Call) \
                 and isinstance(values[cur].op, tvm.ir.Op) and values[cur].op.name in LAYOUT:
@@ -65,8 +63,9 @@ def drop_round_trips(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IR
         dq = values.get(cur) if isinstance(cur, relax.Var) else None
         if not (isinstance(dq, relax.Call) and dq.op.same_as(_DEQUANTIZE)) \
                 or str(dq.args[0].ty.dtype) != str(value.attrs.out_dtype) or not _same_qparams(dq, value):
-            continue
-        replace[var] = (dq.args[0], chain[::-1])
+            return None
+        return dq.args[0], chain[::-1]
+
     def emit(builder, visit, item):
         q, chain = item
         x = visit(q)
@@ -74,7 +73,7 @@ def drop_round_trips(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IR
             x = builder.emit(relax.Call(call.op, [x, *call.args[1:]], call.attrs))
         return x
 
-    return rebind(mod, func_name, replace, emit), len(replace)
+    return rewrite_bindings(mod, match, emit, func_name)
 
 
 _AFFINE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
@@ -130,19 +129,15 @@ def fold_requantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRM
     29.2 ms here (results/PERFORMANCE-LOG.md step 23). The same value in real arithmetic: float32 may
     round a result lying within an ulp of .5 the other way, one step of the 8-bit output. Constant
     operands only (run FoldConstant first). Returns (module, how many quantizes were folded)."""
-    func = mod[func_name]
-    values, uses = _bindings(func)
-    replace = {}
-    for var, value in values.items():
+    def match(_var, value, values, uses):
         if not (_quantize_of_var(value) and str(value.attrs.out_dtype) in ("uint8", "int8")):
-            continue
+            return None
         found = _affine_chain(value.args[0], values, uses)
         if found is None:
-            continue
+            return None
         acc, a, b = found
         s, z = _scalar(value.args[1]), _scalar(value.args[2])
-        scale, shift = (np.asarray(a) / s).astype(np.float32), (np.asarray(b) / s + z).astype(np.float32)
-        replace[var] = (acc, scale, shift, value)
+        return acc, (np.asarray(a) / s).astype(np.float32), (np.asarray(b) / s + z).astype(np.float32), value
 
     def emit(builder, visit, item):
         acc, scale, shift, quantize = item
@@ -153,7 +148,7 @@ def fold_requantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRM
         # vectorize along the rows (the attention epilogue ran 20% slower with it)
         return _quantize_by_one(builder, x, quantize)
 
-    return rebind(mod, func_name, replace, emit), len(replace)
+    return rewrite_bindings(mod, match, emit, func_name)
 
 
 _SOFTMAX = tvm.ir.Op.get("relax.nn.softmax")
@@ -229,42 +224,37 @@ def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
     both replaced by a multiply, results/PERFORMANCE-LOG.md step 28). Here the row's max, exp and sum are
     as before and each element gets ``round(exp * (1 / (sum * s))) + z``: the same value in real
     arithmetic, a float32 tie may round the other way. Returns (module, how many were folded)."""
-    func = mod[func_name]
-    values, uses = _bindings(func)
-    replace, funcs = {}, {}
-    for var, value in values.items():
+    kernels = {}
+
+    def match(_var, value, values, uses):
         if not (_quantize_of_var(value) and uses.get(value.args[0]) == 1
                 and str(value.attrs.out_dtype) in ("uint8", "int8")):
-            continue
+            return None
         sm = values.get(value.args[0])
         if not (isinstance(sm, relax.Call) and sm.op.same_as(_SOFTMAX) and str(sm.args[0].ty.dtype) == "float32"):
-            continue
+            return None
         shape = tuple(int(d) for d in sm.args[0].ty.shape)
         if int(sm.attrs.axis) not in (-1, len(shape) - 1):
-            continue
+            return None
         s, z = _scalar(value.args[1]), int(_scalar(value.args[2]))
         dtype = str(value.attrs.out_dtype)
-        name = f"softmax_quantize_{'x'.join(map(str, shape))}_{len(funcs)}"
+        name = f"softmax_quantize_{'x'.join(map(str, shape))}_{len(kernels)}"
         scores = _scores_source(sm.args[0], values, uses)
         if scores is None:
-            prim, args = _te_softmax_quantize(shape, s, z, dtype, name), [sm.args[0]]
+            kernels[name], args = _te_softmax_quantize(shape, s, z, dtype, name), [sm.args[0]]
         else:
             q, qz, a, mask = scores
             source = (str(q.ty.dtype), qz, a, tuple(int(d) for d in mask.ty.shape))
-            prim, args = _te_softmax_quantize(shape, s, z, dtype, name, source), [q, mask]
-        gv = tvm.ir.GlobalVar(name)
-        relax.expr._update_type(gv, prim.ty)
-        funcs[gv] = prim
-        replace[var] = (args, gv, relax.TensorType(shape, dtype))
+            kernels[name], args = _te_softmax_quantize(shape, s, z, dtype, name, source), [q, mask]
+        return args, name, relax.TensorType(shape, dtype)
+
+    gvs = {}  # name -> GlobalVar, once the kernels are in the module
 
     def emit(builder, visit, item):
-        args, gv, out_ty = item
-        return builder.emit(relax.call_tir(gv, [visit(a) for a in args], out_ty))
+        args, name, out_ty = item
+        return builder.emit(relax.call_tir(gvs[name], [visit(a) for a in args], out_ty))
 
-    out = rebind(mod, func_name, replace, emit)
-    for gv, prim in funcs.items():
-        out[gv] = prim
-    return out, len(replace)
+    return rewrite_bindings(mod, match, emit, func_name, kernels=kernels, gvs=gvs)
 
 
 _LAYER_NORM = tvm.ir.Op.get("relax.nn.layer_norm")
@@ -275,23 +265,27 @@ def fold_layer_norm_quantize(mod: tvm.IRModule, func_name: str = "main") -> tupl
     ``quantize(layer_norm(x, g / s, b / s + z), 1, 0)``: quantize's division by s (one an element) moves
     into the constants. The same value in real arithmetic; a float32 tie may round the other way.
     Returns (module, how many were folded)."""
-    func = mod[func_name]
-    values, uses = _bindings(func)
-    replace = {}
-    for var, value in values.items():
+    def match(_var, value, values, uses):
         if not (_quantize_of_var(value) and uses.get(value.args[0]) == 1):
-            continue
+            return None
         ln = values.get(value.args[0])
         if not (isinstance(ln, relax.Call) and ln.op.same_as(_LAYER_NORM)
                 and all(isinstance(a, tvm.ir.expr.Constant) for a in ln.args[1:3])):
-            continue
+            return None
         s, z = _scalar(value.args[1]), _scalar(value.args[2])
         g, b = (a.value.numpy().astype(np.float64) for a in ln.args[1:3])
-        replace[var] = (ln, (g / s).astype(np.float32), (b / s + z).astype(np.float32), value)
+        return ln, (g / s).astype(np.float32), (b / s + z).astype(np.float32), value
 
     def emit(builder, visit, item):
         ln, g, b, quantize = item
         x = builder.emit(relax.Call(ln.op, [visit(ln.args[0]), relax.const(g), relax.const(b)], ln.attrs))
         return _quantize_by_one(builder, x, quantize)
 
-    return rebind(mod, func_name, replace, emit), len(replace)
+    return rewrite_bindings(mod, match, emit, func_name)
+
+
+# the rewrites as module passes (squeezeedge.lowering.pipeline declares their order)
+DropRoundTrips = counted_pass("DropRoundTrips", "round_trips_dropped")(drop_round_trips)
+FoldRequantize = counted_pass("FoldRequantize", "epilogues_folded")(fold_requantize)
+FoldSoftmaxQuantize = counted_pass("FoldSoftmaxQuantize", "softmax_folded")(fold_softmax_quantize)
+FoldLayerNormQuantize = counted_pass("FoldLayerNormQuantize", "layer_norms_folded")(fold_layer_norm_quantize)

@@ -21,6 +21,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from squeezeedge.lowering.rewrite import counted_pass
+
 UNARY = {"relax.astype", "relax.erf", "relax.exp", "relax.tanh", "relax.sqrt", "relax.rsqrt", "relax.negative",
          "relax.abs", "relax.sigmoid", "relax.clip", "relax.nn.relu", "relax.nn.gelu", "relax.nn.silu",
          "relax.round", "relax.floor", "relax.ceil"}
@@ -254,3 +256,7 @@ def _count(func) -> int:
 
     relax.analysis.post_order_visit(func, visit)
     return n
+
+
+# the rewrite as a module pass (squeezeedge.lowering.pipeline declares the order)
+SinkTransposes = counted_pass("SinkTransposes")(sink_transposes)

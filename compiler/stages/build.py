@@ -7,6 +7,7 @@ against onnxruntime on the same ONNX file before the library is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 from squeezeedge import console
 from squeezeedge.artifact import Artifact, StageRun, load_artifact, run_stage, sha256_file, tool_versions
 from squeezeedge.errors import ArtifactError, CompileError, InputError, ToolchainError, ValidationError
-from squeezeedge.lowering.relax import bucket_lengths, first_line, fuse, relax_module, static_inputs
+from squeezeedge.lowering.relax import first_line, static_inputs
 from squeezeedge.targets import Target, load_target
 
 LIB_FILE = "model.so"
@@ -39,7 +40,8 @@ class BuildConfig:
     emulated_runs: int = 1  # qemu is ~50x slower than the board
 
 
-def build_library(model_dir: Path, cfg: BuildConfig, out: Path, force: bool = False) -> StageRun:
+def build_library(model_dir: Path, cfg: BuildConfig, out: Path, force: bool = False,
+                  dump_ir: Path | None = None) -> StageRun:
     """Compile an export (fp32) or quantize (int8) artifact for a target into ``out``.
 
     Args:
@@ -47,6 +49,8 @@ def build_library(model_dir: Path, cfg: BuildConfig, out: Path, force: bool = Fa
         cfg: target, optional tuning database, validation limits.
         out: artifact directory to write: model.so, metadata.json, manifest.json.
         force: rebuild even if ``out`` already holds this build.
+        dump_ir: write the IR after each lowering step into this directory, one file a step (the build
+            then runs even if ``out`` already holds it).
 
     Returns:
         StageRun; ``results`` repeats metadata.json (precision, integer-layer coverage, validation).
@@ -86,12 +90,16 @@ def build_library(model_dir: Path, cfg: BuildConfig, out: Path, force: bool = Fa
            "validation_runs": cfg.validation_runs, "emulate": cfg.emulate and target.is_cross}
 
     def work(tmp: Path) -> dict:
-        meta = _build(parent, target, tvm_target, compiler, cfg, tmp, database)
+        meta = _build(parent, target, tvm_target, compiler, cfg, tmp, database, dump_ir)
         meta["tokenizer"] = _save_tokenizer(parent, tmp)  # the metadata, written once, names it
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return meta
 
-    return run_stage("build", out, key, work, parent=parent, force=force)
+    if dump_ir is not None:
+        dump_ir.mkdir(parents=True, exist_ok=True)
+        for old in dump_ir.glob("[0-9][0-9]-*.py"):  # a previous dump's steps
+            old.unlink()
+    return run_stage("build", out, key, work, parent=parent, force=force or dump_ir is not None)
 
 
 def _save_tokenizer(parent: Artifact, out: Path) -> dict | None:
@@ -143,16 +151,36 @@ def _cross_compiler(target: Target):
 
 
 def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildConfig, tmp: Path,
-           database: Artifact | None) -> dict:
-    import tvm
-
-    from squeezeedge.lowering import intrinsics  # noqa: F401  (the dot-product intrinsics)
-    from squeezeedge.lowering.int8 import AVX2, float_compute_layers, mac_kernels, packed_dot_for, tensorized_kernels
-
+           database: Artifact | None, dump_ir: Path | None = None) -> dict:
+    """Lower, compile, link and check one library into ``tmp``; returns its metadata."""
     precision = "int8" if parent.stage == "quantize" else "fp32"
-    onnx_path = parent.file("model.onnx")
-    lengths = bucket_lengths(parent)
     t0 = time.perf_counter()
+    mod, coverage, lengths = _lower(parent, tvm_target, cfg, precision, dump_ir)
+    ex, kernels = _compile(mod, target, tvm_target, database, coverage, len(lengths), dump_ir)
+    compile_s = time.perf_counter() - t0
+    lib = tmp / LIB_FILE
+    with console.step("linking " + (f"with {target.cross_triple}-g++" if compiler else "the shared library")):
+        if compiler is not None:
+            ex.export_library(str(lib), fcompile=compiler)
+        else:
+            ex.export_library(str(lib))
+    meta_lengths = lengths if len(lengths) > 1 else None
+    checks = _check_library(lib, parent, target, tvm_target, precision, cfg, meta_lengths)
+    meta = _metadata(parent, target, tvm_target, precision, coverage, database, kernels, lib, meta_lengths,
+                     checks) | {"compile_s": round(compile_s, 2), "versions": tool_versions()}
+    if target.device == "cuda":  # Jetson: also the CPU-only library for the board's Cortex cores, built and checked the same way
+        meta["cpu_library"] = _cpu_library(parent, target, compiler, cfg, tmp)
+    return meta
+
+
+def _lower(parent: Artifact, tvm_target, cfg: BuildConfig, precision: str, dump_ir: Path | None):
+    """The Relax module (squeezeedge.lowering.pipeline's bucket phases), its int8 coverage (None for fp32),
+    and the lengths it is built for. An int8 model whose quantized layers did not all become integer
+    kernels fails here."""
+    from squeezeedge.lowering.int8 import AVX2, float_compute_layers, packed_dot_for
+    from squeezeedge.lowering.pipeline import bucket_lengths, relax_module
+
+    lengths = bucket_lengths(parent)
     integer = precision == "int8" and cfg.integer
     packed = packed_dot_for(tvm_target)
     instruction = "vpmaddubsw (7-bit weights) or vpmaddwd" if packed is AVX2 else packed and packed.instruction
@@ -162,60 +190,67 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
     # indices"); the runtime checks every id before a call, so it goes to -v with TVM's other chatter
     shapes = f" at {len(lengths)} lengths ({', '.join(map(str, lengths))})" if len(lengths) > 1 else ""
     with console.step(f"importing {precision} ONNX into TVM Relax{shapes}{rewrite}"), console.native_stderr_to_debug():
-        mod, report = relax_module(parent, tvm_target, integer=cfg.integer)
-    coverage = None
-    if precision == "int8":
-        quantized = _quantized_layers(onnx_path)
-        if integer:
-            floats = float_compute_layers(mod)
-            expected_float = parent.results.get("float_layers", 0)
-            if len(floats) != expected_float or report.total != quantized:
-                raise CompileError(f"int8 lowering incomplete: {report.total} of {quantized} quantized layers "
-                                   f"became integer kernels, {len(floats)} still multiply in float "
-                                   f"(expected {expected_float} kept float); skipped: {report.skipped}")
-            coverage = {"quantized_layers": quantized, "integer_kernels": report.total, "conv1d": report.conv1d,
-                        "packed_kernels": report.packed,
-                        "packed_instruction": "+".join(sorted(report.instructions)) or None,
-                        "matmul_weight": report.matmul_weight, "matmul_activation": report.matmul_activation,
-                        "float_layers_kept": len(floats), "lookup_tables": report.lookup_tables,
-                        "round_trips_dropped": report.round_trips_dropped,
-                        "epilogues_folded": report.epilogues_folded, "softmax_folded": report.softmax_folded,
-                        "layer_norms_folded": report.layer_norms_folded}
-        else:
-            coverage = {"quantized_layers": quantized, "integer_kernels": 0, "mode": "float QDQ simulation"}
+        mod, report = relax_module(parent, tvm_target, integer=cfg.integer, dump_ir=dump_ir)
+    if precision != "int8":
+        return mod, None, lengths
+    quantized = _quantized_layers(parent.file("model.onnx"))
+    if not integer:
+        return mod, {"quantized_layers": quantized, "integer_kernels": 0, "mode": "float QDQ simulation"}, lengths
+    floats = float_compute_layers(mod)
+    expected_float = parent.results.get("float_layers", 0)
+    if len(floats) != expected_float or report.total != quantized:
+        raise CompileError(f"int8 lowering incomplete: {report.total} of {quantized} quantized layers "
+                           f"became integer kernels, {len(floats)} still multiply in float "
+                           f"(expected {expected_float} kept float); skipped: {report.skipped}")
+    return mod, {"quantized_layers": quantized, "integer_kernels": report.total, "conv1d": report.conv1d,
+                 "packed_kernels": report.packed, "packed_instruction": "+".join(sorted(report.instructions)) or None,
+                 "matmul_weight": report.matmul_weight, "matmul_activation": report.matmul_activation,
+                 "float_layers_kept": len(floats), "lookup_tables": report.lookup_tables,
+                 "round_trips_dropped": report.round_trips_dropped, "epilogues_folded": report.epilogues_folded,
+                 "softmax_folded": report.softmax_folded, "layer_norms_folded": report.layer_norms_folded}, lengths
+
+
+def _compile(mod, target: Target, tvm_target, database: Artifact | None, coverage: dict | None, buckets: int,
+             dump_ir: Path | None):
+    """Legalize and fuse, schedule (the database's kernels, then defaults; dlight on GPUs), compile.
+    Returns (executable, kernel counts for the metadata); adds the compiled kernels' counts to an integer
+    build's ``coverage`` and fails one whose compiled kernels still multiply in float."""
+    import tvm
+
+    from squeezeedge.lowering import intrinsics  # noqa: F401  (the dot-product intrinsics)
+    from squeezeedge.lowering.int8 import mac_kernels, tensorized_kernels
+    from squeezeedge.lowering.pipeline import fuse
+
     gpu = target.device == "cuda"
     if gpu:
         from squeezeedge.deploy.cuda import enable_nvcc_codegen, gpu_schedule
 
         enable_nvcc_codegen()
+    kernels = {"scheduled": 0, "db_failed": 0, "db_default": 0, "defaults": None}
     with console.step(f"compiling for {target.name} ({tvm_target.kind.name}, "
                       f"{tvm_target.attrs.get('mcpu') or tvm_target.attrs.get('arch') or 'generic'})"
                       + (", kernels through nvcc" if gpu else "")), console.native_stderr_to_debug():
         try:
-            mod = fuse(mod, tvm_target)
+            mod = fuse(mod, tvm_target, dump_ir=dump_ir)
             macs = mac_kernels(mod)  # before scheduling: tensorized kernels no longer show their multiply
             if gpu:
                 mod = gpu_schedule(mod, tvm_target)
-            db_failed = db_default = 0
             if database is not None:
                 from squeezeedge.stages.tune import apply_database
 
-                mod, _, db_failed, db_default = apply_database(mod, tvm_target, database.path)
-            scheduled = sum(1 for f in mod.functions.values()
-                            if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled"))
-            defaults = None
+                mod, _, kernels["db_failed"], kernels["db_default"] = apply_database(mod, tvm_target, database.path)
+            kernels["scheduled"] = sum(1 for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)
+                                       and f.attrs and f.attrs.get("tirx.is_scheduled"))
             if not gpu:
                 from squeezeedge.lowering.schedules import default_schedules
 
-                mod, defaults = default_schedules(mod, tvm_target)
+                mod, kernels["defaults"] = default_schedules(mod, tvm_target)
             tensorized = tensorized_kernels(mod)
-            if precision == "int8" and cfg.integer and len(macs["float"]) > coverage["float_layers_kept"] * len(lengths):
+            if coverage is not None and "float_layers_kept" in coverage \
+                    and len(macs["float"]) > coverage["float_layers_kept"] * buckets:
                 raise CompileError(f"int8 lowering incomplete: {len(macs['float'])} compiled kernels still "
                                    f"multiply in float ({sorted(set(macs['float']))[0]}, ...)")
-            if gpu:
-                with tvm_target:  # nvcc's callback reads the arch from the current target
-                    ex = tvm.compile(mod, target=tvm_target)
-            else:
+            with (tvm_target if gpu else contextlib.nullcontext()):  # nvcc's callback reads the arch from the current target
                 ex = tvm.compile(mod, target=tvm_target)
         except CompileError:
             raise
@@ -223,72 +258,75 @@ def _build(parent: Artifact, target: Target, tvm_target, compiler, cfg: BuildCon
             raise CompileError(f"TVM failed to compile the model for {target.name}: {first_line(exc)}") from exc
     if coverage is not None:
         coverage |= {"compiled_integer_mac_kernels": len(macs["integer"]),
-                     "compiled_float_mac_kernels": len(macs["float"]),
-                     "tensorized_kernels": len(tensorized)}
-    compile_s = time.perf_counter() - t0
-    lib = tmp / LIB_FILE
-    with console.step("linking " + (f"with {target.cross_triple}-g++" if compiler else "the shared library")):
-        if compiler is not None:
-            ex.export_library(str(lib), fcompile=compiler)
-        else:
-            ex.export_library(str(lib))
-    from squeezeedge.runtime import SPIN_COUNT, isa_features, missing_cpu_features
+                     "compiled_float_mac_kernels": len(macs["float"]), "tensorized_kernels": len(tensorized)}
+    return ex, kernels
 
+
+def _check_library(lib: Path, parent: Artifact, target: Target, tvm_target, precision: str, cfg: BuildConfig,
+                   lengths: list[int] | None) -> dict:
+    """The library's CPU features, its CUDA binaries, and its check against onnxruntime: natively on a host
+    whose CPU has the features, under qemu-user for a cross build (a CUDA library through its CPU one)."""
+    from squeezeedge.runtime import isa_features, missing_cpu_features
+
+    gpu = target.device == "cuda"
     cpu_target = tvm_target.host if target.device != "cpu" else tvm_target
-    cpu_features = sorted(isa_features(cpu_target)) if cpu_target.kind.name == "llvm" else []
-    validation = None
-    cuda_info = None
+    out = {"cpu_features": sorted(isa_features(cpu_target)) if cpu_target.kind.name == "llvm" else [],
+           "validation": None, "cuda": None}
     if gpu:
         from squeezeedge.deploy.cuda import describe
 
-        cuda_info = describe(lib, str(tvm_target.attrs["arch"]))
-        if not any(b["arch"] == cuda_info["arch"] for b in cuda_info["device_binaries"]):
-            raise CompileError(f"the library carries no {cuda_info['arch']} kernels (found "
-                               f"{[b['arch'] for b in cuda_info['device_binaries']] or 'none'})")
-    missing = [] if target.is_cross else missing_cpu_features(cpu_features)
-    meta_lengths = lengths if len(lengths) > 1 else None
+        out["cuda"] = info = describe(lib, str(tvm_target.attrs["arch"]))
+        if not any(b["arch"] == info["arch"] for b in info["device_binaries"]):
+            raise CompileError(f"the library carries no {info['arch']} kernels (found "
+                               f"{[b['arch'] for b in info['device_binaries']] or 'none'})")
+    missing = [] if target.is_cross else missing_cpu_features(out["cpu_features"])
     if missing:
         console.info(f"  not running the library here: this CPU lacks {', '.join(missing)}")
-    if not target.is_cross and not missing and not gpu:  # a CUDA library is checked through its CPU library
+    if not target.is_cross and not missing and not gpu:
         with console.step(f"checking the library against onnxruntime on {cfg.validation_runs} random inputs"):
-            validation = _validate(lib, onnx_path, parent, precision, cfg, lengths=meta_lengths)
+            out["validation"] = _validate(lib, parent.file("model.onnx"), parent, precision, cfg, lengths=lengths)
     elif target.is_cross and cfg.emulate and not gpu:
         with console.step(f"running the library under qemu-user (C++ deploy runner) on {cfg.emulated_runs} "
                           "random input(s), against onnxruntime"):
-            validation = _validate(lib, onnx_path, parent, precision, cfg, emulated=True, lengths=meta_lengths)
-    meta = {
+            out["validation"] = _validate(lib, parent.file("model.onnx"), parent, precision, cfg, emulated=True,
+                                          lengths=lengths)
+    return out
+
+
+def _metadata(parent: Artifact, target: Target, tvm_target, precision: str, coverage: dict | None,
+              database: Artifact | None, kernels: dict, lib: Path, lengths: list[int] | None, checks: dict) -> dict:
+    """metadata.json: what the library is, was built from and with, and how it was checked."""
+    from squeezeedge.runtime import SPIN_COUNT
+
+    return {
         "schema_version": 1,
         "model": {"stage": parent.stage, "sha256": parent.sha256, "model_type": parent.results["model_config"]
                   ["model_type"], "head": parent.results["head"]},
         "precision": precision,
         "int8": coverage,
         "target": {"name": target.name, "device": target.device, "cross_triple": target.cross_triple,
-                   "threads": target.threads, "tvm": json.loads(str(tvm_target)), "cpu_features": cpu_features,
+                   "threads": target.threads, "tvm": json.loads(str(tvm_target)), "cpu_features": checks["cpu_features"],
                    "qemu_cpu": target.qemu_cpu},
         "database": {"path": str(database.path), "sha256": database.sha256} if database else None,
         "tuning": ({k: database.results[k] for k in ("tuned_tasks", "tasks", "trials", "tuning_wall_s_total")}
                    if database else {"tuned_tasks": 0, "tasks": None, "note": "untuned default schedules"})
-                  | {"kernels_with_tuned_schedule": scheduled, "kernels_where_schedule_failed": db_failed,
-                     "kernels_kept_default_schedule": db_default,
-                     "kernels_with_default_schedule": defaults},
+                  | {"kernels_with_tuned_schedule": kernels["scheduled"],
+                     "kernels_where_schedule_failed": kernels["db_failed"],
+                     "kernels_kept_default_schedule": kernels["db_default"],
+                     "kernels_with_default_schedule": kernels["defaults"]},
         "inputs": static_inputs(parent),  # at the longest length
         "outputs": static_inputs(parent, "outputs"),
         # every length from 1 to the last runs, padded to the smallest of these that holds it
-        "lengths": meta_lengths,
+        "lengths": lengths,
         "vocab_size": parent.results["model_config"]["vocab_size"],
         "type_vocab_size": parent.results["model_config"].get("type_vocab_size", 2),
         "library": {"file": LIB_FILE, "sha256": sha256_file(lib), "bytes": lib.stat().st_size},
         # what squeezeedge.runtime.load, the deploy runner and run.sh set TVM's pool to unless told otherwise
         "thread_pool": {"threads": target.threads or "all", "capped_at": "the CPUs the process may use",
                         "spin_count": SPIN_COUNT, "override": "TVM_NUM_THREADS, TVM_THREAD_POOL_SPIN_COUNT"},
-        "validation": validation,
-        "cuda": cuda_info,
-        "compile_s": round(compile_s, 2),
-        "versions": tool_versions(),
+        "validation": checks["validation"],
+        "cuda": checks["cuda"],
     }
-    if gpu:  # Jetson: also the CPU-only library for the board's Cortex cores, built and checked the same way
-        meta["cpu_library"] = _cpu_library(parent, target, compiler, cfg, tmp)
-    return meta
 
 
 def _cpu_library(parent: Artifact, target: Target, compiler, cfg: BuildConfig, tmp: Path) -> dict:

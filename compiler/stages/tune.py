@@ -50,7 +50,7 @@ class TuneConfig:
 def lowered_module(parent: Artifact, tvm_target):
     """The module as build compiles it: imported, integerized (int8), legalized and fused."""
     from squeezeedge.lowering import intrinsics  # noqa: F401  (the dot-product intrinsics)
-    from squeezeedge.lowering.relax import fuse, relax_module
+    from squeezeedge.lowering.pipeline import fuse, relax_module
 
     return fuse(relax_module(parent, tvm_target)[0], tvm_target)
 

@@ -262,7 +262,7 @@ def test_int8_matmul_large_enough_for_tensor_cores_compiles_for_jetson():
     from tvm import relax
 
     from squeezeedge.deploy.cuda import enable_nvcc_codegen, gpu_schedule
-    from squeezeedge.lowering.relax import fuse
+    from squeezeedge.lowering.pipeline import fuse
     from squeezeedge.targets import load_target
 
     target = load_target("jetson-orin-nano").tvm_target()

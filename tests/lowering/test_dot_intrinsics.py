@@ -168,7 +168,7 @@ def test_attention_matmul_of_two_activations_is_tensorized_and_exact(mcpu, instr
     zero points), equal to numpy's float64 product of the dequantized operands at the extremes."""
     from tvm import relax
 
-    from squeezeedge.lowering.relax import fuse
+    from squeezeedge.lowering.pipeline import fuse
     from squeezeedge.lowering.int8 import integerize, tensorized_kernels
 
     target = tvm.target.Target({**TARGET, "mcpu": mcpu})

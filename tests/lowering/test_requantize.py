@@ -112,7 +112,7 @@ def _softmax_quantize(masked: bool = True) -> tvm.IRModule:
 def test_quantized_softmax_divides_once_a_row():
     """quantize(softmax(x)) -> one kernel, one parallel loop over rows, the per-row reciprocal kept as a
     block of its own (not inlined into every element); the same 8-bit values but for one-step ties."""
-    from squeezeedge.lowering.relax import fuse
+    from squeezeedge.lowering.pipeline import fuse
     from squeezeedge.lowering.schedules import default_schedules
 
     mod = _softmax_quantize()

@@ -1,0 +1,165 @@
+"""The lowering from an artifact's ONNX to the fused Relax + TIR module build compiles and tune tunes,
+declared in one place. Build and tune both run it, so a tuning database sees exactly the kernels the
+build compiles.
+
+Phases, in order (``build --dump-ir DIR`` writes the IR after each step, one file per step):
+
+- ``import`` (each length bucket): the ONNX at the bucket's static shape (:func:`import_onnx`);
+- ``integer`` (int8, each bucket): QDQ layers to integer kernels, pre-packed for the target's dot-product
+  instruction (:mod:`squeezeedge.lowering.int8`);
+- ``layout`` (each bucket): transposes sunk until they cancel (:mod:`squeezeedge.lowering.transposes`);
+- ``requantize`` (int8, each bucket): elementwise functions between dequantize and quantize as lookup
+  tables (:mod:`squeezeedge.lowering.lookup`), 8-bit round trips dropped, constants folded, and the
+  kernels' epilogues, softmax and layer norm folded into their quantize
+  (:mod:`squeezeedge.lowering.requantize`);
+- ``merge``: the buckets as one module (:func:`squeezeedge.lowering.lengths.merge`);
+- ``legalize``: float divides by constants as multiplies, TVM's fast math on CPU (softmax, exp, erf and
+  tanh as vectorizable polynomials: libm's scalar erf and exp took a third of tuned fp32 SqueezeBERT),
+  then Relax's "zero" pipeline spelled out: legalize, annotate, fold, fuse each kernel with its epilogue.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tvm
+from tvm import relax
+
+from squeezeedge.artifact import Artifact
+from squeezeedge.errors import CompileError
+from squeezeedge.lowering.int8 import Integerize, RewriteReport, packed_dot_for
+from squeezeedge.lowering.lengths import buckets, merge
+from squeezeedge.lowering.lookup import LookupTables
+from squeezeedge.lowering.relax import _static_dims, import_onnx, reciprocal_divides
+from squeezeedge.lowering.requantize import DropRoundTrips, FoldLayerNormQuantize, FoldRequantize, FoldSoftmaxQuantize
+from squeezeedge.lowering.transposes import SinkTransposes
+
+BUCKET_PHASES = ("integer", "layout", "requantize")  # run on each length bucket's module
+MODULE_PHASES = ("legalize",)  # run once the buckets are merged
+
+
+@tvm.transform.module_pass(opt_level=0, name="ReciprocalDivides")
+def ReciprocalDivides(mod, _ctx):  # noqa: N802 (a pass, named as TVM's are)
+    """:func:`squeezeedge.lowering.relax.reciprocal_divides` as a module pass."""
+    return reciprocal_divides(mod)
+
+
+def _in_target(inner, tvm_target):
+    """``inner`` run with ``tvm_target`` as the current target (FoldConstant builds what it folds for it)."""
+    @tvm.transform.module_pass(opt_level=0, name=inner.info.name)
+    def in_target(mod, _ctx):
+        with tvm_target:
+            return inner(mod)
+    return in_target
+
+
+def bucket_pipeline(tvm_target, report: RewriteReport | None) -> tvm.transform.Sequential:
+    """The per-bucket phases; with ``report`` (an int8 model, integerized) the integer ones too, their
+    counts into it."""
+    phases = {"layout": [SinkTransposes()]}  # NCW convolutions vs NWC layer norms and packed kernels
+    if report is not None:
+        phases["integer"] = [Integerize(packed_dot_for(tvm_target), report)]
+        phases["requantize"] = [  # after sinking: the tables then sit where the transposes no longer are
+            LookupTables(report), DropRoundTrips(report),
+            _in_target(relax.transform.FoldConstant(), tvm_target),  # the epilogues' constants, so that they fold
+            FoldRequantize(report), FoldSoftmaxQuantize(report), FoldLayerNormQuantize(report)]
+    return _sequential(phases, BUCKET_PHASES, "bucket")
+
+
+def module_pipeline(tvm_target) -> tvm.transform.Sequential:
+    """The phases after the merge: legalize, fold and fuse."""
+    t = relax.transform
+    fast_math = [t.FastMathTransform()] if tvm_target.kind.name == "llvm" else []
+    return _sequential({"legalize": [ReciprocalDivides, *fast_math, t.LegalizeOps(), t.AnnotateTIROpPattern(),
+                                     t.FoldConstant(), t.FuseOps(), t.FuseTIR()]}, MODULE_PHASES, "module")
+
+
+def _sequential(phases: dict, order: tuple[str, ...], name: str) -> tvm.transform.Sequential:
+    return tvm.transform.Sequential([tvm.transform.Sequential(phases[p], name=p) for p in order if p in phases],
+                                    name=name)
+
+
+def relax_module(parent: Artifact, tvm_target, integer: bool = True, dump_ir: Path | None = None):
+    """(Relax module, RewriteReport | None): the artifact's ONNX imported at each length bucket, through
+    the bucket phases (the integer ones for an int8 model with ``integer``), merged."""
+    lengths = bucket_lengths(parent)
+    mods, reports = {}, {}
+    dump = _Dump(dump_ir, len(lengths) > 1)
+    for n in lengths:
+        dump.bucket = n
+        mod = import_onnx(parent.file("model.onnx"), parent.results["inputs"], _static_dims(parent) | {"seq": n})
+        dump.write("import", mod)
+        reports[n] = RewriteReport() if parent.stage == "quantize" and integer else None
+        mods[n] = _run(bucket_pipeline(tvm_target, reports[n]), mod, dump)
+    report = reports[lengths[-1]]
+    if report is not None and len({(r.total, tuple(r.skipped)) for r in reports.values()}) > 1:
+        raise CompileError("the int8 rewrite differs between length buckets: "
+                           + ", ".join(f"{n}: {r.total} integer kernels" for n, r in reports.items()))
+    mod = merge(mods, lengths)
+    dump.bucket = None
+    if len(lengths) > 1:
+        dump.write("merge", mod)
+    return mod, report
+
+
+def fuse(mod, tvm_target, dump_ir: Path | None = None):
+    """The module phases: legalize, fold constants and fuse each kernel with its epilogue."""
+    with tvm_target:
+        return _run(module_pipeline(tvm_target), mod, _Dump(dump_ir, False))
+
+
+def bucket_lengths(parent: Artifact) -> list[int]:
+    """The lengths a library of this export (or its quantized model) is built for: one for a static
+    export, buckets up to its --seq-len for a --dynamic one (:mod:`squeezeedge.lowering.lengths`)."""
+    dynamic = any(not isinstance(d, int) for i in parent.results["inputs"] for d in i["shape"])
+    return buckets(_static_dims(parent)["seq"], dynamic)
+
+
+def _run(pipeline: tvm.transform.Sequential, mod, dump: "_Dump"):
+    if dump.out is None:
+        return pipeline(mod)
+    with tvm.transform.PassContext(instruments=[dump.instrument()]):
+        return pipeline(mod)
+
+
+class _Dump:
+    """IR files: ``NN-<step>.py`` in order (each bucket of an any-length model one section of the step's
+    file), numbered on from the files already in ``out`` (relax_module's, then fuse's)."""
+
+    def __init__(self, out: Path | None, sections: bool):
+        self.out, self.sections, self.bucket, self.order = out, sections, None, {}
+        self.next = 0
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            self.next = len(list(out.glob("[0-9][0-9]-*.py")))  # after the steps already written
+
+    def write(self, step: str, mod) -> None:
+        if self.out is None:
+            return
+        if step not in self.order:
+            self.order[step] = self.next
+            self.next += 1
+        path = self.out / f"{self.order[step]:02d}-{step}.py"
+        head = f"# ---- length bucket {self.bucket} ----\n" if self.sections and self.bucket else ""
+        with open(path, "a" if head and path.exists() else "w") as f:
+            f.write(head + mod.script(show_meta=False) + "\n")
+
+    def instrument(self):
+        dump = self
+
+        @tvm.instrument.pass_instrument
+        class AfterEachStep:
+            """Writes the module after each step of a phase (depth 3: pipeline, phase, step)."""
+
+            def __init__(self):
+                self.depth = 0
+
+            def run_before_pass(self, _mod, _info):
+                self.depth += 1
+
+            def run_after_pass(self, mod, info):
+                if self.depth == 3:
+                    dump.write(info.name, mod)
+                self.depth -= 1
+
+        return AfterEachStep()
