@@ -12,6 +12,8 @@ import click
 
 from squeezeedge import console
 from squeezeedge.errors import SqueezeEdgeError
+from squeezeedge.options import click_options, from_cli
+from squeezeedge.stages.quantize import QuantizeConfig
 
 EPILOG = "Exit codes: see 'Errors and exit codes' in README.md."
 
@@ -165,59 +167,14 @@ def export(ctx, model, checkpoint, head, num_labels, batch, seq_len, seed, dynam
             f"(limit {r['validation']['tolerance']:g}), {run.artifact.manifest['wall_time_s']:.1f} s")
 
 
-def _alpha(text: str) -> float | None:
-    if text.strip().lower() in ("none", "off", "0"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise click.BadParameter(f"'{text}' is not a number in (0, 1) or 'none'", param_hint="--smooth-quant") from None
-
-
 @main.command(epilog=EPILOG)
 @click.argument("export_dir", type=click.Path(path_type=Path))
-@click.option("--calibration-data", type=click.Path(path_type=Path), default=None,
-              help="Texts to calibrate on: .txt (one per line), .jsonl (a 'text' field or --text-column), "
-                   ".csv/.tsv (--text-column, default 'text'). Default: calibration/sentences.txt (1,030 "
-                   "English sentences shipped with squeezeedge).")
-@click.option("--text-column", default=None, help="Field or column holding the text (.jsonl/.csv/.tsv).")
-@click.option("--num-samples", type=int, default=128, show_default=True, help="Texts used for calibration.")
-@click.option("--num-heldout", type=int, default=64, show_default=True,
-              help="Other texts, never seen by calibration, on which fidelity is measured.")
-@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="onnxruntime calibration method for activation ranges.")
-@click.option("--per-channel/--per-tensor", default=None,
-              help="Weight scales per output channel or per tensor [default: the target's int8 preset].")
-@click.option("--activations", type=click.Choice(["uint8", "int8"]), default=None,
-              help="Activation dtype [default: the target's int8 preset, e.g. uint8 for x86 VNNI].")
 @target_options("Target whose int8 preset applies.")
-@click.option("--keep-float", type=click.Choice(["gelu-out"]), multiple=True,
-              help="Leave these layers in float. gelu-out: the FFN output projections (fed by GELU). Not "
-                   "needed with the defaults; kept to compare recipes.")
-@click.option("--float-outputs", default="Conv,MatMul,Gemm", show_default=True, metavar="OPS",
-              help="Comma list of Conv, MatMul, Gemm (or 'none'): these layers multiply in integers but their "
-                   "outputs are not quantized (no rounding before the bias add; what trained models need: "
-                   "quantized MatMul outputs took trained MiniLM's mean cosine from 0.998 to 0.943).")
-@click.option("--smooth-quant", default="0.7", show_default=True, metavar="ALPHA",
-              help="SmoothQuant migration strength in (0, 1), or 'none': per-channel activation outliers, "
-                   "measured on the calibration texts, move into the weights of the layers reading them.")
-@click.option("--int8-embeddings/--float-embeddings", default=True, show_default=True,
-              help="Store embedding tables (Gather on a table of 1,024+ rows) as int8 with one scale a row.")
-@click.option("--fallback/--no-fallback", default=True, show_default=True,
-              help="Below --min-cosine/--min-agreement: rank the layers by measured sensitivity and keep the "
-                   "fewest in float that pass (named in the output and manifest). --no-fallback: fail.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration/held-out split.")
-@click.option("--min-cosine", type=float, default=0.99, show_default=True,
-              help="Fail if the mean cosine similarity of fp32 and int8 outputs is below this.")
-@click.option("--min-agreement", type=float, default=0.9, show_default=True,
-              help="Fail if top-1 agreement is below this (argmax of logits; for embedding models, "
-                   "nearest-embedding retrieval).")
+@click_options(QuantizeConfig)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory [WORKDIR/quantize].")
 @click.option("--force", is_flag=True, help="Rerun even if --out already holds this result.")
 @click.pass_context
-def quantize(ctx, export_dir, calibration_data, text_column, num_samples, num_heldout, method, per_channel,
-             activations, target, target_file, keep_float, float_outputs, smooth_quant, int8_embeddings, fallback, seed,
-             min_cosine, min_agreement, out, force):
+def quantize(ctx, export_dir, target, target_file, out, force, **options):
     """Quantize an exported model to int8 (QDQ) with calibration text, and check its fidelity.
 
     Tokenizes the texts with the model's tokenizer (a checkpoint's own, else the bert-base-uncased
@@ -233,15 +190,9 @@ def quantize(ctx, export_dir, calibration_data, text_column, num_samples, num_he
     Example:
       squeezeedge quantize build/tiny --method percentile --out build/tiny-int8
     """
-    from squeezeedge.stages.quantize import QuantizeConfig, quantize_model
+    from squeezeedge.stages.quantize import quantize_model
 
-    cfg = QuantizeConfig(calibration_data=calibration_data, text_column=text_column, num_samples=num_samples,
-                         num_heldout=num_heldout, method=method, per_channel=per_channel, activations=activations,
-                         target=target, target_file=target_file, keep_float=tuple(keep_float), seed=seed,
-                         float_outputs=tuple(o for o in float_outputs.split(",") if o and o != "none"),
-                         smooth_quant=_alpha(smooth_quant), int8_embeddings=int8_embeddings, fallback=fallback,
-                         min_cosine=min_cosine,
-                         min_agreement=min_agreement)
+    cfg = from_cli(QuantizeConfig, options, target=target, target_file=target_file)
     run = quantize_model(export_dir, cfg, _out(ctx, out, "quantize"), force=force)
     r = run.artifact.results
     f = r["fidelity"]

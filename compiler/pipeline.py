@@ -31,8 +31,6 @@ from squeezeedge.errors import InputError, PipelineError, RegressionError
 SCHEMA: dict[str, dict[str, type]] = {
     "model": {"preset": str, "checkpoint": str, "seq_len": int, "dynamic": bool, "head": str, "num_labels": int,
               "seed": int},
-    "quantize": {"calibration_data": str, "text_column": str, "num_samples": int, "num_heldout": int,
-                 "method": str, "smooth_quant": str, "min_cosine": float},
     "tuning": {"database": str, "tracker": str, "key": str, "trials": int},
     "bench": {"enabled": bool, "baselines": str, "min_seconds": float},
 }
@@ -60,12 +58,15 @@ def load_config(path: Path) -> Config:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InputError(f"cannot read pipeline file {path}: {exc}") from None
     for key, value in data.items():
+        if key == "quantize":
+            data[key] = _quantize_section(path, value)
+            continue
         if key in TOP:
             if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
                 raise InputError(f"{path}: '{key}' must be a non-empty list of names")
             continue
         if key not in SCHEMA:
-            raise InputError(f"{path}: unknown key '{key}' (known: {', '.join([*TOP, *SCHEMA])})")
+            raise InputError(f"{path}: unknown key '{key}' (known: {', '.join([*TOP, 'quantize', *SCHEMA])})")
         if not isinstance(value, dict):
             raise InputError(f"{path}: '{key}' must be a table ([{key}])")
         for k, v in value.items():
@@ -87,6 +88,28 @@ def load_config(path: Path) -> Config:
         raise InputError(f"{path}: [model] takes preset or checkpoint, not both")
     return Config(Path(path), list(dict.fromkeys(data["targets"])), list(dict.fromkeys(precisions)), model,
                   data.get("quantize", {}), data.get("tuning", {}), data.get("bench", {}))
+
+
+def _quantize_section(path: Path, value) -> dict:
+    """[quantize]: any of quantize's options (squeezeedge.stages.quantize.QuantizeConfig), each checked as
+    the command line checks it; calibration_data "shipped" is the default corpus, a relative path is read
+    from the pipeline file's directory."""
+    from squeezeedge.options import check, file_keys
+    from squeezeedge.stages.quantize import QuantizeConfig
+
+    keys = file_keys(QuantizeConfig)
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: 'quantize' must be a table ([quantize])")
+    out = {}
+    for k, v in value.items():
+        if k not in keys:
+            raise InputError(f"{path}: unknown key '{k}' in [quantize] (known: {', '.join(keys)})")
+        if k == "calibration_data" and v == "shipped":
+            continue
+        out[k] = check(keys[k], v, f"{path}: [quantize] {k}")
+        if k == "calibration_data" and out[k] is not None and not out[k].is_absolute():
+            out[k] = (Path(path).parent / out[k].expanduser()).resolve()
+    return out
 
 
 @dataclass
@@ -150,14 +173,10 @@ def _export_args(cfg: Config, out: Path) -> list:
 
 
 def _quantize_args(cfg: Config, export: Path, target: str, out: Path) -> list:
-    q = cfg.quantize
-    args = ["quantize", export, "--target", target, "--out", out]
-    if q.get("calibration_data", "shipped") != "shipped":
-        args += ["--calibration-data", _resolve(cfg, q["calibration_data"])]
-    for key in ("text_column", "num_samples", "num_heldout", "method", "smooth_quant", "min_cosine"):
-        if key in q:
-            args += [f"--{key.replace('_', '-')}", q[key]]
-    return args
+    from squeezeedge.options import to_args
+    from squeezeedge.stages.quantize import QuantizeConfig
+
+    return ["quantize", export, "--target", target, "--out", out, *to_args(QuantizeConfig, cfg.quantize)]
 
 
 def _database(cfg: Config, target: str, precision: str, model: Path) -> tuple[Path | None, str]:
@@ -233,13 +252,13 @@ def _bench_once(out: Path, name: str, stage: str, libs: list, steps: list, faile
 def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> dict:
     """Run the whole pipeline into ``out``; returns the summary (also written to out/pipeline.json/.md;
     :func:`check` turns a failed part or a regression into the exit code). Only a bad target name or a
-    failed export stop it early."""
+    failed export stop it early (a bad target before ``out`` is made)."""
     from squeezeedge.targets import load_target
 
+    targets = {name: load_target(name) for name in cfg.targets}  # an unknown board stops here, before any work
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    targets = {name: load_target(name) for name in cfg.targets}  # an unknown board stops here, before any work
     steps: list[Step] = []
     failed: dict[str, str] = {}
 
@@ -248,8 +267,23 @@ def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> di
     console.info(f"pipeline {cfg.path.name}: {len(targets)} target(s) x {', '.join(cfg.precisions)} into {out}")
     if _run_step(export, _export_args(cfg, out / "export")) is None:
         raise PipelineError(f"export failed, nothing else can run: {export.detail}")
+    models = _quantize_all(cfg, out, targets, steps, failed)
+    databases = _databases(cfg, out, targets, models, steps)
+    libs = _build_all(out, models, databases, steps, failed, jobs)
+    summary_bench = _bench_all(cfg, out, libs, steps, failed)
+    regression = _report(out, summary_bench, steps, failed, fail_on)
+    summary = {"config": str(cfg.path), "out": str(out), "ok": not failed and regression is None,
+               "failed": failed, "regression": regression, "seconds": round(time.perf_counter() - t0, 1),
+               "steps": [vars(s) for s in steps], "bench": summary_bench,
+               "bundles": sorted(str(p) for p in out.glob("*.tar.gz"))}
+    write_text_atomic(out / "pipeline.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "pipeline.md", markdown(summary))
+    return summary
 
-    # int8: one quantize per distinct preset (targets sharing activations/weights/bits share the model)
+
+def _quantize_all(cfg: Config, out: Path, targets: dict, steps: list, failed: dict) -> dict[tuple[str, str], Path]:
+    """(target, precision) -> the model to build: int8 quantized once per distinct preset (targets sharing
+    activations/weights/bits share the model), fp32 the export."""
     models: dict[tuple[str, str], Path] = {}
     if "int8" in cfg.precisions:
         groups: dict = {}
@@ -267,8 +301,12 @@ def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> di
             models.update({(n, "int8"): q_out for n in names})
     if "fp32" in cfg.precisions:
         models.update({(n, "fp32"): out / "export" for n in targets})
+    return models
 
-    # tuning with a tracker (boards measure), else a database directory, else untuned
+
+def _databases(cfg: Config, out: Path, targets: dict, models: dict, steps: list) -> dict:
+    """(target, precision) -> (database or None, why): tuned here with a tracker (boards measure), else a
+    database directory's that fits, else untuned."""
     databases: dict[tuple[str, str], tuple[Path | None, str]] = {}
     for (name, precision), model in models.items():
         if cfg.tuning.get("tracker") and targets[name].device == "cpu":
@@ -283,7 +321,12 @@ def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> di
         else:
             databases[(name, precision)] = _database(cfg, name, precision, model) \
                 if targets[name].device == "cpu" else (None, "untuned (GPU target)")
+    return databases
 
+
+def _build_all(out: Path, models: dict, databases: dict, steps: list, failed: dict, jobs: int) -> list:
+    """Build (with a bundle) every model for its target, ``jobs`` at a time; returns the libraries built as
+    (target, precision, path, where it can be measured)."""
     builds: list[tuple[Step, list]] = []
     for (name, precision), model in models.items():
         db, why = databases[(name, precision)]
@@ -299,50 +342,53 @@ def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> di
             failed.setdefault(step.target, f"build {step.precision}: {step.detail}")
             continue
         libs.append((step.target, step.precision, Path(step.path), _where(payload["manifest"]["results"])))
+    return libs
 
+
+def _bench_all(cfg: Config, out: Path, libs: list, steps: list, failed: dict) -> dict:
+    """Time the native libraries in one interleaved run, count the emulated ones (each cached)."""
     summary_bench: dict = {"native": None, "emulated": None, "not_run": []}
-    if cfg.bench.get("enabled", True):
-        native = [lib for lib in libs if lib[3] == "native"]
-        emulated = [lib for lib in libs if lib[3] == "emulated"]
-        summary_bench["not_run"] = [{"target": t, "precision": p, "why": why}
-                                    for t, p, _, why in libs if why not in ("native", "emulated")]
-        baselines = cfg.bench.get("baselines", "ort")
-        if native:
-            secs = cfg.bench.get("min_seconds", 2.0)
-            summary_bench["native"] = _bench_once(
-                out, "bench.json", "bench", native, steps, failed, [baselines, secs],
-                ["--baselines", baselines, "--min-seconds", secs])
-        if emulated:
-            peers = ",".join(b for b in baselines.split(",") if b in ("ort", "tflite")) or "none"
-            summary_bench["emulated"] = _bench_once(
-                out, "emulated.json", "bench (emulated)", emulated, steps, failed, [peers],
-                ["--emulate", "--baselines", peers])
+    if not cfg.bench.get("enabled", True):
+        return summary_bench
+    native = [lib for lib in libs if lib[3] == "native"]
+    emulated = [lib for lib in libs if lib[3] == "emulated"]
+    summary_bench["not_run"] = [{"target": t, "precision": p, "why": why}
+                                for t, p, _, why in libs if why not in ("native", "emulated")]
+    baselines = cfg.bench.get("baselines", "ort")
+    if native:
+        secs = cfg.bench.get("min_seconds", 2.0)
+        summary_bench["native"] = _bench_once(
+            out, "bench.json", "bench", native, steps, failed, [baselines, secs],
+            ["--baselines", baselines, "--min-seconds", secs])
+    if emulated:
+        peers = ",".join(b for b in baselines.split(",") if b in ("ort", "tflite")) or "none"
+        summary_bench["emulated"] = _bench_once(
+            out, "emulated.json", "bench (emulated)", emulated, steps, failed, [peers],
+            ["--emulate", "--baselines", peers])
+    return summary_bench
 
+
+def _report(out: Path, summary_bench: dict, steps: list, failed: dict, fail_on: str | None) -> str | None:
+    """The report over this run's bench results and the earlier ones; returns a --fail-on regression, or None."""
+    if not (summary_bench["native"] or summary_bench["emulated"]):
+        return None
     regression = None
-    if summary_bench["native"] or summary_bench["emulated"]:
-        step = Step("report")
-        steps.append(step)
-        history = sorted((out / "history").glob("*.json")) if (out / "history").is_dir() else []
-        results = [Path(p) for p in (summary_bench["native"], summary_bench["emulated"]) if p]
-        args = ["report", *history, *results, "--out", out / "report"]
-        console.info(f"  {step.label()} ...")
-        s0 = time.perf_counter()
-        rc, payload, error = _cli(args + (["--fail-on", fail_on] if fail_on else []))
-        step.seconds = round(time.perf_counter() - s0, 1)
-        step.status, step.path = ("done", str(out / "report")) if rc == 0 else ("failed", None)
-        if rc == RegressionError.exit_code:
-            regression, step.status, step.detail = error, "done", error
-        elif rc != 0:
-            step.detail = f"exit {rc}: {error}"
-            failed.setdefault("report", step.detail)
-
-    summary = {"config": str(cfg.path), "out": str(out), "ok": not failed and regression is None,
-               "failed": failed, "regression": regression, "seconds": round(time.perf_counter() - t0, 1),
-               "steps": [vars(s) for s in steps], "bench": summary_bench,
-               "bundles": sorted(str(p) for p in out.glob("*.tar.gz"))}
-    write_text_atomic(out / "pipeline.json", json.dumps(summary, indent=2) + "\n")
-    write_text_atomic(out / "pipeline.md", markdown(summary))
-    return summary
+    step = Step("report")
+    steps.append(step)
+    history = sorted((out / "history").glob("*.json")) if (out / "history").is_dir() else []
+    results = [Path(p) for p in (summary_bench["native"], summary_bench["emulated"]) if p]
+    args = ["report", *history, *results, "--out", out / "report"]
+    console.info(f"  {step.label()} ...")
+    s0 = time.perf_counter()
+    rc, _, error = _cli(args + (["--fail-on", fail_on] if fail_on else []))
+    step.seconds = round(time.perf_counter() - s0, 1)
+    step.status, step.path = ("done", str(out / "report")) if rc == 0 else ("failed", None)
+    if rc == RegressionError.exit_code:
+        regression, step.status, step.detail = error, "done", error
+    elif rc != 0:
+        step.detail = f"exit {rc}: {error}"
+        failed.setdefault("report", step.detail)
+    return regression
 
 
 def check(summary: dict) -> None:

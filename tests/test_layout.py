@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "compiler"
 # lower numbers are imported by higher ones, never the other way
-LAYERS = {"errors": 0, "console": 0, "artifact": 0, "resources": 0, "targets": 0, "lowering": 1, "runtime": 2,
+LAYERS = {"errors": 0, "console": 0, "artifact": 0, "resources": 0, "targets": 0, "options": 0, "lowering": 1, "runtime": 2,
           "deploy": 3, "stages": 4, "measure": 5, "cli": 6, "pipeline": 6, "inspect": 6, "__init__": 6,
           "__main__": 7}
 
@@ -57,3 +57,32 @@ def test_no_cycle_between_modules():
         return seen
     cycles = sorted(f"{a} <-> {b}" for a in edges for b in edges[a] if a in reach(b, set()) and a < b)
     assert not cycles, cycles
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_is_longer_than_the_limit():
+    """Long functions are split along their steps, and the steps named."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long
+
+
+def test_no_private_tvm_api_and_no_work_history_in_the_code():
+    """No private TVM call (relax.expr._update_type), and no issue or step numbers: history belongs in
+    results/PERFORMANCE-LOG.md and git."""
+    import re
+
+    history = re.compile(r"\b(issue|step) #?\d+", re.IGNORECASE)
+    found = []
+    for path in [*PACKAGE.rglob("*.py"), PACKAGE.parent / "README.md"]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if "_update_type" in line or history.search(line):
+                found.append(f"{path.name}:{n}: {line.strip()}")
+    assert not found, found

@@ -166,6 +166,11 @@ def test_jetson_target_is_built_bundled_and_said_not_timed_here(tiny_run, tmp_pa
     ('[model]\nseq_len = 32\n', 3, "no 'targets'"),
     ('targets = ["no-such-board"]\n', 4, "unknown target 'no-such-board'"),
     ('targets = ["host"]\nprecisions = ["int4"]\n', 3, "unknown precision 'int4'"),
+    # a quantize value is checked with the file, as the command line checks it, before any stage runs
+    ('targets = ["host"]\n[quantize]\nmethod = "bogus"\n', 3, "[quantize] method 'bogus' (minmax, entropy, percentile)"),
+    ('targets = ["host"]\n[quantize]\nsmooth_quant = 1.5\n', 3, "smooth_quant must be between 0 and 1"),
+    ('targets = ["host"]\n[quantize]\nnum_samples = 0\n', 3, "num_samples must be >= 1"),
+    ('targets = ["host"]\n[quantize]\nmin_agreement = "high"\n', 3, "'high' is not a number"),
 ])
 def test_bad_pipeline_file_is_a_one_line_error(tmp_path, text, code, words):
     cfg = tmp_path / "p.toml"
@@ -173,6 +178,34 @@ def test_bad_pipeline_file_is_a_one_line_error(tmp_path, text, code, words):
     res = cli("pipeline", cfg, "--out", tmp_path / "out")
     assert res.exit_code == code, res.output
     assert words in res.stderr and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()  # a pipeline that cannot start leaves no --out behind
+
+
+def test_a_pipeline_file_sets_every_quantize_option(tmp_path):
+    """Each of quantize's options, set in [quantize], reaches the stage as the value the file gave: the
+    file's keys, their checks and the arguments passed on all come from QuantizeConfig's declaration."""
+    from squeezeedge.cli import main
+    from squeezeedge.options import file_keys, from_cli
+    from squeezeedge.pipeline import _quantize_args, load_config
+    from squeezeedge.stages.quantize import QuantizeConfig
+
+    corpus = tmp_path / "texts.jsonl"
+    corpus.write_text('{"body": "a sentence"}\n')
+    given = {"calibration_data": "texts.jsonl", "text_column": "body", "num_samples": 32, "num_heldout": 16,
+             "method": "percentile", "per_channel": False, "activations": "int8", "keep_float": ["gelu-out"],
+             "float_outputs": "none", "smooth_quant": 0.5, "int8_embeddings": False, "fallback": False,
+             "seed": 7, "min_cosine": 0.95, "min_agreement": 0.8}
+    assert set(given) == set(file_keys(QuantizeConfig))  # every option the stage has
+    toml = "".join(f"{k} = {json.dumps(v)}\n" for k, v in given.items()).replace("false", "false")
+    (tmp_path / "p.toml").write_text('targets = ["host"]\n[quantize]\n' + toml)
+    args = [str(a) for a in _quantize_args(load_config(tmp_path / "p.toml"), Path("E"), "rpi5", Path("Q"))]
+    params = main.commands["quantize"].make_context("quantize", args[1:]).params
+    cfg = from_cli(QuantizeConfig, params, target=params["target"], target_file=None)
+    want = QuantizeConfig(calibration_data=corpus, text_column="body", num_samples=32, num_heldout=16,
+                          method="percentile", per_channel=False, activations="int8", keep_float=("gelu-out",),
+                          float_outputs=(), smooth_quant=0.5, int8_embeddings=False, fallback=False, seed=7,
+                          min_cosine=0.95, min_agreement=0.8, target="rpi5")
+    assert cfg == want
 
 
 def test_ci_workflow_runs_the_commands_the_readme_documents():

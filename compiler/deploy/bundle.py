@@ -14,7 +14,6 @@ import hashlib
 import io
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -360,7 +359,16 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
         cuda_switch=(f'\nif [ "$1" = "--cpu" ]; then LIB=./{cpu["file"]} DEVICE=cpu CHECK=exact; shift; fi'
                      if cpu else ""),
         gpu_rule=gpu_rule if cpu else "", gpu_ok=gpu_ok if cpu else "False").encode()
-    files["README.md"] = BUNDLE_README.format(
+    files["README.md"] = _bundle_readme(meta, Path(lib_dir), name, arch, expected, threads, lengths_opt, emulated,
+                                        cpu, gpu_rule if cpu else "", tolerance)
+    return _write_tar(files, out, name)
+
+
+def _bundle_readme(meta: dict, lib_dir: Path, name: str, arch: str, expected, threads: int, lengths_opt: str,
+                   emulated: bool, cpu: dict | None, gpu_rule: str, tolerance: float) -> bytes:
+    """The bundle's README.md, filled in from the library's metadata."""
+    target = meta["target"]
+    return BUNDLE_README.format(
         name=name, target=target["name"], arch=arch, description=_describe(target), precision=meta["precision"],
         model_sha=meta["model"]["sha256"][:16], tvm_version=wheel_versions()["apache-tvm"],
         dtype=meta["inputs"][0]["dtype"], shape="x".join(map(str, meta["inputs"][0]["shape"])),
@@ -376,12 +384,16 @@ def write_bundle(lib_dir: Path, out: Path, expected, feed: dict, emulated: bool,
         tolerance_text=(f"`./run.sh --cpu`: max abs diff {tolerance}; `./run.sh` (GPU): {gpu_rule}" if cpu else
                         f"max abs diff {tolerance} (the runner writes float32; the same library on the same inputs\n"
                         "gives the same bits unless the board's CPU takes another code path)."),
-        device_opt=" --device cuda" if cpu else "", onnx=_built_from(Path(lib_dir)),
+        device_opt=" --device cuda" if cpu else "", onnx=_built_from(lib_dir),
         answer="sentence embedding" if meta["model"].get("head") == "embed" else "logits",
         own_length=(", each at its own length" if meta.get("lengths")
                     else f", padded to {meta['inputs'][0]['shape'][1]}"),
         tokenizer_sha=(f" (sha256 {meta['tokenizer']['sha256'][:16]}... in metadata.json)" if meta.get("tokenizer")
                        else "; this library has none: pass token ids")).encode()
+
+
+def _write_tar(files: dict, out: Path, name: str) -> Path:
+    """``files`` (archive name -> bytes or a file) as ``out`` (NAME/...), written whole or not at all."""
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(f".{out.name}.part-{os.getpid()}")
     with tarfile.open(part, "w:gz") as tar:

@@ -7,7 +7,7 @@ once for all 256 values at compile time and looked up at run time (``take``), th
 runtimes do their nonlinearities. The table is evaluated by TVM on the very same ops (exact erf,
 before any fast-math rewrite), so each element gets exactly what the float chain would give it.
 
-SqueezeBERT's GELU epilogue was half the time of its largest kernel (results/PERFORMANCE-LOG.md step 12).
+SqueezeBERT's GELU epilogue was half the time of its largest kernel (results/PERFORMANCE-LOG.md).
 """
 
 from __future__ import annotations

@@ -56,6 +56,24 @@ def _in_target(inner, tvm_target):
 def bucket_pipeline(tvm_target, report: RewriteReport | None) -> tvm.transform.Sequential:
     """The per-bucket phases; with ``report`` (an int8 model, integerized) the integer ones too, their
     counts into it."""
+    return _sequential(_bucket_phases(tvm_target, report), BUCKET_PHASES, "bucket")
+
+
+def module_pipeline(tvm_target) -> tvm.transform.Sequential:
+    """The phases after the merge: legalize, fold and fuse."""
+    return _sequential(_module_phases(tvm_target), MODULE_PHASES, "module")
+
+
+def step_names(tvm_target, integer: bool = True, merged: bool = False) -> list[str]:
+    """Every step in order, as ``build --dump-ir`` names its files: import, the bucket phases' passes,
+    merge (an any-length model), the module phases' passes."""
+    bucket = _bucket_phases(tvm_target, RewriteReport() if integer else None)
+    module = _module_phases(tvm_target)
+    return (["import"] + [p.info.name for phase in BUCKET_PHASES for p in bucket.get(phase, [])]
+            + (["merge"] if merged else []) + [p.info.name for phase in MODULE_PHASES for p in module[phase]])
+
+
+def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
     phases = {"layout": [SinkTransposes()]}  # NCW convolutions vs NWC layer norms and packed kernels
     if report is not None:
         phases["integer"] = [Integerize(packed_dot_for(tvm_target), report)]
@@ -63,15 +81,14 @@ def bucket_pipeline(tvm_target, report: RewriteReport | None) -> tvm.transform.S
             LookupTables(report), DropRoundTrips(report),
             _in_target(relax.transform.FoldConstant(), tvm_target),  # the epilogues' constants, so that they fold
             FoldRequantize(report), FoldSoftmaxQuantize(report), FoldLayerNormQuantize(report)]
-    return _sequential(phases, BUCKET_PHASES, "bucket")
+    return phases
 
 
-def module_pipeline(tvm_target) -> tvm.transform.Sequential:
-    """The phases after the merge: legalize, fold and fuse."""
+def _module_phases(tvm_target) -> dict[str, list]:
     t = relax.transform
     fast_math = [t.FastMathTransform()] if tvm_target.kind.name == "llvm" else []
-    return _sequential({"legalize": [ReciprocalDivides, *fast_math, t.LegalizeOps(), t.AnnotateTIROpPattern(),
-                                     t.FoldConstant(), t.FuseOps(), t.FuseTIR()]}, MODULE_PHASES, "module")
+    return {"legalize": [ReciprocalDivides, *fast_math, t.LegalizeOps(), t.AnnotateTIROpPattern(), t.FoldConstant(),
+                         t.FuseOps(), t.FuseTIR()]}
 
 
 def _sequential(phases: dict, order: tuple[str, ...], name: str) -> tvm.transform.Sequential:

@@ -126,7 +126,7 @@ def fold_requantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRM
     constants: zero-point correction, the s_x * s_w rescale, the bias, then quantize's divide and zero
     point. Folded at compile time the epilogue is one multiply-add and quantize's round and clip (as a
     quantize by 1 with zero point 0), not seven vector ops with a division: int8 SqueezeBERT 30.2 ->
-    29.2 ms here (results/PERFORMANCE-LOG.md step 23). The same value in real arithmetic: float32 may
+    29.2 ms here (results/PERFORMANCE-LOG.md). The same value in real arithmetic: float32 may
     round a result lying within an ulp of .5 the other way, one step of the 8-bit output. Constant
     operands only (run FoldConstant first). Returns (module, how many quantizes were folded)."""
     def match(_var, value, values, uses):
@@ -221,7 +221,7 @@ def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
 
     Softmax divides every exp by the row's sum and quantize divides the result by s: two divisions an
     element, which the scheduled kernel could not hide (SqueezeBERT's attention softmax: 93 -> 77 us with
-    both replaced by a multiply, results/PERFORMANCE-LOG.md step 28). Here the row's max, exp and sum are
+    both replaced by a multiply, results/PERFORMANCE-LOG.md). Here the row's max, exp and sum are
     as before and each element gets ``round(exp * (1 / (sum * s))) + z``: the same value in real
     arithmetic, a float32 tie may round the other way. Returns (module, how many were folded)."""
     kernels = {}

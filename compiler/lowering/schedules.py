@@ -40,11 +40,11 @@ def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int
     weights, and 8-row tiles stream them half as often, which the short k loop could not hide. Alone, 2
     threads, with caches flushed: 128.6 -> 116.6 and 514.6 -> 473.5 us for the K = 192 convolutions,
     134.9 -> 121.3 and 124.1 -> 113.3 us for the attention's; K = 768 ones are no faster (461 -> 472)
-    (results/PERFORMANCE-LOG.md step 30).
+    (results/PERFORMANCE-LOG.md).
 
     Measured for AVX2 on a 128x768x768/4 grouped kernel, 2 threads: 4 x 3 tiles 0.28 ms, no tiling
     0.35 ms; MetaSchedule's own tiling onto the intrinsic: most candidates fail to compile (vectorized
-    loops around the intrinsic) and those that build ran 5-7 ms (results/PERFORMANCE-LOG.md step 6).
+    loops around the intrinsic) and those that build ran 5-7 ms (results/PERFORMANCE-LOG.md).
     Order matters: a fused or parallel loop added after tensorize breaks TVM's reduction checks.
 
     A kernel fused with its epilogue (requantize, bias, GELU, residual add: what FuseOps joins to it

@@ -170,6 +170,21 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
 
             workloads = any_length_workloads(runners, cfg, chain, meta, seq)
     ref_name = next((n for n in ("pytorch fp32", "onnxruntime fp32") if n in outputs), None)
+    rows = _rows(runners, samples, outputs, ref_name, window_s, skipped)
+    report = _report(cfg, rows, samples, window_s, ref_name, pools, chain, meta, batch, seq)
+    if report["device"]["label"] is None:
+        m = report["machine"]
+        report["device"]["label"] = f"{m['cpu']} ({m['llvm_cpu']}, {m['cores']} cores)"
+    if workloads is not None:
+        report["workloads"] = workloads
+    report["verdict"] = "VALID" if all(r["verdict"] == "VALID" for r in rows if r["status"] == "ok") else "INVALID"
+    validate_report(report)
+    _write_json(out, report)
+    return report
+
+
+def _rows(runners, samples: dict, outputs: dict, ref_name: str | None, window_s: float, skipped: dict) -> list[dict]:
+    """One report row a runtime: its statistics and verdict, or why it was skipped."""
     rows = []
     for r in runners:
         st = stats(samples[r.name])
@@ -183,7 +198,13 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
         rows.append({"name": name, "family": name.split()[0], "precision": (name.split() + ["-"])[1], "status": "skipped",
                      "reason": why, "stats": None, "verdict": None, "verdict_reasons": [], "samples_ms": [],
                      "model_bytes": None, "agreement": None, "info": {}})
-    report = {
+    return rows
+
+
+def _report(cfg: BenchConfig, rows: list[dict], samples: dict, window_s: float, ref_name: str | None, pools: dict,
+            chain, meta: dict, batch: int, seq: int) -> dict:
+    """The bench report (bench_schema.json) around ``rows``: where, with what and how it was measured."""
+    return {
         "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "git": git_state(), "versions": tool_versions() | package_versions(("ai-edge-litert", "litert-torch", "ai-edge-quantizer")),
@@ -206,15 +227,6 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
         "fidelity": chain.quantize.results.get("fidelity") if chain.quantize else None,
         "runtimes": rows,
     }
-    if report["device"]["label"] is None:
-        m = report["machine"]
-        report["device"]["label"] = f"{m['cpu']} ({m['llvm_cpu']}, {m['cores']} cores)"
-    if workloads is not None:
-        report["workloads"] = workloads
-    report["verdict"] = "VALID" if all(r["verdict"] == "VALID" for r in rows if r["status"] == "ok") else "INVALID"
-    validate_report(report)
-    _write_json(out, report)
-    return report
 
 
 def _merge(chains: list[Lineage]) -> Lineage:

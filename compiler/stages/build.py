@@ -414,7 +414,7 @@ def int8_cosine_bound(required: float, ort_self: float) -> float:
     where onnxruntime's own integer path agrees with its op-by-op one less than that, its agreement minus a
     margin. Rounding differences are amplified by trained models with activation outliers: on random
     ids, all-MiniLM-L6-v2 int8 (percentile, 8-bit weights) gives 0.93 between onnxruntime's two paths,
-    and the library 0.96 (results/PERFORMANCE-LOG.md step 31); a wrong kernel lands far below either."""
+    and the library 0.96 (results/PERFORMANCE-LOG.md); a wrong kernel lands far below either."""
     return required if ort_self >= required else ort_self - ORT_SELF_MARGIN
 
 

@@ -19,6 +19,7 @@ from squeezeedge import console
 from squeezeedge.artifact import StageRun, load_artifact, run_stage
 from squeezeedge.stages.calibdata import DEFAULT_CORPUS, batches, load_tokenizer, read_texts, split
 from squeezeedge.errors import InputError, ValidationError
+from squeezeedge.options import check, cli_name, declared, option
 from squeezeedge.stages.smoothquant import quantize_embeddings, smooth
 from squeezeedge.targets import load_target
 
@@ -42,23 +43,50 @@ KEEP_FLOAT = ("gelu-out",)
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    calibration_data: Path | None = None  # None: the shipped corpus (calibration/sentences.txt)
-    text_column: str | None = None
-    num_samples: int = 128
-    num_heldout: int = 64
-    method: str = "minmax"
-    per_channel: bool | None = None  # None: the target's int8 preset
-    activations: str | None = None  # "uint8" | "int8"; None: the target's int8 preset
-    target: str = "host"
-    target_file: Path | None = None
-    keep_float: tuple[str, ...] = ()
-    float_outputs: tuple[str, ...] = OP_TYPES  # see the scheme's "float_outputs"
-    smooth_quant: float | None = SMOOTH_QUANT_ALPHA  # None: off
-    int8_embeddings: bool = True
-    fallback: bool = True  # below the gate: keep the fewest, most sensitive layers in float (compiler/stages/fallback.py)
-    seed: int = 0
-    min_cosine: float = 0.99
-    min_agreement: float = 0.9
+    """quantize's options, declared once (squeezeedge.options): the CLI's options, the pipeline file's
+    [quantize] keys and their checks all come from these fields."""
+    calibration_data: Path | None = option(
+        None, "Texts to calibrate on: .txt (one per line), .jsonl (a 'text' field or --text-column), .csv/.tsv "
+        "(--text-column, default 'text'). Default: calibration/sentences.txt (1,030 English sentences shipped "
+        "with squeezeedge).", kind=Path)
+    text_column: str | None = option(None, "Field or column holding the text (.jsonl/.csv/.tsv).")
+    num_samples: int = option(128, "Texts used for calibration.", kind=int, low=1)
+    num_heldout: int = option(64, "Other texts, never seen by calibration, on which fidelity is measured.",
+                              kind=int, low=1)
+    method: str = option("minmax", "onnxruntime calibration method for activation ranges.", choices=METHODS)
+    per_channel: bool | None = option(
+        None, "Weight scales per output channel or per tensor [default: the target's int8 preset].", kind=bool,
+        flag="--per-channel/--per-tensor")
+    activations: str | None = option(
+        None, "Activation dtype [default: the target's int8 preset, e.g. uint8 for x86 VNNI].",
+        choices=("uint8", "int8"))
+    target: str = option("host", "Target whose int8 preset applies.", cli=False, in_file=False)
+    target_file: Path | None = option(None, "A user's board TOML file.", kind=Path, cli=False, in_file=False)
+    keep_float: tuple[str, ...] = option(
+        (), "Leave these layers in float. gelu-out: the FFN output projections (fed by GELU). Not needed with "
+        "the defaults; kept to compare recipes.", choices=KEEP_FLOAT, many="repeat")
+    float_outputs: tuple[str, ...] = option(
+        OP_TYPES, "Comma list of Conv, MatMul, Gemm (or 'none'): these layers multiply in integers but their "
+        "outputs are not quantized (no rounding before the bias add; what trained models need: quantized "
+        "MatMul outputs took trained MiniLM's mean cosine from 0.998 to 0.943).", choices=OP_TYPES,
+        many="comma", none=True)
+    smooth_quant: float | None = option(
+        SMOOTH_QUANT_ALPHA, "SmoothQuant migration strength in (0, 1), or 'none': per-channel activation "
+        "outliers, measured on the calibration texts, move into the weights of the layers reading them.",
+        kind=float, low=0, high=1, open_range=True, none=True)
+    int8_embeddings: bool = option(
+        True, "Store embedding tables (Gather on a table of 1,024+ rows) as int8 with one scale a row.",
+        kind=bool, flag="--int8-embeddings/--float-embeddings")
+    fallback: bool = option(
+        True, "Below --min-cosine/--min-agreement: rank the layers by measured sensitivity and keep the fewest "
+        "in float that pass (named in the output and manifest). --no-fallback: fail.", kind=bool,
+        flag="--fallback/--no-fallback")
+    seed: int = option(0, "Seed of the calibration/held-out split.", kind=int)
+    min_cosine: float = option(0.99, "Fail if the mean cosine similarity of fp32 and int8 outputs is below this.",
+                               kind=float, low=0, high=1)
+    min_agreement: float = option(
+        0.9, "Fail if top-1 agreement is below this (argmax of logits; for embedding models, nearest-embedding "
+        "retrieval).", kind=float, low=0, high=1)
 
 
 def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool = False) -> StageRun:
@@ -78,21 +106,48 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
         CalibrationError: unusable calibration data (missing, empty, not UTF-8, too few texts, ...).
         ValidationError: fidelity below ``min_cosine`` or ``min_agreement`` (nothing is written).
     """
-    if cfg.method not in METHODS:
-        raise InputError(f"unknown calibration method '{cfg.method}' ({', '.join(METHODS)})")
-    if cfg.num_samples < 1 or cfg.num_heldout < 1:
-        raise InputError("--num-samples and --num-heldout must be >= 1")
-    if bad := set(cfg.keep_float) - set(KEEP_FLOAT):
-        raise InputError(f"unknown --keep-float '{sorted(bad)[0]}' ({', '.join(KEEP_FLOAT)})")
-    if bad := set(cfg.float_outputs) - set(OP_TYPES):
-        raise InputError(f"unknown --float-outputs '{sorted(bad)[0]}' ({', '.join(OP_TYPES)}, or none)")
-    if cfg.smooth_quant is not None and not 0 < cfg.smooth_quant < 1:
-        raise InputError(f"--smooth-quant must be between 0 and 1 (exclusive), or none; got {cfg.smooth_quant}")
-    if cfg.activations not in (None, "uint8", "int8"):
-        raise InputError(f"--activations must be uint8 or int8, got {cfg.activations}")
+    _check_config(cfg)
     parent = load_artifact(export_dir, stage="export")
     target = load_target(cfg.target, cfg.target_file)
-    scheme = {
+    scheme = _scheme(cfg, target)
+    corpus = read_texts(cfg.calibration_data or DEFAULT_CORPUS, cfg.text_column)
+    calib, heldout = split(corpus.texts, cfg.num_samples, cfg.num_heldout, cfg.seed, corpus.path)
+    batch, seq_len = parent.manifest["config"]["batch"], parent.manifest["config"]["seq_len"]
+    if len(calib) % batch or len(heldout) % batch:
+        raise InputError(f"--num-samples and --num-heldout must be multiples of the exported batch size {batch}")
+    tok, tok_info = load_tokenizer(parent.manifest["config"].get("checkpoint"), seq_len)
+    dynamic = any(not isinstance(d, int) for i in parent.results["inputs"] for d in i["shape"])
+    key = {
+        "method": cfg.method, "num_samples": cfg.num_samples, "num_heldout": cfg.num_heldout, "seed": cfg.seed,
+        "scheme": scheme, "min_cosine": cfg.min_cosine, "min_agreement": cfg.min_agreement,
+        "data_sha256": corpus.sha256, "text_column": corpus.column, "tokenizer_sha256": tok_info.sha256,
+        "calib_stride": CALIB_STRIDE, "fallback": cfg.fallback,
+    }
+    data = {"path": str(corpus.path), "sha256": corpus.sha256, "format": corpus.format, "column": corpus.column,
+            "records": corpus.records, "usable": len(corpus.texts), "calibration": len(calib),
+            "heldout": len(heldout), "seed": cfg.seed, "tokenizer": asdict(tok_info)}
+    console.info(f"  quantize: {cfg.method}, {scheme['activations']} activations x {scheme['weights']} weights"
+                 f"{' (7-bit)' if scheme['weight_bits'] == 7 else ''}, "
+                 f"{'per-channel' if scheme['per_channel'] else 'per-tensor'} (preset {target.name}); "
+                 f"{len(calib)} calibration / {len(heldout)} held-out texts from {corpus.path.name}")
+
+    def work(tmp: Path) -> dict:
+        return {"data": data} | _quantize_and_check(parent, cfg, scheme, tok, calib, heldout, dynamic, tmp)
+
+    return run_stage("quantize", out, key, work, parent=parent, force=force)
+
+
+def _check_config(cfg: QuantizeConfig) -> None:
+    """One-line errors for values no quantization can take (the fields' declared choices and ranges)."""
+    for f in declared(QuantizeConfig):
+        value = getattr(cfg, f.name)
+        if value is not None and f.name not in ("target", "target_file"):
+            check(f, value, cli_name(f))
+
+
+def _scheme(cfg: QuantizeConfig, target) -> dict:
+    """The int8 scheme: the target's preset, with what ``cfg`` overrides."""
+    return {
         "activations": cfg.activations or target.int8.activations,
         "weights": target.int8.weights,
         "weight_bits": target.int8.weight_bits,
@@ -110,66 +165,49 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
         "smooth_quant_alpha": cfg.smooth_quant,
         "embeddings": "int8 per row" if cfg.int8_embeddings else "float",
     }
-    corpus = read_texts(cfg.calibration_data or DEFAULT_CORPUS, cfg.text_column)
-    calib, heldout = split(corpus.texts, cfg.num_samples, cfg.num_heldout, cfg.seed, corpus.path)
+
+
+def _quantize_and_check(parent, cfg: QuantizeConfig, scheme: dict, tok, calib: list, heldout: list, dynamic: bool,
+                        tmp: Path) -> dict:
+    """Calibrate and quantize into ``tmp``, measure fidelity on the held-out texts (falling back to float
+    for the most sensitive layers if allowed and needed), and fail below the gate; returns the results."""
+    import tempfile
+
     batch, seq_len = parent.manifest["config"]["batch"], parent.manifest["config"]["seq_len"]
-    if len(calib) % batch or len(heldout) % batch:
-        raise InputError(f"--num-samples and --num-heldout must be multiples of the exported batch size {batch}")
-    tok, tok_info = load_tokenizer(parent.manifest["config"].get("checkpoint"), seq_len)
-    dynamic = any(not isinstance(d, int) for i in parent.results["inputs"] for d in i["shape"])
-    key = {
-        "method": cfg.method, "num_samples": cfg.num_samples, "num_heldout": cfg.num_heldout, "seed": cfg.seed,
-        "scheme": scheme, "min_cosine": cfg.min_cosine, "min_agreement": cfg.min_agreement,
-        "data_sha256": corpus.sha256, "text_column": corpus.column, "tokenizer_sha256": tok_info.sha256,
-        "calib_stride": CALIB_STRIDE, "fallback": cfg.fallback,
-    }
-    data = {"path": str(corpus.path), "sha256": corpus.sha256, "format": corpus.format, "column": corpus.column,
-            "records": corpus.records, "usable": len(corpus.texts), "calibration": len(calib),
-            "heldout": len(heldout), "seed": cfg.seed, "tokenizer": asdict(tok_info)}
     vocab = parent.results["model_config"]["vocab_size"]
-    console.info(f"  quantize: {cfg.method}, {scheme['activations']} activations x {scheme['weights']} weights"
-                 f"{' (7-bit)' if scheme['weight_bits'] == 7 else ''}, "
-                 f"{'per-channel' if scheme['per_channel'] else 'per-tensor'} (preset {target.name}); "
-                 f"{len(calib)} calibration / {len(heldout)} held-out texts from {corpus.path.name}")
-
-    def work(tmp: Path) -> dict:
-        import tempfile
-
-        # a --dynamic export calibrates and is measured on each text at its own length: padding would put
-        # [PAD] positions' activations into the ranges, and real text is short (median 14 tokens here)
-        feeds_cal = batches(tok, calib, vocab, batch, own_length=dynamic)
-        feeds_eval = batches(tok, heldout, vocab, batch, own_length=dynamic)
-        head, fp32 = parent.results["head"], parent.file(ONNX_FILE)
-        with tempfile.TemporaryDirectory(dir=tmp) as scratch:
-            with console.step(f"calibrating ({cfg.method}) and quantizing with onnxruntime"):
-                float_layers, rewrites = _quantize(fp32, tmp, feeds_cal, cfg.method, scheme, Path(scratch))
-            if rewrites["smoothed_groups"] or rewrites["int8_tables"]:
-                console.info(f"  SmoothQuant (alpha {scheme['smooth_quant_alpha']}): {rewrites['smoothed_groups']} "
-                             f"layer groups; int8 embedding tables: {len(rewrites['int8_tables'])}")
-            with console.step("measuring fidelity on held-out texts (fp32 vs int8, onnxruntime)"):
-                ref = outputs(fp32, feeds_eval, head)
+    # a --dynamic export calibrates and is measured on each text at its own length: padding would put
+    # [PAD] positions' activations into the ranges, and real text is short (median 14 tokens here)
+    feeds_cal = batches(tok, calib, vocab, batch, own_length=dynamic)
+    feeds_eval = batches(tok, heldout, vocab, batch, own_length=dynamic)
+    head, fp32 = parent.results["head"], parent.file(ONNX_FILE)
+    with tempfile.TemporaryDirectory(dir=tmp) as scratch:
+        with console.step(f"calibrating ({cfg.method}) and quantizing with onnxruntime"):
+            float_layers, rewrites = _quantize(fp32, tmp, feeds_cal, cfg.method, scheme, Path(scratch))
+        if rewrites["smoothed_groups"] or rewrites["int8_tables"]:
+            console.info(f"  SmoothQuant (alpha {scheme['smooth_quant_alpha']}): {rewrites['smoothed_groups']} "
+                         f"layer groups; int8 embedding tables: {len(rewrites['int8_tables'])}")
+        with console.step("measuring fidelity on held-out texts (fp32 vs int8, onnxruntime)"):
+            ref = outputs(fp32, feeds_eval, head)
+            fid = compare(ref, outputs(tmp / ONNX_FILE, feeds_eval, head), head)
+        fallback = None
+        if cfg.fallback and _failure(fid, cfg):
+            console.info(fidelity_table(fid, cfg))
+            fallback = _fallback(tmp / ONNX_FILE, Path(scratch) / "pre.onnx", fp32, feeds_cal[:32], feeds_eval,
+                                 ref, head, cfg)
+            if fallback["layers"]:
                 fid = compare(ref, outputs(tmp / ONNX_FILE, feeds_eval, head), head)
-            fallback = None
-            if cfg.fallback and _failure(fid, cfg):
-                console.info(fidelity_table(fid, cfg))
-                fallback = _fallback(tmp / ONNX_FILE, Path(scratch) / "pre.onnx", fp32, feeds_cal[:32], feeds_eval,
-                                     ref, head, cfg)
-                if fallback["layers"]:
-                    fid = compare(ref, outputs(tmp / ONNX_FILE, feeds_eval, head), head)
-                    float_layers += len(fallback["layers"])
-        params = quant_record(tmp / ONNX_FILE)
-        (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=1) + "\n")
-        fid["tokens"] = _token_counts(feeds_eval, "own length" if dynamic else f"padded to {seq_len}")
-        console.info(fidelity_table(fid, cfg))
-        _check(fid, cfg, fallback)
-        return {"data": data, "scheme": scheme, "method": cfg.method, "fidelity": fid,
-                "quantized_tensors": len(params["tensors"]), "float_layers": float_layers, **rewrites,
-                "fallback": fallback, "head": head,
-                "fp32_bytes": fp32.stat().st_size, "int8_bytes": (tmp / ONNX_FILE).stat().st_size,
-                "inputs": parent.results["inputs"], "outputs": parent.results["outputs"],
-                "model_config": parent.results["model_config"]}
-
-    return run_stage("quantize", out, key, work, parent=parent, force=force)
+                float_layers += len(fallback["layers"])
+    params = quant_record(tmp / ONNX_FILE)
+    (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=1) + "\n")
+    fid["tokens"] = _token_counts(feeds_eval, "own length" if dynamic else f"padded to {seq_len}")
+    console.info(fidelity_table(fid, cfg))
+    _check(fid, cfg, fallback)
+    return {"scheme": scheme, "method": cfg.method, "fidelity": fid,
+            "quantized_tensors": len(params["tensors"]), "float_layers": float_layers, **rewrites,
+            "fallback": fallback, "head": head,
+            "fp32_bytes": fp32.stat().st_size, "int8_bytes": (tmp / ONNX_FILE).stat().st_size,
+            "inputs": parent.results["inputs"], "outputs": parent.results["outputs"],
+            "model_config": parent.results["model_config"]}
 
 
 def _token_counts(feeds: list[dict], how: str) -> dict:

@@ -83,7 +83,7 @@ def _drop_unreplayable(out: Path) -> int:
 
     A tensorized trace names its tensor intrinsic, which replays only once registered: without
     :mod:`squeezeedge.lowering.intrinsics` imported first, every tensorized (vpdpbusd, vpmaddwd, sdot) record failed
-    here and a resumed run threw away all the work it resumed (issue 19).
+    here and a resumed run threw away all the work it resumed.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -177,11 +177,36 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
         tasks = ms.relax_integration.extract_tasks(mod, tvm_target, module_equality=MODULE_EQUALITY)
     # x86's packed kernels keep their default schedule (compiler/lowering/schedules.py). AVX2: MetaSchedule's
     # tiling onto our vpmaddwd intrinsic mostly failed to compile, and what compiled ran 20x slower.
-    # VNNI: records 5-7% faster alone never made the model faster at 128 tokens (PERFORMANCE-LOG step
-    # 36), and at 16 tokens the tuned vpdpbusd kernels ran 1.7x slower in the model than their defaults
-    # (step 37: int8 4.10 vs 3.17 ms), though >= 10% faster when tune timed them alone
+    # VNNI: records 5-7% faster alone never made the model faster at 128 tokens (results/PERFORMANCE-LOG.md),
+    # and at 16 tokens the tuned vpdpbusd kernels ran 1.7x slower in the model than their defaults
+    # (int8 4.10 vs 3.17 ms), though >= 10% faster when tune timed them alone
     chosen = [t for t in tasks if not any(p.block in t.task_name for p in (AVX2, AVX2_U8S8, VNNI))
               and (cfg.all_tasks or any(op in t.task_name for op in MAC_KERNELS))]
+    runner, builder = _measurers(target, cfg)
+    seeded = _seed_defaults(chosen, tvm_target, builder, runner, out, trials - done_before)
+    done_before = min(_repair(out / DB_FILES[1]), trials)
+    remaining = trials - done_before
+    console.info(f"  {len(tasks)} tasks, tuning {len(chosen)} ({'all' if cfg.all_tasks else 'conv1d/matmul'}); "
+                 f"{done_before} trials already in the database, {remaining} to run in batches of {per_iter} "
+                 f"(target {target.name})")
+    if remaining > 0:
+        _search(chosen, runner, builder, cfg, target, out, done_before, trials, remaining, per_iter)
+    dropped += _drop_unreplayable(out)
+    if dropped:
+        console.info(f"  dropped {dropped} record(s) whose schedule does not replay on their stored kernel")
+    records = _repair(out / DB_FILES[1])
+    tuned, tensorized = tuned_tasks(tasks, tvm_target, out)
+    results = {"tasks": len(tasks), "tuned_tasks": tuned, "default_schedules_measured": seeded,
+               "tensorized_tasks": tensorized, "records_dropped": dropped,
+               "tasks_selected": len(chosen), "trials": records, "trials_requested": trials,
+               "per_iteration": per_iter, "this_run_s": round(time.perf_counter() - t0, 1)}
+    return _write_manifest(out, parent, identity, trials, per_iter, cfg, target, results, done_before)
+
+
+def _measurers(target, cfg: TuneConfig):
+    """MetaSchedule's (runner, builder): the boards behind a tracker, else this machine."""
+    from tvm.s_tir import meta_schedule as ms
+
     if cfg.tracker is not None:
         host, port = cfg.tracker.rsplit(":", 1)
         runner = ms.runner.RPCRunner(rpc_config=ms.runner.RPCConfig(
@@ -199,54 +224,51 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
     # kernels are linked with its cross compiler
     builder = ms.builder.LocalBuilder(timeout_sec=120, f_export=functools.partial(
         _cross_export, target.cross_triple) if target.is_cross else None)
-    seeded = _seed_defaults(chosen, tvm_target, builder, runner, out, trials - done_before)
-    done_before = min(_repair(out / DB_FILES[1]), trials)
-    remaining = trials - done_before
-    console.info(f"  {len(tasks)} tasks, tuning {len(chosen)} ({'all' if cfg.all_tasks else 'conv1d/matmul'}); "
-                 f"{done_before} trials already in the database, {remaining} to run in batches of {per_iter} "
-                 f"(target {target.name})")
-    if remaining > 0:
-        progress = _progress_callback([t.task_name for t in chosen], done_before, trials)
-        ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
-        level = ms_logger.level
-        if console.VERBOSITY < 2:
-            ms_logger.setLevel(logging.WARNING)
-        try:
-            # MetaSchedule logs its tables to stdout, which belongs to --json
-            sink = sys.stderr if console.VERBOSITY >= 2 else io.StringIO()
-            with console.native_stderr_to_debug(), contextlib.redirect_stdout(sink):
-                strategy = ms.search_strategy.EvolutionarySearch(population_size=cfg.population)
-                ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                    chosen, str(out / "logs"), strategy=strategy, seed=cfg.seed)
-                ms.tune.tune_tasks(
-                    runner=runner, builder=builder,
-                    tasks=ctxs, task_weights=weights, work_dir=str(out / "logs"), max_trials_global=remaining,
-                    num_trials_per_iter=per_iter, database=ms.database.JSONDatabase(
-                        path_workload=str(out / DB_FILES[0]), path_tuning_record=str(out / DB_FILES[1]),
-                        module_equality=MODULE_EQUALITY),
-                    measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [progress],
-                    module_equality=MODULE_EQUALITY,
-                )
-        except Exception as exc:
-            if NO_BOARD not in str(exc):
-                raise
-            records = _repair(out / DB_FILES[1])
-            raise BoardLostError(f"no board left under key '{cfg.key or target.rpc_key}' at {cfg.tracker}; "
-                                 f"{records} trials are kept in {out} (rerun the same command to resume)") from None
-        finally:
-            ms_logger.setLevel(level)
-    dropped += _drop_unreplayable(out)
-    if dropped:
-        console.info(f"  dropped {dropped} record(s) whose schedule does not replay on their stored kernel")
-    records = _repair(out / DB_FILES[1])
-    tuned, tensorized = tuned_tasks(tasks, tvm_target, out)
-    results = {"tasks": len(tasks), "tuned_tasks": tuned, "default_schedules_measured": seeded,
-               "tensorized_tasks": tensorized, "records_dropped": dropped,
-               "tasks_selected": len(chosen), "trials": records, "trials_requested": trials,
-               "per_iteration": per_iter, "this_run_s": round(time.perf_counter() - t0, 1)}
+    return runner, builder
+
+
+def _search(chosen, runner, builder, cfg: TuneConfig, target, out: Path, done_before: int, trials: int,
+            remaining: int, per_iter: int) -> None:
+    """MetaSchedule's evolutionary search over ``chosen`` for ``remaining`` trials, into out's database."""
+    from tvm.s_tir import meta_schedule as ms
+
+    progress = _progress_callback([t.task_name for t in chosen], done_before, trials)
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    level = ms_logger.level
+    if console.VERBOSITY < 2:
+        ms_logger.setLevel(logging.WARNING)
+    try:
+        # MetaSchedule logs its tables to stdout, which belongs to --json
+        sink = sys.stderr if console.VERBOSITY >= 2 else io.StringIO()
+        with console.native_stderr_to_debug(), contextlib.redirect_stdout(sink):
+            strategy = ms.search_strategy.EvolutionarySearch(population_size=cfg.population)
+            ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                chosen, str(out / "logs"), strategy=strategy, seed=cfg.seed)
+            ms.tune.tune_tasks(
+                runner=runner, builder=builder,
+                tasks=ctxs, task_weights=weights, work_dir=str(out / "logs"), max_trials_global=remaining,
+                num_trials_per_iter=per_iter, database=ms.database.JSONDatabase(
+                    path_workload=str(out / DB_FILES[0]), path_tuning_record=str(out / DB_FILES[1]),
+                    module_equality=MODULE_EQUALITY),
+                measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [progress],
+                module_equality=MODULE_EQUALITY,
+            )
+    except Exception as exc:
+        if NO_BOARD not in str(exc):
+            raise
+        records = _repair(out / DB_FILES[1])
+        raise BoardLostError(f"no board left under key '{cfg.key or target.rpc_key}' at {cfg.tracker}; "
+                             f"{records} trials are kept in {out} (rerun the same command to resume)") from None
+    finally:
+        ms_logger.setLevel(level)
+
+
+def _write_manifest(out: Path, parent, identity: dict, trials: int, per_iter: int, cfg: TuneConfig, target,
+                    results: dict, done_before: int) -> Artifact:
+    """Append this run to tune-history.json and write the manifest last (the database is finished then)."""
     prev = out / "tune-history.json"
     history = json.loads(prev.read_text()) if prev.is_file() else []
-    history.append({"trials_before": done_before, "trials_after": records, "wall_s": results["this_run_s"],
+    history.append({"trials_before": done_before, "trials_after": results["trials"], "wall_s": results["this_run_s"],
                     "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     prev.write_text(json.dumps(history, indent=2) + "\n")
     results["tuning_wall_s_total"] = round(sum(h["wall_s"] for h in history), 1)
@@ -266,12 +288,13 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
     return Artifact(out, manifest)
 
 
+
 def _seed_defaults(tasks, tvm_target, builder, runner, out: Path, budget: int) -> int:
     """Measure each task's default schedule (squeezeedge.lowering.schedules.schedule_kernel) and record it, before
     the search: the search starts from the best records it has, and build takes a task's best record,
     so a database then never holds a schedule slower than the default it replaces (the 300-trial
     databases made before the default schedules improved ran int8 20.1 vs 16.1 ms and fp32 66.7 vs
-    43.1 ms untuned, issue 19). Tasks the database already has a record for are skipped (a resumed run);
+    43.1 ms untuned). Tasks the database already has a record for are skipped (a resumed run);
     returns how many were measured (one trial each, within ``budget``)."""
     from tvm.s_tir import meta_schedule as ms
 
