@@ -128,6 +128,30 @@ def text_table(run: dict) -> list[list[str]] | None:
     return rows
 
 
+def summary_table(run: dict) -> list[list[str]] | None:
+    """README.md's latency table: each runtime's mean ms per real text, over onnxruntime's fastest int8 and
+    its fp32 in the same run, and its medians at the shortest and longest lengths (a test checks README.md
+    against results/)."""
+    from squeezeedge.measure.workloads import length_medians
+
+    text = (run.get("workloads") or {}).get("text") or {}
+    if not text.get("rows"):
+        return None
+    mean = {r["name"]: r["mean_ms_per_text"] for r in text["rows"]}
+    ort_int8 = min((v for k, v in mean.items() if k.startswith("onnxruntime int8")), default=None)
+    ort_fp32 = mean.get("onnxruntime fp32")
+    med = length_medians(run) or {}
+    points = run["workloads"]["lengths"]["points"] if med else []
+    ends = [points[0], points[-1]] if points else []
+    ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"  # noqa: E731
+    rows = [["runtime", "mean ms per text", "/ onnxruntime int8 (fastest)", "/ onnxruntime fp32",
+             *(f"median ms, {n} tokens" for n in ends)]]
+    for name, m in mean.items():
+        rows.append([name, f"{m:.2f}", ratio(m, ort_int8), ratio(m, ort_fp32),
+                     *(f"{med[name][n]:.2f}" if n in med.get(name, {}) else "-" for n in ends)])
+    return rows
+
+
 def length_table(run: dict) -> list[list[str]] | None:
     """Median ms per runtime at each length of the per-length sweep, or None."""
     from squeezeedge.measure.workloads import length_medians

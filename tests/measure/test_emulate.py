@@ -127,6 +127,15 @@ def test_bundle_times_the_library_beside_onnxruntime_under_qemu(cross_libs, tiny
     assert "./run.sh --vs-onnxruntime MODEL.onnx" in readme and str(tiny_int8 / "model.onnx") in readme
 
 
+def test_readme_latency_table_is_the_recorded_run():
+    """README.md's x86 latency table is results/bench-x86-avx512.json's, as the report renders it (not typed)."""
+    from squeezeedge.measure.report import _md, summary_table
+
+    root = Path(__file__).resolve().parents[2]
+    run = json.loads((root / "results" / "bench-x86-avx512.json").read_text())
+    assert _md(summary_table(run)) in (root / "README.md").read_text()
+
+
 def test_readme_boards_table_is_the_recorded_run():
     """README.md's boards table is results/boards-emulated.json's, as the report renders it (not typed)."""
     from squeezeedge.measure.board_report import summary_table
