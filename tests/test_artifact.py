@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import time
 
 import pytest
 
@@ -55,10 +54,10 @@ def test_stage_mismatch(tmp_path):
         load_artifact(tmp_path / "out", stage="export")
 
 
-def _hold(out, ready):
+def _hold(out, ready, release):
     def slow(tmp):
-        ready.set()
-        time.sleep(3)
+        ready.set()  # the lock is held from here until the parent has tried to write
+        release.wait(60)
         return {}
 
     run_stage("demo", out, {}, slow)
@@ -66,14 +65,16 @@ def _hold(out, ready):
 
 def test_second_writer_is_refused_while_first_runs(tmp_path):
     out = tmp_path / "out"
-    ready = mp.get_context("fork").Event()
-    proc = mp.get_context("fork").Process(target=_hold, args=(out, ready))
+    ctx = mp.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold, args=(out, ready, release))
     proc.start()
     try:
         assert ready.wait(30)
         with pytest.raises(OutputError, match="another squeezeedge run is writing"):
             run_stage("demo", out, {"other": 1}, _work)
     finally:
+        release.set()
         proc.join(30)
     assert proc.exitcode == 0
     assert load_artifact(out).stage == "demo"

@@ -147,8 +147,13 @@ def _rss_mb(pid: int | None = None) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+# What a leak would cost: the tiny model's hidden state is 32 tokens x 64 x 4 bytes = 8 KiB, so a call that
+# kept even one of its activations would add 7 MiB over 900 calls. Measured here without a leak: 0.04 MiB.
+LEAK_LIMIT_MB = 4.0
+
+
 def test_thousand_inferences_do_not_leak(int8_lib):
-    """RSS after 1,000 calls is within 5% of RSS after the first 100 (allocations are reused)."""
+    """RSS grows by less than LEAK_LIMIT_MB from call 100 to call 1,000 (allocations are reused)."""
     import numpy as np
 
     from squeezeedge import runtime
@@ -161,12 +166,13 @@ def test_thousand_inferences_do_not_leak(int8_lib):
     for i in range(900):
         out = model(**feeds[i % 10])[0]
         assert np.isfinite(out).all()
-    assert _rss_mb() <= warm * 1.05, (warm, _rss_mb())
+    assert _rss_mb() - warm < LEAK_LIMIT_MB, (warm, _rss_mb())
     np.testing.assert_array_equal(model(**feeds[0])[0], outs[0])  # still the same answers
 
 
 def test_thousand_inferences_through_rpc_do_not_leak(int8_lib, tmp_path):
-    """The same through a real tracker and server: the server's RSS stays flat, every call succeeds."""
+    """The same through a real tracker and server: the server's RSS grows by less than LEAK_LIMIT_MB,
+    every call succeeds."""
     from squeezeedge.runtime import random_inputs
     from squeezeedge.measure.remote import remote_runners
 
@@ -187,7 +193,7 @@ def test_thousand_inferences_through_rpc_do_not_leak(int8_lib, tmp_path):
         warm = rss()
         for _ in range(900):
             remote.fn(feed)
-        assert rss() <= warm * 1.05, (warm, rss())
+        assert rss() - warm < LEAK_LIMIT_MB, (warm, rss())  # measured without a leak: 0.0 MiB
         assert (remote.fn(feed) == first).all()
     finally:
         cli("--workdir", tmp_path, "fleet", "down")
