@@ -13,7 +13,11 @@ import click
 from squeezeedge import console
 from squeezeedge.errors import SqueezeEdgeError
 from squeezeedge.options import click_options, from_cli
+from squeezeedge.measure.bench import BenchConfig
+from squeezeedge.stages.build import BuildConfig
+from squeezeedge.stages.export import ExportConfig
 from squeezeedge.stages.quantize import QuantizeConfig
+from squeezeedge.stages.tune import TuneConfig
 
 EPILOG = "Exit codes: see 'Errors and exit codes' in README.md."
 
@@ -39,20 +43,6 @@ class Group(click.Group):
             click.echo(f"squeezeedge: internal error: {type(exc).__name__}: {first} (rerun with -v for details)",
                        err=True)
             ctx.exit(1)
-
-
-def _target_threads(lib_dir: Path) -> int | None:
-    """The library's target threads from its metadata.json (0: all cores; None: it does not say)."""
-    meta = Path(lib_dir) / "metadata.json"
-    return json.loads(meta.read_text()).get("target", {}).get("threads") if meta.is_file() else None
-
-
-def _default_threads(lib_dir: Path) -> int:
-    """The threads the library runs with when loaded (squeezeedge.runtime.default_threads): its target's, at
-    most the CPUs this process may use."""
-    from squeezeedge.runtime import default_threads
-
-    return default_threads(_target_threads(lib_dir))
 
 
 def _emit(ctx, payload: dict, text: str) -> None:
@@ -120,30 +110,11 @@ def _finish(ctx, run, verb: str, path: Path, details: str) -> None:
 
 
 @main.command(epilog=EPILOG)
-@click.option("--model", default="squeezebert-uncased", show_default=True,
-              help="Preset: squeezebert-uncased (published config, 51.1M params, seeded random init) or "
-                   "squeezebert-tiny (2 layers, hidden 64, for tests). Ignored with --checkpoint.")
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-              help="A local Hugging Face model directory (config.json + model.safetensors, or "
-                   "pytorch_model.bin read with weights_only=True). model_type squeezebert or bert.")
-@click.option("--head", type=click.Choice(["auto", "classify", "embed"]), default="auto", show_default=True,
-              help="classify: output 'logits'. embed: output 'sentence_embedding' (mask-mean-pooled last hidden "
-                   "state, for sentence-embedding models). auto: classify for presets and checkpoints "
-                   "whose architecture is *ForSequenceClassification, else embed.")
-@click.option("--num-labels", type=int, default=2, show_default=True, help="Classifier outputs (classify head).")
-@click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
-@click.option("--seq-len", type=int, default=128, show_default=True,
-              help="Sequence length; with --dynamic the longest a library built from it takes.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random init and test inputs.")
-@click.option("--dynamic", is_flag=True,
-              help="Any length: dynamic batch and sequence axes; build makes ONE library that takes every length "
-                   "1..--seq-len (buckets 16, 32, 64, ... sharing one copy of the weights).")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True,
-              help="Fail if onnxruntime differs from PyTorch by more than this (max abs).")
+@click_options(ExportConfig)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory [WORKDIR/export].")
 @click.option("--force", is_flag=True, help="Rerun even if --out already holds this export.")
 @click.pass_context
-def export(ctx, model, checkpoint, head, num_labels, batch, seq_len, seed, dynamic, tolerance, out, force):
+def export(ctx, out, force, **options):
     """Export SqueezeBERT to ONNX and check it against PyTorch.
 
     Builds the model (a preset with seeded random init, as no model hub is reachable, or a local
@@ -155,10 +126,9 @@ def export(ctx, model, checkpoint, head, num_labels, batch, seq_len, seed, dynam
     Example:
       squeezeedge export --model squeezebert-tiny --seq-len 64 --out build/tiny
     """
-    from squeezeedge.stages.export import ExportConfig, export_model
+    from squeezeedge.stages.export import export_model
 
-    cfg = ExportConfig(model=model, checkpoint=checkpoint, head=head, num_labels=num_labels, batch=batch,
-                       seq_len=seq_len, seed=seed, dynamic=dynamic, tolerance=tolerance)
+    cfg = from_cli(ExportConfig, options)
     run = export_model(cfg, _out(ctx, out, "export"), force=force)
     r = run.artifact.results
     _finish(ctx, run, "exported", run.artifact.file("model.onnx"),
@@ -207,12 +177,7 @@ def quantize(ctx, export_dir, target, target_file, out, force, **options):
 @main.command(epilog=EPILOG)
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @target_options()
-@click.option("--database", type=click.Path(path_type=Path), default=None,
-              help="A MetaSchedule tuning database made by 'squeezeedge tune' for this target.")
-@click.option("--simulated-int8", is_flag=True,
-              help="Compile an int8 model as TVM imports it (float QDQ arithmetic), for comparison only.")
-@click.option("--emulate/--no-emulate", default=True, show_default=True,
-              help="Cross builds: run the library under qemu-user through the C++ deploy runner and check it.")
+@click_options(BuildConfig)
 @click.option("--bundle", is_flag=True, help="Also write OUT.tar.gz: library, runner, board runtime, example, README.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory [WORKDIR/build].")
 @click.option("--force", is_flag=True, help="Rebuild even if --out already holds this build.")
@@ -220,7 +185,7 @@ def quantize(ctx, export_dir, target, target_file, out, force, **options):
               help="Write the IR after each lowering step into this directory, one NN-<step>.py a step "
                    "(the build then runs even if --out holds it).")
 @click.pass_context
-def build(ctx, model_dir, target, target_file, database, simulated_int8, emulate, bundle, out, force, dump_ir):
+def build(ctx, model_dir, target, target_file, bundle, out, force, dump_ir, **options):
     """Compile an exported (fp32) or quantized (int8) model into a deployable library.
 
     ONNX -> TVM Relax with the artifact's static shapes -> TVM's build pipeline -> model.so, plus
@@ -244,10 +209,9 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, emulate
       squeezeedge build build/tiny-int8 --target host --out build/tiny-int8-host
       squeezeedge build build/tiny-int8 --target rpi5 --bundle --out build/tiny-int8-rpi5
     """
-    from squeezeedge.stages.build import BuildConfig, build_library
+    from squeezeedge.stages.build import build_library
 
-    cfg = BuildConfig(target=target, target_file=target_file, database=database, integer=not simulated_int8,
-                      emulate=emulate)
+    cfg = from_cli(BuildConfig, options, target=target, target_file=target_file)
     out = _out(ctx, out, "build")
     run = build_library(model_dir, cfg, out, force=force, dump_ir=dump_ir)
     if dump_ir is not None:
@@ -286,23 +250,11 @@ def build(ctx, model_dir, target, target_file, database, simulated_int8, emulate
 @main.command(epilog=EPILOG)
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @target_options()
-@click.option("--trials", type=int, default=None, help="Total measured trials for this database "
-              "[default: the target's tuning.trials]. Rerunning with more continues where it stopped.")
-@click.option("--per-iteration", type=int, default=None,
-              help="Candidates measured per batch [default: the target's tuning.per_iteration].")
-@click.option("--population", type=int, default=512, show_default=True,
-              help="Evolutionary search population per task (smaller is faster, less thorough).")
-@click.option("--tracker", default=None, metavar="HOST:PORT",
-              help="Measure on boards registered at this TVM RPC tracker instead of this machine.")
-@click.option("--key", default=None, help="The boards' key at the tracker [default: the target's rpc_key].")
-@click.option("--all-tasks", is_flag=True,
-              help="Tune every kernel, not only the conv1d/matmul ones where nearly all the time goes.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click_options(TuneConfig)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Database directory [WORKDIR/tune].")
 @click.option("--force", is_flag=True, help="Discard the database in --out and start again.")
 @click.pass_context
-def tune(ctx, model_dir, target, target_file, trials, per_iteration, population, tracker, key, all_tasks, seed, out,
-         force):
+def tune(ctx, model_dir, target, target_file, out, force, **options):
     """Tune a model's kernels for one target with TVM MetaSchedule, into a database directory.
 
     Extracts the tuning tasks from the module exactly as 'build' compiles it (int8 models after the
@@ -319,10 +271,9 @@ def tune(ctx, model_dir, target, target_file, trials, per_iteration, population,
       squeezeedge tune build/tiny-int8 --target host --trials 64 --out build/tiny-int8-db
       squeezeedge build build/tiny-int8 --target host --database build/tiny-int8-db --out build/lib
     """
-    from squeezeedge.stages.tune import TuneConfig, tune_model
+    from squeezeedge.stages.tune import tune_model
 
-    cfg = TuneConfig(target=target, target_file=target_file, trials=trials, per_iteration=per_iteration,
-                     population=population, all_tasks=all_tasks, seed=seed, tracker=tracker, key=key)
+    cfg = from_cli(TuneConfig, options, target=target, target_file=target_file)
     art = tune_model(model_dir, cfg, _out(ctx, out, "tune"), force=force)
     r = art.results
     text = (f"tuned: {art.path}\n  {r['trials']} trials in the database ({r['trials_requested']} asked), "
@@ -333,31 +284,14 @@ def tune(ctx, model_dir, target, target_file, trials, per_iteration, population,
 
 @main.command(epilog=EPILOG)
 @click.argument("lib_dirs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="LIB_DIR...")
-@click.option("--tracker", default=None, metavar="HOST:PORT", help="Run the libraries on a board behind this tracker.")
-@click.option("--key", default=None, help="The board's RPC key (with --tracker).")
-@click.option("--baselines", default=None,
-              help="Comma list of torch, ort, tflite; 'none' for the libraries alone [default: torch,ort,tflite; "
-                   "with --emulate ort,tflite: the runtimes a board runs].")
-@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed rounds first.")
-@click.option("--repeat", type=int, default=None, help="Timed rounds (instead of --min-seconds).")
-@click.option("--min-seconds", type=float, default=2.0, show_default=True,
-              help="Rounds until every runtime has this much measured time (at least 10 rounds).")
-@click.option("--threads", type=int, default=None,
-              help="Threads for every runtime [default: the library's own default, as squeezeedge.runtime.load "
-                   "sets it: its target's threads, at most the CPUs this process may use]")
-@click.option("--texts", type=click.Path(path_type=Path), default=None,
-              help="Any-length libraries: the real-text workload's texts (.txt one per line, .jsonl/.csv/.tsv with "
-                   "a 'text' field) [default: the held-out texts of calibration/sentences.txt]")
-@click.option("--no-workloads", is_flag=True,
-              help="Any-length libraries: only the main measurement (no per-length sweep, no real-text workload).")
+@click_options(BenchConfig)
 @click.option("--emulate", is_flag=True,
               help="aarch64 libraries: count instructions per inference on the target's own core under qemu-user, "
                    "beside onnxruntime's and LiteRT's aarch64 wheels on the same core (no timing; one thread; "
                    "needs 'squeezeedge setup-emulation' once).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="results/NAME.json")
 @click.pass_context
-def bench(ctx, lib_dirs, tracker, key, baselines, warmup, repeat, min_seconds, threads, texts, no_workloads,
-          emulate, out):
+def bench(ctx, lib_dirs, emulate, out, **options):
     """Time built libraries next to PyTorch, onnxruntime and TFLite on the same device, in one run.
 
     Every runtime gets the same input and thread count; rounds are interleaved so machine noise hits
@@ -370,16 +304,12 @@ def bench(ctx, lib_dirs, tracker, key, baselines, warmup, repeat, min_seconds, t
       squeezeedge bench build/demo/int8-host build/demo/fp32-host --out results/host.json
       squeezeedge report results/host.json --out results/report
     """
-    from squeezeedge.measure.bench import BenchConfig, bench as run_bench
+    from squeezeedge.measure.bench import bench as run_bench, resolved
 
-    baselines = baselines or ("ort,tflite" if emulate else "torch,ort,tflite")
-    wanted = tuple(b for b in baselines.split(",") if b and b != "none")
+    cfg = from_cli(BenchConfig, options, workdir=ctx.obj["workdir"])
     if emulate:
-        return _bench_emulated(ctx, lib_dirs, wanted, tracker, texts, out)
-    if threads is None:  # a board's own CPUs are not known here: its target's threads
-        threads = (_target_threads(Path(lib_dirs[0])) or 1) if tracker else _default_threads(Path(lib_dirs[0]))
-    cfg = BenchConfig(baselines=wanted, warmup=warmup, repeat=repeat, min_seconds=min_seconds, threads=threads,
-                      tracker=tracker, key=key, workdir=ctx.obj["workdir"], texts=texts, workloads=not no_workloads)
+        return _bench_emulated(ctx, lib_dirs, resolved(cfg, list(lib_dirs), emulate=True).baselines, cfg.tracker,
+                               cfg.texts, out)
     rep = run_bench(list(lib_dirs), cfg, out)
     from squeezeedge.measure.report import _md, headline_table, text_table
 

@@ -21,14 +21,15 @@ class WrongType(InputError):
 def option(default: Any, help: str, *, kind: type = str, choices: tuple | None = None,
            low: float | None = None, high: float | None = None, open_range: bool = False,
            flag: str | None = None, many: str | None = None, none: bool = False, cli: bool = True,
-           in_file: bool = True) -> Any:
+           in_file: bool = True, key: str | None = None) -> Any:
     """A config field with its declaration. ``kind``: the value's type (str, int, float, bool, Path);
     ``choices`` / ``low``..``high`` (``open_range``: both ends excluded): allowed values; ``flag``: a
     boolean's "--on/--off" spelling; ``many``: a tuple's CLI form, "repeat" (the option given again) or
     "comma" (one comma list); ``none``: the word 'none' means None (or the empty tuple); ``cli`` /
-    ``in_file``: whether it is a command-line option / a pipeline file key."""
+    ``in_file``: whether it is a command-line option / a pipeline file key; ``key``: the file's name for
+    it when not the field's."""
     meta = dict(help=help, kind=kind, choices=choices, low=low, high=high, open_range=open_range, flag=flag,
-                many=many, none=none, cli=cli, in_file=in_file)
+                many=many, none=none, cli=cli, in_file=in_file, key=key)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -76,7 +77,7 @@ def _one(f: dataclasses.Field, value: Any, where: str) -> Any:
     if low is not None and (value <= low if m["open_range"] else value < low) \
             or high is not None and (value >= high if m["open_range"] else value > high):
         span = f"between {low:g} and {high:g} ({'exclusive' if m['open_range'] else 'inclusive'})" \
-            if low is not None and high is not None else f">= {low:g}"
+            if low is not None and high is not None else f"{'>' if m['open_range'] else '>='} {low:g}"
         raise InputError(f"{where} must be {span}, got {value}")
     return value
 
@@ -90,8 +91,8 @@ def click_options(cls) -> Callable:
             m = f.metadata
             text = m["help"]
             if m["flag"]:
-                fn = click.option(m["flag"], f.name, default=f.default, show_default=f.default is not None,
-                                  help=text)(fn)
+                fn = click.option(m["flag"], f.name, is_flag=True, default=f.default,
+                                  show_default=f.default is not None and "/" in m["flag"], help=text)(fn)
             elif m["many"] == "repeat":
                 fn = click.option(cli_name(f), f.name, type=click.Choice(m["choices"]), multiple=True,
                                   help=text)(fn)
@@ -123,19 +124,35 @@ def from_cli(cls, values: dict, **fixed):
 
 
 def file_keys(cls) -> dict[str, dataclasses.Field]:
-    """The pipeline-file keys of ``cls``: name -> field."""
-    return {f.name: f for f in declared(cls) if f.metadata["in_file"]}
+    """The pipeline-file keys of ``cls``: key -> field."""
+    return {f.metadata["key"] or f.name: f for f in declared(cls) if f.metadata["in_file"]}
+
+
+def read_section(cls, table, path: Path, section: str) -> dict:
+    """A pipeline file's [section] of ``cls``'s options, every value checked as the command line checks it;
+    relative paths are read from the file's directory. Returns {key: value}."""
+    keys = file_keys(cls)
+    if not isinstance(table, dict):
+        raise InputError(f"{path}: '{section}' must be a table ([{section}])")
+    out, base = {}, Path(path).parent
+    for k, v in table.items():
+        if k not in keys:
+            raise InputError(f"{path}: unknown key '{k}' in [{section}] (known: {', '.join(keys)})")
+        out[k] = check(keys[k], v, f"{path}: [{section}] {k}")
+        if isinstance(out[k], Path) and not out[k].expanduser().is_absolute():
+            out[k] = (base / out[k].expanduser()).resolve()
+    return out
 
 
 def to_args(cls, values: dict) -> list:
-    """Command-line arguments that give the stage ``values`` (already checked against ``cls``)."""
+    """Command-line arguments that give the stage ``values`` ({file key: value}, checked against ``cls``)."""
     args: list = []
     for name, value in values.items():
         f = file_keys(cls)[name]
         m = f.metadata
         if m["flag"]:
-            on, off = m["flag"].split("/")
-            if value is not None:
+            on, _, off = m["flag"].partition("/")
+            if value is not None and (value or off):
                 args.append(on if value else off)
         elif m["many"] == "repeat":
             for v in value:

@@ -28,12 +28,6 @@ from squeezeedge import console
 from squeezeedge.artifact import write_text_atomic
 from squeezeedge.errors import InputError, PipelineError, RegressionError
 
-SCHEMA: dict[str, dict[str, type]] = {
-    "model": {"preset": str, "checkpoint": str, "seq_len": int, "dynamic": bool, "head": str, "num_labels": int,
-              "seed": int},
-    "tuning": {"database": str, "tracker": str, "key": str, "trials": int},
-    "bench": {"enabled": bool, "baselines": str, "min_seconds": float},
-}
 TOP = {"targets": list, "precisions": list}
 PRECISIONS = ("int8", "fp32")
 
@@ -45,6 +39,7 @@ class Config:
     precisions: list[str]
     model: dict = field(default_factory=dict)
     quantize: dict = field(default_factory=dict)
+    build: dict = field(default_factory=dict)
     tuning: dict = field(default_factory=dict)
     bench: dict = field(default_factory=dict)
 
@@ -58,26 +53,14 @@ def load_config(path: Path) -> Config:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InputError(f"cannot read pipeline file {path}: {exc}") from None
     for key, value in data.items():
-        if key == "quantize":
-            data[key] = _quantize_section(path, value)
+        if key in SECTIONS:
+            data[key] = _section(path, key, value)
             continue
         if key in TOP:
             if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
                 raise InputError(f"{path}: '{key}' must be a non-empty list of names")
             continue
-        if key not in SCHEMA:
-            raise InputError(f"{path}: unknown key '{key}' (known: {', '.join([*TOP, 'quantize', *SCHEMA])})")
-        if not isinstance(value, dict):
-            raise InputError(f"{path}: '{key}' must be a table ([{key}])")
-        for k, v in value.items():
-            want = SCHEMA[key].get(k)
-            if want is None:
-                raise InputError(f"{path}: unknown key '{k}' in [{key}] (known: {', '.join(SCHEMA[key])})")
-            if not isinstance(v, want) or (want is int and isinstance(v, bool)):
-                v = float(v) if want is float and isinstance(v, int) and not isinstance(v, bool) else v
-                if not isinstance(v, want):
-                    raise InputError(f"{path}: [{key}] {k} must be {want.__name__}, not {v!r}")
-                value[k] = v
+        raise InputError(f"{path}: unknown key '{key}' (known: {', '.join([*TOP, *SECTIONS])})")
     if "targets" not in data:
         raise InputError(f"{path}: no 'targets' (a list of board names, e.g. targets = [\"host\", \"rpi5\"])")
     precisions = data.get("precisions", ["int8"])
@@ -87,29 +70,64 @@ def load_config(path: Path) -> Config:
     if "preset" in model and "checkpoint" in model:
         raise InputError(f"{path}: [model] takes preset or checkpoint, not both")
     return Config(Path(path), list(dict.fromkeys(data["targets"])), list(dict.fromkeys(precisions)), model,
-                  data.get("quantize", {}), data.get("tuning", {}), data.get("bench", {}))
+                  data.get("quantize", {}), data.get("build", {}), data.get("tuning", {}), data.get("bench", {}))
 
 
-def _quantize_section(path: Path, value) -> dict:
-    """[quantize]: any of quantize's options (squeezeedge.stages.quantize.QuantizeConfig), each checked as
-    the command line checks it; calibration_data "shipped" is the default corpus, a relative path is read
-    from the pipeline file's directory."""
-    from squeezeedge.options import check, file_keys
+def _section(path: Path, name: str, value) -> dict:
+    """A stage's section ([model]: export, [quantize], [build], [tuning]: tune, [bench]): any of that stage's
+    options (its config dataclass's declared fields), each checked as the command line checks it, plus the
+    pipeline's own keys (PIPELINE_KEYS); a relative path is read from the pipeline file's directory, and
+    [quantize] calibration_data = "shipped" is the default corpus."""
+    from squeezeedge.options import read_section
+
+    if name == "quantize" and isinstance(value, dict) and value.get("calibration_data") == "shipped":
+        value = {k: v for k, v in value.items() if k != "calibration_data"}
+    own = {}  # the pipeline's own keys beside a stage's options
+    if isinstance(value, dict):
+        for key, want in PIPELINE_KEYS.get(name, {}).items():
+            if key in value:
+                own[key] = value[key]
+                if not isinstance(own[key], want):
+                    raise InputError(f"{path}: [{name}] {key} must be {want.__name__}, not {own[key]!r}")
+        value = {k: v for k, v in value.items() if k not in own}
+    return own | read_section(SECTIONS[name](), value, path, name)
+
+
+def _export_config():
+    from squeezeedge.stages.export import ExportConfig
+
+    return ExportConfig
+
+
+def _quantize_config():
     from squeezeedge.stages.quantize import QuantizeConfig
 
-    keys = file_keys(QuantizeConfig)
-    if not isinstance(value, dict):
-        raise InputError(f"{path}: 'quantize' must be a table ([quantize])")
-    out = {}
-    for k, v in value.items():
-        if k not in keys:
-            raise InputError(f"{path}: unknown key '{k}' in [quantize] (known: {', '.join(keys)})")
-        if k == "calibration_data" and v == "shipped":
-            continue
-        out[k] = check(keys[k], v, f"{path}: [quantize] {k}")
-        if k == "calibration_data" and out[k] is not None and not out[k].is_absolute():
-            out[k] = (Path(path).parent / out[k].expanduser()).resolve()
-    return out
+    return QuantizeConfig
+
+
+def _build_config():
+    from squeezeedge.stages.build import BuildConfig
+
+    return BuildConfig
+
+
+def _tune_config():
+    from squeezeedge.stages.tune import TuneConfig
+
+    return TuneConfig
+
+
+def _bench_config():
+    from squeezeedge.measure.bench import BenchConfig
+
+    return BenchConfig
+
+
+# the sections declared by a stage's config: every option of that stage (its CLI's long name, underscores)
+SECTIONS = {"model": _export_config, "quantize": _quantize_config, "build": _build_config, "tuning": _tune_config,
+            "bench": _bench_config}
+# and the pipeline's own keys in them: which database ("none", "shipped", a directory), whether to bench
+PIPELINE_KEYS = {"tuning": {"database": str}, "bench": {"enabled": bool}}
 
 
 @dataclass
@@ -163,38 +181,35 @@ def _resolve(cfg: Config, value: str) -> Path:
 
 
 def _export_args(cfg: Config, out: Path) -> list:
-    m = cfg.model
-    args = ["export", "--out", out]
-    args += ["--checkpoint", _resolve(cfg, m["checkpoint"])] if "checkpoint" in m else ["--model", m.get("preset", "squeezebert-uncased")]
-    for key in ("seq_len", "head", "num_labels", "seed"):
-        if key in m:
-            args += [f"--{key.replace('_', '-')}", m[key]]
-    return args + (["--dynamic"] if m.get("dynamic", True) else [])
+    from squeezeedge.options import to_args
+
+    model = {"dynamic": True} | cfg.model  # a pipeline builds any-length libraries unless told otherwise
+    return ["export", "--out", out, *to_args(_export_config(), model)]
 
 
 def _quantize_args(cfg: Config, export: Path, target: str, out: Path) -> list:
     from squeezeedge.options import to_args
-    from squeezeedge.stages.quantize import QuantizeConfig
 
-    return ["quantize", export, "--target", target, "--out", out, *to_args(QuantizeConfig, cfg.quantize)]
+    return ["quantize", export, "--target", target, "--out", out, *to_args(_quantize_config(), cfg.quantize)]
 
 
-def _database(cfg: Config, target: str, precision: str, model: Path) -> tuple[Path | None, str]:
-    """(a database that fits this model and target, or None, and why)."""
+def _database(cfg: Config, target, precision: str, model: Path) -> tuple[Path | None, str]:
+    """(a database that fits this model and ``target``, or None, and why)."""
     from squeezeedge.resources import data_dir
+    from squeezeedge.stages.tune import database_identity, identity_mismatch
 
     where = cfg.tuning.get("database", "none")
     if where == "none":
         return None, "untuned (database = none)"
     root = data_dir("databases") if where == "shipped" else _resolve(cfg, where)
-    db = root / f"{target}-{precision}"
+    db = root / f"{target.name}-{precision}"
     if not (db / "manifest.json").is_file():
         return None, f"untuned (no {db.name} in {where})"
-    ident = json.loads((db / "manifest.json").read_text()).get("config", {}).get("identity", {})
-    sha = json.loads((model / "manifest.json").read_text()).get("artifact_sha256")
-    if ident.get("model_sha256") != sha or ident.get("target") != target:
-        return None, f"untuned ({db} was tuned for another model or target)"
-    return db, f"database {db}"
+    have = json.loads((db / "manifest.json").read_text()).get("config", {}).get("identity", {})
+    parent = json.loads((model / "manifest.json").read_text())
+    why = identity_mismatch(have, database_identity(parent.get("artifact_sha256"), parent.get("stage"), target.name,
+                                                     target.tvm_target()))
+    return (None, f"untuned ({db}: {why})") if why else (db, f"database {db}")
 
 
 def _key(*parts) -> str:
@@ -269,7 +284,7 @@ def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> di
         raise PipelineError(f"export failed, nothing else can run: {export.detail}")
     models = _quantize_all(cfg, out, targets, steps, failed)
     databases = _databases(cfg, out, targets, models, steps)
-    libs = _build_all(out, models, databases, steps, failed, jobs)
+    libs = _build_all(cfg, out, models, databases, steps, failed, jobs)
     summary_bench = _bench_all(cfg, out, libs, steps, failed)
     regression = _report(out, summary_bench, steps, failed, fail_on)
     summary = {"config": str(cfg.path), "out": str(out), "ok": not failed and regression is None,
@@ -307,31 +322,35 @@ def _quantize_all(cfg: Config, out: Path, targets: dict, steps: list, failed: di
 def _databases(cfg: Config, out: Path, targets: dict, models: dict, steps: list) -> dict:
     """(target, precision) -> (database or None, why): tuned here with a tracker (boards measure), else a
     database directory's that fits, else untuned."""
+    from squeezeedge.options import to_args
+
     databases: dict[tuple[str, str], tuple[Path | None, str]] = {}
     for (name, precision), model in models.items():
         if cfg.tuning.get("tracker") and targets[name].device == "cpu":
             step = Step("tune", name, precision)
             steps.append(step)
             db = out / "tune" / f"{name}-{precision}"
-            args = ["tune", model, "--target", name, "--tracker", cfg.tuning["tracker"], "--out", db]
-            args += ["--key", cfg.tuning["key"]] if "key" in cfg.tuning else []
-            args += ["--trials", cfg.tuning["trials"]] if "trials" in cfg.tuning else []
+            options = {k: v for k, v in cfg.tuning.items() if k not in PIPELINE_KEYS["tuning"]}
+            args = ["tune", model, "--target", name, "--out", db, *to_args(_tune_config(), options)]
             databases[(name, precision)] = (db, f"database {db}") if _run_step(step, args) is not None \
                 else (None, f"untuned (tune failed: {step.detail})")
         else:
-            databases[(name, precision)] = _database(cfg, name, precision, model) \
+            databases[(name, precision)] = _database(cfg, targets[name], precision, model) \
                 if targets[name].device == "cpu" else (None, "untuned (GPU target)")
     return databases
 
 
-def _build_all(out: Path, models: dict, databases: dict, steps: list, failed: dict, jobs: int) -> list:
+def _build_all(cfg: Config, out: Path, models: dict, databases: dict, steps: list, failed: dict, jobs: int) -> list:
     """Build (with a bundle) every model for its target, ``jobs`` at a time; returns the libraries built as
     (target, precision, path, where it can be measured)."""
+    from squeezeedge.options import to_args
+
     builds: list[tuple[Step, list]] = []
     for (name, precision), model in models.items():
         db, why = databases[(name, precision)]
         step = Step("build", name, precision, detail=why)
-        args = ["build", model, "--target", name, "--bundle", "--out", out / f"{name}-{precision}"]
+        args = ["build", model, "--target", name, "--bundle", "--out", out / f"{name}-{precision}",
+                *to_args(_build_config(), cfg.build)]
         builds.append((step, args + (["--database", db] if db else [])))
         steps.append(step)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -347,6 +366,8 @@ def _build_all(out: Path, models: dict, databases: dict, steps: list, failed: di
 
 def _bench_all(cfg: Config, out: Path, libs: list, steps: list, failed: dict) -> dict:
     """Time the native libraries in one interleaved run, count the emulated ones (each cached)."""
+    from squeezeedge.options import to_args
+
     summary_bench: dict = {"native": None, "emulated": None, "not_run": []}
     if not cfg.bench.get("enabled", True):
         return summary_bench
@@ -354,14 +375,12 @@ def _bench_all(cfg: Config, out: Path, libs: list, steps: list, failed: dict) ->
     emulated = [lib for lib in libs if lib[3] == "emulated"]
     summary_bench["not_run"] = [{"target": t, "precision": p, "why": why}
                                 for t, p, _, why in libs if why not in ("native", "emulated")]
-    baselines = cfg.bench.get("baselines", "ort")
+    options = {"baselines": ("ort",)} | {k: v for k, v in cfg.bench.items() if k not in PIPELINE_KEYS["bench"]}
     if native:
-        secs = cfg.bench.get("min_seconds", 2.0)
-        summary_bench["native"] = _bench_once(
-            out, "bench.json", "bench", native, steps, failed, [baselines, secs],
-            ["--baselines", baselines, "--min-seconds", secs])
-    if emulated:
-        peers = ",".join(b for b in baselines.split(",") if b in ("ort", "tflite")) or "none"
+        args = [str(a) for a in to_args(_bench_config(), options)]
+        summary_bench["native"] = _bench_once(out, "bench.json", "bench", native, steps, failed, args, args)
+    if emulated:  # counted on each board's core beside the board's own runtimes: the baselines alone apply
+        peers = ",".join(b for b in options["baselines"] if b in ("ort", "tflite")) or "none"
         summary_bench["emulated"] = _bench_once(
             out, "emulated.json", "bench (emulated)", emulated, steps, failed, [peers],
             ["--emulate", "--baselines", peers])

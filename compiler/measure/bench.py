@@ -8,6 +8,7 @@ file follows ``bench_schema.json`` (validated before it is written).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ from squeezeedge import console
 from squeezeedge.artifact import load_artifact, package_versions, tool_versions
 from squeezeedge.measure.baselines import BASELINE_RUNTIMES, BASELINES, Lineage, Runner, baseline_runners, lineage, squeezeedge_runner
 from squeezeedge.errors import InputError, OutputError
+from squeezeedge.options import check, cli_name, declared, option
 from squeezeedge.measure.timing import MAX_P90_OVER_MEDIAN, MIN_RUNS, MIN_WINDOW_S, interleave, stats, verdict
 
 SCHEMA_NAME, SCHEMA_VERSION = "squeezeedge-bench", 1
@@ -28,17 +30,29 @@ SCHEMA_FILE = Path(__file__).with_name("bench_schema.json")
 
 @dataclass(frozen=True)
 class BenchConfig:
-    baselines: tuple[str, ...] = BASELINES
-    warmup: int = 3
-    repeat: int | None = None  # fixed number of timed rounds, or
-    min_seconds: float = 2.0  # ... rounds until the timed rounds took this long in all (and MIN_RUNS)
-    threads: int = 2
-    tracker: str | None = None
-    key: str | None = None
-    seed: int = 1
+    """bench's options, declared once (squeezeedge.options): the CLI's options and the pipeline file's [bench]
+    keys come from these fields."""
+    baselines: tuple[str, ...] | None = option(
+        None, "Comma list of torch, ort, tflite; 'none' for the libraries alone [default: torch,ort,tflite; with "
+        "--emulate ort,tflite: the runtimes a board runs].", choices=BASELINES, many="comma", none=True)
+    warmup: int = option(3, "Untimed rounds first.", kind=int, low=0)
+    repeat: int | None = option(None, "Timed rounds (instead of --min-seconds).", kind=int, low=1)
+    min_seconds: float = option(2.0, "Rounds until every runtime has this much measured time (at least 10 rounds).",
+                                kind=float, low=0, open_range=True)
+    threads: int | None = option(None, "Threads for every runtime [default: the library's own default, as "
+                                 "squeezeedge.runtime.load sets it: its target's threads, at most the CPUs this "
+                                 "process may use].", kind=int, low=1)
+    tracker: str | None = option(None, "Run the libraries on a board behind this TVM RPC tracker (HOST:PORT).",
+                                 in_file=False)
+    key: str | None = option(None, "The board's RPC key (with --tracker).", in_file=False)
+    seed: int = option(1, "Seed of the random input.", kind=int)
     workdir: Path = Path("build")
-    texts: Path | None = None  # the real-text workload's texts; None: the held-out texts of the shipped corpus
-    workloads: bool = True  # any-length libraries: also the per-length sweep and the real-text workload
+    texts: Path | None = option(None, "Any-length libraries: the real-text workload's texts (.txt one per line, "
+                                ".jsonl/.csv/.tsv with a 'text' field) [default: the held-out texts of "
+                                "calibration/sentences.txt].", kind=Path)
+    workloads: bool = option(True, "Any-length libraries: also the per-length sweep and the real-text workload "
+                             "(--no-workloads: only the main measurement).", kind=bool,
+                             flag="--workloads/--no-workloads")
 
 
 # Interleaving runtimes that each keep a thread pool on a 2-core machine: a pool whose workers keep
@@ -57,17 +71,29 @@ def quiet_thread_pools() -> dict:
     return {k: os.environ[k] for k in QUIET_POOLS}
 
 
+def library_threads(lib_dir: Path) -> int | None:
+    """The library's target threads from its metadata.json (0: all cores; None: it does not say)."""
+    meta = Path(lib_dir) / "metadata.json"
+    return json.loads(meta.read_text()).get("target", {}).get("threads") if meta.is_file() else None
+
+
+def resolved(cfg: BenchConfig, lib_dirs: list[Path], emulate: bool = False) -> BenchConfig:
+    """``cfg`` with its defaults that depend on the libraries filled in: the baselines (a board's own
+    runtimes with ``emulate``), and the threads the first library runs with when loaded (its target's, at
+    most the CPUs this process may use; on a board behind a tracker, its target's)."""
+    from squeezeedge.runtime import default_threads
+
+    threads = cfg.threads
+    if threads is None:
+        threads = (library_threads(lib_dirs[0]) or 1) if cfg.tracker else default_threads(library_threads(lib_dirs[0]))
+    baselines = cfg.baselines if cfg.baselines is not None else ("ort", "tflite") if emulate else BASELINES
+    return dataclasses.replace(cfg, baselines=baselines, threads=threads)
+
+
 def validate_config(cfg: BenchConfig) -> None:
-    if bad := set(cfg.baselines) - set(BASELINES):
-        raise InputError(f"unknown baseline '{sorted(bad)[0]}' (known: {', '.join(BASELINES)})")
-    if cfg.warmup < 0:
-        raise InputError(f"--warmup must be >= 0, got {cfg.warmup}")
-    if cfg.repeat is not None and cfg.repeat < 1:
-        raise InputError(f"--repeat must be >= 1, got {cfg.repeat}")
-    if cfg.min_seconds <= 0:
-        raise InputError(f"--min-seconds must be > 0, got {cfg.min_seconds}")
-    if cfg.threads < 1:
-        raise InputError(f"--threads must be >= 1, got {cfg.threads}")
+    for f in declared(BenchConfig):
+        if getattr(cfg, f.name) is not None:
+            check(f, getattr(cfg, f.name), cli_name(f))
     if (cfg.tracker is None) != (cfg.key is None):
         raise InputError("--tracker and --key go together")
 
@@ -134,6 +160,7 @@ def bench(lib_dirs: list[Path], cfg: BenchConfig, out: Path) -> dict:
     from squeezeedge.runtime import random_inputs
 
     validate_config(cfg)
+    cfg = resolved(cfg, lib_dirs)
     pools = quiet_thread_pools()
     if out.suffix != ".json":
         raise InputError(f"--out must name a .json file, got {out}")

@@ -18,6 +18,7 @@ from squeezeedge import console
 from squeezeedge.artifact import Artifact, StageRun, load_artifact, run_stage, sha256_file, tool_versions
 from squeezeedge.errors import ArtifactError, CompileError, InputError, ToolchainError, ValidationError
 from squeezeedge.lowering.relax import first_line, static_inputs
+from squeezeedge.options import check, cli_name, declared, option
 from squeezeedge.targets import Target, load_target
 
 LIB_FILE = "model.so"
@@ -29,15 +30,25 @@ CROSS_PACKAGES = {"aarch64-linux-gnu": "g++-aarch64-linux-gnu"}  # Debian packag
 
 @dataclass(frozen=True)
 class BuildConfig:
-    target: str = "host"
-    target_file: Path | None = None
-    database: Path | None = None
-    integer: bool = True  # int8 models: rewrite to integer kernels (False: TVM's float QDQ, for comparison)
-    fp32_tolerance: float = 1e-4  # max abs difference from onnxruntime, fp32 libraries
-    int8_min_cosine: float = 0.99  # cosine to onnxruntime's int8 output, int8 libraries
-    validation_runs: int = 3
-    emulate: bool = True  # cross builds: run the library under qemu-user and check it like a host build
-    emulated_runs: int = 1  # qemu is ~50x slower than the board
+    """build's options, declared once (squeezeedge.options): the CLI's options and the pipeline file's [build]
+    keys come from these fields."""
+    target: str = option("host", "A board in targets/.", cli=False, in_file=False)
+    target_file: Path | None = option(None, "A user's board TOML file.", kind=Path, cli=False, in_file=False)
+    database: Path | None = option(None, "A MetaSchedule tuning database made by 'squeezeedge tune' for this "
+                                   "model and target.", kind=Path, in_file=False)
+    integer: bool = option(True, "int8 models: rewrite to integer kernels; --simulated-int8 compiles the model as "
+                           "TVM imports it (float QDQ arithmetic), for comparison only.", kind=bool,
+                           flag="--integer/--simulated-int8")
+    fp32_tolerance: float = option(1e-4, "fp32 libraries: fail past this max abs difference from onnxruntime.",
+                                   kind=float, low=0)
+    int8_min_cosine: float = option(0.99, "int8 libraries: fail below this cosine to onnxruntime's op-by-op int8 "
+                                    "output (or within 0.01 of its own integer path's, where that is lower).",
+                                    kind=float, low=0, high=1)
+    validation_runs: int = option(3, "Random inputs the library is checked on (natively).", kind=int, low=1)
+    emulate: bool = option(True, "Cross builds: run the library under qemu-user through the C++ deploy runner and "
+                           "check it.", kind=bool, flag="--emulate/--no-emulate")
+    emulated_runs: int = option(1, "Random inputs a cross build is checked on under qemu-user (~50x slower than "
+                                "the board).", kind=int, low=1)
 
 
 def build_library(model_dir: Path, cfg: BuildConfig, out: Path, force: bool = False,
@@ -61,6 +72,9 @@ def build_library(model_dir: Path, cfg: BuildConfig, out: Path, force: bool = Fa
         CompileError: an ONNX operator TVM cannot import (named), or float compute left in an int8 build.
         ValidationError: the library disagrees with onnxruntime past the limits.
     """
+    for f in declared(BuildConfig):
+        if f.metadata["cli"] and getattr(cfg, f.name) is not None:
+            check(f, getattr(cfg, f.name), cli_name(f))
     parent = load_artifact(model_dir)
     if parent.stage not in ("export", "quantize"):
         raise InputError(f"{model_dir} is a '{parent.stage}' artifact; build takes an export or quantize artifact")
@@ -125,15 +139,14 @@ def _save_tokenizer(parent: Artifact, out: Path) -> dict | None:
 
 
 def _check_database(path: Path, parent: Artifact, target: Target, tvm_target) -> Artifact:
-    """A finished tuning database made for exactly this model and target (apache/tvm#15549)."""
+    """A finished tuning database made for exactly this model and target."""
+    from squeezeedge.stages.tune import database_identity, identity_mismatch
+
     db = load_artifact(path, stage="tune")
-    ident = db.manifest["config"]["identity"]
-    if ident["target"] != target.name or ident["tvm_target"] != str(tvm_target):
-        raise InputError(f"database {path} was tuned for target {ident['target']}, not {target.name} "
-                         "(MetaSchedule databases ignore the target, so squeezeedge keeps one per target)")
-    if ident["model_sha256"] != parent.sha256:
-        raise InputError(f"database {path} was tuned for model {ident['model_sha256'][:12]}, not this "
-                         f"{parent.stage} artifact ({parent.sha256[:12]})")
+    why = identity_mismatch(db.manifest["config"]["identity"],
+                            database_identity(parent.sha256, parent.stage, target.name, tvm_target))
+    if why:
+        raise InputError(f"database {path}: {why}")
     return db
 
 

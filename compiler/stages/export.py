@@ -10,6 +10,7 @@ from pathlib import Path
 from squeezeedge import console
 from squeezeedge.artifact import StageRun, run_stage
 from squeezeedge.errors import ExportError, InputError, ValidationError
+from squeezeedge.options import check, cli_name, declared, option
 from squeezeedge.runtime import random_inputs
 from squeezeedge.stages.models import INPUT_NAMES, ModelSpec, build_torch_model, checkpoint_fingerprint, output_name, read_config
 
@@ -19,15 +20,28 @@ OPSET = 18  # the dynamo exporter's opset; TVM 0.27 imports its static-shape out
 
 @dataclass(frozen=True)
 class ExportConfig:
-    model: str = "squeezebert-uncased"
-    checkpoint: Path | None = None
-    head: str = "auto"
-    num_labels: int = 2
-    batch: int = 1
-    seq_len: int = 128
-    seed: int = 0
-    dynamic: bool = False
-    tolerance: float = 1e-4  # max abs difference onnxruntime vs PyTorch before export fails
+    """export's options, declared once (squeezeedge.options): the CLI's options and the pipeline file's
+    [model] keys come from these fields."""
+    model: str = option("squeezebert-uncased", "Preset: squeezebert-uncased (published config, 51.1M params, "
+                        "seeded random init) or squeezebert-tiny (2 layers, hidden 64, for tests). Ignored with "
+                        "--checkpoint.", key="preset")
+    checkpoint: Path | None = option(None, "A local Hugging Face model directory (config.json + model.safetensors, "
+                                     "or pytorch_model.bin read with weights_only=True). model_type squeezebert "
+                                     "or bert.", kind=Path)
+    head: str = option("auto", "classify: output 'logits'. embed: output 'sentence_embedding' (mask-mean-pooled "
+                       "last hidden state, for sentence-embedding models). auto: classify for presets and "
+                       "checkpoints whose architecture is *ForSequenceClassification, else embed.",
+                       choices=("auto", "classify", "embed"))
+    num_labels: int = option(2, "Classifier outputs (classify head).", kind=int, low=1)
+    batch: int = option(1, "Static batch size.", kind=int, low=1)
+    seq_len: int = option(128, "Sequence length; with --dynamic the longest a library built from it takes.",
+                          kind=int)
+    seed: int = option(0, "Seed of the random init and test inputs.", kind=int)
+    dynamic: bool = option(False, "Any length: dynamic batch and sequence axes; build makes ONE library that "
+                           "takes every length 1..--seq-len (buckets 16, 32, 64, ... sharing one copy of the "
+                           "weights). A pipeline file's default is true.", kind=bool, flag="--dynamic")
+    tolerance: float = option(1e-4, "Fail if onnxruntime differs from PyTorch by more than this (max abs).",
+                              kind=float, low=0)
     validation_runs: int = 3
 
     def spec(self) -> ModelSpec:
@@ -37,12 +51,9 @@ class ExportConfig:
 
 def validate_config(cfg: ExportConfig):
     """Check everything that can be checked before work starts; returns the transformers config."""
-    if cfg.head not in ("auto", "classify", "embed"):
-        raise InputError(f"unknown head '{cfg.head}' (auto, classify, embed)")
-    if cfg.batch < 1:
-        raise InputError(f"--batch must be >= 1, got {cfg.batch}")
-    if cfg.num_labels < 1:
-        raise InputError(f"--num-labels must be >= 1, got {cfg.num_labels}")
+    for f in declared(ExportConfig):
+        if getattr(cfg, f.name) is not None:
+            check(f, getattr(cfg, f.name), cli_name(f))
     config = read_config(cfg.spec())
     if not 0 < cfg.seq_len <= config.max_position_embeddings:
         raise InputError(f"--seq-len must be in 1..{config.max_position_embeddings} for this model, got {cfg.seq_len}")

@@ -22,7 +22,7 @@ from squeezeedge import console
 from squeezeedge.artifact import MANIFEST, Artifact, hash_tree, load_artifact, peak_rss_mb, prepare_output, sha256_json, \
     tool_versions, _lock
 from squeezeedge.errors import BoardLostError, InputError
-from squeezeedge.lowering.int8 import AVX2, AVX2_U8S8, MAC_KERNELS, VNNI
+from squeezeedge.options import option
 from squeezeedge.targets import load_target
 
 STATE_FILE = "tune-state.json"
@@ -36,15 +36,22 @@ NO_BOARD = "no board left under key"
 
 @dataclass(frozen=True)
 class TuneConfig:
-    target: str = "host"
-    target_file: Path | None = None
-    trials: int | None = None  # None: the target's tuning default
-    per_iteration: int | None = None  # None: the target's tuning default
-    population: int = 512  # evolutionary search population per task (MetaSchedule's default)
-    all_tasks: bool = False  # False: only the conv1d/matmul kernels, where nearly all the time goes
-    tracker: str | None = None  # HOST:PORT of a TVM RPC tracker: measure on the boards registered there
-    key: str | None = None  # the boards' key at the tracker (default: the target's rpc_key)
-    seed: int = 0
+    """tune's options, declared once (squeezeedge.options): the CLI's options and the pipeline file's [tuning]
+    keys come from these fields."""
+    target: str = option("host", "A board in targets/.", cli=False, in_file=False)
+    target_file: Path | None = option(None, "A user's board TOML file.", kind=Path, cli=False, in_file=False)
+    trials: int | None = option(None, "Total measured trials for this database [default: the target's "
+                                "tuning.trials]. Rerunning with more continues where it stopped.", kind=int, low=1)
+    per_iteration: int | None = option(None, "Candidates measured per batch [default: the target's "
+                                       "tuning.per_iteration].", kind=int, low=1)
+    population: int = option(512, "Evolutionary search population per task (smaller is faster, less thorough).",
+                             kind=int, low=1)
+    all_tasks: bool = option(False, "Tune every kernel, not only the conv1d/matmul ones where nearly all the time "
+                             "goes.", kind=bool, flag="--all-tasks")
+    tracker: str | None = option(None, "HOST:PORT of a TVM RPC tracker: measure on the boards registered there "
+                                 "instead of this machine.")
+    key: str | None = option(None, "The boards' key at the tracker [default: the target's rpc_key].")
+    seed: int = option(0, "Seed of the search.", kind=int)
 
 
 def lowered_module(parent: Artifact, tvm_target):
@@ -142,8 +149,7 @@ def tune_model(model_dir: Path, cfg: TuneConfig, out: Path, force: bool = False)
 
         boards = check_key(cfg.tracker, key)  # fails fast: unreachable tracker, unknown key
         console.info(f"  measuring on {boards} free board(s) under key '{key}' at {cfg.tracker}")
-    identity = {"model_sha256": parent.sha256, "model_stage": parent.stage, "target": target.name,
-                "tvm_target": str(tvm_target)}
+    identity = database_identity(parent.sha256, parent.stage, target.name, tvm_target)
     out = prepare_output(out, marker=STATE_FILE)
     with _lock(out):
         state_path = out / STATE_FILE
@@ -154,17 +160,37 @@ def tune_model(model_dir: Path, cfg: TuneConfig, out: Path, force: bool = False)
         if (out / MANIFEST).is_file() or state_path.is_file():
             state = json.loads(state_path.read_text()) if state_path.is_file() else \
                 load_artifact(out, stage="tune", verify=False).manifest["config"]["identity"]
-            if state != identity:
+            if identity_mismatch(state, identity):
                 raise InputError(f"{out} holds a database for {state['target']} / model {state['model_sha256'][:12]}; "
-                                 f"this run is {target.name} / {parent.sha256[:12]} (one database per target and "
-                                 "model: MetaSchedule ignores the target, apache/tvm#15549). Use another --out")
+                                 f"this run is {target.name} / {parent.sha256[:12]} ({identity_mismatch(state, identity)}"
+                                 "). Use another --out")
         out.mkdir(parents=True, exist_ok=True)
         state_path.write_text(json.dumps(identity, indent=2) + "\n")
         return _tune(parent, target, tvm_target, identity, trials, per_iter, cfg, out)
 
 
+def database_identity(model_sha256: str, model_stage: str, target: str, tvm_target) -> dict:
+    """What a tuning database is for: one model and one target (MetaSchedule's database ignores the target,
+    apache/tvm#15549, so squeezeedge keeps one database per model and target and records this)."""
+    return {"model_sha256": model_sha256, "model_stage": model_stage, "target": target, "tvm_target": str(tvm_target)}
+
+
+def identity_mismatch(have: dict, want: dict) -> str | None:
+    """Why a database made for ``have`` cannot serve ``want`` (both :func:`database_identity`), or None: the
+    one check tune (resuming), build (--database) and the pipeline (choosing a database) make."""
+    if have.get("target") != want["target"] or have.get("tvm_target") != want["tvm_target"]:
+        return (f"it was tuned for target {have.get('target')}, not {want['target']} (MetaSchedule databases "
+                "ignore the target, so squeezeedge keeps one per target)")
+    if have.get("model_sha256") != want["model_sha256"]:
+        return (f"it was tuned for model {str(have.get('model_sha256'))[:12]}, not this {want['model_stage']} "
+                f"artifact ({want['model_sha256'][:12]})")
+    return None
+
+
 def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfig, out: Path) -> Artifact:
     from tvm.s_tir import meta_schedule as ms
+
+    from squeezeedge.lowering.int8 import AVX2, AVX2_U8S8, MAC_KERNELS, VNNI
 
     t0 = time.perf_counter()
     _repair(out / DB_FILES[0])

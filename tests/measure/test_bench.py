@@ -154,7 +154,7 @@ def test_library_for_another_architecture_is_refused(cross_libs, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--baselines", "tvm"], "unknown baseline 'tvm'"),
+    (["--baselines", "tvm"], "unknown --baselines 'tvm' (torch, ort, tflite, or none)"),
     (["--repeat", "0"], "--repeat must be >= 1"),
     (["--min-seconds", "0"], "--min-seconds must be > 0"),
     (["--tracker", "127.0.0.1:1"], "--tracker and --key go together"),
