@@ -16,21 +16,13 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from squeezeedge.lowering.qdq import DEQUANTIZE, QUANTIZE, qparams_scalar, scalar_const
 from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings
 
 # ops of one tensor argument (plus scalar constants) that act element by element
 ELEMENTWISE = {"relax." + name for name in (
     "add", "subtract", "multiply", "divide", "power", "maximum", "minimum", "erf", "tanh", "exp", "sigmoid",
     "sqrt", "rsqrt", "negative", "abs", "log", "clip", "nn.relu", "nn.gelu", "nn.gelu_tanh", "nn.silu")}
-_QUANTIZE, _DEQUANTIZE = tvm.ir.Op.get("relax.quantize"), tvm.ir.Op.get("relax.dequantize")
-
-
-def _scalar_const(expr) -> bool:
-    return isinstance(expr, tvm.ir.expr.Constant) and int(np.prod(expr.value.numpy().shape)) == 1
-
-
-def _qparams_scalar(call) -> bool:
-    return _scalar_const(call.args[1]) and _scalar_const(call.args[2])
 
 
 def _chain(root, values, uses):
@@ -46,8 +38,8 @@ def _chain(root, values, uses):
         value = values.get(var)
         if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
             return False
-        if value.op.same_as(_DEQUANTIZE):
-            if not _qparams_scalar(value) or str(value.args[0].ty.dtype) not in ("uint8", "int8"):
+        if value.op.same_as(DEQUANTIZE):
+            if not qparams_scalar(value) or str(value.args[0].ty.dtype) not in ("uint8", "int8"):
                 return False
             source.append(var)
             return True
@@ -57,7 +49,7 @@ def _chain(root, values, uses):
             if isinstance(arg, relax.Var):
                 if not walk(arg):
                     return False
-            elif not _scalar_const(arg):
+            elif not scalar_const(arg):
                 return False
         order.append(var)
         return True
@@ -101,7 +93,7 @@ def lookup_tables(mod: tvm.IRModule, func_name: str = "main", target: str = "llv
     ``f`` by ``take(table, q)``. Returns (module, how many were replaced); tables are evaluated on this
     machine's CPU (``target`` is only for that)."""
     def match(_var, value, values, uses):
-        if not (isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE) and _qparams_scalar(value)
+        if not (isinstance(value, relax.Call) and value.op.same_as(QUANTIZE) and qparams_scalar(value)
                 and isinstance(value.args[0], relax.Var)):
             return None
         found = _chain(value.args[0], values, uses)

@@ -9,11 +9,11 @@ Phases, in order (``build --dump-ir DIR`` writes the IR after each step, one fil
   instruction (:mod:`squeezeedge.lowering.int8`);
 - ``layout`` (each bucket): transposes sunk until they cancel (:mod:`squeezeedge.lowering.transposes`);
 - ``requantize`` (int8, each bucket): elementwise functions between dequantize and quantize as lookup
-  tables (:mod:`squeezeedge.lowering.lookup`), 8-bit round trips dropped, constants folded, and the
-  kernels' epilogues, softmax and layer norm folded into their quantize
-  (:mod:`squeezeedge.lowering.requantize`);
+  tables (:mod:`squeezeedge.lowering.lookup`), 8-bit round trips dropped (``round_trips``), constants
+  folded, and quantize's scale folded into the kernels' epilogues (``requantize``), softmax
+  (``softmax_quantize``) and layer norm (``layer_norm_quantize``);
 - ``merge``: the buckets as one module (:func:`squeezeedge.lowering.lengths.merge`);
-- ``legalize``: float divides by constants as multiplies, TVM's fast math on CPU (softmax, exp, erf and
+- ``legalize``: float divides by constants as multiplies (``divides``), TVM's fast math on CPU (softmax, exp, erf and
   tanh as vectorizable polynomials: libm's scalar erf and exp took a third of tuned fp32 SqueezeBERT),
   then Relax's "zero" pipeline spelled out: legalize, annotate, fold, fuse each kernel with its epilogue.
 """
@@ -30,18 +30,16 @@ from squeezeedge.errors import CompileError
 from squeezeedge.lowering.int8 import Integerize, RewriteReport, packed_dot_for
 from squeezeedge.lowering.lengths import buckets, merge
 from squeezeedge.lowering.lookup import LookupTables
-from squeezeedge.lowering.relax import _static_dims, import_onnx, reciprocal_divides
-from squeezeedge.lowering.requantize import DropRoundTrips, FoldLayerNormQuantize, FoldRequantize, FoldSoftmaxQuantize
+from squeezeedge.lowering.relax import _static_dims, import_onnx
+from squeezeedge.lowering.divides import ReciprocalDivides
+from squeezeedge.lowering.layer_norm_quantize import FoldLayerNormQuantize
+from squeezeedge.lowering.requantize import FoldRequantize
+from squeezeedge.lowering.round_trips import DropRoundTrips
+from squeezeedge.lowering.softmax_quantize import FoldSoftmaxQuantize
 from squeezeedge.lowering.transposes import SinkTransposes
 
 BUCKET_PHASES = ("integer", "layout", "requantize")  # run on each length bucket's module
 MODULE_PHASES = ("legalize",)  # run once the buckets are merged
-
-
-@tvm.transform.module_pass(opt_level=0, name="ReciprocalDivides")
-def ReciprocalDivides(mod, _ctx):  # noqa: N802 (a pass, named as TVM's are)
-    """:func:`squeezeedge.lowering.relax.reciprocal_divides` as a module pass."""
-    return reciprocal_divides(mod)
 
 
 def _in_target(inner, tvm_target):

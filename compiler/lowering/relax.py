@@ -67,28 +67,6 @@ def import_onnx(path: Path, inputs: list[dict], static_dims: dict[str, int] | No
         raise CompileError(f"{path}: TVM could not import the model: {first_line(exc)}") from exc
 
 
-def reciprocal_divides(mod):
-    """x / c -> x * (1 / c) for every float32 scalar constant c (GELU's x / sqrt(2), attention's
-    scores / sqrt(d)): a vector divide costs ~10x a multiply and LLVM keeps it (no fast-math); in
-    SqueezeBERT's GELU epilogue it was ~a quarter of that kernel's float work. Within 1 ulp of x / c."""
-    import numpy as np
-    from tvm import relax
-    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
-
-    pattern = is_op("relax.divide")(wildcard(), is_const())
-
-    def rewrite(call, _):
-        c = call.args[1].value.numpy()
-        if c.dtype != np.float32 or c.size != 1 or not np.isfinite(1 / np.float64(c.reshape(-1)[0])):
-            return call
-        return relax.op.multiply(call.args[0], relax.const(np.float32(1) / c.reshape(c.shape)))
-
-    for gv, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function):
-            mod[gv] = rewrite_call(pattern, rewrite, func)
-    return mod
-
-
 def _static_dims(parent: Artifact) -> dict[str, int]:
     """Values for a --dynamic export's symbolic dims: the batch and seq-len it was exported (and validated) at."""
     conf = parent.manifest["config"] if parent.stage == "export" else load_artifact(

@@ -9,7 +9,10 @@ import pytest
 import tvm
 from tvm import relax
 
-from squeezeedge.lowering.requantize import drop_round_trips, fold_layer_norm_quantize, fold_requantize, fold_softmax_quantize
+from squeezeedge.lowering.layer_norm_quantize import fold_layer_norm_quantize
+from squeezeedge.lowering.requantize import fold_requantize
+from squeezeedge.lowering.round_trips import drop_round_trips
+from squeezeedge.lowering.softmax_quantize import fold_softmax_quantize
 
 
 def _module(out_scale: float = 0.02, reuse: bool = False, layout: bool = True) -> tvm.IRModule:

@@ -297,7 +297,7 @@ def test_divides_by_a_scalar_constant_become_multiplies_within_one_ulp():
     import tvm
     from tvm import relax
 
-    from squeezeedge.lowering.relax import reciprocal_divides
+    from squeezeedge.lowering.divides import reciprocal_divides
 
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((4, 64), "float32"))

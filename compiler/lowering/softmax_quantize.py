@@ -1,0 +1,117 @@
+"""quantize(softmax(x)) as one kernel that divides once a row (:func:`fold_softmax_quantize`)."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from squeezeedge.lowering.qdq import qparams_scalar, quantize_of_var, scalar, scalar_const
+from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings
+
+_SOFTMAX = tvm.ir.Op.get("relax.nn.softmax")
+
+
+def _te_softmax_quantize(shape: tuple[int, ...], scale: float, zero: int, out_dtype: str, name: str,
+                         source: tuple | None = None):
+    """x [..., N] -> quantize(softmax(x, -1), scale, zero): the row's max, exp (TVM's fast_exp, as
+    FastMathTransform gives nn.softmax), sum, then one reciprocal a row, 1 / (sum * scale), and a multiply
+    an element, where softmax then quantize divided each element twice.
+
+    With ``source`` = (q dtype, q zero point, a, mask shape), x is a * (q - zero point) + mask computed
+    here from the 8-bit q (the attention scores) and a float mask broadcast against it: the kernel
+    before writes one byte a score, not four."""
+    from tvm import te, topi
+
+    i64 = lambda d: tvm.tirx.const(d, "int64")  # noqa: E731
+    f32 = lambda v: tvm.tirx.const(float(v), "float32")  # noqa: E731
+    lo, hi = (0, 255) if out_dtype == "uint8" else (-128, 127)
+    full = tuple(i64(d) for d in shape)
+    *rows, n = full
+    if source is None:
+        x = te.placeholder(full, "float32", name="x")
+        inputs = [x]
+    else:
+        q_dtype, q_zero, a, mask_shape = source
+        q = te.placeholder(full, q_dtype, name="q")
+        mask = te.placeholder(tuple(i64(d) for d in mask_shape), "float32", name="mask")
+        inputs = [q, mask]
+        x = te.compute(full, lambda *i: f32(a) * (q[i].astype("float32") - f32(q_zero)) + mask[tuple(
+            i64(0) if d == 1 else idx for d, idx in zip(mask_shape, i))], name="x")
+    k1, k2 = te.reduce_axis((i64(0), n), "k1"), te.reduce_axis((i64(0), n), "k2")
+    top = te.compute(rows, lambda *i: te.max(x[(*i, k1)], axis=k1), name="row_max")
+    e = topi.fast_exp(te.compute(full, lambda *i: x[i] - top[i[:-1]], name="shifted"))
+    total = te.compute(rows, lambda *i: te.sum(e[(*i, k2)], axis=k2), name="row_sum")
+    inv = te.compute(rows, lambda *i: f32(1.0) / (total[i] * f32(scale)), name="row_scale")
+    out = te.compute(full, lambda *i: te.max(te.min(te.round(e[i] * inv[i[:-1]]) + f32(zero), f32(hi)), f32(lo))
+                     .astype(out_dtype), name="quantized")
+    return te.create_prim_func([*inputs, out]).with_attr("global_symbol", name)
+
+
+def _scores_source(x, values, uses):
+    """(q, zero point, a, mask) when softmax's input ``x`` is a * dequantize(q) + mask (dequantize,
+    then a divide or multiply by a scalar, then an added float tensor), each step read once; else None."""
+    def call(var, *ops):
+        v = values.get(var) if isinstance(var, relax.Var) and uses.get(var) == 1 else None
+        return v if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name in ops else None
+
+    add = call(x, "relax.add")
+    if add is None:
+        return None
+    for scaled, mask in (add.args, add.args[::-1]):
+        step = call(scaled, "relax.divide", "relax.multiply")
+        if step is None or not isinstance(mask, relax.Var) or str(mask.ty.dtype) != "float32" \
+                or mask.ty.ndim != x.ty.ndim or not scalar_const(step.args[1]):
+            continue
+        dq = call(step.args[0], "relax.dequantize")
+        if dq is None or not qparams_scalar(dq) \
+                or str(dq.args[0].ty.dtype) not in ("uint8", "int8"):
+            continue
+        c, s1 = scalar(step.args[1]), scalar(dq.args[1])
+        a = s1 / c if step.op.name == "relax.divide" else s1 * c
+        return dq.args[0], int(scalar(dq.args[2])), a, mask
+    return None
+
+
+def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, int]:
+    """``quantize(softmax(x, axis=-1), s, z)`` with scalar s, z -> one kernel that divides once a row
+    (and, where x is ``a * dequantize(q) + mask``, reads the 8-bit q and the mask itself).
+
+    Softmax divides every exp by the row's sum and quantize divides the result by s: two divisions an
+    element, which the scheduled kernel could not hide (SqueezeBERT's attention softmax: 93 -> 77 us with
+    both replaced by a multiply, results/PERFORMANCE-LOG.md). Here the row's max, exp and sum are
+    as before and each element gets ``round(exp * (1 / (sum * s))) + z``: the same value in real
+    arithmetic, a float32 tie may round the other way. Returns (module, how many were folded)."""
+    kernels = {}
+
+    def match(_var, value, values, uses):
+        if not (quantize_of_var(value) and uses.get(value.args[0]) == 1
+                and str(value.attrs.out_dtype) in ("uint8", "int8")):
+            return None
+        sm = values.get(value.args[0])
+        if not (isinstance(sm, relax.Call) and sm.op.same_as(_SOFTMAX) and str(sm.args[0].ty.dtype) == "float32"):
+            return None
+        shape = tuple(int(d) for d in sm.args[0].ty.shape)
+        if int(sm.attrs.axis) not in (-1, len(shape) - 1):
+            return None
+        s, z = scalar(value.args[1]), int(scalar(value.args[2]))
+        dtype = str(value.attrs.out_dtype)
+        name = f"softmax_quantize_{'x'.join(map(str, shape))}_{len(kernels)}"
+        scores = _scores_source(sm.args[0], values, uses)
+        if scores is None:
+            kernels[name], args = _te_softmax_quantize(shape, s, z, dtype, name), [sm.args[0]]
+        else:
+            q, qz, a, mask = scores
+            source = (str(q.ty.dtype), qz, a, tuple(int(d) for d in mask.ty.shape))
+            kernels[name], args = _te_softmax_quantize(shape, s, z, dtype, name, source), [q, mask]
+        return args, name, relax.TensorType(shape, dtype)
+
+    gvs = {}  # name -> GlobalVar, once the kernels are in the module
+
+    def emit(builder, visit, item):
+        args, name, out_ty = item
+        return builder.emit(relax.call_tir(gvs[name], [visit(a) for a in args], out_ty))
+
+    return rewrite_bindings(mod, match, emit, func_name, kernels=kernels, gvs=gvs)
+
+
+FoldSoftmaxQuantize = counted_pass("FoldSoftmaxQuantize", "softmax_folded")(fold_softmax_quantize)
