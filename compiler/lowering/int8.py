@@ -36,10 +36,10 @@ class RewriteReport:
     packed: int = 0  # distinct pre-packed dot-product kernels emitted
     instructions: set[str] = field(default_factory=set)  # what those kernels tensorize onto
     lookup_tables: int = 0  # elementwise functions between dequantize and quantize (compiler/lowering/lookup.py)
-    round_trips_dropped: int = 0  # dequantize -> reshape/transpose -> quantize (compiler/lowering/requantize.py)
+    round_trips_dropped: int = 0  # dequantize -> reshape/transpose -> quantize (compiler/lowering/round_trips.py)
     epilogues_folded: int = 0  # quantize(a * acc + b) as one multiply-add (compiler/lowering/requantize.py)
-    softmax_folded: int = 0  # quantize(softmax(x)) dividing once a row (compiler/lowering/requantize.py)
-    layer_norms_folded: int = 0  # quantize(layer_norm(x)) with 1/s in its constants (compiler/lowering/requantize.py)
+    softmax_folded: int = 0  # quantize(softmax(x)) dividing once a row (compiler/lowering/softmax_quantize.py)
+    layer_norms_folded: int = 0  # quantize(layer_norm(x)) with 1/s in its constants (compiler/lowering/layer_norm_quantize.py)
     skipped: list[str] = field(default_factory=list)
 
     @property

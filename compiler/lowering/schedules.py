@@ -19,11 +19,13 @@ import numpy as np
 import tvm
 
 from squeezeedge.lowering.int8 import PACKED, PackedDot
+from squeezeedge.lowering.tir_walk import sblocks
 
 
 def _packed_block(func) -> PackedDot | None:
-    script = func.script()
-    return next((p for p in PACKED if f'T.sblock("{p.block}")' in script), None)
+    """The packed dot-product kernel a PrimFunc computes (its compute block is named after it), or None."""
+    names = {b.name_hint for b in sblocks(func)}
+    return next((p for p in PACKED if p.block in names), None)
 
 
 SHORT_K = 256  # a reduction this short or shorter takes 8 x 1 tiles

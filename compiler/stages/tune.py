@@ -369,7 +369,7 @@ def tuned_tasks(tasks, tvm_target, db_dir: Path) -> tuple[int, int]:
     db = open_database(db_dir)
     records = [db.query_tuning_record(t.dispatched[0], tvm_target, t.task_name) for t in tasks]
     found = [r for r in records if r is not None]
-    return len(found), sum(1 for r in found if "tensorize" in str(r.trace))
+    return len(found), sum(1 for r in found if any(i.kind.name == "Tensorize" for i in r.trace.insts))
 
 
 def _board_session(rpc_config, threads: int = 0):
