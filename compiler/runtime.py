@@ -24,10 +24,10 @@ ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
 # What a board installs to run a library from Python (at this machine's versions: board_requirements)
 BOARD_PACKAGES = ("numpy", "apache-tvm", "apache-tvm-ffi", "tokenizers")
 # TVM's pool, by default: half the logical CPUs on x86 (it assumes SMT: one thread on a 2-core machine)
-# and workers that spin 300000 times waiting for the next kernel. A library loaded in a plain process,
-# 2 cores, int8 SqueezeBERT: 33.9 ms as TVM sets it, 23.5 ms with 2 threads, 19.3 ms with 2 threads and
-# a spin count of 1000 (sched_yield calls, ~0.6 ms: awake across one inference's ~170 kernel launches,
-# asleep soon after it; results/PERFORMANCE-LOG.md). So every way a library runs (this module,
+# and workers that spin 300000 times waiting for the next kernel. A library in a plain process runs
+# fastest with the target's threads and a spin count of 1000 (sched_yield calls, well under a
+# millisecond: awake across one inference's ~170 kernel launches, asleep soon after it;
+# results/PERFORMANCE-LOG.md). So every way a library runs (this module,
 # the C++ runner and run.sh, bench over RPC) sets these unless the user has.
 SPIN_COUNT = 1000
 

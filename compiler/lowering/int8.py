@@ -79,14 +79,14 @@ class PackedDot:
     intrin: str  # the registered TensorIntrin
     instruction: str  # the mnemonic in the generated assembly
     # rows x instruction columns of a register tile for every reduction length (None: the schedule's rule).
-    # aarch64's 4-lane instructions: 8 x 4, counted on the full model's Pi 5 library against the rule's
-    # 8 x 1 / 4 x 3: 935 -> 683 M instructions at 128 tokens (8 x 3: 871 M); Pi 4: 1,293 -> 1,257 M
+    # aarch64's 4-lane instructions: 8 x 4, the fewest instructions counted on the full model's Pi 4 and
+    # Pi 5 libraries (results/PERFORMANCE-LOG.md)
     tile: tuple[int, int] | None = None
     # (k, intrin, tile, unroll): a longer step on the same weight layout where the reduction divides by k,
     # its loop unrolled ``unroll`` steps. sdot's indexed form: one 16-byte activation load serves 4
-    # instructions (lane j against k block j), 8 x 2 tiles (16 accumulators): full-size Pi 5 library at
-    # 128 tokens 683 -> 423 M instructions (8 x 3: accumulators spilled, +69%; 4 x 4: +13%), unrolled 2
-    # steps -2.7% (4: no better; the Pi 4's 8 x 4 NEON tiles unrolled 2 spill: +13%, so they are not)
+    # instructions (lane j against k block j), 8 x 2 tiles (16 accumulators; 8 x 3 spills them), unrolled
+    # 2 steps (the Pi 4's 8 x 4 NEON tiles unrolled spill, so they are not): the fewest instructions
+    # counted on the full model (results/PERFORMANCE-LOG.md)
     wide: tuple[int, str, tuple[int, int], int] | None = None
 
 

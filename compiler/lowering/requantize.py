@@ -61,8 +61,8 @@ def fold_requantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRM
     A packed kernel's int32 sums reach the next layer's 8-bit input through a chain of per-channel
     constants: zero-point correction, the s_x * s_w rescale, the bias, then quantize's divide and zero
     point. Folded at compile time the epilogue is one multiply-add and quantize's round and clip (as a
-    quantize by 1 with zero point 0), not seven vector ops with a division: int8 SqueezeBERT 30.2 ->
-    29.2 ms here (results/PERFORMANCE-LOG.md). The same value in real arithmetic: float32 may
+    quantize by 1 with zero point 0), not seven vector ops with a division (results/PERFORMANCE-LOG.md).
+    The same value in real arithmetic: float32 may
     round a result lying within an ulp of .5 the other way, one step of the 8-bit output. Constant
     operands only (run FoldConstant first). Returns (module, how many quantizes were folded)."""
     def match(_var, value, values, uses):

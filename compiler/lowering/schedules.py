@@ -39,20 +39,16 @@ def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int
     Unless given: the instruction's own tile (aarch64's 4-lane ones: 8 x 4, see :class:`PackedDot`), else
     4 x 3 tiles, or 8 x 1 where the reduction is at most SHORT_K long (SqueezeBERT's Q/K/V
     and GELU convolutions, K = 192 a group, and the attention matmuls): every row tile streams all the
-    weights, and 8-row tiles stream them half as often, which the short k loop could not hide. Alone, 2
-    threads, with caches flushed: 128.6 -> 116.6 and 514.6 -> 473.5 us for the K = 192 convolutions,
-    134.9 -> 121.3 and 124.1 -> 113.3 us for the attention's; K = 768 ones are no faster (461 -> 472)
+    weights, and 8-row tiles stream them half as often, which the short k loop could not hide (longer
+    reductions gain nothing from it). MetaSchedule's own tiling onto the intrinsic fails to compile most
+    candidates (vectorized loops around the intrinsic), and those that build ran far slower
     (results/PERFORMANCE-LOG.md).
-
-    Measured for AVX2 on a 128x768x768/4 grouped kernel, 2 threads: 4 x 3 tiles 0.28 ms, no tiling
-    0.35 ms; MetaSchedule's own tiling onto the intrinsic: most candidates fail to compile (vectorized
-    loops around the intrinsic) and those that build ran 5-7 ms (results/PERFORMANCE-LOG.md).
     Order matters: a fused or parallel loop added after tensorize breaks TVM's reduction checks.
 
     A kernel fused with its epilogue (requantize, bias, GELU, residual add: what FuseOps joins to it
     once no transpose stands between, see :mod:`squeezeedge.lowering.transposes`) gets the epilogue as one
     vectorized loop nest per output, computed right after each rows x columns tile while its int32 sums
-    are in L1 (after each row tile instead: ~0.5 ms slower on int8 SqueezeBERT): every other elementwise
+    are in L1 (after each row tile instead was slower): every other elementwise
     block is inlined into its consumer.
     """
     block = sch.get_sblock(spec.block)
@@ -152,10 +148,9 @@ def _reductions(one: tvm.IRModule):
     - a reduction across rows (layer norm over NCW's channel axis, once :mod:`squeezeedge.lowering.transposes`
       has removed the transposes around it; a matmul's column of B) walks rows in the outer loop and
       32 adjacent outputs in the inner one, which LLVM vectorizes: contiguous loads, the same summation
-      order per output. SqueezeBERT's [1, 768, 128] layer norm, 2 threads: 0.36 -> 0.11 ms, identical;
+      order per output;
     - a reduction along rows (layer norm over NWC's channels, softmax) keeps 16 partial results per
-      output (rfactor), the inner loop over adjacent elements vectorizable, then adds the 16: int8
-      SqueezeBERT's layer norm + requantize 0.28 -> 0.11 ms (same u8 outputs on the test data);
+      output (rfactor), the inner loop over adjacent elements vectorizable, then adds the 16;
 
     the elementwise blocks get parallel outer and vectorized inner loops."""
     from tvm.s_tir import Schedule
@@ -250,8 +245,8 @@ def _packing(one: tvm.IRModule):
     MetaSchedule's rule fuses all loops, then splits for vectorizing: the index arithmetic of the
     blocked layout becomes divisions by non-constant-foldable fused extents, and the 16-lane "vector"
     is a gather of 2-element runs from 8 rows. Here the leading loops run in parallel, the row loop stays,
-    and the small tile (<= 64 elements) is unrolled with its constant offsets: SqueezeBERT's K and V
-    packing 26.6 -> 5.9 and 25.4 -> 3.9 us, identical bytes."""
+    and the small tile (<= 64 elements) is unrolled with its constant offsets (the same bytes, several
+    times faster)."""
     from tvm.s_tir import Schedule
 
     sch = Schedule(one)

@@ -77,8 +77,8 @@ def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
     (and, where x is ``a * dequantize(q) + mask``, reads the 8-bit q and the mask itself).
 
     Softmax divides every exp by the row's sum and quantize divides the result by s: two divisions an
-    element, which the scheduled kernel could not hide (SqueezeBERT's attention softmax: 93 -> 77 us with
-    both replaced by a multiply, results/PERFORMANCE-LOG.md). Here the row's max, exp and sum are
+    element, which the scheduled kernel could not hide (results/PERFORMANCE-LOG.md). Here the row's max,
+    exp and sum are
     as before and each element gets ``round(exp * (1 / (sum * s))) + z``: the same value in real
     arithmetic, a float32 tie may round the other way. Returns (module, how many were folded)."""
     kernels = {}

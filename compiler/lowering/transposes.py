@@ -4,7 +4,7 @@ SqueezeBERT works channels-first (NCW) for its convolutions and channels-last (N
 norms, so its graph transposes around every layer norm; the int8 rewrite adds two more around every
 pre-packed kernel (they read and write NWC, see :mod:`squeezeedge.lowering.int8`). Each is a pass over memory and
 splits what would be one fused kernel in two: the intermediate layer's int32 NWC->NCW transpose with
-its GELU epilogue took 18 of the int8 library's 105 ms (``squeezeedge profile``).
+its GELU epilogue was a sixth of the untuned int8 library's time (``squeezeedge profile``).
 
 :func:`sink_transposes` moves every ``permute_dims`` down through the ops that do not care about the
 layout (elementwise ops with the other operands' shapes permuted to match, quantize/dequantize,

@@ -56,8 +56,8 @@ class BenchConfig:
 
 
 # Interleaving runtimes that each keep a thread pool on a 2-core machine: a pool whose workers keep
-# spinning after a call steals the cores the next runtime needs (measured here, full SqueezeBERT:
-# onnxruntime fp32 196 ms interleaved with spinning pools vs 57 ms alone). So the baselines' pools are
+# spinning after a call steals the cores the next runtime needs (interleaved with spinning pools,
+# onnxruntime fp32 took over three times its time alone). So the baselines' pools are
 # told to sleep between calls: onnxruntime (allow_spinning=0, set per session; with 1 its busy spin took
 # every runtime here to 2x) and OpenMP under PyTorch. squeezeedge libraries run as squeezeedge.runtime.load
 # sets them up for any user (its threads and TVM's spin count: compiler/runtime.py), nothing more.

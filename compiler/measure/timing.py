@@ -4,8 +4,8 @@ Method: every runtime gets the same input (seeded random tokens at the library's
 thread count; after ``warmup`` rounds, each round runs every runtime once, in a shuffled order (seeded),
 so machine noise (another process, frequency changes) hits all of them alike and no runtime always
 follows the same one (with a rotating start, the TVM library that always came right after TFLite paid
-~0.25 ms a call for waking its thread pool that the next TVM library did not: a shipped database looked
-8% slower than none at 16 tokens, where alone, interleaved A/B, they ran 2.94 vs 2.91 ms).
+for waking its thread pool where the next TVM library did not, and a shipped database looked slower
+than none where alone they ran alike; results/PERFORMANCE-LOG.md).
 Samples are wall-clock milliseconds of one call.
 """
 

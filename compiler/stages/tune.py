@@ -203,9 +203,9 @@ def _tune(parent, target, tvm_target, identity, trials, per_iter, cfg: TuneConfi
         tasks = ms.relax_integration.extract_tasks(mod, tvm_target, module_equality=MODULE_EQUALITY)
     # x86's packed kernels keep their default schedule (compiler/lowering/schedules.py). AVX2: MetaSchedule's
     # tiling onto our vpmaddwd intrinsic mostly failed to compile, and what compiled ran 20x slower.
-    # VNNI: records 5-7% faster alone never made the model faster at 128 tokens (results/PERFORMANCE-LOG.md),
-    # and at 16 tokens the tuned vpdpbusd kernels ran 1.7x slower in the model than their defaults
-    # (int8 4.10 vs 3.17 ms), though >= 10% faster when tune timed them alone
+    # VNNI: records a little faster alone never made the model faster, and at 16 tokens the tuned vpdpbusd
+    # kernels ran slower in the model than their defaults though faster when tune timed them alone
+    # (results/PERFORMANCE-LOG.md)
     chosen = [t for t in tasks if not any(p.block in t.task_name for p in (AVX2, AVX2_U8S8, VNNI))
               and (cfg.all_tasks or any(op in t.task_name for op in MAC_KERNELS))]
     runner, builder = _measurers(target, cfg)
@@ -241,7 +241,7 @@ def _measurers(target, cfg: TuneConfig):
     else:
         # candidates are timed in worker processes that inherit this environment: with the threads the
         # library will run with (TVM alone gives them half the logical CPUs, one on a 2-core machine: the
-        # databases tuned that way lost to the 2-thread default schedules, int8 17.3 vs 15.7 ms)
+        # databases tuned that way lost to the 2-thread default schedules)
         from squeezeedge.runtime import configure_threads
 
         configure_threads(target.threads)
@@ -318,9 +318,9 @@ def _write_manifest(out: Path, parent, identity: dict, trials: int, per_iter: in
 def _seed_defaults(tasks, tvm_target, builder, runner, out: Path, budget: int) -> int:
     """Measure each task's default schedule (squeezeedge.lowering.schedules.schedule_kernel) and record it, before
     the search: the search starts from the best records it has, and build takes a task's best record,
-    so a database then never holds a schedule slower than the default it replaces (the 300-trial
-    databases made before the default schedules improved ran int8 20.1 vs 16.1 ms and fp32 66.7 vs
-    43.1 ms untuned). Tasks the database already has a record for are skipped (a resumed run);
+    so a database then never holds a schedule slower than the default it replaces (databases made
+    before the default schedules improved ran slower than no database at all). Tasks the database
+    already has a record for are skipped (a resumed run);
     returns how many were measured (one trial each, within ``budget``)."""
     from tvm.s_tir import meta_schedule as ms
 
@@ -462,8 +462,8 @@ def apply_database(mod, tvm_target, db_dir: Path):
     by less than :data:`MIN_GAIN`, every kernel of that task keeps its own default schedule instead
     ("default_best"): the default fits each layer's epilogue, while the record, replayed or transferred
     from the layer it was measured on, need not, and a kernel timed alone (its weights hot in cache) is
-    not one of ~170 in a model. Measured (x86-avx512, 2 threads): records 5-7% faster alone made int8
-    SqueezeBERT 4-15% slower in the model (16.35 vs 15.78 ms in one bench run, 18.1 vs 15.8 alone).
+    not one of ~170 in a model: records a few percent faster alone made int8 SqueezeBERT slower in the
+    model (results/PERFORMANCE-LOG.md).
     """
     from tvm.s_tir import Schedule
     from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace

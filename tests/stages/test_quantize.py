@@ -129,16 +129,32 @@ def test_signed_activations_are_symmetric(tiny_export, tmp_path):
     assert manifest(out)["results"]["scheme"]["per_channel"] is False
 
 
-@pytest.mark.parametrize("flag, words", [
-    ("--min-cosine", "mean cosine"),
-    ("--min-agreement", "top-1 agreement"),
-])
-def test_fidelity_below_threshold_fails_hard(tiny_export, tmp_path, flag, words):
+def test_fidelity_below_threshold_fails_hard(tiny_export, tmp_path):
+    """A gate no int8 model reaches (mean cosine exactly 1): exit 6, what it missed named, nothing written."""
     out = tmp_path / "int8"
-    res = cli("quantize", tiny_export, *FAST, flag, "1.01", "--out", out)  # no int8 model reaches 1.01
+    res = cli("quantize", tiny_export, *FAST, "--min-cosine", "1", "--out", out)
     assert res.exit_code == 6
-    assert f"int8 fidelity too low: {words}" in res.stderr
+    assert "int8 fidelity too low: mean cosine" in res.stderr and "< --min-cosine 1" in res.stderr
     assert not out.exists()
+
+
+def test_each_gate_names_what_it_missed():
+    from squeezeedge.errors import ValidationError
+    from squeezeedge.stages.quantize import QuantizeConfig, _check
+
+    cfg = QuantizeConfig(fallback=False)
+    with pytest.raises(ValidationError, match=r"mean cosine 0.9800 < --min-cosine 0.99"):
+        _check({"mean_cosine": 0.98, "top1_agreement": 1.0}, cfg)
+    with pytest.raises(ValidationError, match=r"top-1 agreement 0.800 < --min-agreement 0.9"):
+        _check({"mean_cosine": 0.995, "top1_agreement": 0.8}, cfg)
+    _check({"mean_cosine": 0.995, "top1_agreement": 0.95}, cfg)  # both met: no error
+
+
+@pytest.mark.parametrize("flag", ["--min-cosine", "--min-agreement"])
+def test_a_gate_outside_0_to_1_is_a_bad_argument(tiny_export, tmp_path, flag):
+    res = cli("quantize", tiny_export, *FAST, flag, "1.01", "--out", tmp_path / "q")
+    assert res.exit_code == 3 and f"{flag} must be between 0 and 1 (inclusive), got 1.01" in res.stderr
+    assert not (tmp_path / "q").exists()
 
 
 def test_default_corpus_is_real_and_documented():
