@@ -56,6 +56,15 @@ def check(f: dataclasses.Field, value: Any, where: str) -> Any:
     return _one(f, value, where)
 
 
+def check_config(cfg) -> None:
+    """Every command-line option of a config instance checked against its declaration (a config built in
+    Python, not through :func:`from_cli`, gets the same checks); InputError on the first bad one."""
+    for f in declared(type(cfg)):
+        value = getattr(cfg, f.name)
+        if f.metadata["cli"] and value is not None:
+            check(f, value, cli_name(f))
+
+
 def _one(f: dataclasses.Field, value: Any, where: str) -> Any:
     m = f.metadata
     kind = m["kind"]

@@ -27,6 +27,11 @@ from pathlib import Path
 from squeezeedge import console
 from squeezeedge.artifact import write_text_atomic
 from squeezeedge.errors import InputError, PipelineError, RegressionError
+from squeezeedge.measure.bench import BenchConfig
+from squeezeedge.stages.build import BuildConfig
+from squeezeedge.stages.export import ExportConfig
+from squeezeedge.stages.quantize import QuantizeConfig
+from squeezeedge.stages.tune import TuneConfig
 
 TOP = {"targets": list, "precisions": list}
 PRECISIONS = ("int8", "fp32")
@@ -90,42 +95,12 @@ def _section(path: Path, name: str, value) -> dict:
                 if not isinstance(own[key], want):
                     raise InputError(f"{path}: [{name}] {key} must be {want.__name__}, not {own[key]!r}")
         value = {k: v for k, v in value.items() if k not in own}
-    return own | read_section(SECTIONS[name](), value, path, name)
-
-
-def _export_config():
-    from squeezeedge.stages.export import ExportConfig
-
-    return ExportConfig
-
-
-def _quantize_config():
-    from squeezeedge.stages.quantize import QuantizeConfig
-
-    return QuantizeConfig
-
-
-def _build_config():
-    from squeezeedge.stages.build import BuildConfig
-
-    return BuildConfig
-
-
-def _tune_config():
-    from squeezeedge.stages.tune import TuneConfig
-
-    return TuneConfig
-
-
-def _bench_config():
-    from squeezeedge.measure.bench import BenchConfig
-
-    return BenchConfig
+    return own | read_section(SECTIONS[name], value, path, name)
 
 
 # the sections declared by a stage's config: every option of that stage (its CLI's long name, underscores)
-SECTIONS = {"model": _export_config, "quantize": _quantize_config, "build": _build_config, "tuning": _tune_config,
-            "bench": _bench_config}
+SECTIONS = {"model": ExportConfig, "quantize": QuantizeConfig, "build": BuildConfig, "tuning": TuneConfig,
+            "bench": BenchConfig}
 # and the pipeline's own keys in them: which database ("none", "shipped", a directory), whether to bench
 PIPELINE_KEYS = {"tuning": {"database": str}, "bench": {"enabled": bool}}
 
@@ -184,13 +159,13 @@ def _export_args(cfg: Config, out: Path) -> list:
     from squeezeedge.options import to_args
 
     model = {"dynamic": True} | cfg.model  # a pipeline builds any-length libraries unless told otherwise
-    return ["export", "--out", out, *to_args(_export_config(), model)]
+    return ["export", "--out", out, *to_args(ExportConfig, model)]
 
 
 def _quantize_args(cfg: Config, export: Path, target: str, out: Path) -> list:
     from squeezeedge.options import to_args
 
-    return ["quantize", export, "--target", target, "--out", out, *to_args(_quantize_config(), cfg.quantize)]
+    return ["quantize", export, "--target", target, "--out", out, *to_args(QuantizeConfig, cfg.quantize)]
 
 
 def _database(cfg: Config, target, precision: str, model: Path) -> tuple[Path | None, str]:
@@ -331,7 +306,7 @@ def _databases(cfg: Config, out: Path, targets: dict, models: dict, steps: list)
             steps.append(step)
             db = out / "tune" / f"{name}-{precision}"
             options = {k: v for k, v in cfg.tuning.items() if k not in PIPELINE_KEYS["tuning"]}
-            args = ["tune", model, "--target", name, "--out", db, *to_args(_tune_config(), options)]
+            args = ["tune", model, "--target", name, "--out", db, *to_args(TuneConfig, options)]
             databases[(name, precision)] = (db, f"database {db}") if _run_step(step, args) is not None \
                 else (None, f"untuned (tune failed: {step.detail})")
         else:
@@ -350,7 +325,7 @@ def _build_all(cfg: Config, out: Path, models: dict, databases: dict, steps: lis
         db, why = databases[(name, precision)]
         step = Step("build", name, precision, detail=why)
         args = ["build", model, "--target", name, "--bundle", "--out", out / f"{name}-{precision}",
-                *to_args(_build_config(), cfg.build)]
+                *to_args(BuildConfig, cfg.build)]
         builds.append((step, args + (["--database", db] if db else [])))
         steps.append(step)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -377,7 +352,7 @@ def _bench_all(cfg: Config, out: Path, libs: list, steps: list, failed: dict) ->
                                 for t, p, _, why in libs if why not in ("native", "emulated")]
     options = {"baselines": ("ort",)} | {k: v for k, v in cfg.bench.items() if k not in PIPELINE_KEYS["bench"]}
     if native:
-        args = [str(a) for a in to_args(_bench_config(), options)]
+        args = [str(a) for a in to_args(BenchConfig, options)]
         summary_bench["native"] = _bench_once(out, "bench.json", "bench", native, steps, failed, args, args)
     if emulated:  # counted on each board's core beside the board's own runtimes: the baselines alone apply
         peers = ",".join(b for b in options["baselines"] if b in ("ort", "tflite")) or "none"

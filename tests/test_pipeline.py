@@ -241,7 +241,7 @@ def test_every_option_of_every_stage_round_trips_through_a_pipeline_file(tmp_pat
     from squeezeedge.options import file_keys, from_cli
     from squeezeedge.pipeline import SECTIONS
 
-    cls = SECTIONS[section]()
+    cls = SECTIONS[section]
     given = {key: _other_value(f, tmp_path) for key, f in file_keys(cls).items()}
     if section == "model":  # preset or checkpoint, not both (a checkpoint needs a real model directory)
         assert "checkpoint" in given

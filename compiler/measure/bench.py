@@ -21,7 +21,7 @@ from squeezeedge import console
 from squeezeedge.artifact import load_artifact, package_versions, tool_versions
 from squeezeedge.measure.baselines import BASELINE_RUNTIMES, BASELINES, Lineage, Runner, baseline_runners, lineage, squeezeedge_runner
 from squeezeedge.errors import InputError, OutputError
-from squeezeedge.options import check, cli_name, declared, option
+from squeezeedge.options import check_config, option
 from squeezeedge.measure.timing import MAX_P90_OVER_MEDIAN, MIN_RUNS, MIN_WINDOW_S, interleave, stats, verdict
 
 SCHEMA_NAME, SCHEMA_VERSION = "squeezeedge-bench", 1
@@ -91,9 +91,7 @@ def resolved(cfg: BenchConfig, lib_dirs: list[Path], emulate: bool = False) -> B
 
 
 def validate_config(cfg: BenchConfig) -> None:
-    for f in declared(BenchConfig):
-        if getattr(cfg, f.name) is not None:
-            check(f, getattr(cfg, f.name), cli_name(f))
+    check_config(cfg)
     if (cfg.tracker is None) != (cfg.key is None):
         raise InputError("--tracker and --key go together")
 

@@ -18,7 +18,7 @@ from squeezeedge import console
 from squeezeedge.artifact import Artifact, StageRun, load_artifact, run_stage, sha256_file, tool_versions
 from squeezeedge.errors import ArtifactError, CompileError, InputError, ToolchainError, ValidationError
 from squeezeedge.lowering.relax import first_line, static_inputs
-from squeezeedge.options import check, cli_name, declared, option
+from squeezeedge.options import check_config, option
 from squeezeedge.targets import Target, load_target
 
 LIB_FILE = "model.so"
@@ -72,9 +72,7 @@ def build_library(model_dir: Path, cfg: BuildConfig, out: Path, force: bool = Fa
         CompileError: an ONNX operator TVM cannot import (named), or float compute left in an int8 build.
         ValidationError: the library disagrees with onnxruntime past the limits.
     """
-    for f in declared(BuildConfig):
-        if f.metadata["cli"] and getattr(cfg, f.name) is not None:
-            check(f, getattr(cfg, f.name), cli_name(f))
+    check_config(cfg)
     parent = load_artifact(model_dir)
     if parent.stage not in ("export", "quantize"):
         raise InputError(f"{model_dir} is a '{parent.stage}' artifact; build takes an export or quantize artifact")

@@ -10,7 +10,7 @@ from pathlib import Path
 from squeezeedge import console
 from squeezeedge.artifact import StageRun, run_stage
 from squeezeedge.errors import ExportError, InputError, ValidationError
-from squeezeedge.options import check, cli_name, declared, option
+from squeezeedge.options import check_config, option
 from squeezeedge.runtime import random_inputs
 from squeezeedge.stages.models import INPUT_NAMES, ModelSpec, build_torch_model, checkpoint_fingerprint, output_name, read_config
 
@@ -51,9 +51,7 @@ class ExportConfig:
 
 def validate_config(cfg: ExportConfig):
     """Check everything that can be checked before work starts; returns the transformers config."""
-    for f in declared(ExportConfig):
-        if getattr(cfg, f.name) is not None:
-            check(f, getattr(cfg, f.name), cli_name(f))
+    check_config(cfg)
     config = read_config(cfg.spec())
     if not 0 < cfg.seq_len <= config.max_position_embeddings:
         raise InputError(f"--seq-len must be in 1..{config.max_position_embeddings} for this model, got {cfg.seq_len}")

@@ -19,7 +19,7 @@ from squeezeedge import console
 from squeezeedge.artifact import StageRun, load_artifact, run_stage
 from squeezeedge.stages.calibdata import DEFAULT_CORPUS, batches, load_tokenizer, read_texts, split
 from squeezeedge.errors import InputError, ValidationError
-from squeezeedge.options import check, cli_name, declared, option
+from squeezeedge.options import check_config, option
 from squeezeedge.stages.smoothquant import quantize_embeddings, smooth
 from squeezeedge.targets import load_target
 
@@ -106,7 +106,7 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
         CalibrationError: unusable calibration data (missing, empty, not UTF-8, too few texts, ...).
         ValidationError: fidelity below ``min_cosine`` or ``min_agreement`` (nothing is written).
     """
-    _check_config(cfg)
+    check_config(cfg)
     parent = load_artifact(export_dir, stage="export")
     target = load_target(cfg.target, cfg.target_file)
     scheme = _scheme(cfg, target)
@@ -135,14 +135,6 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
         return {"data": data} | _quantize_and_check(parent, cfg, scheme, tok, calib, heldout, dynamic, tmp)
 
     return run_stage("quantize", out, key, work, parent=parent, force=force)
-
-
-def _check_config(cfg: QuantizeConfig) -> None:
-    """One-line errors for values no quantization can take (the fields' declared choices and ranges)."""
-    for f in declared(QuantizeConfig):
-        value = getattr(cfg, f.name)
-        if value is not None and f.name not in ("target", "target_file"):
-            check(f, value, cli_name(f))
 
 
 def _scheme(cfg: QuantizeConfig, target) -> dict:
