@@ -79,27 +79,32 @@ class PackedDot:
     intrin: str  # the registered TensorIntrin
     instruction: str  # the mnemonic in the generated assembly
     # rows x instruction columns of a register tile for every reduction length (None: the schedule's rule).
-    # aarch64's 4-lane instructions: 8 x 4, the fewest instructions counted on the full model's Pi 4 and
-    # Pi 5 libraries (results/PERFORMANCE-LOG.md)
+    # sdot's 4 x 4 form: 8 x 4, the fewest instructions counted on the full model's Pi 5 library; the A72's
+    # one-output kernels: 4 rows x 4 outputs (results/PERFORMANCE-LOG.md)
     tile: tuple[int, int] | None = None
     # (k, intrin, tile, unroll): a longer step on the same weight layout where the reduction divides by k,
     # its loop unrolled ``unroll`` steps. sdot's indexed form: one 16-byte activation load serves 4
     # instructions (lane j against k block j), 8 x 2 tiles (16 accumulators; 8 x 3 spills them), unrolled
-    # 2 steps (the Pi 4's 8 x 4 NEON tiles unrolled spill, so they are not): the fewest instructions
-    # counted on the full model (results/PERFORMANCE-LOG.md)
+    # 2 steps: the fewest instructions counted on the full model (results/PERFORMANCE-LOG.md)
     wide: tuple[int, str, tuple[int, int], int] | None = None
+    # > 0: one output a step (lanes 1), into this many partial sums of its own kept for the whole reduction
+    # and added at the end (the A72's NEON kernels, see compiler/lowering/intrinsics.py)
+    partial: int = 0
 
 
 VNNI = PackedDot("vnni_dot", 16, 4, ("uint8",), "uint8", "int8", "dot_16x4_vnni", "vpdpbusd")
 SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_sdot", "sdot", (8, 4),
                  (16, "dot_4x16_i8i8s32_sdot", (8, 2), 2))
-# Cores without dot product (Cortex-A72, the Pi 4): TVM's NEON sequence for the same 4 x 4 block, two
-# widening multiplies (smull) into int16, pairwise adds into int32 (saddlp, addp)
-NEON = PackedDot("arm_neon_dot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_neon", "smull", (8, 4))
-# Weight layers there: 16 products an output per step, pairs summed in int16 (smull + smlal2: exact while
-# no weight is -128, as symmetric weights never are: |(-128)(-127)| x 2 < 2^15), then into int32 (saddlp),
-# 4 outputs combined by addp: about twice the multiply-adds an instruction of the 4 x 4 sequence
-NEON16 = PackedDot("arm_neon_k16", 4, 16, ("int8",), "int8", "int8", "dot_4x16_i8i8s32_neon", "smlal2", (8, 4))
+# Cores without dot product (Cortex-A72, the Pi 4): each output's 16 products a step widened (smull,
+# smull2) into 4 int32 partial sums (sadalp) that stay in a register for the whole reduction, exact for
+# any s8 operands (the attention's two activations), 4 instructions a step; 4 x 4 tiles (16 accumulators,
+# 4 weight vectors, one activation at a time: 8 x 3 and 4 x 6 spill), the fewest counted on the full model
+NEON = PackedDot("arm_neon_dot", 1, 16, ("int8",), "int8", "int8", "dot_16_lanes_pair_i8i8s32_neon", "smull2",
+                 (4, 4), partial=4)
+# Weight layers there: the products paired in int16 first (smull + smlal2: exact while no weight is -128, as
+# symmetric weights never are: |(-128)(-127)| x 2 < 2^15), 3 instructions a step
+NEON16 = PackedDot("arm_neon_k16", 1, 16, ("int8",), "int8", "int8", "dot_16_lanes_i8i8s32_neon", "smlal2",
+                   (4, 4), partial=4)
 # AVX2 has no exact 8-bit dot product (vpmaddubsw's int16 pair sums saturate): widen to int16 and use
 # vpmaddwd, 8 outputs x 2 products per instruction, exact for any u8/s8 input.
 AVX2 = PackedDot("avx2_madd", 8, 2, ("uint8", "int8"), "int16", "int16", "dot_8x2_i16i16i32_avx2", "vpmaddwd")
@@ -135,6 +140,33 @@ def packed_dot_for(tvm_target) -> PackedDot | None:
     return None
 
 
+def _i64(*dims):
+    return tuple(tvm.tirx.const(d, "int64") for d in dims)  # Relax shapes are int64
+
+
+def _packed_sum(out_shape: tuple[int, ...], k_all: int, spec: PackedDot, product):
+    """out[..., n] = sum over k of product(lead, n, k, k // spec.k, k % spec.k): the packed kernel's compute.
+    With ``spec.partial``, spec.partial partial sums an output, lane j summing the k of each spec.k-block
+    the lane instruction puts there (2j, 2j+1, 2j+8, 2j+9: compiler/lowering/intrinsics.py), and a block
+    adding them (named ``spec.block + "_sum"``)."""
+    from tvm import te
+
+    if not spec.partial:
+        k = te.reduce_axis(_i64(0, k_all), "k")
+        return te.compute(_i64(*out_shape), lambda *idx: te.sum(
+            product(idx[:-1], idx[-1], k, k // spec.k, k % spec.k), axis=k), name=spec.block)
+    kb, t = te.reduce_axis(_i64(0, k_all // spec.k), "kb"), te.reduce_axis(_i64(0, 4), "t")
+
+    def lane(*idx):
+        *lead, n, j = idx
+        k_in = j * 2 + t % 2 + t // 2 * 8
+        return te.sum(product(lead, n, kb * spec.k + k_in, kb, k_in), axis=[kb, t])
+
+    lanes = te.compute(_i64(*out_shape, spec.partial), lane, name=spec.block)
+    return te.compute(_i64(*out_shape), lambda *idx: sum(
+        (lanes[(*idx, *_i64(j))] for j in range(1, spec.partial)), lanes[(*idx, *_i64(0))]), name=spec.block + "_sum")
+
+
 def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str, spec: PackedDot = VNNI):
     """x [..., K] x weights pre-packed for ``spec`` -> int32 [..., N]: the layout the dot-product
     instruction wants, so a schedule can tensorize the inner lanes x k block."""
@@ -142,18 +174,15 @@ def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str, spe
 
     *lead, k_all = shape_x
     kg, ng = k_all // groups, n_out // groups
-    i64 = lambda *dims: tuple(tvm.tirx.const(d, "int64") for d in dims)  # noqa: E731 (Relax shapes are int64)
-    x = te.placeholder(i64(*shape_x), spec.x_dtype, name="x")
-    w = te.placeholder(i64(groups, ng // spec.lanes, kg // spec.k, spec.lanes, spec.k), spec.w_dtype, name="w")
-    k = te.reduce_axis(i64(0, kg), "k")
+    x = te.placeholder(_i64(*shape_x), spec.x_dtype, name="x")
+    w = te.placeholder(_i64(groups, ng // spec.lanes, kg // spec.k, spec.lanes, spec.k), spec.w_dtype, name="w")
 
-    def body(*idx):
-        *lead_idx, n = idx
+    def product(lead_idx, n, k, k_block, k_in):
         g = n // ng
-        return te.sum(x[(*lead_idx, g * kg + k)].astype("int32")
-                      * w[g, (n % ng) // spec.lanes, k // spec.k, n % spec.lanes, k % spec.k].astype("int32"), axis=k)
+        return x[(*lead_idx, g * kg + k)].astype("int32") \
+            * w[g, (n % ng) // spec.lanes, k_block, n % spec.lanes, k_in].astype("int32")
 
-    y = te.compute(i64(*lead, n_out), body, name=spec.block)
+    y = _packed_sum((*lead, n_out), kg, spec, product)
     return te.create_prim_func([x, w, y]).with_attr("global_symbol", name)
 
 
@@ -165,17 +194,14 @@ def _te_packed_pair(shape_a: tuple[int, ...], n_out: int, name: str, spec: Packe
 
     spec = spec or AVX2
     *lead, m, k_all = shape_a
-    i64 = lambda *dims: tuple(tvm.tirx.const(d, "int64") for d in dims)  # noqa: E731
-    a = te.placeholder(i64(*shape_a), spec.x_dtype, name="x")
-    w = te.placeholder(i64(*lead, n_out // spec.lanes, k_all // spec.k, spec.lanes, spec.k), spec.w_dtype, name="w")
-    k = te.reduce_axis(i64(0, k_all), "k")
+    a = te.placeholder(_i64(*shape_a), spec.x_dtype, name="x")
+    w = te.placeholder(_i64(*lead, n_out // spec.lanes, k_all // spec.k, spec.lanes, spec.k), spec.w_dtype, name="w")
 
-    def body(*idx):
-        *lead_idx, i, n = idx
-        return te.sum(a[(*lead_idx, i, k)].astype("int32")
-                      * w[(*lead_idx, n // spec.lanes, k // spec.k, n % spec.lanes, k % spec.k)].astype("int32"), axis=k)
+    def product(lead_idx, n, k, k_block, k_in):
+        *batch, i = lead_idx
+        return a[(*batch, i, k)].astype("int32") * w[(*batch, n // spec.lanes, k_block, n % spec.lanes, k_in)].astype("int32")
 
-    y = te.compute(i64(*lead, m, n_out), body, name=spec.block)
+    y = _packed_sum((*lead, m, n_out), k_all, spec, product)
     return te.create_prim_func([a, w, y]).with_attr("global_symbol", name)
 
 

@@ -22,6 +22,11 @@ cycle, twice the products of vpmaddwd alone (measured with a register-only loop:
 ``dot_4x16_i8i8s32_sdot`` is sdot's indexed form over the weights TVM's ``dot_4x4_i8i8s32_sdot`` reads
 (packed [.., N/4, K/4, 4, 4]): 16 activations loaded once, lane j (4 of them) against weight block j, four
 sdot a step. The 4 x 4 one broadcasts 4 activations per instruction, a load (and an address) each.
+
+``dot_16_lanes_i8i8s32_neon`` and ``..._pair_...`` are for the Cortex-A72, which has no dot product: one
+output's 16 products a step into 4 int32 partial sums that stay in a register for the whole reduction
+(smull + smlal2 + sadalp, 3 instructions; 4 for two activations, which may both be -128), the 4 added
+once per output at the end. A 4-output block instead pays the pairwise adds (saddlp, addp) every step.
 """
 
 from __future__ import annotations
@@ -162,71 +167,98 @@ def _dot_8x4_u8s8_avx2(
 TensorIntrin.register(AVX2_DOT_8x4_INTRIN, _dot_8x4_u8s8_desc, _dot_8x4_u8s8_avx2, override=True)
 
 
-NEON_DOT_4x16_INTRIN = "dot_4x16_i8i8s32_neon"
+def _neon(name: str, *args, dtype: str):
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon." + name), *args, dtype=dtype)
+
+
+# The A72 (no dot product): 16 products of one output a step into 4 int32 partial sums of their own,
+# kept for the whole reduction and added once at the end (the kernel's lane-sum block). Lane j of the
+# partial sums gets the products at k = 2j, 2j+1, 2j+8, 2j+9 of each 16: where widening multiplies
+# (smull, of the low 8 bytes; smull2/smlal2, of the high 8) put them, and saddlp/sadalp pairs them.
+NEON_LANES_INTRIN = "dot_16_lanes_i8i8s32_neon"  # smull + smlal2 (int16 pair sums), sadalp: 3 instructions
+NEON_LANES_PAIR_INTRIN = "dot_16_lanes_pair_i8i8s32_neon"  # smull, smull2, 2 sadalp: 4, exact for any s8
 
 
 @T.prim_func(s_tir=True)
-def _dot_4x16_i8_desc(
+def _lanes_desc(
     A: T.Buffer((16,), "int8", offset_factor=1),
-    B: T.Buffer((4, 16), "int8", offset_factor=1),
+    B: T.Buffer((16,), "int8", offset_factor=1),
     C: T.Buffer((4,), "int32", offset_factor=1),
 ) -> None:
     with T.sblock("root"):
-        T.reads(C[0:4], A[0:16], B[0:4, 0:16])
+        T.reads(C[0:4], A[0:16], B[0:16])
         T.writes(C[0:4])
-        for i in T.serial(0, 4):
-            for k in T.serial(0, 16):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+        for j, t in T.grid(4, 4):
+            with T.sblock("update"):
+                vj, vt = T.axis.remap("SR", [j, t])
+                C[vj] = C[vj] + T.cast(A[vj * 2 + vt % 2 + vt // 2 * 8], "int32") \
+                    * T.cast(B[vj * 2 + vt % 2 + vt // 2 * 8], "int32")
 
 
 @T.prim_func(s_tir=True)
-def _dot_4x16_i8_neon(
+def _lanes_neon(
     A: T.Buffer((16,), "int8", offset_factor=1),
-    B: T.Buffer((4, 16), "int8", offset_factor=1),
+    B: T.Buffer((16,), "int8", offset_factor=1),
     C: T.Buffer((4,), "int32", offset_factor=1),
 ) -> None:
     with T.sblock("root"):
-        T.reads(C[0:4], A[0:16], B[0:4, 0:16])
+        T.reads(C[0:4], A[0:16], B[0:16])
         T.writes(C[0:4])
         a = A.vload([0], "int8x16")
-        a_lo = T.vectorlow(a, dtype="int8x8")
-        a_hi = T.vectorhigh(a, dtype="int8x8")
-        b0 = B.vload([0, 0], dtype="int8x16")
-        b1 = B.vload([1, 0], dtype="int8x16")
-        b2 = B.vload([2, 0], dtype="int8x16")
-        b3 = B.vload([3, 0], dtype="int8x16")
-        # per output: 16 products as 8 int16 pair sums (smull + smlal2), then 4 int32 (saddlp)
-        s0 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
-            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_lo,
-                                    T.vectorlow(b0, dtype="int8x8"), dtype="int16x8")
-            + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_hi,
-                                      T.vectorhigh(b0, dtype="int8x8"), dtype="int16x8"), dtype="int32x4")
-        s1 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
-            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_lo,
-                                    T.vectorlow(b1, dtype="int8x8"), dtype="int16x8")
-            + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_hi,
-                                      T.vectorhigh(b1, dtype="int8x8"), dtype="int16x8"), dtype="int32x4")
-        s2 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
-            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_lo,
-                                    T.vectorlow(b2, dtype="int8x8"), dtype="int16x8")
-            + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_hi,
-                                      T.vectorhigh(b2, dtype="int8x8"), dtype="int16x8"), dtype="int32x4")
-        s3 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
-            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_lo,
-                                    T.vectorlow(b3, dtype="int8x8"), dtype="int16x8")
-            + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), a_hi,
-                                      T.vectorhigh(b3, dtype="int8x8"), dtype="int16x8"), dtype="int32x4")
-        C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
-            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"), s0, s1,
-                                    dtype="int32x4"),
-            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"), s2, s3,
-                                    dtype="int32x4"), dtype="int32x4")
+        b = B.vload([0], "int8x16")
+        # a pair of products in int16 is exact while no weight is -128: |(-128)(-127)| x 2 < 2^15
+        pairs = _neon("smull.v8i16", T.vectorlow(a, dtype="int8x8"), T.vectorlow(b, dtype="int8x8"), dtype="int16x8") \
+            + _neon("smull.v8i16", T.vectorhigh(a, dtype="int8x8"), T.vectorhigh(b, dtype="int8x8"), dtype="int16x8")
+        C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + _neon("saddlp.v4i32.v8i16", pairs, dtype="int32x4")
 
 
-TensorIntrin.register(NEON_DOT_4x16_INTRIN, _dot_4x16_i8_desc, _dot_4x16_i8_neon, override=True)
+@T.prim_func(s_tir=True)
+def _lanes_pair_neon(
+    A: T.Buffer((16,), "int8", offset_factor=1),
+    B: T.Buffer((16,), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:16], B[0:16])
+        T.writes(C[0:4])
+        a = A.vload([0], "int8x16")
+        b = B.vload([0], "int8x16")
+        low = _neon("smull.v8i16", T.vectorlow(a, dtype="int8x8"), T.vectorlow(b, dtype="int8x8"), dtype="int16x8")
+        high = _neon("smull.v8i16", T.vectorhigh(a, dtype="int8x8"), T.vectorhigh(b, dtype="int8x8"), dtype="int16x8")
+        C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + _neon("saddlp.v4i32.v8i16", low, dtype="int32x4") \
+            + _neon("saddlp.v4i32.v8i16", high, dtype="int32x4")
+
+
+TensorIntrin.register(NEON_LANES_INTRIN, _lanes_desc, _lanes_neon, override=True)
+TensorIntrin.register(NEON_LANES_PAIR_INTRIN, _lanes_desc, _lanes_pair_neon, override=True)
+
+# The 4 partial sums of 4 outputs added: two levels of pairwise adds (3 addp), not a 4 x 4 transpose
+NEON_LANES_SUM_INTRIN = "sum_4x4_lanes_i32_neon"
+
+
+@T.prim_func(s_tir=True)
+def _lanes_sum_desc(P: T.Buffer((4, 4), "int32", offset_factor=1), Y: T.Buffer((4,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(P[0:4, 0:4])
+        T.writes(Y[0:4])
+        for i in T.serial(0, 4):
+            with T.sblock("update"):
+                vi = T.axis.remap("S", [i])
+                Y[vi] = P[vi, T.int64(0)] + P[vi, T.int64(1)] + P[vi, T.int64(2)] + P[vi, T.int64(3)]
+
+
+@T.prim_func(s_tir=True)
+def _lanes_sum_neon(P: T.Buffer((4, 4), "int32", offset_factor=1), Y: T.Buffer((4,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(P[0:4, 0:4])
+        T.writes(Y[0:4])
+        Y[T.ramp(T.int32(0), 1, 4)] = _neon("addp.v4i32", _neon(
+            "addp.v4i32", P.vload([0, 0], dtype="int32x4"), P.vload([1, 0], dtype="int32x4"), dtype="int32x4"), _neon(
+            "addp.v4i32", P.vload([2, 0], dtype="int32x4"), P.vload([3, 0], dtype="int32x4"), dtype="int32x4"),
+            dtype="int32x4")
+
+
+TensorIntrin.register(NEON_LANES_SUM_INTRIN, _lanes_sum_desc, _lanes_sum_neon, override=True)
 
 
 SDOT_4x16_INTRIN = "dot_4x16_i8i8s32_sdot"

@@ -19,6 +19,7 @@ import numpy as np
 import tvm
 
 from squeezeedge.lowering.int8 import PACKED, PackedDot
+from squeezeedge.lowering.intrinsics import NEON_LANES_SUM_INTRIN
 from squeezeedge.lowering.tir_walk import sblocks
 
 
@@ -59,10 +60,13 @@ def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int
         writes = {r.source.name for r in sch.get(other).writes}
         if sch.get(other).name_hint == spec.block or writes & operands:
             continue  # a producer of the kernel's operands stays as it is
-        if writes & outputs:
+        if writes & outputs or sch.get(other).name_hint == spec.block + "_sum":
             epilogue.append(other)
         else:
             sch.compute_inline(other)
+    if spec.partial:
+        _tensorize_partial(sch, spec, block, epilogue, rows, columns)
+        return
     *lead, n, k = sch.get_loops(block)
     n_ext, m_ext, k_ext = (int(sch.get(loop).extent) for loop in (n, lead[-1], k))
     step, intrin, tile, unroll = spec.k, spec.intrin, spec.tile, 1
@@ -91,6 +95,45 @@ def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int
     sch.tensorize(n_i, intrin)
     for loop in (*k_u, *r_i, *n_m):
         sch.unroll(loop)
+
+
+def _tensorize_partial(sch, spec: PackedDot, block, blocks: list, rows: int | None, columns: int | None) -> None:
+    """Tile a kernel with partial sums an output (:class:`PackedDot` ``partial``) rows x columns outputs
+    (the instruction's tile unless given) along its epilogue's loop nest: each tile's partial sums are
+    computed under the epilogue's tile loop (``compute_at``: the sum's constant-indexed reads defeat
+    ``reverse_compute_at``), the reduction outside the tile so its accumulators stay in registers, then
+    the sum of 4 outputs' partial sums tensorized (pairwise adds), then the epilogue."""
+    total = next(b for b in blocks if sch.get(b).name_hint == spec.block + "_sum")
+    epilogue = [b for b in blocks if not sch.get(b).same_as(sch.get(total))] or [total]
+    if len(epilogue) != 1:
+        raise ValueError(f"{len(epilogue)} outputs: the partial sums are computed under one")
+    (anchor,) = epilogue
+    *lead, m, n = sch.get_loops(anchor)
+    rows, columns = (rows, columns) if rows and columns else spec.tile
+    m_ext, n_ext = (int(sch.get(loop).extent) for loop in (m, n))
+    rows = next(r for r in (rows, 2, 1) if m_ext % r == 0)
+    columns = next(c for c in (columns, 2, 1) if n_ext % c == 0)
+    m_o, m_i = sch.split(m, [None, rows])
+    n_o, n_i = sch.split(n, [None, columns])
+    sch.reorder(m_o, n_o, m_i, n_i)
+    if not sch.get(anchor).same_as(sch.get(total)):
+        sch.compute_at(total, n_o, preserve_unit_loops=True)
+    sch.compute_at(block, n_o, preserve_unit_loops=True)
+    *_, t_m, t_n, j, kb, t = sch.get_loops(block)
+    sch.reorder(kb, t_m, t_n, j, t)
+    sch.parallel(sch.fuse(*lead, m_o) if lead else m_o)
+    if not sch.get(anchor).same_as(sch.get(total)) and columns % 4 == 0:
+        sch.vectorize(sch.split(n_i, [None, 4])[1])
+    sch.decompose_reduction(block, kb)
+    sch.tensorize(j, spec.intrin)
+    for loop in (t_m, t_n):
+        sch.unroll(loop)
+    if columns % 4 == 0:
+        *_, s_m, s_n = sch.get_loops(total)
+        s_o, s_i = sch.split(s_n, [None, 4])
+        sch.tensorize(s_i, NEON_LANES_SUM_INTRIN)
+        sch.unroll(s_m)
+        sch.unroll(s_o)
 
 
 def _inline_elementwise(sch, keep_broadcast: bool = False) -> None:
@@ -403,23 +446,28 @@ def tile_mac(sch, lanes: int, registers: int = 32) -> None:
         rf = sch.rfactor(k_i, 0)
         sch.vectorize(sch.get_loops(rf)[-1])
         return
-    # NEON's 4 lanes: 4 vectors (6 x 4 tiles, 24 accumulators); wider vectors: 2
-    columns = next(c for c in ((4, 2, 1) if lanes == 4 else (2, 1)) if c_ext % (c * vec) == 0)
-    budget = max(registers * 3 // 4 // columns, 1)
+    big = [i for i, lp in enumerate(reduce) if int(sch.get(lp).extent) > 1]
+    unroll = lanes == 4 and big and int(sch.get(reduce[big[-1]]).extent) % 4 == 0
+    scalar = _lane_operand(sch, block, iters[len(spatial) - 1].var) if unroll else None
+    # NEON's 4 lanes: 8 rows x 2 vectors when the scalars come from vector lanes (16 accumulators, 8 rows'
+    # 4 scalars, 2 vectors), else 6 x 4 (24 accumulators); wider vectors: 2
+    columns = next(c for c in ((2 if scalar is not None else 4, 2, 1) if lanes == 4 else (2, 1))
+                   if c_ext % (c * vec) == 0)
+    budget = 8 if scalar is not None else max(registers * 3 // 4 // columns, 1)
     rows = next(r for r in (8, 6, 4, 2, 1) if r <= budget and r_ext % r == 0)
     r_o, r_i = sch.split(row, [None, rows])
     c_o, c_m, c_i = sch.split(col, [None, columns, vec])
     unroll_k = []  # NEON: 4 reduction steps a loop iteration, the loop's own instructions a quarter as often
-    big = [i for i, lp in enumerate(reduce) if int(sch.get(lp).extent) > 1]
-    if lanes == 4 and big and int(sch.get(reduce[big[-1]]).extent) % 4 == 0:
+    if unroll:
         i = big[-1]
         k_o, k_u = sch.split(reduce[i], [None, 4])
         reduce = [*reduce[:i], k_o, *reduce[i + 1:]]
         unroll_k = [k_u]
     sch.reorder(*lead, r_o, c_o, *reduce, *unroll_k, r_i, c_m, c_i)
+    loaded = _load_as_vectors(sch, block, scalar, reduce[-1]) if scalar is not None else None
     acc = sch.cache_write(block, 0, "local")
     for epi in sch.get_child_blocks(sch.get_sblock("root")):
-        if not (sch.get(epi).same_as(sch.get(block)) or sch.get(epi).same_as(sch.get(acc))):
+        if not any(b is not None and sch.get(epi).same_as(sch.get(b)) for b in (block, acc, loaded)):
             sch.reverse_compute_inline(epi)  # bias, GELU, residual computed straight from the accumulators
     sch.reverse_compute_at(acc, c_o)
     # parallel and vectorize while the block still has its init: TVM refuses both on the update after
@@ -433,3 +481,30 @@ def tile_mac(sch, lanes: int, registers: int = 32) -> None:
     sch.vectorize(a_i)
     for loop in (*unroll_k, r_i, c_m, i_r, i_m, a_r, a_m):
         sch.unroll(loop)
+
+
+def _lane_operand(sch, block, col_var) -> int | None:
+    """The read of a MAC block that is broadcast (does not follow the output's vector axis) and runs
+    contiguously along the reduction (its last non-unit axis indexed by k): its index, or None."""
+    k_vars = [iv.var for iv in sch.get(block).iter_vars if int(iv.iter_type) == 2]
+    for i, read in enumerate(sch.get(block).reads):
+        dims = [d for d, ext in zip(read.region, read.source.shape) if int(ext) > 1]
+        if dims and not any(_uses(d.min, col_var) for d in read.region) \
+                and any(_uses(dims[-1].min, k) for k in k_vars):
+            return i
+    return None
+
+
+def _load_as_vectors(sch, block, read: int, k_loop):
+    """NEON's fmla takes its scalar from a vector lane: the broadcast operand's 4 values of an unrolled
+    reduction step loaded as one vector a row, into a buffer under the reduction loop, instead of one
+    scalar load a row a step. "global" scope: TVM puts a small global buffer on the stack (LLVM keeps it
+    in registers) and a "local" one in a workspace allocation, whose stores LLVM must keep."""
+    cache = sch.cache_read(block, read, "global")
+    sch.compute_at(cache, k_loop, preserve_unit_loops=True)
+    loops = sch.get_loops(cache)[-len(sch.get(cache).writes[0].region):]
+    last = max(j for j, lp in enumerate(loops) if int(sch.get(lp).extent) > 1)
+    sch.vectorize(sch.fuse(*loops[last:]) if last < len(loops) - 1 else loops[last])
+    for lp in loops[:last]:
+        sch.unroll(lp)
+    return cache
