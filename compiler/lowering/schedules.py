@@ -19,7 +19,6 @@ import numpy as np
 import tvm
 
 from squeezeedge.lowering.int8 import PACKED, PackedDot
-from squeezeedge.lowering.intrinsics import NEON_LANES_SUM_INTRIN
 from squeezeedge.lowering.tir_walk import sblocks
 
 
@@ -129,6 +128,8 @@ def _tensorize_partial(sch, spec: PackedDot, block, blocks: list, rows: int | No
     for loop in (t_m, t_n):
         sch.unroll(loop)
     if columns % 4 == 0:
+        from squeezeedge.lowering.intrinsics import NEON_LANES_SUM_INTRIN
+
         *_, s_m, s_n = sch.get_loops(total)
         s_o, s_i = sch.split(s_n, [None, 4])
         sch.tensorize(s_i, NEON_LANES_SUM_INTRIN)
