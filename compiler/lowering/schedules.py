@@ -413,23 +413,19 @@ def tile_mac(sch, lanes: int, registers: int = 32) -> None:
     local buffer LLVM keeps in registers once the tile is unrolled). The epilogue (bias, GELU, residual)
     is computed as each tile's accumulators are written out; row tiles run in parallel.
 
-    Tiles: 2 vectors x up to 8 rows on x86; on NEON (4 lanes, 32 registers) 4 vectors x 6 rows, 24
-    accumulators: the full-size Pi 4 fp32 library counted at 128 tokens on the Cortex-A72, 8 x 2 vectors
-    1,915 M instructions, 4 x 4 1,702 M, 6 x 4 1,574 M (4 x 6: accumulators spilled, 2,829 M); and the
-    reduction unrolled 4 steps a loop iteration, 1,494 M (2 steps: 1,523 M). Counted for the whole process
-    (loading included) with a per-function profile, halved: bench --emulate has the exact record.
+    Tiles: 2 vectors x up to 8 rows on x86. On NEON (4 lanes, 32 registers) the reduction is unrolled 4
+    steps a loop iteration and, where the broadcast operand runs along the reduction (the weights of a
+    convolution, the rows of a matmul's left operand), each row's 4 values are one vector load and fmla
+    takes them from its lanes: 8 rows x 2 vectors (16 accumulators, 8 loaded rows), 82 instructions per
+    64 fmla in the loop against 136 per 96 for 6 x 4 tiles with a scalar load a row a step (4 x 4: 84 per
+    64; 6 x 4 spills); the full-size Pi 4 fp32 library at 128 tokens, bench --emulate on the Cortex-A72:
+    1,434 M -> 1,305 M instructions. Elsewhere 6 rows x 4 vectors (24 accumulators: before the lane loads,
+    8 x 2 counted 1,915 M on the same library, 4 x 4 1,702 M, 6 x 4 1,574 M, whole process halved).
     """
     block = _mac_block(sch)
     if block is None:
         raise ValueError("no single conv/matmul block")
-    outputs = {p.name for p in sch.mod["main"].params}
-    operands = {r.source.name for r in sch.get(block).reads}
-    for other in sch.get_child_blocks(sch.get_sblock("root")):
-        if sch.get(other).same_as(sch.get(block)):
-            continue
-        writes = {r.source.name for r in sch.get(other).writes}
-        if writes & operands or not writes & outputs:  # padding copies and the epilogue's inner steps
-            sch.compute_inline(other)
+    _inline_around(sch, block)
     iters = sch.get(block).iter_vars
     loops = sch.get_loops(block)
     spatial = [lp for lp, iv in zip(loops, iters) if int(iv.iter_type) == 0]
@@ -440,12 +436,7 @@ def tile_mac(sch, lanes: int, registers: int = 32) -> None:
     r_ext, c_ext = int(sch.get(row).extent), int(sch.get(col).extent)
     vec = lanes if c_ext % lanes == 0 else next((v for v in (8, 4) if v < lanes and c_ext % v == 0), 1)
     if vec == 1:  # too few columns (a classifier's 2 logits): vector partial sums along k instead
-        k = loops[-1]
-        if int(sch.get(k).extent) % lanes or not sch.get(k).same_as(sch.get(reduce[-1])):
-            raise ValueError(f"{c_ext} columns do not fill a vector and k does not split into vectors")
-        _, k_i = sch.split(k, [None, lanes])
-        rf = sch.rfactor(k_i, 0)
-        sch.vectorize(sch.get_loops(rf)[-1])
+        _partial_sums_along_k(sch, loops[-1], reduce[-1], lanes, c_ext)
         return
     big = [i for i, lp in enumerate(reduce) if int(sch.get(lp).extent) > 1]
     unroll = lanes == 4 and big and int(sch.get(reduce[big[-1]]).extent) % 4 == 0
@@ -482,6 +473,27 @@ def tile_mac(sch, lanes: int, registers: int = 32) -> None:
     sch.vectorize(a_i)
     for loop in (*unroll_k, r_i, c_m, i_r, i_m, a_r, a_m):
         sch.unroll(loop)
+
+
+def _inline_around(sch, block) -> None:
+    """Inline a MAC block's operand producers (padding copies) and the epilogue's inner steps."""
+    outputs = {p.name for p in sch.mod["main"].params}
+    operands = {r.source.name for r in sch.get(block).reads}
+    for other in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(other).same_as(sch.get(block)):
+            continue
+        writes = {r.source.name for r in sch.get(other).writes}
+        if writes & operands or not writes & outputs:
+            sch.compute_inline(other)
+
+
+def _partial_sums_along_k(sch, k, last_reduce, lanes: int, columns: int) -> None:
+    """A MAC kernel whose outputs do not fill a vector: vector partial sums along k (rfactor)."""
+    if int(sch.get(k).extent) % lanes or not sch.get(k).same_as(sch.get(last_reduce)):
+        raise ValueError(f"{columns} columns do not fill a vector and k does not split into vectors")
+    _, k_i = sch.split(k, [None, lanes])
+    rf = sch.rfactor(k_i, 0)
+    sch.vectorize(sch.get_loops(rf)[-1])
 
 
 def _lane_operand(sch, block, col_var) -> int | None:

@@ -10,7 +10,8 @@ import pytest
 import tvm
 
 from squeezeedge.lowering import intrinsics  # noqa: F401  (the byte-vector dot_16x4_vnni)
-from squeezeedge.lowering.int8 import AVX2, AVX2_U8S8, VNNI, _pack, _te_packed, packed_dot_for, packed_for_layer
+from squeezeedge.lowering.int8 import (AVX2, AVX2_U8S8, NEON, NEON16, VNNI, _pack, _te_packed, _te_packed_pair,
+                                       packed_dot_for, packed_for_layer)
 from squeezeedge.lowering.schedules import default_schedules
 
 TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake", "num-cores": 2}
@@ -196,3 +197,63 @@ def test_attention_matmul_of_two_activations_is_tensorized_and_exact(mcpu, instr
     out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b)).numpy()
     ref = ((a.astype(np.float64) - za) * sa) @ ((b.astype(np.float64) - zb) * sb)
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+
+
+A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 4}
+
+
+@pytest.mark.parametrize("shape, n, groups", [((1, 32, 768), 64, 4), ((1, 16, 64), 8, 1), ((1, 64), 2, 1)])
+def test_a72_partial_sums_hold_every_product_once(shape, n, groups):
+    """The Cortex-A72's kernels keep 4 partial sums an output, lane j taking k = 2j, 2j+1, 2j+8, 2j+9 of
+    each 16 (where the widening multiplies put them) and a block adding the 4: the kernel's own TIR, run
+    on x86 without its aarch64 instructions, equals numpy's int32 matmul at s8's extremes (the
+    instruction sequence itself is checked against x86 under qemu in tests/deploy/test_cross.py)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(-128, 128, shape).astype(np.int8)
+    w = rng.integers(-127, 128, (n, shape[-1] // groups)).astype(np.int8)
+    x.reshape(-1, shape[-1])[0] = -128
+    w[0] = -127
+    lib = tvm.tirx.build(tvm.IRModule({"main": _te_packed(shape, n, groups, "main", NEON16)}), target="llvm")
+    y = tvm.runtime.tensor(np.zeros((*shape[:-1], n), np.int32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(_pack(w, groups, NEON16)), y)
+    np.testing.assert_array_equal(y.numpy(), _reference(x, w, groups))
+
+
+def test_a72_pair_kernel_is_exact_for_two_activations_at_minus_128():
+    """The attention's two activations can both be -128 (a pair of such products overflows int16, which
+    is why it multiplies each half apart): its partial-sum kernel equals numpy's product there."""
+    a = np.full((1, 2, 16, 32), -128, np.int8)
+    b = np.full((1, 2, 32, 8), -128, np.int8)
+    a[..., 1, :] = np.arange(32) - 16
+    lib = tvm.tirx.build(tvm.IRModule({"main": _te_packed_pair(a.shape, 8, "main", NEON)}), target="llvm")
+    packed = b.reshape(1, 2, 2, 16, 8, 1).transpose(0, 1, 4, 2, 5, 3)  # [.., N/1, K/16, 1, 16]
+    y = tvm.runtime.tensor(np.zeros((1, 2, 16, 8), np.int32))
+    lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(np.ascontiguousarray(packed)), y)
+    np.testing.assert_array_equal(y.numpy(), a.astype(np.int32) @ b.astype(np.int32))
+
+
+def test_a72_kernels_sum_their_lanes_pairwise_and_fp32_takes_scalars_from_lanes():
+    """On the A72 the weight kernel is tensorized onto smull/smlal2/sadalp and its 4-output sums onto addp
+    (no transpose of the partial sums: zip/uzp/trn), the attention's onto smull2; an fp32 convolution's
+    broadcast weights come from vector lanes (fmla's indexed form) with no scalar loads in its loop."""
+    target = tvm.target.Target(A72)
+
+    def asm(func):
+        mod, counts = default_schedules(tvm.IRModule({"main": func}), target)
+        assert counts["naive"] == 0
+        return tvm.tirx.build(mod, target=target).inspect_source("asm")
+
+    code = asm(_te_packed((1, 32, 768), 768, 4, "main", NEON16))
+    ops = {line.split()[0] for line in code.splitlines() if line.startswith("\t") and line.split()}
+    assert {"smull", "smlal2", "sadalp", "addp"} <= ops and not ops & {"zip1", "zip2", "uzp1", "uzp2", "trn1", "trn2"}
+    pair = asm(_te_packed_pair((1, 2, 32, 64), 32, "main", NEON))
+    assert "\tsmull2\t" in pair and "\tsadalp\t" in pair
+
+    from tvm import te
+
+    x = te.placeholder((1, 192, 64), "float32", name="x")
+    w = te.placeholder((96, 192, 1), "float32", name="w")
+    k = te.reduce_axis((0, 192), "k")
+    y = te.compute((1, 96, 64), lambda b, o, s: te.sum(x[b, k, s] * w[o, k, 0], axis=k), name="conv1d")
+    fp32 = asm(te.create_prim_func([x, w, y]))
+    assert re.search(r"\tfmla\tv\d+\.4s, v\d+\.4s, v\d+\.s\[[123]\]", fp32)  # lanes 1-3: one load served 4 steps
