@@ -117,11 +117,11 @@ SEVEN_BIT = 64  # the largest weight magnitude AVX2_U8S8 is exact for
 
 def packed_for_layer(packed: PackedDot | None, dtype: str, w: np.ndarray) -> PackedDot | None:
     """The target's instruction for one layer: on AVX2, u8 activations with 7-bit weights take the
-    u8 x s8 instruction; anything else the exact int16 one. Without dot product on aarch64: the 4 x 16
-    sequence where no weight is -128 and K divides by 16, else the 4 x 4 one."""
+    u8 x s8 instruction; anything else the exact int16 one. Without dot product on aarch64: products
+    paired in int16 (smlal2) where no weight is -128, else each half apart (the attention's sequence)."""
     if packed is AVX2 and dtype in AVX2_U8S8.accepts and int(np.abs(w.astype(np.int16)).max()) <= SEVEN_BIT:
         return AVX2_U8S8
-    if packed is NEON16 and (int(w.min()) < -127 or w.shape[-1] % NEON16.k):
+    if packed is NEON16 and int(w.min()) < -127:
         return NEON
     return packed
 
@@ -155,7 +155,7 @@ def _packed_sum(out_shape: tuple[int, ...], k_all: int, spec: PackedDot, product
         k = te.reduce_axis(_i64(0, k_all), "k")
         return te.compute(_i64(*out_shape), lambda *idx: te.sum(
             product(idx[:-1], idx[-1], k, k // spec.k, k % spec.k), axis=k), name=spec.block)
-    kb, t = te.reduce_axis(_i64(0, k_all // spec.k), "kb"), te.reduce_axis(_i64(0, 4), "t")
+    kb, t = te.reduce_axis(_i64(0, k_all // spec.k), "kb"), te.reduce_axis(_i64(0, spec.k // spec.partial), "t")
 
     def lane(*idx):
         *lead, n, j = idx
@@ -340,7 +340,7 @@ class _Integerizer:
         vpmaddwd kernel (u8 x u8 cannot take vpmaddubsw: no operand is 7-bit). VNNI: a stays u8 and b is
         shifted to s8 (:func:`_vnni_zero_points`). sdot (s8 activations, the Pi 5 and Orin): both
         operands as they are, the zero points corrected as for a plain matmul."""
-        # the attention's operands are both activations, -128 included: the exact 4 x 4 sequence, not 4 x 16
+        # the attention's operands are both activations, -128 included: on the A72 each half of the products apart
         packed = self.packed
         spec = NEON if packed is NEON16 else packed if packed in (AVX2, VNNI, SDOT) else None
         sa, sb = (tuple(int(d) for d in t.ty.shape) for t in (aq, bq))
