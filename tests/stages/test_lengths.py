@@ -1,6 +1,6 @@
 """Any input length (issue 20): a --dynamic export builds ONE library that takes every length from 1 to
 its maximum, padded to length buckets that share one copy of the weights; outputs equal onnxruntime
-running the dynamic export at exactly L tokens (no padding). Tiny model, maximum 32: buckets 16 and 32."""
+running the dynamic export at exactly L tokens (no padding). Tiny model, maximum 32: buckets 12, 16, 24 and 32."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from squeezeedge.stages.quantize import reference_session
 from ..conftest import FAST_Q, cli, manifest
 
 MAX = 32
-LENGTHS = (1, 16, 17, 32)  # one token, a bucket boundary, one past it (padded to the next), the maximum
+LENGTHS = (1, 12, 13, 25, 32)  # one token, a bucket boundary, one past it (padded to the next), the maximum
 
 
-def test_buckets_are_powers_of_two_up_to_the_maximum():
-    assert buckets(128, dynamic=True) == [16, 32, 64, 128]
-    assert buckets(100, dynamic=True) == [16, 32, 64, 100]
-    assert buckets(16, dynamic=True) == [16]
+def test_buckets_are_powers_of_two_and_their_midpoints_up_to_the_maximum():
+    assert buckets(128, dynamic=True) == [12, 16, 24, 32, 48, 64, 96, 128]
+    assert buckets(100, dynamic=True) == [12, 16, 24, 32, 48, 64, 96, 100]
+    assert buckets(16, dynamic=True) == [12, 16] and buckets(12, dynamic=True) == [12]
     assert buckets(128, dynamic=False) == [128]
     assert [bucket_for(n, [16, 32]) for n in (1, 16, 17, 32)] == [16, 16, 32, 32]
     assert function_name(32, [16, 32]) == "main" and function_name(16, [16, 32]) == "main_16"
@@ -72,7 +72,7 @@ def test_one_library_takes_every_length_and_matches_onnxruntime_at_exactly_that_
     int8 = runtime.load(dyn_libs["int8"])
     ref32 = ort.InferenceSession(str(dyn_export / "model.onnx"), providers=["CPUExecutionProvider"])
     ref8 = reference_session(dyn_int8 / "model.onnx")
-    assert fp32.lengths == [16, MAX] and int8.lengths == [16, MAX]
+    assert fp32.lengths == [12, 16, 24, MAX] and int8.lengths == [12, 16, 24, MAX]
     for n in LENGTHS:
         feed = _feed(n)
         want = ref32.run(None, feed)[0]
@@ -80,7 +80,7 @@ def test_one_library_takes_every_length_and_matches_onnxruntime_at_exactly_that_
         got8, want8 = int8(**feed)[0].ravel(), ref8.run(None, feed)[0].ravel()
         assert cosine(got8.astype(np.float64), want8.astype(np.float64)) >= 0.99, n
     meta = json.loads((dyn_libs["int8"] / "metadata.json").read_text())
-    assert meta["lengths"] == [16, MAX] and meta["validation"]["lengths"] == [1, 16, 17, MAX]
+    assert meta["lengths"] == [12, 16, 24, MAX] and meta["validation"]["lengths"] == [1, 12, 13, MAX]
 
 
 def test_padding_never_changes_an_answer(dyn_libs):
@@ -106,12 +106,12 @@ def test_a_length_over_the_maximum_is_refused_unless_truncation_is_asked(dyn_lib
 
 
 def test_the_buckets_share_one_copy_of_the_weights(dyn_libs, dyn_int8, int8_lib):
-    """The two-bucket int8 library is larger than the one-length (32) library by its second bucket's code,
-    far less than a second copy of the weights (the int8 model's size: 2.3 MB for the tiny model)."""
-    dyn = json.loads((dyn_libs["int8"] / "metadata.json").read_text())["library"]["bytes"]
+    """The four-bucket int8 library is larger than the one-length (32) library by its other buckets' code,
+    each far less than a second copy of the weights (the int8 model's size: 2.3 MB for the tiny model)."""
+    meta = json.loads((dyn_libs["int8"] / "metadata.json").read_text())
     one = json.loads((int8_lib / "metadata.json").read_text())["library"]["bytes"]
     weights = json.loads((dyn_int8 / "manifest.json").read_text())["results"]["int8_bytes"]
-    assert dyn - one <= 0.5 * weights, (dyn, one, weights)
+    assert (meta["library"]["bytes"] - one) / (len(meta["lengths"]) - 1) <= 0.5 * weights, (meta, one, weights)
 
 
 def test_the_cpp_runner_pads_to_the_bucket_like_the_python_runtime(dyn_libs):
@@ -132,18 +132,18 @@ def test_quantize_calibrates_and_measures_at_the_texts_own_lengths(dyn_int8):
 
 
 def test_an_emulated_pi5_fp32_library_takes_every_length(dyn_export, tmp_path):
-    """Cross-built for the Pi 5 and checked under qemu (the C++ runner padding to the bucket) at 1, 16, 17
+    """Cross-built for the Pi 5 and checked under qemu (the C++ runner padding to the bucket) at 1, 12, 13
     and 32 tokens against onnxruntime at exactly those lengths, within 1e-4 (the build's own check)."""
     out = tmp_path / "fp32-rpi5"
     res = cli("-q", "build", dyn_export, "--target", "rpi5", "--out", out)
     assert res.exit_code == 0, res.output
     meta = json.loads((out / "metadata.json").read_text())
-    assert meta["validation"]["lengths"] == [1, 16, 17, MAX] and meta["validation"]["max_abs_diff"] <= 1e-4
+    assert meta["validation"]["lengths"] == [1, 12, 13, MAX] and meta["validation"]["max_abs_diff"] <= 1e-4
     assert meta["validation"]["ran"].startswith("under qemu")
 
 
 def test_an_emulated_pi5_library_takes_every_length(dyn_int8, tmp_path):
-    """Cross-built for the Pi 5, checked under qemu at 1, 16, 17 and 32 tokens against onnxruntime (the
+    """Cross-built for the Pi 5, checked under qemu at 1, 12, 13 and 32 tokens against onnxruntime (the
     build's own validation), and a bundle whose run.sh runs the example's first N tokens."""
     import subprocess
     import tarfile
@@ -152,7 +152,7 @@ def test_an_emulated_pi5_library_takes_every_length(dyn_int8, tmp_path):
     res = cli("-q", "build", dyn_int8, "--target", "rpi5", "--bundle", "--out", out)
     assert res.exit_code == 0, res.output
     meta = json.loads((out / "metadata.json").read_text())
-    assert meta["lengths"] == [16, MAX] and meta["validation"]["lengths"] == [1, 16, 17, MAX]
+    assert meta["lengths"] == [12, 16, 24, MAX] and meta["validation"]["lengths"] == [1, 12, 13, MAX]
     assert meta["validation"]["ran"].startswith("under qemu")
     with tarfile.open(out.with_name(out.name + ".tar.gz")) as tar:
         tar.extractall(tmp_path, filter="data")
