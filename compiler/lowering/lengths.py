@@ -1,41 +1,35 @@
 """Any input length: a library built from a --dynamic export holds one Relax function per length bucket
-(12, 16, 24, 32, 48, 64, 96, ... up to the export's --seq-len), all sharing one copy of the weights; an
-input of L tokens runs in the smallest bucket that holds it, padded with the attention mask's zeros.
+(12 or 16, 24, 32, 48, 64, 96, ... up to the export's --seq-len, below), all sharing one copy of the
+weights; an input of L tokens runs in the smallest bucket that holds it, padded with the attention
+mask's zeros.
 
-The ladder steps by 4/3 and 3/2 (powers of two and their midpoints), so a text is padded by at most half
-its length past 12 tokens. Every layer's work grows with the bucket, so padding is work: on the held-out
-texts (median 14 tokens, 5..40) the 16/32/64 ladder ran a text at 20.0 tokens on average, this one at
-17.4 (the texts' own mean is 14.9). Each bucket is another copy of every kernel (compile time and a
-little code; the weights are shared, below). results/PERFORMANCE-LOG.md 46.
-
-Padding never changes an answer: every position attends only to positions whose mask is 1 (masked
-scores get the dtype's minimum before softmax, so their weight is exactly 0 in float32 and in the int8
-softmax, whose mask add stays float), SqueezeBERT's convolutions are 1x1 (no mixing across positions),
-the classifier reads the first token and mean pooling sums over mask-1 tokens only. Build checks it:
-outputs at L tokens against onnxruntime running the dynamic export at exactly L, no padding.
-
-Weights are shared because TVM's VM executable keeps one copy of byte-identical constants: two
-functions multiplying by equal 4 MB constants link into a 4.2 MB library, by unequal ones 8.4 MB
-(measured with TVM 0.27 here). Every bucket imports the same ONNX initializers and runs the same
-passes, so its weights (packed or not) are byte-identical to the others'.
+The ladder steps by 4/3 and 3/2 (powers of two and their midpoints), keeping the lengths that are a
+whole number of the target's vectors: 12, 16, 24, 32, 48, 64, 96 on NEON (4 lanes), 16, 24, 32, 48, ... on
+AVX2 (8), 16, 32, 48, 64, 96 on AVX-512 (16; a 12-token bucket there ran slower than 16: its attention
+matmuls leave the packed kernel and its row tiles shrink), 16, 32, 48, ... on a GPU. Every layer's work
+grows with the bucket, so padding is work: on the held-out texts (median 14 tokens, 5..40) the old
+16/32/64 ladder ran a text at 20.0 tokens on average, NEON's at 17.4 (the texts' own mean is 14.9).
+Each bucket is another copy of every kernel (compile time and ~0.7 MB of code at full size; the weights
+are shared, below). results/PERFORMANCE-LOG.md 46.
 """
 
 from __future__ import annotations
 
 from squeezeedge.errors import InputError
 
-FIRST_BUCKET = 12  # real text here: median 14 tokens, p90 18 (calibration/sentences.txt); 12 is a multiple
-# of 4, the row tile of every packed kernel
+FIRST_BUCKET = 16  # real text here: median 14 tokens, p90 18 (calibration/sentences.txt)
 
 
-def buckets(max_len: int, dynamic: bool) -> list[int]:
-    """Bucket lengths, ascending, the last being ``max_len``: 12, 16, 24, 32, 48, ... (powers of two from
-    16 and their midpoints) below it. A static export has one: its own length."""
+def buckets(max_len: int, dynamic: bool, multiple: int = 4) -> list[int]:
+    """Bucket lengths, ascending, the last being ``max_len``: those of 12, 16, 24, 32, 48, ... (powers of
+    two and their midpoints) below it that are multiples of ``multiple`` (the target's vector lanes).
+    A static export has one: its own length."""
     if not dynamic:
         return [max_len]
-    out, n = [], FIRST_BUCKET
+    out, n = [], 12
     while n < max_len:
-        out.append(n)
+        if n % multiple == 0:
+            out.append(n)
         n = n * 4 // 3 if n & (n - 1) else n * 3 // 2  # 12 -> 16 -> 24 -> 32 -> 48 -> 64 ...
     return out + [max_len]
 

@@ -28,7 +28,7 @@ from tvm import relax
 from squeezeedge.artifact import Artifact
 from squeezeedge.errors import CompileError
 from squeezeedge.lowering.int8 import Integerize, RewriteReport, packed_dot_for
-from squeezeedge.lowering.lengths import buckets, merge
+from squeezeedge.lowering.lengths import FIRST_BUCKET, buckets, merge
 from squeezeedge.lowering.lookup import LookupTables
 from squeezeedge.lowering.relax import _static_dims, import_onnx
 from squeezeedge.lowering.divides import ReciprocalDivides
@@ -97,7 +97,7 @@ def _sequential(phases: dict, order: tuple[str, ...], name: str) -> tvm.transfor
 def relax_module(parent: Artifact, tvm_target, integer: bool = True, dump_ir: Path | None = None):
     """(Relax module, RewriteReport | None): the artifact's ONNX imported at each length bucket, through
     the bucket phases (the integer ones for an int8 model with ``integer``), merged."""
-    lengths = bucket_lengths(parent)
+    lengths = bucket_lengths(parent, tvm_target)
     mods, reports = {}, {}
     dump = _Dump(dump_ir, len(lengths) > 1)
     for n in lengths:
@@ -123,11 +123,15 @@ def fuse(mod, tvm_target, dump_ir: Path | None = None):
         return _run(module_pipeline(tvm_target), mod, _Dump(dump_ir, False))
 
 
-def bucket_lengths(parent: Artifact) -> list[int]:
-    """The lengths a library of this export (or its quantized model) is built for: one for a static
-    export, buckets up to its --seq-len for a --dynamic one (:mod:`squeezeedge.lowering.lengths`)."""
+def bucket_lengths(parent: Artifact, tvm_target) -> list[int]:
+    """The lengths a library of this export (or its quantized model) is built for on ``tvm_target``:
+    one for a static export, buckets up to its --seq-len for a --dynamic one, each a whole number of the
+    target's vectors (:mod:`squeezeedge.lowering.lengths`)."""
+    from squeezeedge.lowering.schedules import vector_lanes
+
     dynamic = any(not isinstance(d, int) for i in parent.results["inputs"] for d in i["shape"])
-    return buckets(_static_dims(parent)["seq"], dynamic)
+    multiple = vector_lanes(tvm_target) if tvm_target.kind.name == "llvm" else FIRST_BUCKET
+    return buckets(_static_dims(parent)["seq"], dynamic, multiple)
 
 
 def _run(pipeline: tvm.transform.Sequential, mod, dump: "_Dump"):

@@ -191,7 +191,7 @@ def _lower(parent: Artifact, tvm_target, cfg: BuildConfig, precision: str, dump_
     from squeezeedge.lowering.int8 import AVX2, float_compute_layers, packed_dot_for
     from squeezeedge.lowering.pipeline import bucket_lengths, relax_module
 
-    lengths = bucket_lengths(parent)
+    lengths = bucket_lengths(parent, tvm_target)
     integer = precision == "int8" and cfg.integer
     packed = packed_dot_for(tvm_target)
     instruction = "vpmaddubsw (7-bit weights) or vpmaddwd" if packed is AVX2 else packed and packed.instruction

@@ -1,6 +1,6 @@
 """Any input length (issue 20): a --dynamic export builds ONE library that takes every length from 1 to
 its maximum, padded to length buckets that share one copy of the weights; outputs equal onnxruntime
-running the dynamic export at exactly L tokens (no padding). Tiny model, maximum 32: buckets 12, 16, 24 and 32."""
+running the dynamic export at exactly L tokens (no padding). Tiny model, maximum 32: buckets 16 and 32 on AVX-512 (16 lanes), 16, 24, 32 on AVX2, 12, 16, 24, 32 on NEON."""
 
 from __future__ import annotations
 
@@ -15,18 +15,28 @@ from squeezeedge.stages.build import cosine
 from squeezeedge.errors import InputError
 from squeezeedge.runtime import random_inputs
 from squeezeedge.lowering.lengths import bucket_for, buckets, function_name, pad
+from squeezeedge.lowering.schedules import vector_lanes
 from squeezeedge.stages.quantize import reference_session
+from squeezeedge.targets import load_target
 
 from ..conftest import FAST_Q, cli, manifest
 
 MAX = 32
-LENGTHS = (1, 12, 13, 25, 32)  # one token, a bucket boundary, one past it (padded to the next), the maximum
+LENGTHS = (1, 12, 13, 16, 17, 25, 32)  # one token, bucket boundaries, one past them (padded to the next), the maximum
 
 
-def test_buckets_are_powers_of_two_and_their_midpoints_up_to_the_maximum():
-    assert buckets(128, dynamic=True) == [12, 16, 24, 32, 48, 64, 96, 128]
+def _buckets(target: str) -> list[int]:
+    """The buckets a MAX-token any-length library has on ``target``: whole numbers of its vectors."""
+    return buckets(MAX, True, vector_lanes(load_target(target).tvm_target()))
+
+
+def test_buckets_are_powers_of_two_and_their_midpoints_in_whole_vectors_up_to_the_maximum():
+    assert buckets(128, dynamic=True, multiple=4) == [12, 16, 24, 32, 48, 64, 96, 128]  # NEON
+    assert buckets(128, dynamic=True, multiple=8) == [16, 24, 32, 48, 64, 96, 128]  # AVX2
+    assert buckets(128, dynamic=True, multiple=16) == [16, 32, 48, 64, 96, 128]  # AVX-512
     assert buckets(100, dynamic=True) == [12, 16, 24, 32, 48, 64, 96, 100]
     assert buckets(16, dynamic=True) == [12, 16] and buckets(12, dynamic=True) == [12]
+    assert _buckets("rpi5") == [12, 16, 24, MAX] and _buckets("x86-avx512") == [16, MAX]
     assert buckets(128, dynamic=False) == [128]
     assert [bucket_for(n, [16, 32]) for n in (1, 16, 17, 32)] == [16, 16, 32, 32]
     assert function_name(32, [16, 32]) == "main" and function_name(16, [16, 32]) == "main_16"
@@ -72,7 +82,7 @@ def test_one_library_takes_every_length_and_matches_onnxruntime_at_exactly_that_
     int8 = runtime.load(dyn_libs["int8"])
     ref32 = ort.InferenceSession(str(dyn_export / "model.onnx"), providers=["CPUExecutionProvider"])
     ref8 = reference_session(dyn_int8 / "model.onnx")
-    assert fp32.lengths == [12, 16, 24, MAX] and int8.lengths == [12, 16, 24, MAX]
+    assert fp32.lengths == _buckets("host") and int8.lengths == _buckets("host")
     for n in LENGTHS:
         feed = _feed(n)
         want = ref32.run(None, feed)[0]
@@ -80,7 +90,8 @@ def test_one_library_takes_every_length_and_matches_onnxruntime_at_exactly_that_
         got8, want8 = int8(**feed)[0].ravel(), ref8.run(None, feed)[0].ravel()
         assert cosine(got8.astype(np.float64), want8.astype(np.float64)) >= 0.99, n
     meta = json.loads((dyn_libs["int8"] / "metadata.json").read_text())
-    assert meta["lengths"] == [12, 16, 24, MAX] and meta["validation"]["lengths"] == [1, 12, 13, MAX]
+    first = _buckets("host")[0]
+    assert meta["lengths"] == _buckets("host") and meta["validation"]["lengths"] == [1, first, first + 1, MAX]
 
 
 def test_padding_never_changes_an_answer(dyn_libs):
@@ -106,7 +117,7 @@ def test_a_length_over_the_maximum_is_refused_unless_truncation_is_asked(dyn_lib
 
 
 def test_the_buckets_share_one_copy_of_the_weights(dyn_libs, dyn_int8, int8_lib):
-    """The four-bucket int8 library is larger than the one-length (32) library by its other buckets' code,
+    """The any-length int8 library is larger than the one-length (32) library by its other buckets' code,
     each far less than a second copy of the weights (the int8 model's size: 2.3 MB for the tiny model)."""
     meta = json.loads((dyn_libs["int8"] / "metadata.json").read_text())
     one = json.loads((int8_lib / "metadata.json").read_text())["library"]["bytes"]
