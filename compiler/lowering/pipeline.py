@@ -10,8 +10,8 @@ Phases, in order (``build --dump-ir DIR`` writes the IR after each step, one fil
 - ``layout`` (each bucket): transposes sunk until they cancel (:mod:`squeezeedge.lowering.transposes`);
 - ``requantize`` (int8, each bucket): elementwise functions between dequantize and quantize as lookup
   tables (:mod:`squeezeedge.lowering.lookup`), 8-bit round trips dropped (``round_trips``), constants
-  folded, and quantize's scale folded into the kernels' epilogues (``requantize``), softmax
-  (``softmax_quantize``) and layer norm (``layer_norm_quantize``);
+  folded, and quantize's scale folded into the kernels' epilogues (``requantize``), a GELU epilogue
+  (``gelu_quantize``), softmax (``softmax_quantize``) and layer norm (``layer_norm_quantize``);
 - ``merge``: the buckets as one module (:func:`squeezeedge.lowering.lengths.merge`);
 - ``legalize``: float divides by constants as multiplies (``divides``), TVM's fast math on CPU (softmax, exp, erf and
   tanh as vectorizable polynomials: libm's scalar erf and exp took a third of tuned fp32 SqueezeBERT),
@@ -32,6 +32,7 @@ from squeezeedge.lowering.lengths import FIRST_BUCKET, buckets, merge
 from squeezeedge.lowering.lookup import LookupTables
 from squeezeedge.lowering.relax import _static_dims, import_onnx
 from squeezeedge.lowering.divides import ReciprocalDivides
+from squeezeedge.lowering.gelu_quantize import FoldGeluQuantize
 from squeezeedge.lowering.layer_norm_quantize import FoldLayerNormQuantize
 from squeezeedge.lowering.requantize import FoldRequantize
 from squeezeedge.lowering.round_trips import DropRoundTrips
@@ -78,7 +79,7 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
         phases["requantize"] = [  # after sinking: the tables then sit where the transposes no longer are
             LookupTables(report), DropRoundTrips(report),
             _in_target(relax.transform.FoldConstant(), tvm_target),  # the epilogues' constants, so that they fold
-            FoldRequantize(report), FoldSoftmaxQuantize(report), FoldLayerNormQuantize(report)]
+            FoldRequantize(report), FoldGeluQuantize(report), FoldSoftmaxQuantize(report), FoldLayerNormQuantize(report)]
     return phases
 
 

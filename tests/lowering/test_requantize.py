@@ -9,6 +9,7 @@ import pytest
 import tvm
 from tvm import relax
 
+from squeezeedge.lowering.gelu_quantize import fold_gelu_quantize
 from squeezeedge.lowering.layer_norm_quantize import fold_layer_norm_quantize
 from squeezeedge.lowering.requantize import fold_requantize
 from squeezeedge.lowering.round_trips import drop_round_trips
@@ -195,4 +196,44 @@ def test_an_integer_divide_before_the_cast_is_left_alone():
             out = bb.emit_output(y)
         bb.emit_func_output(out)
     new, n = fold_requantize(bb.get())
+    assert n == 0 and "R.divide" in new["main"].script()
+
+
+def _gelu_epilogue(extra_reader: bool = False) -> tvm.IRModule:
+    """int32 sums -> rescale, bias -> the exported GELU (x * (0.5 * (1 + erf(x / sqrt 2)))) -> SmoothQuant's
+    per-channel multiply -> the next layer's s8 quantize: the first FFN layer of the trained-model recipe."""
+    rng = np.random.default_rng(6)
+    bb = relax.BlockBuilder()
+    acc = relax.Var("acc", relax.TensorType((1, 16, N), "int32"))
+    with bb.function("main", [acc]):
+        with bb.dataflow():
+            x = bb.emit(relax.op.astype(acc, "float32"))
+            x = bb.emit(relax.op.multiply(x, relax.const((rng.random(N) * 2e-4 + 1e-5).astype("float32"))))
+            x = bb.emit(relax.op.add(x, relax.const(rng.standard_normal(N).astype("float32"))))
+            e = bb.emit(relax.op.erf(relax.op.divide(x, relax.const(1.4142135381698608, "float32"))))
+            g = bb.emit(relax.op.multiply(relax.const(0.5, "float32"), relax.op.add(e, relax.const(1.0, "float32"))))
+            y = bb.emit(relax.op.multiply(relax.op.multiply(x, g),
+                                          relax.const((rng.random(N) + 0.5).astype("float32"))))
+            q = bb.emit(relax.op.quantize(y, relax.const(0.04, "float32"), relax.const(0, "int8"), axis=2,
+                                          out_dtype="int8"))
+            out = bb.emit_output(relax.Tuple([q, x]) if extra_reader else q)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_gelu_epilogue_folds_to_two_multiply_adds_and_one_multiply():
+    """The GELU epilogue's constants folded (compiler/lowering/gelu_quantize.py): no divide, one erf, the
+    same 8-bit values but for one-step float32 ties."""
+    mod = _gelu_epilogue()
+    new, n = fold_gelu_quantize(mod)
+    script = new["main"].script()
+    assert n == 1 and "R.divide" not in script and script.count("R.erf") == 1 and script.count("R.multiply") == 3
+    acc = np.random.default_rng(7).integers(-40000, 40000, (1, 16, N)).astype("int32")
+    old, folded = _run(relax.get_pipeline("zero")(mod), acc).astype(int), _run(new, acc).astype(int)
+    assert np.abs(old - folded).max() <= 1 and np.mean(old != folded) < 0.01
+    assert folded.min() < 0 and folded.max() == 127  # GELU's negative dip and the clip both survive
+
+
+def test_gelu_whose_input_is_read_elsewhere_is_left_alone():
+    new, n = fold_gelu_quantize(_gelu_epilogue(extra_reader=True))
     assert n == 0 and "R.divide" in new["main"].script()

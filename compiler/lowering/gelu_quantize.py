@@ -1,0 +1,116 @@
+"""A kernel's GELU epilogue folded into the quantize after it (:func:`fold_gelu_quantize`).
+
+The trained-model recipe leaves the first FFN layer's int32 sums to a float epilogue, the exported
+GELU (``x * 0.5 * (1 + erf(x / sqrt(2)))``) and the next layer's quantize:
+
+    x = a * float(acc) + b;  q = quantize(m * (x * (0.5 * (1 + erf(x / c)))), s, z)
+
+With y = x / c that is ``round((y + y * erf(y)) * (0.5 * c * m / s) + z)``: y is one multiply-add from the
+sums (a / c and b / c folded at compile time), ``y + y * erf(y)`` one more (LLVM contracts it to one
+fmla / vfmadd), and the divide by c, the add of 1, the multiplies by 0.5, x and m and quantize's divide
+by s become one multiply. The same value in real arithmetic: float32 may round an 8-bit tie the other way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from squeezeedge.lowering.qdq import qparams_scalar, quantize_by_one, quantize_of_var, scalar
+from squeezeedge.lowering.requantize import _affine_chain
+from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings
+
+_ERF, _MUL, _ADD, _DIV = (tvm.ir.Op.get("relax." + op) for op in ("erf", "multiply", "add", "divide"))
+
+
+def _const(expr) -> np.ndarray | None:
+    return expr.value.numpy().astype(np.float64) if isinstance(expr, tvm.ir.expr.Constant) else None
+
+
+def _call(var, values, uses, op, single: bool = True):
+    """The call ``op`` bound to ``var`` (read only once when ``single``), or None."""
+    value = values.get(var) if isinstance(var, relax.Var) else None
+    if isinstance(value, relax.Call) and value.op.same_as(op) and (not single or uses.get(var) == 1):
+        return value
+    return None
+
+
+def _factors(var, values, uses, consts: list, others: list) -> None:
+    """Split a tree of single-use multiplies into its constant and its non-constant factors."""
+    call = _call(var, values, uses, _MUL)
+    if call is None:
+        others.append(var)
+        return
+    for arg in call.args:
+        c = _const(arg)
+        if c is not None:
+            consts.append(c)
+        elif isinstance(arg, relax.Var):
+            _factors(arg, values, uses, consts, others)
+        else:
+            others.append(arg)
+
+
+def _erf_input(var, values, uses):
+    """(x, c) when ``var`` = 1 + erf(x / c) (or erf(x * (1 / c))) with scalar c, each step read once; else None."""
+    add = _call(var, values, uses, _ADD)
+    if add is None:
+        return None
+    one = [i for i, arg in enumerate(add.args) if _const(arg) is not None and np.all(_const(arg) == 1.0)]
+    erf = _call(add.args[1 - one[0]], values, uses, _ERF) if len(one) == 1 else None
+    if erf is None:
+        return None
+    for op, invert in ((_DIV, False), (_MUL, True)):
+        scaled = _call(erf.args[0], values, uses, op)
+        if scaled is not None and isinstance(scaled.args[0], relax.Var):
+            c = _const(scaled.args[1])
+            if c is not None and c.size == 1 and float(c.reshape(-1)[0]) != 0.0:
+                c = float(c.reshape(-1)[0])
+                return scaled.args[0], 1.0 / c if invert else c
+    return None
+
+
+def fold_gelu_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, int]:
+    """``quantize(k * x * (1 + erf(x / c)), s, z)``, x = a * float(acc) + b and k the product of the constant
+    factors (0.5, SmoothQuant's per-channel m) -> with y = float(acc) * (a / c) + b / c,
+    ``quantize((y + y * erf(y)) * (k * c / s) + z, 1, 0)``. Constant operands only (run FoldConstant
+    first). Returns (module, how many quantizes were folded)."""
+    def match(_var, value, values, uses):
+        if not (quantize_of_var(value) and qparams_scalar(value)
+                and str(value.attrs.out_dtype) in ("uint8", "int8") and uses.get(value.args[0]) == 1):
+            return None
+        consts, others = [], []
+        _factors(value.args[0], values, uses, consts, others)
+        if len(others) != 2 or not consts:
+            return None
+        for x, gate in (others, others[::-1]):
+            found = _erf_input(gate, values, uses)
+            if found is None or not found[0].same_as(x):
+                continue
+            chain = _affine_chain(x, values, uses)
+            if chain is None or uses.get(x) != 2:  # x is read by the erf's scaling and the product only
+                return None
+            acc, a, b = chain
+            c = found[1]
+            k = np.prod(np.broadcast_arrays(*consts), axis=0) if len(consts) > 1 else consts[0]
+            s, z = scalar(value.args[1]), scalar(value.args[2])
+            return (acc, np.float32(a / c) if np.ndim(a) == 0 else (np.asarray(a) / c).astype(np.float32),
+                    (np.asarray(b) / c).astype(np.float32), (k * c / s).astype(np.float32), z, value)
+        return None
+
+    def emit(builder, visit, item):
+        acc, a, b, k, z, quantize = item
+        y = builder.emit(relax.op.astype(visit(acc), "float32"))
+        y = builder.emit(relax.op.multiply(y, relax.const(np.asarray(a, np.float32))))
+        y = builder.emit(relax.op.add(y, relax.const(b)))
+        g = builder.emit(relax.op.add(y, builder.emit(relax.op.multiply(y, builder.emit(relax.op.erf(y))))))
+        g = builder.emit(relax.op.multiply(g, relax.const(k)))
+        if z:
+            g = builder.emit(relax.op.add(g, relax.const(np.float32(z))))
+        return quantize_by_one(builder, g, quantize)
+
+    return rewrite_bindings(mod, match, emit, func_name)
+
+
+FoldGeluQuantize = counted_pass("FoldGeluQuantize", "gelus_folded")(fold_gelu_quantize)
