@@ -17,8 +17,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from squeezeedge.lowering.qdq import qparams_scalar, quantize_by_one, quantize_of_var, scalar
-from squeezeedge.lowering.requantize import _affine_chain
+from squeezeedge.lowering.qdq import quantize_by_one, quantize_of_var, scalar
+from squeezeedge.lowering.requantize import affine_chain
 from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings
 
 _ERF, _MUL, _ADD, _DIV = (tvm.ir.Op.get("relax." + op) for op in ("erf", "multiply", "add", "divide"))
@@ -57,7 +57,8 @@ def _erf_input(var, values, uses):
     add = _call(var, values, uses, _ADD)
     if add is None:
         return None
-    one = [i for i, arg in enumerate(add.args) if _const(arg) is not None and np.all(_const(arg) == 1.0)]
+    consts = [_const(arg) for arg in add.args]
+    one = [i for i, c in enumerate(consts) if c is not None and np.all(c == 1.0)]
     erf = _call(add.args[1 - one[0]], values, uses, _ERF) if len(one) == 1 else None
     if erf is None:
         return None
@@ -77,8 +78,8 @@ def fold_gelu_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.
     ``quantize((y + y * erf(y)) * (k * c / s) + z, 1, 0)``. Constant operands only (run FoldConstant
     first). Returns (module, how many quantizes were folded)."""
     def match(_var, value, values, uses):
-        if not (quantize_of_var(value) and qparams_scalar(value)
-                and str(value.attrs.out_dtype) in ("uint8", "int8") and uses.get(value.args[0]) == 1):
+        if not (quantize_of_var(value) and str(value.attrs.out_dtype) in ("uint8", "int8")
+                and uses.get(value.args[0]) == 1):
             return None
         consts, others = [], []
         _factors(value.args[0], values, uses, consts, others)
@@ -88,21 +89,21 @@ def fold_gelu_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.
             found = _erf_input(gate, values, uses)
             if found is None or not found[0].same_as(x):
                 continue
-            chain = _affine_chain(x, values, uses)
+            chain = affine_chain(x, values, uses)
             if chain is None or uses.get(x) != 2:  # x is read by the erf's scaling and the product only
                 return None
             acc, a, b = chain
             c = found[1]
             k = np.prod(np.broadcast_arrays(*consts), axis=0) if len(consts) > 1 else consts[0]
             s, z = scalar(value.args[1]), scalar(value.args[2])
-            return (acc, np.float32(a / c) if np.ndim(a) == 0 else (np.asarray(a) / c).astype(np.float32),
-                    (np.asarray(b) / c).astype(np.float32), (k * c / s).astype(np.float32), z, value)
+            return (acc, (np.asarray(a) / c).astype(np.float32), (np.asarray(b) / c).astype(np.float32),
+                    (k * c / s).astype(np.float32), z, value)
         return None
 
     def emit(builder, visit, item):
         acc, a, b, k, z, quantize = item
         y = builder.emit(relax.op.astype(visit(acc), "float32"))
-        y = builder.emit(relax.op.multiply(y, relax.const(np.asarray(a, np.float32))))
+        y = builder.emit(relax.op.multiply(y, relax.const(a)))
         y = builder.emit(relax.op.add(y, relax.const(b)))
         g = builder.emit(relax.op.add(y, builder.emit(relax.op.multiply(y, builder.emit(relax.op.erf(y))))))
         g = builder.emit(relax.op.multiply(g, relax.const(k)))

@@ -15,7 +15,7 @@ from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings
 _AFFINE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
 
 
-def _affine_chain(root, values, uses):
+def affine_chain(root, values, uses):
     """(int32 var, a, b) when ``root`` = a * float(var) + b through a chain of single-use adds, subtracts,
     multiplies and divides by constants and one cast to float32 (a kernel's epilogue); else None. Before
     the cast only adds and subtracts: an int32 multiply may wrap and an int32 divide floors."""
@@ -68,7 +68,7 @@ def fold_requantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRM
     def match(_var, value, values, uses):
         if not (quantize_of_var(value) and str(value.attrs.out_dtype) in ("uint8", "int8")):
             return None
-        found = _affine_chain(value.args[0], values, uses)
+        found = affine_chain(value.args[0], values, uses)
         if found is None:
             return None
         acc, a, b = found
