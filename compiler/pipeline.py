@@ -273,13 +273,14 @@ def run(cfg: Config, out: Path, jobs: int = 1, fail_on: str | None = None) -> di
 
 def _quantize_all(cfg: Config, out: Path, targets: dict, steps: list, failed: dict) -> dict[tuple[str, str], Path]:
     """(target, precision) -> the model to build: int8 quantized once per distinct preset (targets sharing
-    activations/weights/bits share the model), fp32 the export."""
+    activations/weights/bits/zero points share the model), fp32 the export."""
     models: dict[tuple[str, str], Path] = {}
     if "int8" in cfg.precisions:
         groups: dict = {}
         for name, t in targets.items():  # what quantize reads from a preset (its reason is prose)
             p = t.int8
-            groups.setdefault((p.activations, p.weights, p.per_channel, p.weight_bits), []).append(name)
+            key = (p.activations, p.weights, p.per_channel, p.weight_bits, p.symmetric_activations)
+            groups.setdefault(key, []).append(name)
         for names in groups.values():
             step = Step("quantize", names[0], "int8",
                         detail=f"preset shared by {', '.join(names)}" if len(names) > 1 else "")

@@ -28,8 +28,13 @@ class Int8Preset:
     per_channel: bool
     reason: str
     # 7: weights in [-64, 64] (onnxruntime's reduce_range), so that a u8 x s8 pair sum fits int16 and
-    # AVX2's vpmaddubsw is exact (255 * 64 * 2 = 32640); 8: the full int8 range.
+    # AVX2's vpmaddubsw is exact (255 * 64 * 2 = 32640), and four s8 x s8 products fit one int16 lane on
+    # the A72 (smull, smlal2, smlal, smlal2: int8.fits_four_products); 8: the full int8 range.
     weight_bits: int = 8
+    # int8 activations with a zero point of 0 (True, onnxruntime's ActivationSymmetric) or one calibrated
+    # per tensor (False: one-sided tensors, softmax's and GELU's outputs, keep their whole 8 bits; the
+    # kernels subtract it as they do u8's). uint8 activations always have one.
+    symmetric_activations: bool = True
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ def parse_target(text: str, source: Path) -> Target:
     _typed(int8["reason"], str, "int8.reason", source)
     if _typed(int8.get("weight_bits", 8), int, "int8.weight_bits", source) not in (7, 8):
         raise TargetError(f"{source}: key 'int8.weight_bits' must be 7 or 8, got {int8['weight_bits']}")
+    _typed(int8.get("symmetric_activations", True), bool, "int8.symmetric_activations", source)
     for key in ("trials", "per_iteration"):
         if _typed(tuning[key], int, f"tuning.{key}", source) <= 0:
             raise TargetError(f"{source}: key 'tuning.{key}' must be > 0")

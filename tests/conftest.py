@@ -63,6 +63,15 @@ def tiny_int8_s8(tiny_export, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_int8_rpi4(tiny_export, tmp_path_factory) -> Path:
+    """Quantized for the Pi 4: s8 activations with calibrated zero points, 7-bit weights."""
+    out = tmp_path_factory.mktemp("q") / "tiny-int8-rpi4"
+    res = cli("-q", "quantize", tiny_export, "--target", "rpi4", *FAST_Q, "--out", out)
+    assert res.exit_code == 0, res.output
+    return out
+
+
 def _host_lib(src: Path, out: Path) -> Path:
     res = cli("-q", "build", src, "--target", "host", "--out", out)
     assert res.exit_code == 0, res.output

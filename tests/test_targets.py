@@ -92,7 +92,8 @@ def _bad(tmp_path, old, new):
     ('activations = "int8"', 'activations = "int4"', "key 'int8.activations' must be 'uint8' or 'int8'"),
     ('name = "rpi4"', 'name = "rpi4', "malformed TOML"),
     ('rpc_key = "rpi4"\n', '', "missing key 'rpc_key'"),
-    ('per_channel = true', 'per_channel = true\nweight_bits = 4', "key 'int8.weight_bits' must be 7 or 8"),
+    ('weight_bits = 7', 'weight_bits = 4', "key 'int8.weight_bits' must be 7 or 8"),
+    ('symmetric_activations = false', 'symmetric_activations = "no"', "key 'int8.symmetric_activations' must be bool"),
     ('qemu_cpu = "cortex-a72"', 'qemu_cpu = "cortex-a78"', "key 'qemu_cpu' must be one of qemu-aarch64's cores"),
 ])
 def test_bad_target_files_name_file_and_key(tmp_path, old, new, words):
@@ -115,8 +116,9 @@ def test_unknown_target_name():
 
 
 def test_weight_bits_defaults_to_8_and_avx2_asks_for_7():
-    assert load_target("rpi4").int8.weight_bits == 8  # not in the file: the full int8 range
+    assert load_target("rpi5").int8.weight_bits == 8  # not in the file: the full int8 range
     assert load_target("x86-avx2").int8.weight_bits == 7  # vpmaddubsw cannot saturate
+    assert load_target("rpi4").int8.weight_bits == 7  # four s8 products fit an int16 lane
 
 
 def test_target_dataclass_is_frozen():

@@ -25,7 +25,7 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from squeezeedge.lowering.tir_walk import llvm_intrinsics_called, reduction_updates
 
 INT_DTYPES = ("uint8", "int8")
-MAC_KERNELS = ("conv1d", "matmul", "vnni_dot", "arm_sdot", "arm_neon_dot", "arm_neon_k16", "avx2_madd", "avx2_u8s8")  # names of multiply-accumulate kernels
+MAC_KERNELS = ("conv1d", "matmul", "vnni_dot", "arm_sdot", "arm_neon_dot", "arm_neon_k16", "arm_neon_k32", "avx2_madd", "avx2_u8s8")  # names of multiply-accumulate kernels
 
 
 @dataclass
@@ -106,13 +106,18 @@ NEON = PackedDot("arm_neon_dot", 1, 16, ("int8",), "int8", "int8", "dot_16_lanes
 # symmetric weights never are: |(-128)(-127)| x 2 < 2^15), 3 instructions a step
 NEON16 = PackedDot("arm_neon_k16", 1, 16, ("int8",), "int8", "int8", "dot_16_lanes_i8i8s32_neon", "smlal2",
                    (4, 4), partial=4)
+# Four products in each int16 lane before sadalp (smull, smlal2, smlal, smlal2): 5 instructions for 32
+# products, exact for a layer whose weights keep every lane's four products within int16
+# (:func:`fits_four_products`: 7-bit weights do)
+NEON32 = PackedDot("arm_neon_k32", 1, 32, ("int8",), "int8", "int8", "dot_32_lanes_i8i8s32_neon", "smlal",
+                   (4, 4), partial=4)
 # AVX2 has no exact 8-bit dot product (vpmaddubsw's int16 pair sums saturate): widen to int16 and use
 # vpmaddwd, 8 outputs x 2 products per instruction, exact for any u8/s8 input.
 AVX2 = PackedDot("avx2_madd", 8, 2, ("uint8", "int8"), "int16", "int16", "dot_8x2_i16i16i32_avx2", "vpmaddwd")
 # Twice the products per cycle, exact only for weights in [-64, 64] (7-bit, quantize's weight_bits = 7):
 # u8 activations x s8 weights, vpmaddubsw's int16 pair sums then cannot saturate. Chosen per layer.
 AVX2_U8S8 = PackedDot("avx2_u8s8", 8, 4, ("uint8",), "uint8", "int8", "dot_8x4_u8s8s32_avx2", "vpmaddubsw")
-PACKED = (VNNI, SDOT, NEON, NEON16, AVX2, AVX2_U8S8)
+PACKED = (VNNI, SDOT, NEON, NEON16, NEON32, AVX2, AVX2_U8S8)
 SEVEN_BIT = 64  # the largest weight magnitude AVX2_U8S8 is exact for
 
 
@@ -124,7 +129,22 @@ def packed_for_layer(packed: PackedDot | None, dtype: str, w: np.ndarray) -> Pac
         return AVX2_U8S8
     if packed is NEON16 and int(w.min()) < -127:
         return NEON
+    if packed is NEON16 and fits_four_products(w):
+        return NEON32
     return packed
+
+
+def fits_four_products(w_nk: np.ndarray) -> bool:
+    """Whether every int16 lane of :data:`NEON32` (the products at k = i, i+8, i+16, i+24 of each 32 of
+    one output) stays within int16 for any s8 activations: the largest sum, -128 or 127 against each
+    weight's sign, is at most 32767 and the smallest at least -32768. False where K is not 32s."""
+    n, k = w_nk.shape
+    if k % 32:
+        return False
+    w = w_nk.astype(np.int32).reshape(n, k // 32, 4, 8)  # [n, block, quarter, lane]: a lane sums over quarters
+    high = np.where(w < 0, -128 * w, 127 * w).sum(axis=2)
+    low = np.where(w > 0, -128 * w, -127 * w).sum(axis=2)
+    return bool(high.max() <= 32767 and low.min() >= -32768)
 
 
 def packed_dot_for(tvm_target) -> PackedDot | None:

@@ -188,13 +188,14 @@ def _lower(parent: Artifact, tvm_target, cfg: BuildConfig, precision: str, dump_
     """The Relax module (squeezeedge.lowering.pipeline's bucket phases), its int8 coverage (None for fp32),
     and the lengths it is built for. An int8 model whose quantized layers did not all become integer
     kernels fails here."""
-    from squeezeedge.lowering.int8 import AVX2, float_compute_layers, packed_dot_for
+    from squeezeedge.lowering.int8 import AVX2, NEON16, float_compute_layers, packed_dot_for
     from squeezeedge.lowering.pipeline import bucket_lengths, relax_module
 
     lengths = bucket_lengths(parent, tvm_target)
     integer = precision == "int8" and cfg.integer
     packed = packed_dot_for(tvm_target)
-    instruction = "vpmaddubsw (7-bit weights) or vpmaddwd" if packed is AVX2 else packed and packed.instruction
+    instruction = "vpmaddubsw (7-bit weights) or vpmaddwd" if packed is AVX2 else \
+        "smlal (7-bit weights) or smlal2" if packed is NEON16 else packed and packed.instruction
     rewrite = (" and rewriting QDQ layers to integer kernels" + (f" (weights packed for {instruction})"
                                                                   if packed else "")) if integer else ""
     # TVM logs a warning per embedding gather ("Fast mode segfaults when there are out-of-bounds

@@ -126,7 +126,8 @@ def quantize_model(export_dir: Path, cfg: QuantizeConfig, out: Path, force: bool
     data = {"path": str(corpus.path), "sha256": corpus.sha256, "format": corpus.format, "column": corpus.column,
             "records": corpus.records, "usable": len(corpus.texts), "calibration": len(calib),
             "heldout": len(heldout), "seed": cfg.seed, "tokenizer": asdict(tok_info)}
-    console.info(f"  quantize: {cfg.method}, {scheme['activations']} activations x {scheme['weights']} weights"
+    zero = " (zero point 0)" if scheme["activations"] == "int8" and scheme["symmetric_activations"] else ""
+    console.info(f"  quantize: {cfg.method}, {scheme['activations']} activations{zero} x {scheme['weights']} weights"
                  f"{' (7-bit)' if scheme['weight_bits'] == 7 else ''}, "
                  f"{'per-channel' if scheme['per_channel'] else 'per-tensor'} (preset {target.name}); "
                  f"{len(calib)} calibration / {len(heldout)} held-out texts from {corpus.path.name}")
@@ -143,6 +144,7 @@ def _scheme(cfg: QuantizeConfig, target) -> dict:
         "activations": cfg.activations or target.int8.activations,
         "weights": target.int8.weights,
         "weight_bits": target.int8.weight_bits,
+        "symmetric_activations": target.int8.symmetric_activations,
         "per_channel": target.int8.per_channel if cfg.per_channel is None else cfg.per_channel,
         "preset": target.name,
         "preset_reason": target.int8.reason,
@@ -270,7 +272,8 @@ def _quantize(src: Path, tmp: Path, feeds: list[dict], method: str, scheme: dict
                               "percentile": CalibrationMethod.Percentile}[method],
             extra_options={
                 "CalibStridedMinMax": stride,  # applies to every calibrator: bounds memory (ORT #10503)
-                "ActivationSymmetric": scheme["activations"] == "int8",  # s8 x s8 dot products, no zero point
+                # s8 x s8 dot products with no zero point, or the preset's calibrated one (u8: always)
+                "ActivationSymmetric": scheme["activations"] == "int8" and scheme.get("symmetric_activations", True),
                 "WeightSymmetric": True,
                 "OpTypesToExcludeOutputQuantization": list(scheme.get("float_outputs", [])),
             },

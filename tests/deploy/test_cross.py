@@ -34,15 +34,19 @@ def test_cross_build_runs_under_qemu_and_matches_x86(cross_libs, fp32_lib, int8_
         np.testing.assert_allclose(got, x86(**feed)[0], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("target, instruction", [("rpi5", "sdot"), ("rpi4", "smlal2+smull2")])
-def test_pi_int8_kernels_use_their_cores_instruction_and_match_x86(tiny_int8_s8, tmp_path, target, instruction):
+@pytest.mark.parametrize("target, model, instruction", [
+    ("rpi5", "tiny_int8_s8", "sdot"), ("rpi4", "tiny_int8_rpi4", "smlal+smlal2+smull2")])
+def test_pi_int8_kernels_use_their_cores_instruction_and_match_x86(request, tmp_path, target, model, instruction):
     """With s8 activations every integer multiply-accumulate kernel, the attention's included, is packed
     and tensorized onto the core's instructions (Pi 5: sdot, indexed; Pi 4, no dot product: NEON smull + smlal2 for
-    the weight layers, smull + smull2 for the attention, into partial sums added once) with no database; they are in the library's code; under
-    qemu the output equals the x86 build of the same model (integer kernels on both: max abs 1e-5)."""
+    the weight layers, four products a lane (smlal too) where the Pi 4 preset's 7-bit weights allow it and the
+    reduction is 32s (the tiny model has both kinds), smull + smull2 for the attention, into partial sums added once) with no database; they are
+    in the library's code; under qemu the output equals the x86 build of the same model (integer kernels on
+    both: max abs 1e-5)."""
+    src = request.getfixturevalue(model)
     pi, x86 = tmp_path / target, tmp_path / "x86"
     for tgt, out in ((target, pi), ("host", x86)):
-        res = cli("-q", "build", tiny_int8_s8, "--target", tgt, "--out", out)
+        res = cli("-q", "build", src, "--target", tgt, "--out", out)
         assert res.exit_code == 0, res.output
     cov = json.loads((pi / "metadata.json").read_text())["int8"]
     assert cov["packed_instruction"] == instruction and cov["packed_kernels"] >= 6

@@ -10,8 +10,8 @@ import pytest
 import tvm
 
 from squeezeedge.lowering import intrinsics  # noqa: F401  (the byte-vector dot_16x4_vnni)
-from squeezeedge.lowering.int8 import (AVX2, AVX2_U8S8, NEON, NEON16, VNNI, _pack, _te_packed, _te_packed_pair,
-                                       packed_dot_for, packed_for_layer)
+from squeezeedge.lowering.int8 import (AVX2, AVX2_U8S8, NEON, NEON16, NEON32, VNNI, _pack, _te_packed,
+                                       _te_packed_pair, fits_four_products, packed_dot_for, packed_for_layer)
 from squeezeedge.lowering.schedules import default_schedules
 
 TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake", "num-cores": 2}
@@ -219,6 +219,39 @@ def test_a72_partial_sums_hold_every_product_once(shape, n, groups):
     np.testing.assert_array_equal(y.numpy(), _reference(x, w, groups))
 
 
+@pytest.mark.parametrize("shape, n, groups", [((1, 16, 768), 64, 4), ((1, 12, 64), 8, 1)])
+def test_a72_four_product_kernel_is_exact_for_7_bit_weights(shape, n, groups):
+    """The 7-bit weights' kernel puts four products in an int16 lane (k = i, i+8, i+16, i+24 of each 32):
+    at the extremes that still fit (activations -128 against weights -63 and 64 everywhere, and the worst
+    lane that fits: three -64 and one -63) it equals numpy's int32 matmul."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, shape).astype(np.int8)
+    w = rng.integers(-64, 65, (n, shape[-1] // groups)).astype(np.int8)
+    x.reshape(-1, shape[-1])[0] = -128
+    x.reshape(-1, shape[-1])[1] = 127
+    w[0], w[1] = -63, 64
+    w[2, [0, 8, 16, 24]] = (-64, -64, -64, -63)  # 128 x 255 = 32640 in one lane
+    assert fits_four_products(w) and packed_for_layer(NEON16, "int8", w) is NEON32
+    lib = tvm.tirx.build(tvm.IRModule({"main": _te_packed(shape, n, groups, "main", NEON32)}), target="llvm")
+    y = tvm.runtime.tensor(np.zeros((*shape[:-1], n), np.int32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(_pack(w, groups, NEON32)), y)
+    np.testing.assert_array_equal(y.numpy(), _reference(x, w, groups))
+
+
+def test_a72_four_products_only_where_no_lane_can_overflow():
+    """Four -64 weights in one lane could sum 4 x 8192 = 32768 products (one past int16), 8-bit weights far
+    more, and a reduction that is no multiple of 32 has no 32-product step: those layers keep the exact
+    two-product kernel (smlal2), and a -128 weight the one-product kernel."""
+    w = np.full((4, 64), 64, np.int8)
+    assert fits_four_products(w) and packed_for_layer(NEON16, "int8", w) is NEON32
+    w[1, [3, 11, 19, 27]] = -64
+    assert not fits_four_products(w) and packed_for_layer(NEON16, "int8", w) is NEON16
+    assert packed_for_layer(NEON16, "int8", np.full((4, 64), 65, np.int8)) is NEON16
+    assert packed_for_layer(NEON16, "int8", np.ones((4, 48), np.int8)) is NEON16
+    w[1, 0] = -128
+    assert packed_for_layer(NEON16, "int8", w) is NEON
+
+
 def test_a72_pair_kernel_is_exact_for_two_activations_at_minus_128():
     """The attention's two activations can both be -128 (a pair of such products overflows int16, which
     is why it multiplies each half apart): its partial-sum kernel equals numpy's product there."""
@@ -233,7 +266,8 @@ def test_a72_pair_kernel_is_exact_for_two_activations_at_minus_128():
 
 
 def test_a72_kernels_sum_their_lanes_pairwise_and_fp32_takes_scalars_from_lanes():
-    """On the A72 the weight kernel is tensorized onto smull/smlal2/sadalp and its 4-output sums onto addp
+    """On the A72 the weight kernels are tensorized onto smull/smlal2/sadalp (7-bit weights: and smlal) and
+    their 4-output sums onto addp
     (no transpose of the partial sums: zip/uzp/trn), the attention's onto smull2; an fp32 convolution's
     broadcast weights come from vector lanes (fmla's indexed form) with no scalar loads in its loop."""
     target = tvm.target.Target(A72)
@@ -243,9 +277,10 @@ def test_a72_kernels_sum_their_lanes_pairwise_and_fp32_takes_scalars_from_lanes(
         assert counts["naive"] == 0
         return tvm.tirx.build(mod, target=target).inspect_source("asm")
 
-    code = asm(_te_packed((1, 32, 768), 768, 4, "main", NEON16))
-    ops = {line.split()[0] for line in code.splitlines() if line.startswith("\t") and line.split()}
-    assert {"smull", "smlal2", "sadalp", "addp"} <= ops and not ops & {"zip1", "zip2", "uzp1", "uzp2", "trn1", "trn2"}
+    for spec, mnemonics in ((NEON16, {"smull", "smlal2"}), (NEON32, {"smull", "smlal2", "smlal"})):
+        code = asm(_te_packed((1, 32, 768), 768, 4, "main", spec))
+        ops = {line.split()[0] for line in code.splitlines() if line.startswith("\t") and line.split()}
+        assert mnemonics | {"sadalp", "addp"} <= ops and not ops & {"zip1", "zip2", "uzp1", "uzp2", "trn1", "trn2"}
     pair = asm(_te_packed_pair((1, 2, 32, 64), 32, "main", NEON))
     assert "\tsmull2\t" in pair and "\tsadalp\t" in pair
 

@@ -116,6 +116,16 @@ def test_avx2_preset_quantizes_weights_to_7_bits(tiny_export, tiny_int8, tmp_pat
     assert manifest(tiny_int8)["results"]["scheme"]["weight_bits"] == 8 and _max_weight(tiny_int8) == 127
 
 
+def test_pi4_preset_has_7_bit_weights_and_zero_pointed_s8_activations(tiny_int8_rpi4):
+    """The Pi 4 preset: weights in [-64, 64] (four s8 products fit an int16 lane) and s8 activations whose
+    zero points are calibrated, not 0 (one-sided tensors such as softmax's keep their 8 bits)."""
+    scheme = manifest(tiny_int8_rpi4)["results"]["scheme"]
+    assert scheme["weight_bits"] == 7 and scheme["symmetric_activations"] is False and _max_weight(tiny_int8_rpi4) == 64
+    record = json.loads((tiny_int8_rpi4 / "quant_params.json").read_text())["tensors"]
+    activations = [r for r in record.values() if r["role"] == "activation"]
+    assert all(r["dtype"] == "int8" for r in activations) and any(set(r["zero_point"]) != {0} for r in activations)
+
+
 def test_signed_activations_are_symmetric(tiny_export, tmp_path):
     out = tmp_path / "s8"
     res = cli("-q", "quantize", tiny_export, *FAST, "--activations", "int8", "--per-tensor", "--out", out)
