@@ -34,6 +34,7 @@ from squeezeedge.lowering.relax import _static_dims, import_onnx
 from squeezeedge.lowering.divides import ReciprocalDivides
 from squeezeedge.lowering.gelu_quantize import FoldGeluQuantize
 from squeezeedge.lowering.layer_norm_quantize import FoldLayerNormQuantize
+from squeezeedge.lowering.qdq import legalize_quantize_saturating
 from squeezeedge.lowering.requantize import FoldRequantize
 from squeezeedge.lowering.round_trips import DropRoundTrips
 from squeezeedge.lowering.softmax_quantize import FoldSoftmaxQuantize
@@ -86,7 +87,9 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
 def _module_phases(tvm_target) -> dict[str, list]:
     t = relax.transform
     fast_math = [t.FastMathTransform()] if tvm_target.kind.name == "llvm" else []
-    return {"legalize": [ReciprocalDivides, *fast_math, t.LegalizeOps(), t.AnnotateTIROpPattern(), t.FoldConstant(),
+    aarch64 = tvm_target.kind.name == "llvm" and str(tvm_target.attrs.get("mtriple", "")).startswith("aarch64")
+    legalize = t.LegalizeOps({"relax.quantize": legalize_quantize_saturating} if aarch64 else None)
+    return {"legalize": [ReciprocalDivides, *fast_math, legalize, t.AnnotateTIROpPattern(), t.FoldConstant(),
                          t.FuseOps(), t.FuseTIR()]}
 
 
