@@ -276,3 +276,24 @@ def test_aarch64_quantize_saturates_in_integers_with_the_same_values(dtype, scal
     asm = tvm.compile(ours, target=a76).mod.imports[0].inspect_source("asm")
     assert "\tsqxtn" in asm or "\tsqxtun" in asm
     assert "\tfminnm" not in asm
+
+
+def test_softmax_exp_is_within_1e_5_of_exp_for_nonpositive_inputs():
+    """softmax's exp (x - max <= 0): 2^n * P(f) with 2^n built in the exponent bits; relative error under
+    1e-5 (P's 2.9e-6 and float32's rounding of x log2(e) at large |x|) down to where exp leaves float32's
+    normal range, and no more than 2^-126 below it (-inf too)."""
+    from tvm import te
+
+    from squeezeedge.lowering.softmax_quantize import exp_nonpositive
+
+    x = te.placeholder((4096,), "float32", name="x")
+    f32 = lambda v: tvm.tirx.const(float(v), "float32")  # noqa: E731
+    lib = tvm.tirx.build(te.create_prim_func([x, exp_nonpositive(x, f32)]), target="llvm")
+    v = np.concatenate([-np.linspace(0, 87, 4090), [-88, -100, -1e4, np.finfo(np.float32).min, -np.inf, -0.0]])
+    v = v.astype("float32")
+    out = tvm.runtime.tensor(np.zeros(4096, "float32"))
+    lib(tvm.runtime.tensor(v), out)
+    got, exact = out.numpy().astype(np.float64), np.exp(v.astype(np.float64))
+    assert np.abs(got[:4090] / exact[:4090] - 1).max() < 1e-5
+    assert np.abs(got[:100] / exact[:100] - 1).max() < 3.5e-6  # |x| < 2: P's own error
+    assert np.all(got[4090:-1] <= 2.0 ** -126) and got[-1] == pytest.approx(1.0, rel=1e-6)
