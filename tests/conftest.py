@@ -54,22 +54,23 @@ def tiny_int8(tiny_export, tmp_path_factory) -> Path:
     return out
 
 
+def _quantized(tiny_export, tmp_path_factory, target: str, name: str) -> Path:
+    out = tmp_path_factory.mktemp("q") / name
+    res = cli("-q", "quantize", tiny_export, "--target", target, *FAST_Q, "--out", out)
+    assert res.exit_code == 0, res.output
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_int8_s8(tiny_export, tmp_path_factory) -> Path:
     """Quantized for the Pi 5: signed 8-bit activations, which its sdot instruction multiplies."""
-    out = tmp_path_factory.mktemp("q") / "tiny-int8-rpi5"
-    res = cli("-q", "quantize", tiny_export, "--target", "rpi5", *FAST_Q, "--out", out)
-    assert res.exit_code == 0, res.output
-    return out
+    return _quantized(tiny_export, tmp_path_factory, "rpi5", "tiny-int8-rpi5")
 
 
 @pytest.fixture(scope="session")
 def tiny_int8_rpi4(tiny_export, tmp_path_factory) -> Path:
     """Quantized for the Pi 4: s8 activations with calibrated zero points, 7-bit weights."""
-    out = tmp_path_factory.mktemp("q") / "tiny-int8-rpi4"
-    res = cli("-q", "quantize", tiny_export, "--target", "rpi4", *FAST_Q, "--out", out)
-    assert res.exit_code == 0, res.output
-    return out
+    return _quantized(tiny_export, tmp_path_factory, "rpi4", "tiny-int8-rpi4")
 
 
 def _host_lib(src: Path, out: Path) -> Path:

@@ -181,20 +181,27 @@ NEON_LANES_INTRIN = "dot_16_lanes_i8i8s32_neon"  # smull + smlal2 (int16 pair su
 NEON_LANES_PAIR_INTRIN = "dot_16_lanes_pair_i8i8s32_neon"  # smull, smull2, 2 sadalp: 4, exact for any s8
 
 
-@T.prim_func(s_tir=True)
-def _lanes_desc(
-    A: T.Buffer((16,), "int8", offset_factor=1),
-    B: T.Buffer((16,), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:16], B[0:16])
-        T.writes(C[0:4])
-        for j, t in T.grid(4, 4):
-            with T.sblock("update"):
-                vj, vt = T.axis.remap("SR", [j, t])
-                C[vj] = C[vj] + T.cast(A[vj * 2 + vt % 2 + vt // 2 * 8], "int32") \
-                    * T.cast(B[vj * 2 + vt % 2 + vt // 2 * 8], "int32")
+def _lanes_desc_of(k: int):
+    """The A72 kernels' description: k products of one output into 4 partial sums, lane j taking the k at
+    2j, 2j+1 of each 8 (as smull/smlal(2) and saddlp/sadalp put them)."""
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((k,), "int8", offset_factor=1),
+        B: T.Buffer((k,), "int8", offset_factor=1),
+        C: T.Buffer((4,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:k], B[0:k])
+            T.writes(C[0:4])
+            for j, t in T.grid(4, k // 4):
+                with T.sblock("update"):
+                    vj, vt = T.axis.remap("SR", [j, t])
+                    C[vj] = C[vj] + T.cast(A[vj * 2 + vt % 2 + vt // 2 * 8], "int32") \
+                        * T.cast(B[vj * 2 + vt % 2 + vt // 2 * 8], "int32")
+    return desc
+
+
+_lanes_desc = _lanes_desc_of(16)
 
 
 @T.prim_func(s_tir=True)
@@ -242,22 +249,6 @@ NEON_LANES_QUAD_INTRIN = "dot_32_lanes_i8i8s32_neon"
 
 
 @T.prim_func(s_tir=True)
-def _lanes_quad_desc(
-    A: T.Buffer((32,), "int8", offset_factor=1),
-    B: T.Buffer((32,), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:32], B[0:32])
-        T.writes(C[0:4])
-        for j, t in T.grid(4, 8):
-            with T.sblock("update"):
-                vj, vt = T.axis.remap("SR", [j, t])
-                C[vj] = C[vj] + T.cast(A[vj * 2 + vt % 2 + vt // 2 * 8], "int32") \
-                    * T.cast(B[vj * 2 + vt % 2 + vt // 2 * 8], "int32")
-
-
-@T.prim_func(s_tir=True)
 def _lanes_quad_neon(
     A: T.Buffer((32,), "int8", offset_factor=1),
     B: T.Buffer((32,), "int8", offset_factor=1),
@@ -275,7 +266,7 @@ def _lanes_quad_neon(
         C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + _neon("saddlp.v4i32.v8i16", quads, dtype="int32x4")
 
 
-TensorIntrin.register(NEON_LANES_QUAD_INTRIN, _lanes_quad_desc, _lanes_quad_neon, override=True)
+TensorIntrin.register(NEON_LANES_QUAD_INTRIN, _lanes_desc_of(32), _lanes_quad_neon, override=True)
 
 # The 4 partial sums of 4 outputs added: two levels of pairwise adds (3 addp), not a 4 x 4 transpose
 NEON_LANES_SUM_INTRIN = "sum_4x4_lanes_i32_neon"
