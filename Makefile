@@ -95,7 +95,7 @@ bench-latency: $(STAMP)
 # tokens and per real text, beside onnxruntime (fp32, int8 its own recipe) and LiteRT on the same core, with
 # the floor (results/boards-emulated.json); then the libraries' counts checked against the bundles' own
 # runner, (3 runs - 1 run) / 2, within 1% (results/boards-count-check.md); then the report. ~40 min here.
-BOARD_LIBS = build/boards/rpi4-int8 build/boards/rpi5-int8 build/boards/rpi4-fp32
+BOARD_LIBS = build/boards/rpi4-int8 build/boards/rpi5-int8 build/boards/rpi4-fp32 build/boards/rpi5-fp32
 bench-boards: $(STAMP) toolchain emulation
 	$(SE) export --model squeezebert-uncased --dynamic --out build/boards/export
 	$(SE) quantize build/boards/export --target rpi4 --out build/boards/int8-rpi4
@@ -103,6 +103,7 @@ bench-boards: $(STAMP) toolchain emulation
 	$(SE) build build/boards/int8-rpi4 --target rpi4 --bundle --out build/boards/rpi4-int8
 	$(SE) build build/boards/int8-rpi5 --target rpi5 --bundle --out build/boards/rpi5-int8
 	$(SE) build build/boards/export --target rpi4 --bundle --out build/boards/rpi4-fp32
+	$(SE) build build/boards/export --target rpi5 --bundle --out build/boards/rpi5-fp32
 	$(SE) --workdir build/boards bench $(BOARD_LIBS) --emulate --out results/boards-emulated.json
 	$(PY) -m squeezeedge.measure.count_check results/boards-emulated.json $(addsuffix .tar.gz,$(BOARD_LIBS)) \
 		--out results/boards-count-check
