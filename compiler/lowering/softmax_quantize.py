@@ -38,8 +38,9 @@ def exp_nonpositive(x, f32):
 
 def _te_softmax_quantize(shape: tuple[int, ...], scale: float, zero: int, out_dtype: str, name: str,
                          source: tuple | None = None):
-    """x [..., N] -> quantize(softmax(x, -1), scale, zero): the row's max, exp (:func:`exp_nonpositive`), sum, then one reciprocal a row, 1 / (sum * scale), and a multiply
-    an element, where softmax then quantize divided each element twice.
+    """x [..., N] -> quantize(softmax(x, -1), scale, zero): the row's max, exp (:func:`exp_nonpositive`),
+    sum, then one reciprocal a row, 1 / (sum * scale), and a multiply an element, where softmax then
+    quantize divided each element twice.
 
     With ``source`` = (q dtype, q zero point, a, mask shape), x is a * (q - zero point) + mask computed
     here from the 8-bit q (the attention scores) and a float mask broadcast against it: the kernel

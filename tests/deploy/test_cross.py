@@ -40,9 +40,9 @@ def test_pi_int8_kernels_use_their_cores_instruction_and_match_x86(request, tmp_
     """With s8 activations every integer multiply-accumulate kernel, the attention's included, is packed
     and tensorized onto the core's instructions (Pi 5: sdot, indexed; Pi 4, no dot product: NEON smull + smlal2 for
     the weight layers, four products a lane (smlal too) where the Pi 4 preset's 7-bit weights allow it and the
-    reduction is 32s (the tiny model has both kinds), smull + smull2 for the attention, into partial sums added once) with no database; they are
-    in the library's code; under qemu the output equals the x86 build of the same model (integer kernels on
-    both: max abs 1e-5)."""
+    reduction is 32s (the tiny model has both kinds), smull + smull2 for the attention, into partial sums
+    added once) with no database; they are in the library's code; under qemu the output equals the x86 build
+    of the same model (integer kernels on both: max abs 1e-5)."""
     src = request.getfixturevalue(model)
     pi, x86 = tmp_path / target, tmp_path / "x86"
     for tgt, out in ((target, pi), ("host", x86)):
