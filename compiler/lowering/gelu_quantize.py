@@ -159,3 +159,24 @@ def fold_gelu_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.
 
 
 FoldGeluQuantize = counted_pass("FoldGeluQuantize", "gelus_folded")(fold_gelu_quantize)
+
+
+def rational_erfs(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
+    """Every float32 ``erf`` left in the module's Relax functions (fp32 GELU; int8 ones not folded) as
+    :func:`erf_rational`: 6 multiply-adds and a divide, where TVM's fast_erf (FastMathTransform) spends
+    9 multiply-adds, a divide and its clamp's constants (the fp32 FFN's GELU epilogue: ~36 instructions a
+    vector on the Cortex-A72, results/PERFORMANCE-LOG.md 48). Returns (module, how many were replaced)."""
+    def match(_var, value, _values, _uses):
+        ok = isinstance(value, relax.Call) and value.op.same_as(_ERF) and str(value.ty.dtype) == "float32"
+        return value.args[0] if ok else None
+
+    total = 0
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod, n = rewrite_bindings(mod, match, lambda builder, visit, y: _emit_erf(builder, visit(y)),
+                                      gv.name_hint)
+            total += n
+    return mod, total
+
+
+RationalErfs = counted_pass("RationalErfs")(rational_erfs)

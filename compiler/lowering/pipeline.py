@@ -13,8 +13,9 @@ Phases, in order (``build --dump-ir DIR`` writes the IR after each step, one fil
   folded, and quantize's scale folded into the kernels' epilogues (``requantize``), a GELU epilogue
   (``gelu_quantize``), softmax (``softmax_quantize``) and layer norm (``layer_norm_quantize``);
 - ``merge``: the buckets as one module (:func:`squeezeedge.lowering.lengths.merge`);
-- ``legalize``: float divides by constants as multiplies (``divides``), TVM's fast math on CPU (softmax, exp, erf and
-  tanh as vectorizable polynomials: libm's scalar erf and exp took a third of tuned fp32 SqueezeBERT),
+- ``legalize``: float divides by constants as multiplies (``divides``), erf as a (3, 3) rational on CPU
+  (``gelu_quantize.rational_erfs``), TVM's fast math on CPU (softmax, exp and tanh as vectorizable
+  polynomials: libm's scalar erf and exp took a third of tuned fp32 SqueezeBERT),
   then Relax's "zero" pipeline spelled out: legalize, annotate, fold, fuse each kernel with its epilogue.
 """
 
@@ -32,7 +33,7 @@ from squeezeedge.lowering.lengths import FIRST_BUCKET, buckets, merge
 from squeezeedge.lowering.lookup import LookupTables
 from squeezeedge.lowering.relax import _static_dims, import_onnx
 from squeezeedge.lowering.divides import ReciprocalDivides
-from squeezeedge.lowering.gelu_quantize import FoldGeluQuantize
+from squeezeedge.lowering.gelu_quantize import FoldGeluQuantize, RationalErfs
 from squeezeedge.lowering.layer_norm_quantize import FoldLayerNormQuantize
 from squeezeedge.lowering.qdq import legalize_quantize_saturating
 from squeezeedge.lowering.requantize import FoldRequantize
@@ -86,7 +87,7 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
 
 def _module_phases(tvm_target) -> dict[str, list]:
     t = relax.transform
-    fast_math = [t.FastMathTransform()] if tvm_target.kind.name == "llvm" else []
+    fast_math = [RationalErfs(), t.FastMathTransform()] if tvm_target.kind.name == "llvm" else []
     aarch64 = tvm_target.kind.name == "llvm" and str(tvm_target.attrs.get("mtriple", "")).startswith("aarch64")
     legalize = t.LegalizeOps({"relax.quantize": legalize_quantize_saturating} if aarch64 else None)
     return {"legalize": [ReciprocalDivides, *fast_math, legalize, t.AnnotateTIROpPattern(), t.FoldConstant(),

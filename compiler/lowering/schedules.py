@@ -194,8 +194,8 @@ def _reductions(one: tvm.IRModule):
 
     - a reduction across rows (layer norm over NCW's channel axis, once :mod:`squeezeedge.lowering.transposes`
       has removed the transposes around it; a matmul's column of B) walks rows in the outer loop and
-      32 adjacent outputs in the inner one, which LLVM vectorizes: contiguous loads, the same summation
-      order per output;
+      32 adjacent outputs in the inner one (16, 8 or 4 where they do not divide by 32: a 16- or 12-token
+      bucket), which LLVM vectorizes: contiguous loads, the same summation order per output;
     - a reduction along rows (layer norm over NWC's channels, softmax) keeps 16 partial results per
       output (rfactor), the inner loop over adjacent elements vectorizable, then adds the 16;
 
@@ -217,7 +217,7 @@ def _reductions(one: tvm.IRModule):
         s_var, k_var = iters[-2].var, iters[-1].var
         reads = [r.region for r in sch.get(block).reads if len(r.region) > 1]
         if any(r[-1].min.same_as(s_var) and any(_uses(d.min, k_var) for d in r[:-1]) for r in reads) \
-                and int(sch.get(loops[-2]).extent) % 32 == 0:
+                and _width(int(sch.get(loops[-2]).extent)):
             plans.append((block, "column"))
         elif any(_uses(r[-1].min, k_var) for r in reads) and int(sch.get(loops[-1]).extent) % 16 == 0 \
                 and not any(_uses(d.min, k_var) for r in reads for d in r[:-1]):
@@ -240,8 +240,8 @@ def _reductions(one: tvm.IRModule):
             sch.parallel(rf_loops[0])
             continue
         *lead, last = sch.get_loops(block) if plan is None else sch.get_loops(block)[:-1]
-        outer, inner = sch.split(last, [None, 32 if plan else 16]) if int(sch.get(last).extent) % 16 == 0 \
-            else (last, None)
+        width = _width(int(sch.get(last).extent), 32 if plan else 16)
+        outer, inner = sch.split(last, [None, width]) if width else (last, None)
         k = sch.get_loops(block)[-1] if plan else None
         if plan:
             sch.reorder(outer, k, inner)
@@ -251,6 +251,12 @@ def _reductions(one: tvm.IRModule):
         elif inner is not None:
             sch.vectorize(inner)
     return sch
+
+
+def _width(extent: int, most: int = 32) -> int | None:
+    """The inner, vectorized loop's length for ``extent`` adjacent outputs: the largest of ``most``, 16, 8 or
+    4 (NEON's 4 fp32 lanes) that divides it, else None."""
+    return next((w for w in (32, 16, 8, 4) if w <= most and extent % w == 0), None)
 
 
 def _rows(one: tvm.IRModule):

@@ -11,7 +11,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from squeezeedge.lowering.gelu_quantize import erf_rational, fold_gelu_quantize
+from squeezeedge.lowering.gelu_quantize import erf_rational, fold_gelu_quantize, rational_erfs
 from squeezeedge.lowering.layer_norm_quantize import fold_layer_norm_quantize
 from squeezeedge.lowering.requantize import fold_requantize
 from squeezeedge.lowering.round_trips import drop_round_trips
@@ -243,6 +243,28 @@ def test_erf_rational_is_within_5e_6_of_erf_everywhere():
     y = np.linspace(-8, 8, 400001)
     exact = np.array([math.erf(v) for v in y])
     assert np.abs(erf_rational(y) - exact).max() < 5e-6
+
+
+def test_fp32_erfs_become_the_rational_and_gelu_keeps_its_values():
+    """rational_erfs (the CPU legalize phase) replaces each float32 erf of a Relax function: the exported
+    fp32 GELU, built for this host, stays within 3e-6 |x| of the exact GELU (x in [-12, 12])."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, 1000), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            e = bb.emit(relax.op.erf(bb.emit(relax.op.divide(x, relax.const(1.4142135381698608, "float32")))))
+            g = bb.emit(relax.op.multiply(relax.op.multiply(x, relax.const(0.5, "float32")),
+                                          bb.emit(relax.op.add(e, relax.const(1.0, "float32")))))
+            out = bb.emit_output(g)
+        bb.emit_func_output(out)
+    mod, n = rational_erfs(bb.get())
+    assert n == 1 and "R.erf" not in mod.script()
+    xs = np.linspace(-12, 12, 4000, dtype=np.float32).reshape(4, 1000)
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(xs)).numpy()
+    exact = np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in xs.reshape(-1).astype(np.float64)])
+    # GELU's error is x / 2 times erf's (5e-6; 6e-6 past the clamp): 3e-6 of |x|, 3e-6 below 1
+    assert np.all(np.abs(got.reshape(-1) - exact) <= 3e-6 * np.maximum(1, np.abs(xs.reshape(-1))))
 
 
 def test_gelu_whose_input_is_read_elsewhere_is_left_alone():
