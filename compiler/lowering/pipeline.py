@@ -7,7 +7,8 @@ Phases, in order (``build --dump-ir DIR`` writes the IR after each step, one fil
 - ``import`` (each length bucket): the ONNX at the bucket's static shape (:func:`import_onnx`);
 - ``integer`` (int8, each bucket): QDQ layers to integer kernels, pre-packed for the target's dot-product
   instruction (:mod:`squeezeedge.lowering.int8`);
-- ``layout`` (each bucket): transposes sunk until they cancel (:mod:`squeezeedge.lowering.transposes`);
+- ``layout`` (each bucket): transposes sunk until they cancel (:mod:`squeezeedge.lowering.transposes`), then on
+  aarch64 the fp32 convolutions' weights blocked for NEON (:mod:`squeezeedge.lowering.blocked_weights`);
 - ``requantize`` (int8, each bucket): elementwise functions between dequantize and quantize as lookup
   tables (:mod:`squeezeedge.lowering.lookup`), 8-bit round trips dropped (``round_trips``), constants
   folded, and quantize's scale folded into the kernels' epilogues (``requantize``), a GELU epilogue
@@ -32,6 +33,7 @@ from squeezeedge.lowering.int8 import Integerize, RewriteReport, packed_dot_for
 from squeezeedge.lowering.lengths import FIRST_BUCKET, buckets, merge
 from squeezeedge.lowering.lookup import LookupTables
 from squeezeedge.lowering.relax import _static_dims, import_onnx
+from squeezeedge.lowering.blocked_weights import BlockConvWeights
 from squeezeedge.lowering.divides import ReciprocalDivides
 from squeezeedge.lowering.gelu_quantize import FoldGeluQuantize, RationalErfs
 from squeezeedge.lowering.layer_norm_quantize import FoldLayerNormQuantize
@@ -74,8 +76,14 @@ def step_names(tvm_target, integer: bool = True, merged: bool = False) -> list[s
             + (["merge"] if merged else []) + [p.info.name for phase in MODULE_PHASES for p in module[phase]])
 
 
+def _aarch64(tvm_target) -> bool:
+    return tvm_target.kind.name == "llvm" and str(tvm_target.attrs.get("mtriple", "")).startswith("aarch64")
+
+
 def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
     phases = {"layout": [SinkTransposes()]}  # NCW convolutions vs NWC layer norms and packed kernels
+    if _aarch64(tvm_target):
+        phases["layout"].append(BlockConvWeights())  # fp32 convolutions' weights for NEON's lane fmla
     if report is not None:
         phases["integer"] = [Integerize(packed_dot_for(tvm_target), report)]
         phases["requantize"] = [  # after sinking: the tables then sit where the transposes no longer are
@@ -88,8 +96,7 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
 def _module_phases(tvm_target) -> dict[str, list]:
     t = relax.transform
     fast_math = [RationalErfs(), t.FastMathTransform()] if tvm_target.kind.name == "llvm" else []
-    aarch64 = tvm_target.kind.name == "llvm" and str(tvm_target.attrs.get("mtriple", "")).startswith("aarch64")
-    legalize = t.LegalizeOps({"relax.quantize": legalize_quantize_saturating} if aarch64 else None)
+    legalize = t.LegalizeOps({"relax.quantize": legalize_quantize_saturating} if _aarch64(tvm_target) else None)
     return {"legalize": [ReciprocalDivides, *fast_math, legalize, t.AnnotateTIROpPattern(), t.FoldConstant(),
                          t.FuseOps(), t.FuseTIR()]}
 
