@@ -47,7 +47,7 @@ db_opt = $(if $(wildcard results/databases/$(REF_TARGET)-$(1)/manifest.json),--d
 
 # The embedded default: full-size SqueezeBERT (seeded init) exported for any length up to 128 tokens and
 # validated, quantized to int8 on the shipped calibration corpus at the texts' own lengths (fidelity
-# checked), compiled with TVM for the reference x86 target into ONE library (length buckets 16/32/48/64/96/128 on AVX-512, 16/24/32/... on AVX2)
+# checked), compiled with TVM for the reference x86 target into ONE library (length buckets 16/32/48/64/96/128 on AVX-512, 16/24/32/40/... on AVX2)
 # whose quantized layers compute in integers (checked against onnxruntime at 1, 16, 17 and 128 tokens),
 # then timed next to PyTorch and onnxruntime on real text at its own length and at each length; ends
 # with the report's path and its real-text table.

@@ -1,16 +1,17 @@
 """Any input length: a library built from a --dynamic export holds one Relax function per length bucket
-(12 or 16, 24, 32, 48, 64, 96, ... up to the export's --seq-len, below), all sharing one copy of the
-weights; an input of L tokens runs in the smallest bucket that holds it, padded with the attention
+(12 or 16, 20, 24, 32, 40, 48, 64, 96, ... up to the export's --seq-len, below), all sharing one copy of
+the weights; an input of L tokens runs in the smallest bucket that holds it, padded with the attention
 mask's zeros.
 
-The ladder steps by 4/3 and 3/2 (powers of two and their midpoints), keeping the lengths that are a
-whole number of the target's vectors: 12, 16, 24, 32, 48, 64, 96 on NEON (4 lanes), 16, 24, 32, 48, ... on
-AVX2 (8), 16, 32, 48, 64, 96 on AVX-512 (16; a 12-token bucket there ran slower than 16: its attention
-matmuls leave the packed kernel and its row tiles shrink), 16, 32, 48, ... on a GPU. Every layer's work
-grows with the bucket, so padding is work: on the held-out texts (median 14 tokens, 5..40) the old
-16/32/64 ladder ran a text at 20.0 tokens on average, NEON's at 17.4 (the texts' own mean is 14.9).
-Each bucket is another copy of every kernel (compile time and ~0.7 MB of code at full size; the weights
-are shared, below). results/PERFORMANCE-LOG.md 46.
+The ladder steps by 4/3 and 3/2 (powers of two and their midpoints), plus 20 and 40 where real text lives,
+keeping the lengths that are a whole number of the target's vectors: 12, 16, 20, 24, 32, 40, 48, 64, 96 on
+NEON (4 lanes), 16, 24, 32, 40, 48, ... on AVX2 (8), 16, 32, 48, 64, 96 on AVX-512 (16; a 12-token bucket
+there ran slower than 16: its attention matmuls leave the packed kernel and its row tiles shrink), 16, 32,
+48, ... on a GPU. Every layer's work grows with the bucket, so padding is work: on the held-out texts
+(median 14 tokens, 5..40) the old 16/32/64 ladder ran a text at 20.0 tokens on average, NEON's at 17.4
+without 20 and 40 and at 16.7 with them (the texts' own mean is 14.9). Each bucket is another copy of every
+kernel (compile time and ~0.7 MB of code at full size; the weights are shared, below).
+results/PERFORMANCE-LOG.md 46 and 48.
 """
 
 from __future__ import annotations
@@ -20,18 +21,21 @@ from squeezeedge.errors import InputError
 FIRST_BUCKET = 16  # real text here: median 14 tokens, p90 18 (calibration/sentences.txt)
 
 
+# where real text lives, a step of 1.25 more: 20 and 40 (17-18 and 33-40 tokens padded 4 and 8 less)
+QUARTER_STEPS = (20, 40)
+
+
 def buckets(max_len: int, dynamic: bool, multiple: int = 4) -> list[int]:
-    """Bucket lengths, ascending, the last being ``max_len``: those of 12, 16, 24, 32, 48, ... (powers of
-    two and their midpoints) below it that are multiples of ``multiple`` (the target's vector lanes).
-    A static export has one: its own length."""
+    """Bucket lengths, ascending, the last being ``max_len``: those of 12, 16, 20, 24, 32, 40, 48, 64, 96,
+    ... (powers of two, their midpoints and :data:`QUARTER_STEPS`) below it that are multiples of
+    ``multiple`` (the target's vector lanes). A static export has one: its own length."""
     if not dynamic:
         return [max_len]
-    out, n = [], 12
+    ladder, n = list(QUARTER_STEPS), 12
     while n < max_len:
-        if n % multiple == 0:
-            out.append(n)
+        ladder.append(n)
         n = n * 4 // 3 if n & (n - 1) else n * 3 // 2  # 12 -> 16 -> 24 -> 32 -> 48 -> 64 ...
-    return out + [max_len]
+    return sorted(b for b in ladder if b < max_len and b % multiple == 0) + [max_len]
 
 
 def function_name(length: int, lengths: list[int]) -> str:

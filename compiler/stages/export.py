@@ -38,8 +38,8 @@ class ExportConfig:
                           kind=int)
     seed: int = option(0, "Seed of the random init and test inputs.", kind=int)
     dynamic: bool = option(False, "Any length: dynamic batch and sequence axes; build makes ONE library that "
-                           "takes every length 1..--seq-len (buckets 12 or 16, 24, 32, 48, ... sharing one copy of the "
-                           "weights). A pipeline file's default is true.", kind=bool, flag="--dynamic")
+                           "takes every length 1..--seq-len (buckets 12 or 16, 20, 24, 32, 40, 48, ... sharing one "
+                           "copy of the weights). A pipeline file's default is true.", kind=bool, flag="--dynamic")
     tolerance: float = option(1e-4, "Fail if onnxruntime differs from PyTorch by more than this (max abs).",
                               kind=float, low=0)
     validation_runs: int = 3

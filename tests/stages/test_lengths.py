@@ -1,6 +1,6 @@
 """Any input length (issue 20): a --dynamic export builds ONE library that takes every length from 1 to
 its maximum, padded to length buckets that share one copy of the weights; outputs equal onnxruntime
-running the dynamic export at exactly L tokens (no padding). Tiny model, maximum 32: buckets 16 and 32 on AVX-512 (16 lanes), 16, 24, 32 on AVX2, 12, 16, 24, 32 on NEON."""
+running the dynamic export at exactly L tokens (no padding). Tiny model, maximum 32: buckets 16 and 32 on AVX-512 (16 lanes), 16, 24, 32 on AVX2, 12, 16, 20, 24, 32 on NEON."""
 
 from __future__ import annotations
 
@@ -31,12 +31,12 @@ def _buckets(target: str) -> list[int]:
 
 
 def test_buckets_are_powers_of_two_and_their_midpoints_in_whole_vectors_up_to_the_maximum():
-    assert buckets(128, dynamic=True, multiple=4) == [12, 16, 24, 32, 48, 64, 96, 128]  # NEON
-    assert buckets(128, dynamic=True, multiple=8) == [16, 24, 32, 48, 64, 96, 128]  # AVX2
+    assert buckets(128, dynamic=True, multiple=4) == [12, 16, 20, 24, 32, 40, 48, 64, 96, 128]  # NEON
+    assert buckets(128, dynamic=True, multiple=8) == [16, 24, 32, 40, 48, 64, 96, 128]  # AVX2
     assert buckets(128, dynamic=True, multiple=16) == [16, 32, 48, 64, 96, 128]  # AVX-512
-    assert buckets(100, dynamic=True) == [12, 16, 24, 32, 48, 64, 96, 100]
+    assert buckets(100, dynamic=True) == [12, 16, 20, 24, 32, 40, 48, 64, 96, 100]
     assert buckets(16, dynamic=True) == [12, 16] and buckets(12, dynamic=True) == [12]
-    assert _buckets("rpi5") == [12, 16, 24, MAX] and _buckets("x86-avx512") == [16, MAX]
+    assert _buckets("rpi5") == [12, 16, 20, 24, MAX] and _buckets("x86-avx512") == [16, MAX]
     assert buckets(128, dynamic=False) == [128]
     assert [bucket_for(n, [16, 32]) for n in (1, 16, 17, 32)] == [16, 16, 32, 32]
     assert function_name(32, [16, 32]) == "main" and function_name(16, [16, 32]) == "main_16"
@@ -163,7 +163,7 @@ def test_an_emulated_pi5_library_takes_every_length(dyn_int8, tmp_path):
     res = cli("-q", "build", dyn_int8, "--target", "rpi5", "--bundle", "--out", out)
     assert res.exit_code == 0, res.output
     meta = json.loads((out / "metadata.json").read_text())
-    assert meta["lengths"] == [12, 16, 24, MAX] and meta["validation"]["lengths"] == [1, 12, 13, MAX]
+    assert meta["lengths"] == [12, 16, 20, 24, MAX] and meta["validation"]["lengths"] == [1, 12, 13, MAX]
     assert meta["validation"]["ran"].startswith("under qemu")
     with tarfile.open(out.with_name(out.name + ".tar.gz")) as tar:
         tar.extractall(tmp_path, filter="data")
