@@ -14,8 +14,9 @@ Phases, in order (``build --dump-ir DIR`` writes the IR after each step, one fil
   folded, and quantize's scale folded into the kernels' epilogues (``requantize``), a GELU epilogue
   (``gelu_quantize``), softmax (``softmax_quantize``) and layer norm (``layer_norm_quantize``);
 - ``merge``: the buckets as one module (:func:`squeezeedge.lowering.lengths.merge`);
-- ``legalize``: float divides by constants as multiplies (``divides``), erf as a (3, 3) rational on CPU
-  (``gelu_quantize.rational_erfs``), TVM's fast math on CPU (softmax, exp and tanh as vectorizable
+- ``legalize``: float divides by constants as multiplies (``divides``), on CPU erf as a (3, 3) rational
+  (``gelu_quantize.rational_erfs``) and float softmax as one kernel with the softmax exp
+  (``softmax_quantize.float_softmaxes``), TVM's fast math on CPU (exp and tanh as vectorizable
   polynomials: libm's scalar erf and exp took a third of tuned fp32 SqueezeBERT),
   then Relax's "zero" pipeline spelled out: legalize, annotate, fold, fuse each kernel with its epilogue.
 """
@@ -40,7 +41,7 @@ from squeezeedge.lowering.layer_norm_quantize import FoldLayerNormQuantize
 from squeezeedge.lowering.qdq import legalize_quantize_saturating
 from squeezeedge.lowering.requantize import FoldRequantize
 from squeezeedge.lowering.round_trips import DropRoundTrips
-from squeezeedge.lowering.softmax_quantize import FoldSoftmaxQuantize
+from squeezeedge.lowering.softmax_quantize import FloatSoftmaxes, FoldSoftmaxQuantize
 from squeezeedge.lowering.transposes import SinkTransposes
 
 BUCKET_PHASES = ("integer", "layout", "requantize")  # run on each length bucket's module
@@ -95,7 +96,7 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
 
 def _module_phases(tvm_target) -> dict[str, list]:
     t = relax.transform
-    fast_math = [RationalErfs(), t.FastMathTransform()] if tvm_target.kind.name == "llvm" else []
+    fast_math = [RationalErfs(), FloatSoftmaxes(), t.FastMathTransform()] if tvm_target.kind.name == "llvm" else []
     legalize = t.LegalizeOps({"relax.quantize": legalize_quantize_saturating} if _aarch64(tvm_target) else None)
     return {"legalize": [ReciprocalDivides, *fast_math, legalize, t.AnnotateTIROpPattern(), t.FoldConstant(),
                          t.FuseOps(), t.FuseTIR()]}

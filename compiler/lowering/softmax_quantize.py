@@ -49,7 +49,7 @@ def _te_softmax_quantize(shape: tuple[int, ...], scale: float, zero: int, out_dt
 
     i64 = lambda d: tvm.tirx.const(d, "int64")  # noqa: E731
     f32 = lambda v: tvm.tirx.const(float(v), "float32")  # noqa: E731
-    lo, hi = (0, 255) if out_dtype == "uint8" else (-128, 127)
+    lo, hi = (0, 255) if out_dtype == "uint8" else (-128, 127)  # out_dtype float32: softmax, scale 1
     full = tuple(i64(d) for d in shape)
     *rows, n = full
     if source is None:
@@ -67,8 +67,11 @@ def _te_softmax_quantize(shape: tuple[int, ...], scale: float, zero: int, out_dt
     e = exp_nonpositive(te.compute(full, lambda *i: x[i] - top[i[:-1]], name="shifted"), f32)
     total = te.compute(rows, lambda *i: te.sum(e[(*i, k2)], axis=k2), name="row_sum")
     inv = te.compute(rows, lambda *i: f32(1.0) / (total[i] * f32(scale)), name="row_scale")
-    out = te.compute(full, lambda *i: te.max(te.min(te.round(e[i] * inv[i[:-1]]) + f32(zero), f32(hi)), f32(lo))
-                     .astype(out_dtype), name="quantized")
+    if out_dtype == "float32":  # softmax itself (:func:`float_softmaxes`)
+        out = te.compute(full, lambda *i: e[i] * inv[i[:-1]], name="softmax")
+    else:
+        out = te.compute(full, lambda *i: te.max(te.min(te.round(e[i] * inv[i[:-1]]) + f32(zero), f32(hi)),
+                                                 f32(lo)).astype(out_dtype), name="quantized")
     return te.create_prim_func([*inputs, out]).with_attr("global_symbol", name)
 
 
@@ -140,3 +143,39 @@ def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
 
 
 FoldSoftmaxQuantize = counted_pass("FoldSoftmaxQuantize", "softmax_folded")(fold_softmax_quantize)
+
+
+def float_softmaxes(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
+    """Every float32 softmax along the last axis left in the module's Relax functions (fp32 attention) as
+    :func:`_te_softmax_quantize`'s kernel with a float output: the row's max, :func:`exp_nonpositive`,
+    the sum and one reciprocal a row, where TVM's fast_softmax (FastMathTransform) spends 32 instructions
+    a vector on its exp (fp32 at 128 tokens on the Cortex-A72: 23.5 M, results/PERFORMANCE-LOG.md 48).
+    Returns (module, how many were replaced)."""
+    kernels, gvs = {}, {}
+
+    def match(_var, value, _values, _uses):
+        if not (isinstance(value, relax.Call) and value.op.same_as(_SOFTMAX)
+                and str(value.args[0].ty.dtype) == "float32"):
+            return None
+        shape = tuple(int(d) for d in value.args[0].ty.shape)
+        if int(value.attrs.axis) not in (-1, len(shape) - 1):
+            return None
+        name = f"softmax_{'x'.join(map(str, shape))}"
+        if name not in gvs:
+            kernels[name] = _te_softmax_quantize(shape, 1.0, 0, "float32", name)
+        return value.args[0], name, relax.TensorType(shape, "float32")
+
+    def emit(builder, visit, item):
+        x, name, out_ty = item
+        return builder.emit(relax.call_tir(gvs[name], [visit(x)], out_ty))
+
+    total = 0
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod, n = rewrite_bindings(mod, match, emit, gv.name_hint, kernels=kernels, gvs=gvs)
+            kernels.clear()
+            total += n
+    return mod, total
+
+
+FloatSoftmaxes = counted_pass("FloatSoftmaxes")(float_softmaxes)

@@ -319,3 +319,34 @@ def test_softmax_exp_is_within_1e_5_of_exp_for_nonpositive_inputs():
     assert np.abs(got[:4090] / exact[:4090] - 1).max() < 1e-5
     assert np.abs(got[:100] / exact[:100] - 1).max() < 3.5e-6  # |x| < 2: P's own error
     assert np.all(got[4090:-1] <= 2.0 ** -126) and got[-1] == pytest.approx(1.0, rel=1e-6)
+
+
+def test_fp32_softmax_becomes_one_kernel_with_the_softmax_exp():
+    """float_softmaxes (the CPU legalize phase): each float32 softmax along the last axis becomes the
+    row-max / exp / one-reciprocal kernel; built for this host and default-scheduled, it is within 1e-5
+    (of the row's largest) of numpy's softmax, its rows sum to 1, and masked scores (the dtype's minimum)
+    get at most 2^-126, float32's smallest normal, as with TVM's fast_exp."""
+    from squeezeedge.lowering.schedules import default_schedules
+    from squeezeedge.lowering.softmax_quantize import float_softmaxes
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 16, 16), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.softmax(x, axis=-1))
+        bb.emit_func_output(out)
+    mod, n = float_softmaxes(bb.get())
+    assert n == 1 and "R.nn.softmax" not in mod["main"].script()
+    target = tvm.target.Target("llvm")
+    with target:
+        mod = relax.get_pipeline("zero")(mod)
+    mod, counts = default_schedules(mod, target)
+    assert counts["naive"] == 0
+    rng = np.random.default_rng(5)
+    v = (rng.standard_normal((1, 4, 16, 16)) * 4).astype(np.float32)
+    v[..., 12:] = np.finfo(np.float32).min  # padding's masked scores
+    got = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())["main"](tvm.runtime.tensor(v)).numpy()
+    e = np.exp(v.astype(np.float64) - v.max(-1, keepdims=True))
+    ref = e / e.sum(-1, keepdims=True)
+    assert np.abs(got - ref).max() < 1e-5 * ref.max() and np.all(got[..., 12:] <= 2.0 ** -126)  # as fast_exp's
+    np.testing.assert_allclose(got.sum(-1), 1, rtol=1e-5)
