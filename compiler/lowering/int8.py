@@ -88,8 +88,10 @@ class PackedDot:
     # instructions (lane j against k block j), 8 x 2 tiles (16 accumulators; 8 x 3 spills them), unrolled
     # 2 steps: the fewest instructions counted on the full model (results/PERFORMANCE-LOG.md)
     wide: tuple[int, str, tuple[int, int], int] | None = None
-    # > 0: one output a step (lanes 1), into this many partial sums of its own kept for the whole reduction
-    # and added at the end (the A72's NEON kernels, see compiler/lowering/intrinsics.py)
+    # > 0: one output a step, into this many partial sums of its own kept for the whole reduction and
+    # added at the end (the A72's NEON kernels, see compiler/lowering/intrinsics.py). Their ``lanes`` (4)
+    # is the weight layout's alone: a 4 x 4 tile's 4 outputs have their k steps side by side, one run of
+    # 64 or 128 bytes (paired loads) where they were K bytes apart (A72 at 16 tokens: 93.4 -> 92.5 M)
     partial: int = 0
 
 
@@ -100,16 +102,16 @@ SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_s
 # smull2) into 4 int32 partial sums (sadalp) that stay in a register for the whole reduction, exact for
 # any s8 operands (the attention's two activations), 4 instructions a step; 4 x 4 tiles (16 accumulators,
 # 4 weight vectors, one activation at a time: 8 x 3 and 4 x 6 spill), the fewest counted on the full model
-NEON = PackedDot("arm_neon_dot", 1, 16, ("int8",), "int8", "int8", "dot_16_lanes_pair_i8i8s32_neon", "smull2",
+NEON = PackedDot("arm_neon_dot", 4, 16, ("int8",), "int8", "int8", "dot_16_lanes_pair_i8i8s32_neon", "smull2",
                  (4, 4), partial=4)
 # Weight layers there: the products paired in int16 first (smull + smlal2: exact while no weight is -128, as
 # symmetric weights never are: |(-128)(-127)| x 2 < 2^15), 3 instructions a step
-NEON16 = PackedDot("arm_neon_k16", 1, 16, ("int8",), "int8", "int8", "dot_16_lanes_i8i8s32_neon", "smlal2",
+NEON16 = PackedDot("arm_neon_k16", 4, 16, ("int8",), "int8", "int8", "dot_16_lanes_i8i8s32_neon", "smlal2",
                    (4, 4), partial=4)
 # Four products in each int16 lane before sadalp (smull, smlal2, smlal, smlal2): 5 instructions for 32
 # products, exact for a layer whose weights keep every lane's four products within int16
 # (:func:`fits_four_products`: 7-bit weights do)
-NEON32 = PackedDot("arm_neon_k32", 1, 32, ("int8",), "int8", "int8", "dot_32_lanes_i8i8s32_neon", "smlal",
+NEON32 = PackedDot("arm_neon_k32", 4, 32, ("int8",), "int8", "int8", "dot_32_lanes_i8i8s32_neon", "smlal",
                    (4, 4), partial=4)
 # AVX2 has no exact 8-bit dot product (vpmaddubsw's int16 pair sums saturate): widen to int16 and use
 # vpmaddwd, 8 outputs x 2 products per instruction, exact for any u8/s8 input.
