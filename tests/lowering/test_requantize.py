@@ -57,9 +57,10 @@ def test_other_parameters_or_shared_values_are_left_alone(kwargs):
 N = 48  # channels
 
 
-def _epilogue(with_bias: bool = True, scale_is_input: bool = False, out_dtype: str = "uint8") -> tvm.IRModule:
+def _epilogue(with_bias: bool = True, scale_is_input: bool = False, out_dtype: str = "uint8",
+              heads: bool = False) -> tvm.IRModule:
     """int32 sums -> the chain integerize emits (zero-point correction, cast, per-channel rescale, bias)
-    -> the next layer's quantize."""
+    -> (with ``heads``, a reshape into 4 heads of 12, as the attention's Q/K/V) -> the next layer's quantize."""
     rng = np.random.default_rng(0)
     bb = relax.BlockBuilder()
     acc = relax.Var("acc", relax.TensorType((1, 16, N), "int32"))
@@ -74,6 +75,8 @@ def _epilogue(with_bias: bool = True, scale_is_input: bool = False, out_dtype: s
             x = bb.emit(relax.op.multiply(x, s))
             if with_bias:
                 x = bb.emit(relax.op.add(x, relax.const(rng.standard_normal((1, 1, N)).astype("float32"))))
+            if heads:
+                x = bb.emit(relax.op.reshape(x, (1, 16, 4, N // 4)))
             y = bb.emit(relax.op.quantize(x, relax.const(0.03, "float32"), relax.const(7, out_dtype), axis=2,
                                           out_dtype=out_dtype))
             out = bb.emit_output(y)
@@ -81,13 +84,16 @@ def _epilogue(with_bias: bool = True, scale_is_input: bool = False, out_dtype: s
     return bb.get()
 
 
-@pytest.mark.parametrize("out_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("out_dtype, heads", [("uint8", False), ("int8", False), ("int8", True)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_requantize_epilogue_folds_to_one_multiply_add(with_bias, out_dtype):
-    mod = _epilogue(with_bias, out_dtype=out_dtype)
+def test_requantize_epilogue_folds_to_one_multiply_add(with_bias, out_dtype, heads):
+    """With ``heads`` the reshape between the chain and the quantize moves after it (a view of 8 bits)."""
+    mod = _epilogue(with_bias, out_dtype=out_dtype, heads=heads)
     new, n = fold_requantize(mod)
     script = new["main"].script()
     assert n == 1 and "R.subtract" not in script and script.count("R.multiply") == 1
+    if heads:
+        assert script.index("R.reshape") > script.index("R.quantize")  # quantized first, then the view
     acc = np.random.default_rng(1).integers(-200000, 200000, (1, 16, N)).astype("int32")
     acc[0, 0, :] = [-(2 ** 23), 2 ** 23] * (N // 2)  # the largest sums a 7-bit K=768 kernel can reach
     old, folded = _run(mod, acc).astype(int), _run(new, acc).astype(int)
