@@ -90,11 +90,11 @@ bench-latency: $(STAMP)
 		--out results/plain-process-$(REF_TARGET)
 	$(SE) report results/bench-*.json $(wildcard results/boards-emulated.json) --out results/report
 
-# The boards' work, exactly, with no board: full-size Pi 4 int8 and fp32 and Pi 5 int8 libraries (untuned
+# The boards' work, exactly, with no board: full-size Pi 4 and Pi 5 int8 and fp32 libraries (untuned
 # defaults, deploy bundles), instructions per inference on each Pi's own core under qemu-user at 16/32/64/128
 # tokens and per real text, beside onnxruntime (fp32, int8 its own recipe) and LiteRT on the same core, with
 # the floor (results/boards-emulated.json); then the libraries' counts checked against the bundles' own
-# runner, (3 runs - 1 run) / 2, within 1% (results/boards-count-check.md); then the report. ~40 min here.
+# runner, (3 runs - 1 run) / 2, within 1% (results/boards-count-check.md); then the report. ~70 min here.
 BOARD_LIBS = build/boards/rpi4-int8 build/boards/rpi5-int8 build/boards/rpi4-fp32 build/boards/rpi5-fp32
 bench-boards: $(STAMP) toolchain emulation
 	$(SE) export --model squeezebert-uncased --dynamic --out build/boards/export
