@@ -14,14 +14,12 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from squeezeedge.lowering.rewrite import counted_pass
+from squeezeedge.lowering.int8 import _i64
+from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings
 
+_CONV1D = tvm.ir.Op.get("relax.nn.conv1d")
 BLOCK = "conv1d_blocked"  # the kernel's compute block ("conv" in it: schedules.tile_mac takes it)
 K_STEP = 4  # NEON's fp32 lanes: the weights of one output channel that one vector load brings
-
-
-def _i64(*dims):
-    return tuple(tvm.tirx.const(d, "int64") for d in dims)  # Relax shapes are int64
 
 
 def blocked_kernel(batch: int, k_all: int, length: int, n_out: int, groups: int, name: str) -> tvm.tirx.PrimFunc:
@@ -48,13 +46,13 @@ def block_conv_weights(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.
     """Every float32 1x1 NCW conv1d of ``mod[func_name]`` by a constant weight (stride 1, no padding, K/G a
     multiple of 4) as a call of :func:`blocked_kernel` on :func:`block`'s weights. Returns (module, how
     many were rewritten)."""
-    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+    kernels, gvs = {}, {}
 
-    builder = relax.BlockBuilder(mod)
-    kernels: dict[tuple, tvm.ir.GlobalVar] = {}
-
-    def rewrite(call, _matches):
-        at, x, w = call.attrs, call.args[0], call.args[1].value.numpy()
+    def match(_var, value, _values, _uses):
+        if not (isinstance(value, relax.Call) and value.op.same_as(_CONV1D)
+                and isinstance(value.args[1], tvm.ir.expr.Constant)):
+            return None
+        at, x, w = value.attrs, value.args[0], value.args[1].value.numpy()
         shape = tuple(int(d) for d in x.ty.shape)
         groups = int(at.groups)
         if w.dtype != np.float32 or str(x.ty.dtype) != "float32" or w.ndim != 3 or w.shape[2] != 1 \
@@ -62,26 +60,17 @@ def block_conv_weights(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.
                 or any(int(v) for v in at.padding) or any(int(v) != 1 for v in (*at.strides, *at.dilation)) \
                 or str(at.out_dtype) not in ("", "None", "void", "float32") or w.shape[0] % groups \
                 or w.shape[1] % K_STEP or w.shape[1] * groups != shape[1]:
-            return call
-        key = (*shape, w.shape[0], groups)
-        if key not in kernels:
-            name = f"{BLOCK}_{shape[1]}x{shape[2]}_n{w.shape[0]}_g{groups}"
-            kernels[key] = builder.add_func(blocked_kernel(*shape, w.shape[0], groups, name), name)
-        return relax.call_tir(kernels[key], [x, relax.const(block(w[:, :, 0]))],
-                              relax.TensorType((shape[0], w.shape[0], shape[2]), "float32"))
+            return None
+        name = f"{BLOCK}_{shape[1]}x{shape[2]}_n{w.shape[0]}_g{groups}"
+        if name not in gvs:
+            kernels[name] = blocked_kernel(*shape, w.shape[0], groups, name)
+        return x, name, block(w[:, :, 0]), relax.TensorType((shape[0], w.shape[0], shape[2]), "float32")
 
-    before = _convs(mod[func_name])
-    func = rewrite_call(is_op("relax.nn.conv1d")(wildcard(), is_const()), rewrite, mod[func_name])
-    mod = builder.get()
-    mod[func_name] = func
-    return relax.transform.DeadCodeElimination()(mod), before - _convs(func)
+    def emit(builder, visit, item):
+        x, name, weights, out_ty = item
+        return builder.emit(relax.call_tir(gvs[name], [visit(x), relax.const(weights)], out_ty))
 
-
-def _convs(func) -> int:
-    n = []
-    relax.analysis.post_order_visit(func, lambda e: n.append(1) if isinstance(e, relax.Call) and isinstance(
-        e.op, tvm.ir.Op) and e.op.name == "relax.nn.conv1d" else None)
-    return len(n)
+    return rewrite_bindings(mod, match, emit, func_name, kernels, gvs)
 
 
 BlockConvWeights = counted_pass("BlockConvWeights")(block_conv_weights)

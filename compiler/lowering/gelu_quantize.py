@@ -23,7 +23,7 @@ from tvm import relax
 
 from squeezeedge.lowering.qdq import quantize_by_one, quantize_of_var, scalar
 from squeezeedge.lowering.requantize import affine_chain
-from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings
+from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings, rewrite_functions
 
 _ERF, _MUL, _ADD, _DIV = (tvm.ir.Op.get("relax." + op) for op in ("erf", "multiply", "add", "divide"))
 
@@ -170,13 +170,7 @@ def rational_erfs(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
         ok = isinstance(value, relax.Call) and value.op.same_as(_ERF) and str(value.ty.dtype) == "float32"
         return value.args[0] if ok else None
 
-    total = 0
-    for gv, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function):
-            mod, n = rewrite_bindings(mod, match, lambda builder, visit, y: _emit_erf(builder, visit(y)),
-                                      gv.name_hint)
-            total += n
-    return mod, total
+    return rewrite_functions(mod, match, lambda builder, visit, y: _emit_erf(builder, visit(y)))
 
 
 RationalErfs = counted_pass("RationalErfs")(rational_erfs)

@@ -297,6 +297,8 @@ def _lane(A, j: int):
     """Lane j (4 bytes) of A's 16, copied to all 4 lanes."""
     return T.reinterpret(T.Shuffle([T.reinterpret(A.vload([0], "int8x16"), dtype="int32x4")], [j] * 4),
                          dtype="int8x16")
+
+
 _SDOT = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8")
 
 

@@ -66,6 +66,21 @@ def rewrite_bindings(mod: tvm.IRModule, match: Callable, emit: Callable, func_na
     return rebind(mod, func_name, replace, emit), len(replace)
 
 
+def rewrite_functions(mod: tvm.IRModule, match: Callable, emit: Callable, kernels: dict | None = None,
+                      gvs: dict | None = None) -> tuple[tvm.IRModule, int]:
+    """:func:`rewrite_bindings` on every Relax function of ``mod`` (a merged module's buckets), the count
+    summed. PrimFuncs ``match`` puts in ``kernels`` are added once: a kernel already in ``gvs`` is
+    called, not added again."""
+    total = 0
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod, n = rewrite_bindings(mod, match, emit, gv.name_hint, kernels, gvs)
+            total += n
+            if kernels:
+                kernels.clear()
+    return mod, total
+
+
 def add_functions(mod: tvm.IRModule, funcs: dict[str, tvm.tirx.PrimFunc]) -> tuple[tvm.IRModule, dict]:
     """``mod`` with ``funcs`` (name -> PrimFunc) added through a BlockBuilder, which types their GlobalVars
     as ``relax.call_tir`` needs; returns (module, name -> GlobalVar)."""

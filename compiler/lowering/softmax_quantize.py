@@ -6,7 +6,7 @@ import tvm
 from tvm import relax
 
 from squeezeedge.lowering.qdq import qparams_scalar, quantize_of_var, scalar, scalar_const
-from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings
+from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings, rewrite_functions
 
 _SOFTMAX = tvm.ir.Op.get("relax.nn.softmax")
 
@@ -169,13 +169,7 @@ def float_softmaxes(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
         x, name, out_ty = item
         return builder.emit(relax.call_tir(gvs[name], [visit(x)], out_ty))
 
-    total = 0
-    for gv, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function):
-            mod, n = rewrite_bindings(mod, match, emit, gv.name_hint, kernels=kernels, gvs=gvs)
-            kernels.clear()
-            total += n
-    return mod, total
+    return rewrite_functions(mod, match, emit, kernels, gvs)
 
 
 FloatSoftmaxes = counted_pass("FloatSoftmaxes")(float_softmaxes)
