@@ -255,8 +255,9 @@ def _lanes_quad_neon(
     with T.sblock("root"):
         T.reads(C[0:4], A[0:32], B[0:32])
         T.writes(C[0:4])
-        C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + _neon("saddlp.v4i32.v8i16", _smull(
-            A, B, 0, "low") + _smull(A, B, 0, "high") + _smull(A, B, 16, "low") + _smull(A, B, 16, "high"), dtype="int32x4")
+        C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + _neon(
+            "saddlp.v4i32.v8i16", _smull(A, B, 0, "low") + _smull(A, B, 0, "high") + _smull(A, B, 16, "low")
+            + _smull(A, B, 16, "high"), dtype="int32x4")
 
 
 TensorIntrin.register(NEON_LANES_QUAD_INTRIN, _lanes_desc_of(32), _lanes_quad_neon, override=True)

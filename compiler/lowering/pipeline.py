@@ -96,7 +96,8 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
 
 def _module_phases(tvm_target) -> dict[str, list]:
     t = relax.transform
-    fast_math = [RationalErfs(), FloatSoftmaxes(), t.FastMathTransform()] if tvm_target.kind.name == "llvm" else []
+    cpu = tvm_target.kind.name == "llvm"
+    fast_math = [RationalErfs(), FloatSoftmaxes(), t.FastMathTransform()] if cpu else []
     legalize = t.LegalizeOps({"relax.quantize": legalize_quantize_saturating} if _aarch64(tvm_target) else None)
     return {"legalize": [ReciprocalDivides, *fast_math, legalize, t.AnnotateTIROpPattern(), t.FoldConstant(),
                          t.FuseOps(), t.FuseTIR()]}
