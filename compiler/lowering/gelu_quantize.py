@@ -11,8 +11,9 @@ fmla / vfmadd), and the divide by c, the add of 1, the multiplies by 0.5, x and 
 by s become one multiply. The same value in real arithmetic: float32 may round an 8-bit tie the other way.
 
 erf itself is a (3, 3) rational in y^2 on y clamped to [-3.2, 3.2] (:func:`erf_rational`, within 5e-6 of erf
-everywhere: under 0.002 of an 8-bit output step at GELU's largest outputs), 6 multiply-adds, where TVM's
-fast_erf (9 of them, to 4) was a third of the kernel's epilogue on the boards' cores.
+everywhere: under 0.002 of an 8-bit output step at GELU's largest outputs), 5 multiply-adds and 3 multiplies
+summed in powers of y^2, where TVM's fast_erf (9 multiply-adds, to 4) was a third of the kernel's epilogue
+on the boards' cores.
 """
 
 from __future__ import annotations
@@ -33,21 +34,27 @@ _ERF, _MUL, _ADD, _DIV = (tvm.ir.Op.get("relax." + op) for op in ("erf", "multip
 ERF_CLAMP = 3.2
 ERF_P = (1.1283811330795288, 0.1536232829093933, 0.0433727502822876, 0.000759333313908428)
 ERF_Q = (1.0, 0.46952515840530396, 0.0947762206196785, 0.009370459243655205)
+# as emitted: both divided by Q's leading coefficient and summed in powers of t = y^2 (t, t^2, t^3 shared;
+# every coefficient is positive, so no term cancels): each multiply-add's addend is the running sum, not a
+# constant (on NEON, where fmla overwrites its addend, a constant addend costs a register copy), and Q's
+# t^3 term needs no multiply
+_P, _Q = (tuple(float(np.float32(c / ERF_Q[-1])) for c in cs) for cs in (ERF_P, ERF_Q))
 
 
-def _horner(coefficients, t, mul, add):
-    out = coefficients[-1]
-    for c in coefficients[-2::-1]:
-        out = add(mul(out, t), c)
-    return out
+def _ratio(t, t2, t3, mul, add, const):
+    """(P(t), Q(t)) as ((p0 + p1 t) + p2 t^2) + p3 t^3 and ((t^3 + q0) + q1 t) + q2 t^2."""
+    p, q = _P, _Q
+    num = add(add(add(mul(t, const(p[1])), const(p[0])), mul(t2, const(p[2]))), mul(t3, const(p[3])))
+    den = add(add(add(t3, const(q[0])), mul(t, const(q[1]))), mul(t2, const(q[2])))
+    return num, den
 
 
 def erf_rational(y: np.ndarray) -> np.ndarray:
     """The emitted erf in numpy float32, the same operations in the same order (for tests)."""
     y = np.clip(np.asarray(y, np.float32), np.float32(-ERF_CLAMP), np.float32(ERF_CLAMP))
     t = y * y
-    f32 = [np.float32(c) for c in ERF_P], [np.float32(c) for c in ERF_Q]
-    num, den = (_horner(c, t, np.multiply, np.add) for c in f32)
+    t2 = t * t
+    num, den = _ratio(t, t2, t2 * t, np.multiply, np.add, np.float32)
     return y * num / den
 
 
@@ -59,12 +66,13 @@ def _emit_erf(builder, y):
     def mul(a, b):
         return builder.emit(relax.op.multiply(a, b))
 
-    def add(a, c):
-        return builder.emit(relax.op.add(a, const(c)))
+    def add(a, b):
+        return builder.emit(relax.op.add(a, b))
 
     yc = builder.emit(relax.op.clip(y, -ERF_CLAMP, ERF_CLAMP))
     t = mul(yc, yc)
-    num, den = (_horner([*c[:-1], const(c[-1])], t, mul, add) for c in (ERF_P, ERF_Q))
+    t2 = mul(t, t)
+    num, den = _ratio(t, t2, mul(t2, t), mul, add, const)
     return builder.emit(relax.op.divide(mul(yc, num), den))
 
 
@@ -163,9 +171,10 @@ FoldGeluQuantize = counted_pass("FoldGeluQuantize", "gelus_folded")(fold_gelu_qu
 
 def rational_erfs(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
     """Every float32 ``erf`` left in the module's Relax functions (fp32 GELU; int8 ones not folded) as
-    :func:`erf_rational`: 6 multiply-adds and a divide, where TVM's fast_erf (FastMathTransform) spends
-    9 multiply-adds, a divide and its clamp's constants (the fp32 FFN's GELU epilogue: ~36 instructions a
-    vector on the Cortex-A72, results/PERFORMANCE-LOG.md 48). Returns (module, how many were replaced)."""
+    :func:`erf_rational`: 5 multiply-adds, 3 multiplies and a divide, where TVM's fast_erf
+    (FastMathTransform) spends 9 multiply-adds, a divide and its clamp's constants (the fp32 FFN's GELU
+    epilogue: ~36 instructions a vector on the Cortex-A72, results/PERFORMANCE-LOG.md 48). Returns
+    (module, how many were replaced)."""
     def match(_var, value, _values, _uses):
         ok = isinstance(value, relax.Call) and value.op.same_as(_ERF) and str(value.ty.dtype) == "float32"
         return value.args[0] if ok else None

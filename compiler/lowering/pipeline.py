@@ -17,8 +17,9 @@ Phases, in order (``build --dump-ir DIR`` writes the IR after each step, one fil
 - ``legalize``: float divides by constants as multiplies (``divides``), on CPU erf as a (3, 3) rational
   (``gelu_quantize.rational_erfs``) and float softmax as one kernel with the softmax exp
   (``softmax_quantize.float_softmaxes``), TVM's fast math on CPU (exp and tanh as vectorizable
-  polynomials: libm's scalar erf and exp took a third of tuned fp32 SqueezeBERT),
-  then Relax's "zero" pipeline spelled out: legalize, annotate, fold, fuse each kernel with its epilogue.
+  polynomials: libm's scalar erf and exp took a third of tuned fp32 SqueezeBERT), on aarch64 every 8-bit
+  quantize as the top byte of a fixed-point convert (``top_byte_quantize``), then Relax's "zero" pipeline
+  spelled out: legalize, annotate, fold, fuse each kernel with its epilogue.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ from squeezeedge.lowering.blocked_weights import BlockConvWeights
 from squeezeedge.lowering.divides import ReciprocalDivides
 from squeezeedge.lowering.gelu_quantize import FoldGeluQuantize, RationalErfs
 from squeezeedge.lowering.layer_norm_quantize import FoldLayerNormQuantize
-from squeezeedge.lowering.qdq import legalize_quantize_saturating
 from squeezeedge.lowering.requantize import FoldRequantize
 from squeezeedge.lowering.round_trips import DropRoundTrips
 from squeezeedge.lowering.softmax_quantize import FloatSoftmaxes, FoldSoftmaxQuantize
+from squeezeedge.lowering.top_byte_quantize import TopByteQuantizes
 from squeezeedge.lowering.transposes import SinkTransposes
 
 BUCKET_PHASES = ("integer", "layout", "requantize")  # run on each length bucket's module
@@ -98,9 +99,9 @@ def _module_phases(tvm_target) -> dict[str, list]:
     t = relax.transform
     cpu = tvm_target.kind.name == "llvm"
     fast_math = [RationalErfs(), FloatSoftmaxes(), t.FastMathTransform()] if cpu else []
-    legalize = t.LegalizeOps({"relax.quantize": legalize_quantize_saturating} if _aarch64(tvm_target) else None)
-    return {"legalize": [ReciprocalDivides, *fast_math, legalize, t.AnnotateTIROpPattern(), t.FoldConstant(),
-                         t.FuseOps(), t.FuseTIR()]}
+    quantizes = [TopByteQuantizes()] if _aarch64(tvm_target) else []
+    return {"legalize": [ReciprocalDivides, *fast_math, *quantizes, t.LegalizeOps(), t.AnnotateTIROpPattern(),
+                         t.FoldConstant(), t.FuseOps(), t.FuseTIR()]}
 
 
 def _sequential(phases: dict, order: tuple[str, ...], name: str) -> tvm.transform.Sequential:

@@ -41,29 +41,3 @@ def same_qparams(a, b) -> bool:
                                                                         y.value.numpy().reshape(-1))
                for x, y in ((a.args[1], b.args[1]), (a.args[2], b.args[2])))
 
-
-def legalize_quantize_saturating(bb, call):
-    """relax.quantize with scalar constant parameters into 8 bits as aarch64 does it best: round, convert
-    to int32 saturating (llvm.fptosi.sat: fcvtzs), then saturating narrows (sqxtn / sqxtun) in place of
-    TVM's clamp in float (fminnm, fmaxnm) and plain narrows: 7 instructions for 8 values, not 10. Anything
-    else, and any x86 target (where LLVM scalarizes fptosi.sat), keeps TVM's own legalization."""
-    from tvm import te, tirx
-    from tvm.relax.transform.legalize_ops.qdq import _quantize
-
-    out = str(call.attrs.out_dtype)
-    if out not in ("int8", "uint8") or not qparams_scalar(call):
-        return _quantize(bb, call)
-    s, z = scalar(call.args[1]), scalar(call.args[2])
-    lo, hi = (-128, 127) if out == "int8" else (0, 255)
-
-    def clamp(v, a, b, dtype):
-        return te.max(te.min(v, tirx.const(b, dtype)), tirx.const(a, dtype))
-
-    def compute(x):
-        def one(*i):
-            v = te.round(x[i] if s == 1.0 else x[i] / tirx.const(s, "float32")) + tirx.const(z, "float32")
-            v = tirx.call_llvm_pure_intrin("int32", "llvm.fptosi.sat", v)
-            return clamp(clamp(v, -32768, 32767, "int32").astype("int16"), lo, hi, "int16").astype(out)
-        return te.compute(x.shape, one, name="quantized")
-
-    return bb.call_te(compute, call.args[0], primfunc_name_hint="quantize")

@@ -236,7 +236,7 @@ def test_gelu_epilogue_folds_to_two_multiply_adds_and_one_multiply():
     new, n = fold_gelu_quantize(mod)
     script = new["main"].script()
     assert n == 1 and script.count("R.divide") == 1 and "R.erf" not in script and script.count("R.clip") == 1
-    assert script.count("R.multiply") == 3 + 8  # the fold's 3; erf's y^2, 3 + 3 Horner steps and y * P
+    assert script.count("R.multiply") == 3 + 9  # the fold's 3; erf's y^2, y^4, y^6, P's 3 terms, Q's 2, y * P
     acc = np.random.default_rng(7).integers(-40000, 40000, (1, 16, N)).astype("int32")
     old, folded = _run(relax.get_pipeline("zero")(mod), acc).astype(int), _run(new, acc).astype(int)
     assert np.abs(old - folded).max() <= 1 and np.mean(old != folded) < 0.01
@@ -276,34 +276,6 @@ def test_fp32_erfs_become_the_rational_and_gelu_keeps_its_values():
 def test_gelu_whose_input_is_read_elsewhere_is_left_alone():
     new, n = fold_gelu_quantize(_gelu_epilogue(extra_reader=True))
     assert n == 0 and "R.divide" in new["main"].script()
-
-
-@pytest.mark.parametrize("dtype, scale, zero", [("int8", 1.0, 0), ("int8", 0.05, -7), ("uint8", 0.5, 128)])
-def test_aarch64_quantize_saturates_in_integers_with_the_same_values(dtype, scale, zero):
-    """aarch64's quantize (compiler/lowering/qdq.py): round, fcvtzs, saturating narrows (sqxtn) and no
-    float clamp (fminnm) in its code; run here on x86, its 8-bit values equal TVM's own legalization's,
-    ties and values far out of range included."""
-    from squeezeedge.lowering.qdq import legalize_quantize_saturating
-
-    def module(legalize):
-        bb = relax.BlockBuilder()
-        x = relax.Var("x", relax.TensorType((16, 64), "float32"))
-        with bb.function("main", [x]):
-            q = bb.emit(relax.op.quantize(x, relax.const(np.float32(scale)), relax.const(np.array(zero, dtype)),
-                                          axis=-1, out_dtype=dtype))
-            bb.emit_func_output(q)
-        return relax.transform.LegalizeOps(legalize)(bb.get())
-
-    x = np.concatenate([np.arange(-250, 250, 0.5) * scale, [3e9, -3e9, 1e30, -1e30] * 6])  # steps, ties, beyond
-    x = x.astype("float32").reshape(16, 64)
-    ours, tvms = module({"relax.quantize": legalize_quantize_saturating}), module(None)
-    run = [relax.VirtualMachine(tvm.compile(m, target="llvm"), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-           for m in (ours, tvms)]
-    np.testing.assert_array_equal(*run)
-    a76 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"})
-    asm = tvm.compile(ours, target=a76).mod.imports[0].inspect_source("asm")
-    assert "\tsqxtn" in asm or "\tsqxtun" in asm
-    assert "\tfminnm" not in asm
 
 
 def test_softmax_exp_is_within_1e_5_of_exp_for_nonpositive_inputs():
