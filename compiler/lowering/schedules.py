@@ -91,10 +91,26 @@ def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int
         if int(sch.get(inner).extent) % width == 0:
             sch.vectorize(sch.split(inner, [None, width])[1])
     sch.parallel(r_o)
+    if spec.instruction == "sdot" and rows > 1:  # x86 addresses any offset: its rows stay where they are
+        _pack_rows(sch, block, r_o, rows, step)
     sch.decompose_reduction(block, k_o)
     sch.tensorize(n_i, intrin)
     for loop in (*k_u, *r_i, *n_m):
         sch.unroll(loop)
+
+
+def _pack_rows(sch, block, tiles, rows: int, step: int) -> None:
+    """The activations' rows of each row tile copied once, under ``tiles``, to a buffer laid out
+    ``[.., row tile, K / step, rows, step]``: a reduction step's ``rows`` vectors then sit ``step`` bytes
+    apart, each pair one ldp, where K bytes apart (ldp reaches 1,008) all but the first pair took two
+    single loads. The copy is K bytes a row; the tile's loop reads the row K / step times an output tile."""
+    cache = sch.cache_read(block, 0, "global")
+    sch.compute_at(cache, tiles, preserve_unit_loops=True)
+    sch.transform_layout(cache, ("write", 0), lambda *i: (*i[:-2], i[-2] // rows, i[-1] // step, i[-2] % rows,
+                                                             i[-1] % step))
+    inner = sch.get_loops(cache)[-1]
+    if int(sch.get(inner).extent) % 16 == 0:
+        sch.vectorize(sch.split(inner, [None, 16])[1])
 
 
 def _tensorize_partial(sch, spec: PackedDot, block, blocks: list, rows: int | None, columns: int | None) -> None:
@@ -121,7 +137,10 @@ def _tensorize_partial(sch, spec: PackedDot, block, blocks: list, rows: int | No
     sch.compute_at(block, n_o, preserve_unit_loops=True)
     *_, t_m, t_n, j, kb, t = sch.get_loops(block)
     sch.reorder(kb, t_m, t_n, j, t)
-    sch.parallel(sch.fuse(*lead, m_o) if lead else m_o)
+    tiles = sch.fuse(*lead, m_o) if lead else m_o
+    sch.parallel(tiles)
+    if rows > 1:
+        _pack_rows(sch, block, tiles, rows, spec.k)
     if not sch.get(anchor).same_as(sch.get(total)) and columns % 4 == 0:
         sch.vectorize(sch.split(n_i, [None, 4])[1])
     sch.decompose_reduction(block, kb)

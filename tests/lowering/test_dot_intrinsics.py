@@ -294,3 +294,32 @@ def test_a72_kernels_sum_their_lanes_pairwise_and_fp32_takes_scalars_from_lanes(
     y = te.compute((1, 96, 64), lambda b, o, s: te.sum(x[b, k, s] * w[o, k, 0], axis=k), name="conv1d")
     fp32 = asm(te.create_prim_func([x, w, y]))
     assert re.search(r"\tfmla\tv\d+\.4s, v\d+\.4s, v\d+\.s\[[123]\]", fp32)  # lanes 1-3: one load served 4 steps
+
+
+def _hot_loop(code: str, mnemonic: str) -> str:
+    """The loop (a label to the branch back to it) densest in ``mnemonic``: a kernel's innermost reduction."""
+    loops = []
+    for m in re.finditer(r"^(\.LBB\w+):\n", code, re.M):
+        back = re.search(rf"^\tb\.\w+\t{re.escape(m.group(1))}\n", code[m.end():], re.M)
+        if back:
+            loops.append(code[m.end():m.end() + back.start()])
+    return max(loops, key=lambda body: body.count(f"\t{mnemonic}\t") / body.count("\n"))
+
+
+@pytest.mark.parametrize("mcpu, shape, mnemonic", [("cortex-a72", (1, 16, 3072), "sadalp"),
+                                                   ("cortex-a76", (1, 16, 768), "sdot")])
+def test_board_kernels_load_their_activation_rows_in_pairs(mcpu, shape, mnemonic):
+    """Each row tile's activations are copied once to a buffer where a reduction step's rows sit side by
+    side (schedules._pack_rows): the reduction loop loads everything in pairs (ldp), where rows K bytes
+    apart (768 and 3072 here: the FFN's layers) took single loads past ldp's 1,008-byte reach. (The
+    A76's weights for its two columns are 4 K / G bytes apart: within reach at K / G = 192.)"""
+    from squeezeedge.lowering.int8 import SDOT
+
+    a76 = mcpu == "cortex-a76"
+    target = tvm.target.Target(A72 | {"mcpu": mcpu, "mattr": ["+neon"] + (["+dotprod"] if a76 else [])})
+    func = _te_packed(shape, 768, 4, "main", SDOT if a76 else NEON32)
+    mod, counts = default_schedules(tvm.IRModule({"main": func}), target)
+    assert counts["tensorized"] == 1
+    code = tvm.tirx.build(mod, target=target).inspect_source("asm")
+    loop = _hot_loop(code[code.index("main_compute_:"):], mnemonic)
+    assert loop.count(f"\t{mnemonic}\t") >= 32 and "\tldp\tq" in loop and not re.search(r"\tldr\tq", loop)
