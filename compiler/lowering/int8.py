@@ -84,9 +84,10 @@ class PackedDot:
     # one-output kernels: 4 rows x 4 outputs (results/PERFORMANCE-LOG.md)
     tile: tuple[int, int] | None = None
     # (k, intrin, tile, unroll): a longer step on the same weight layout where the reduction divides by k,
-    # its loop unrolled ``unroll`` steps. sdot's indexed form: one 16-byte activation load serves 4
-    # instructions (lane j against k block j), 8 x 2 tiles (16 accumulators; 8 x 3 spills them), unrolled
-    # 2 steps: the fewest instructions counted on the full model (results/PERFORMANCE-LOG.md)
+    # its loop unrolled ``unroll`` steps (or the most that divide it). sdot's indexed form: one 16-byte
+    # activation load serves 4 instructions (lane j against k block j), 8 x 2 tiles (16 accumulators; 8 x 3
+    # spills them), unrolled 4 steps: the fewest instructions counted (static 16 tokens, A76: 2 steps
+    # 41.26 M, 4 40.85 M, 6 40.90 M, 12 41.97 M; results/PERFORMANCE-LOG.md)
     wide: tuple[int, str, tuple[int, int], int] | None = None
     # > 0: one output a step, into this many partial sums of its own kept for the whole reduction and
     # added at the end (the A72's NEON kernels, see compiler/lowering/intrinsics.py). Their ``lanes`` (4)
@@ -97,7 +98,7 @@ class PackedDot:
 
 VNNI = PackedDot("vnni_dot", 16, 4, ("uint8",), "uint8", "int8", "dot_16x4_vnni", "vpdpbusd")
 SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_sdot", "sdot", (8, 4),
-                 (16, "dot_4x16_i8i8s32_sdot", (8, 2), 2))
+                 (16, "dot_4x16_i8i8s32_sdot", (8, 2), 4))
 # Cores without dot product (Cortex-A72, the Pi 4): each output's 16 products a step widened (smull,
 # smull2) into 4 int32 partial sums (sadalp) that stay in a register for the whole reduction, exact for
 # any s8 operands (the attention's two activations), 4 instructions a step; 4 x 4 tiles (16 accumulators,

@@ -91,7 +91,8 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
         phases["requantize"] = [  # after sinking: the tables then sit where the transposes no longer are
             LookupTables(report), DropRoundTrips(report),
             _in_target(relax.transform.FoldConstant(), tvm_target),  # the epilogues' constants, so that they fold
-            FoldRequantize(report), FoldGeluQuantize(report), FoldSoftmaxQuantize(report), FoldLayerNormQuantize(report)]
+            FoldRequantize(report), FoldGeluQuantize(report),
+            FoldSoftmaxQuantize(report, top_byte=_aarch64(tvm_target)), FoldLayerNormQuantize(report)]
     return phases
 
 

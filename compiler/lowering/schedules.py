@@ -75,12 +75,14 @@ def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int
         rows, columns = tile or ((8, 1) if k_ext <= SHORT_K else (4, 3))
     columns = next(c for c in (columns, 2, 1) if n_ext % (c * spec.lanes) == 0)
     # a tile that does not divide the rows halves (a 12-token bucket takes 8-row tiles as 4 x 3)
-    rows = next((r for r in (rows, rows // 2, rows // 4) if r > 1 and m_ext % r == 0), 1) if m_ext > rows else 1
+    rows = next((r for r in (rows, rows * 3 // 4, rows // 2, rows // 4) if r > 1 and m_ext % r == 0), 1) if m_ext > rows else 1
     r_o, *r_i = sch.split(lead[-1], [None, rows]) if rows > 1 else [lead[-1]]  # unit loops break tensorize
     n_o, *n_m, n_i = sch.split(n, [None, columns, spec.lanes] if columns > 1 else [None, spec.lanes])
     k_o, k_i = sch.split(k, [None, step])
     k_u = []
-    if unroll > 1 and int(sch.get(k_o).extent) % unroll == 0:
+    trips = int(sch.get(k_o).extent)  # unrolled by the most steps up to ``unroll`` that leave a loop
+    unroll = next(u for u in range(unroll, 0, -1) if trips % u == 0 and (trips // u > 1 or u == 1))
+    if unroll > 1:
         k_o, *k_u = sch.split(k_o, [None, unroll])
     sch.reorder(*lead[:-1], r_o, n_o, k_o, *k_u, *r_i, *n_m, n_i, k_i)
     r_o = sch.fuse(*lead[:-1], r_o) if lead[:-1] else r_o  # batch and heads (attention) run in parallel too

@@ -7,6 +7,7 @@ from tvm import relax
 
 from squeezeedge.lowering.qdq import qparams_scalar, quantize_of_var, scalar, scalar_const
 from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings, rewrite_functions
+from squeezeedge.lowering.top_byte_quantize import top_byte as top_byte_of
 
 _SOFTMAX = tvm.ir.Op.get("relax.nn.softmax")
 
@@ -15,36 +16,49 @@ _SOFTMAX = tvm.ir.Op.get("relax.nn.softmax")
 # within 2.9e-6 of 2^f, relative
 EXP2_P = (0.999999463558197, 0.6931212544441223, 0.24023965001106262, 0.05592082068324089, 0.009601905010640621)
 LOG2E = 1.4426950408889634
+_ROUND = 0x4B40007F  # the float32 1.5 * 2^23 + 127 (exact)
+_ROUND_VALUE = 1.5 * 2 ** 23 + 127
 
 
 def exp_nonpositive(x, f32):
     """exp(x) for x <= 0 (softmax's x - max): 2^n * P(f), t = x log2(e) clamped at -126, n = round(t), f = t - n,
-    2^n built in the exponent bits. 15 instructions a vector on NEON where TVM's fast_exp (clamps both
-    ways, 6 Horner steps, a final max) took 32, the bulk of softmax."""
-    from tvm import te
+    2^n built in the exponent bits. n is rounded by adding 1.5 * 2^23 + 127 (:data:`_ROUND`): the sum is an
+    integer, round(t) + 1.5 * 2^23 + 127, whose low 9 bits are n + 127, 2^n's exponent field once shifted
+    left 23. P is summed as (c0 + c1 f) + f^2 ((c2 + c3 f) + c4 f^2): two constant addends, where Horner's
+    four each cost a register copy on NEON (fmla overwrites its addend). 14 instructions a vector on NEON
+    where frinti + fcvtzs + Horner took 16 and TVM's fast_exp (clamps both ways, 6 Horner steps, a final
+    max) 32."""
+    from tvm import te, tirx
+
+    c = [f32(v) for v in EXP2_P]
+    # 1.5 * 2^23 + 127 twice: as bits (TVM's simplifier cancels (t + c) - c for one float constant c)
+    bits = tirx.reinterpret("float32", tirx.const(_ROUND, "int32"))
 
     def one(*i):
         t = te.max(x[i] * f32(LOG2E), f32(-126.0))
-        n = te.round(t)
-        f = t - n
-        p = f32(EXP2_P[-1])
-        for c in EXP2_P[-2::-1]:
-            p = p * f + f32(c)
-        two_n = tvm.tirx.reinterpret("float32", tvm.tirx.shift_left(n.astype("int32") + 127, 23))
+        m = t + bits
+        f = t - (m - f32(float(_ROUND_VALUE)))
+        two_n = tirx.reinterpret("float32", tirx.shift_left(tirx.reinterpret("int32", m), tirx.const(23, "int32")))
+        f2 = f * f
+        p = (c[0] + c[1] * f) + f2 * ((c[2] + c[3] * f) + c[4] * f2)
         return p * two_n
 
     return te.compute(x.shape, one, name="exp")
 
 
 def _te_softmax_quantize(shape: tuple[int, ...], scale: float, zero: int, out_dtype: str, name: str,
-                         source: tuple | None = None):
+                         source: tuple | None = None, top_byte: bool = False):
     """x [..., N] -> quantize(softmax(x, -1), scale, zero): the row's max, exp (:func:`exp_nonpositive`),
     sum, then one reciprocal a row, 1 / (sum * scale), and a multiply an element, where softmax then
     quantize divided each element twice.
 
     With ``source`` = (q dtype, q zero point, a, mask shape), x is a * (q - zero point) + mask computed
     here from the 8-bit q (the attention scores) and a float mask broadcast against it: the kernel
-    before writes one byte a score, not four."""
+    before writes one byte a score, not four.
+
+    With ``top_byte`` (aarch64) the 8-bit output is :func:`~squeezeedge.lowering.top_byte_quantize.top_byte`
+    of ``e * (1 / (sum * s)) + z + 0.5``: one multiply-add, a fixed-point convert and half a narrow a
+    vector, where round, clamp both ways and convert took 5 and a half."""
     from tvm import te
 
     i64 = lambda d: tvm.tirx.const(d, "int64")  # noqa: E731
@@ -69,6 +83,9 @@ def _te_softmax_quantize(shape: tuple[int, ...], scale: float, zero: int, out_dt
     inv = te.compute(rows, lambda *i: f32(1.0) / (total[i] * f32(scale)), name="row_scale")
     if out_dtype == "float32":  # softmax itself (:func:`float_softmaxes`)
         out = te.compute(full, lambda *i: e[i] * inv[i[:-1]], name="softmax")
+    elif top_byte:
+        out = te.compute(full, lambda *i: top_byte_of(e[i] * inv[i[:-1]] + f32(zero + 0.5), out_dtype),
+                         name="quantized")
     else:
         out = te.compute(full, lambda *i: te.max(te.min(te.round(e[i] * inv[i[:-1]]) + f32(zero), f32(hi)),
                                                  f32(lo)).astype(out_dtype), name="quantized")
@@ -100,9 +117,11 @@ def _scores_source(x, values, uses):
     return None
 
 
-def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, int]:
+def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main", top_byte: bool = False
+                          ) -> tuple[tvm.IRModule, int]:
     """``quantize(softmax(x, axis=-1), s, z)`` with scalar s, z -> one kernel that divides once a row
-    (and, where x is ``a * dequantize(q) + mask``, reads the 8-bit q and the mask itself).
+    (and, where x is ``a * dequantize(q) + mask``, reads the 8-bit q and the mask itself); with
+    ``top_byte`` (aarch64) its output as the top byte of a fixed-point convert.
 
     Softmax divides every exp by the row's sum and quantize divides the result by s: two divisions an
     element, which the scheduled kernel could not hide (results/PERFORMANCE-LOG.md). Here the row's max,
@@ -126,11 +145,11 @@ def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
         name = f"softmax_quantize_{'x'.join(map(str, shape))}_{len(kernels)}"
         scores = _scores_source(sm.args[0], values, uses)
         if scores is None:
-            kernels[name], args = _te_softmax_quantize(shape, s, z, dtype, name), [sm.args[0]]
+            kernels[name], args = _te_softmax_quantize(shape, s, z, dtype, name, top_byte=top_byte), [sm.args[0]]
         else:
             q, qz, a, mask = scores
             source = (str(q.ty.dtype), qz, a, tuple(int(d) for d in mask.ty.shape))
-            kernels[name], args = _te_softmax_quantize(shape, s, z, dtype, name, source), [q, mask]
+            kernels[name], args = _te_softmax_quantize(shape, s, z, dtype, name, source, top_byte), [q, mask]
         return args, name, relax.TensorType(shape, dtype)
 
     gvs = {}  # name -> GlobalVar, once the kernels are in the module
