@@ -94,11 +94,23 @@ class PackedDot:
     # is the weight layout's alone: a 4 x 4 tile's 4 outputs have their k steps side by side, one run of
     # 64 or 128 bytes (paired loads) where they were K bytes apart (A72 at 16 tokens: 93.4 -> 92.5 M)
     partial: int = 0
+    # > 1: the weight layout puts this many instructions' outputs side by side in each k block ([G,
+    # N/G/(lanes x interleave), K/G/k, lanes x interleave, k]): a 2-column tile's weights for a reduction
+    # step then sit in one run (paired loads), where the second column's were K x lanes bytes away, past
+    # ldp's reach for K = 768 (sdot, 8 x 2 tiles). Grouped weight layers only: run-time packed operands
+    # keep ``lanes``, and on the ungrouped 768 x 768 layer LLVM's loop strength reduction then addressed
+    # every load from one base at offsets past ldp's reach (A76, 16 tokens: 8.66 -> 9.30 M, where the
+    # grouped 3072 -> 768 layer went 8.74 -> 8.52 M)
+    interleave: int = 1
+
+    def block_lanes(self, groups: int) -> int:
+        """Outputs side by side in a packed weight's k block, for a layer of ``groups`` groups."""
+        return self.lanes * self.interleave if groups > 1 else self.lanes
 
 
 VNNI = PackedDot("vnni_dot", 16, 4, ("uint8",), "uint8", "int8", "dot_16x4_vnni", "vpdpbusd")
 SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_sdot", "sdot", (8, 4),
-                 (16, "dot_4x16_i8i8s32_sdot", (8, 2), 4))
+                 (16, "dot_4x16_i8i8s32_sdot", (8, 2), 4), interleave=2)
 # Cores without dot product (Cortex-A72, the Pi 4): each output's 16 products a step widened (smull,
 # smull2) into 4 int32 partial sums (sadalp) that stay in a register for the whole reduction, exact for
 # any s8 operands (the attention's two activations), 4 instructions a step; 4 x 4 tiles (16 accumulators,
@@ -198,13 +210,14 @@ def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str, spe
 
     *lead, k_all = shape_x
     kg, ng = k_all // groups, n_out // groups
+    lanes = spec.block_lanes(groups)
     x = te.placeholder(_i64(*shape_x), spec.x_dtype, name="x")
-    w = te.placeholder(_i64(groups, ng // spec.lanes, kg // spec.k, spec.lanes, spec.k), spec.w_dtype, name="w")
+    w = te.placeholder(_i64(groups, ng // lanes, kg // spec.k, lanes, spec.k), spec.w_dtype, name="w")
 
     def product(lead_idx, n, k, k_block, k_in):
         g = n // ng
         return x[(*lead_idx, g * kg + k)].astype("int32") \
-            * w[g, (n % ng) // spec.lanes, k_block, n % spec.lanes, k_in].astype("int32")
+            * w[g, (n % ng) // lanes, k_block, n % lanes, k_in].astype("int32")
 
     y = _packed_sum((*lead, n_out), kg, spec, product)
     return te.create_prim_func([x, w, y]).with_attr("global_symbol", name)
@@ -262,9 +275,9 @@ def _zero_points(acc, aq, bq, za: int, zb: int):
 
 
 def _pack(w_nk: np.ndarray, groups: int, spec: PackedDot = VNNI) -> np.ndarray:
-    """[N, K/G] per-group weights -> [G, N/G/lanes, K/G/k, lanes, k]."""
+    """[N, K/G] per-group weights -> [G, N/G/lanes, K/G/k, lanes, k] (lanes: :meth:`PackedDot.block_lanes`)."""
     n, kg = w_nk.shape
-    ng, lanes, k = n // groups, spec.lanes, spec.k
+    ng, lanes, k = n // groups, spec.block_lanes(groups), spec.k
     packed = w_nk.reshape(groups, ng // lanes, lanes, kg // k, k).transpose(0, 1, 3, 2, 4)
     return np.ascontiguousarray(packed.astype(spec.w_dtype))
 
@@ -345,7 +358,7 @@ class _Integerizer:
         does not fit (the fallback is the plain integer conv1d/matmul)."""
         n, kg = w_nk.shape
         spec = packed_for_layer(self.packed, dtype, w_nk)
-        if spec is None or dtype not in spec.accepts or n % (spec.lanes * groups) or kg % spec.k \
+        if spec is None or dtype not in spec.accepts or n % (spec.block_lanes(groups) * groups) or kg % spec.k \
                 or shape[-1] != kg * groups:
             return None
         if dtype != spec.x_dtype:

@@ -303,12 +303,13 @@ def _lane(A, j: int):
 _SDOT = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8")
 
 
+# B's k blocks are B.strides[0] bytes apart: 16 in TVM's layout, 16 x PackedDot.interleave in a weight
+# layout that puts two instructions' outputs side by side (compiler/lowering/int8.py)
 @T.prim_func(s_tir=True)
-def _sdot_4x16_desc(
-    A: T.Buffer((16,), "int8", offset_factor=1),
-    B: T.Buffer((4, 4, 4), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1),
-) -> None:
+def _sdot_4x16_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (16,), "int8", offset_factor=1)
+    B = T.match_buffer(b, (4, 4, 4), "int8", offset_factor=1, strides=[T.int32(), 4, 1])
+    C = T.match_buffer(c, (4,), "int32", offset_factor=1)
     with T.sblock("root"):
         T.reads(C[0:4], A[0:16], B[0:4, 0:4, 0:4])
         T.writes(C[0:4])
@@ -320,11 +321,10 @@ def _sdot_4x16_desc(
 
 
 @T.prim_func(s_tir=True)
-def _sdot_4x16_impl(
-    A: T.Buffer((16,), "int8", offset_factor=1),
-    B: T.Buffer((4, 4, 4), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1),
-) -> None:
+def _sdot_4x16_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (16,), "int8", offset_factor=1)
+    B = T.match_buffer(b, (4, 4, 4), "int8", offset_factor=1, strides=[T.int32(), 4, 1])
+    C = T.match_buffer(c, (4,), "int32", offset_factor=1)
     with T.sblock("root"):
         T.reads(C[0:4], A[0:16], B[0:4, 0:4, 0:4])
         T.writes(C[0:4])
