@@ -92,7 +92,8 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
             LookupTables(report), DropRoundTrips(report),
             _in_target(relax.transform.FoldConstant(), tvm_target),  # the epilogues' constants, so that they fold
             FoldRequantize(report), FoldGeluQuantize(report),
-            FoldSoftmaxQuantize(report, top_byte=_aarch64(tvm_target)), FoldLayerNormQuantize(report)]
+            FoldSoftmaxQuantize(report, top_byte=_aarch64(tvm_target), llvm=tvm_target.kind.name == "llvm"),
+            FoldLayerNormQuantize(report)]
     return phases
 
 

@@ -20,14 +20,15 @@ _ROUND = 0x4B40007F  # the float32 1.5 * 2^23 + 127 (exact)
 _ROUND_VALUE = 1.5 * 2 ** 23 + 127
 
 
-def exp_nonpositive(x, f32):
+def exp_nonpositive(x, f32, llvm: bool = True):
     """exp(x) for x <= 0 (softmax's x - max): 2^n * P(f), t = x log2(e) clamped at -126, n = round(t), f = t - n,
-    2^n built in the exponent bits. n is rounded by adding 1.5 * 2^23 + 127 (:data:`_ROUND`): the sum is an
-    integer, round(t) + 1.5 * 2^23 + 127, whose low 9 bits are n + 127, 2^n's exponent field once shifted
-    left 23. P is summed as (c0 + c1 f) + f^2 ((c2 + c3 f) + c4 f^2): two constant addends, where Horner's
-    four each cost a register copy on NEON (fmla overwrites its addend). 14 instructions a vector on NEON
-    where frinti + fcvtzs + Horner took 16 and TVM's fast_exp (clamps both ways, 6 Horner steps, a final
-    max) 32."""
+    2^n built in the exponent bits. With ``llvm`` (CPU) n is rounded by adding 1.5 * 2^23 + 127
+    (:data:`_ROUND`): the sum is an integer, round(t) + 1.5 * 2^23 + 127, whose low 9 bits are n + 127, 2^n's
+    exponent field once shifted left 23 (nvcc cannot take: TVM's CUDA reinterpret takes the address of an
+    expression; there n is round(t)). P is summed as (c0 + c1 f) + f^2 ((c2 + c3 f) + c4 f^2): two constant
+    addends, where Horner's four each cost a register copy on NEON (fmla overwrites its addend). 14
+    instructions a vector on NEON where frinti + fcvtzs + Horner took 16 and TVM's fast_exp (clamps both ways,
+    6 Horner steps, a final max) 32."""
     from tvm import te, tirx
 
     c = [f32(v) for v in EXP2_P]
@@ -36,9 +37,15 @@ def exp_nonpositive(x, f32):
 
     def one(*i):
         t = te.max(x[i] * f32(LOG2E), f32(-126.0))
-        m = t + bits
-        f = t - (m - f32(float(_ROUND_VALUE)))
-        two_n = tirx.reinterpret("float32", tirx.shift_left(tirx.reinterpret("int32", m), tirx.const(23, "int32")))
+        if llvm:
+            m = t + bits
+            f = t - (m - f32(float(_ROUND_VALUE)))
+            exponent = tirx.shift_left(tirx.reinterpret("int32", m), tirx.const(23, "int32"))
+        else:
+            n = te.round(t)
+            f = t - n
+            exponent = tirx.shift_left(n.astype("int32") + 127, 23)
+        two_n = tirx.reinterpret("float32", exponent)
         f2 = f * f
         p = (c[0] + c[1] * f) + f2 * ((c[2] + c[3] * f) + c[4] * f2)
         return p * two_n
@@ -47,7 +54,7 @@ def exp_nonpositive(x, f32):
 
 
 def _te_softmax_quantize(shape: tuple[int, ...], scale: float, zero: int, out_dtype: str, name: str,
-                         source: tuple | None = None, top_byte: bool = False):
+                         source: tuple | None = None, top_byte: bool = False, llvm: bool = True):
     """x [..., N] -> quantize(softmax(x, -1), scale, zero): the row's max, exp (:func:`exp_nonpositive`),
     sum, then one reciprocal a row, 1 / (sum * scale), and a multiply an element, where softmax then
     quantize divided each element twice.
@@ -78,7 +85,7 @@ def _te_softmax_quantize(shape: tuple[int, ...], scale: float, zero: int, out_dt
             i64(0) if d == 1 else idx for d, idx in zip(mask_shape, i))], name="x")
     k1, k2 = te.reduce_axis((i64(0), n), "k1"), te.reduce_axis((i64(0), n), "k2")
     top = te.compute(rows, lambda *i: te.max(x[(*i, k1)], axis=k1), name="row_max")
-    e = exp_nonpositive(te.compute(full, lambda *i: x[i] - top[i[:-1]], name="shifted"), f32)
+    e = exp_nonpositive(te.compute(full, lambda *i: x[i] - top[i[:-1]], name="shifted"), f32, llvm)
     total = te.compute(rows, lambda *i: te.sum(e[(*i, k2)], axis=k2), name="row_sum")
     inv = te.compute(rows, lambda *i: f32(1.0) / (total[i] * f32(scale)), name="row_scale")
     if out_dtype == "float32":  # softmax itself (:func:`float_softmaxes`)
@@ -117,11 +124,12 @@ def _scores_source(x, values, uses):
     return None
 
 
-def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main", top_byte: bool = False
+def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main", top_byte: bool = False, llvm: bool = True
                           ) -> tuple[tvm.IRModule, int]:
     """``quantize(softmax(x, axis=-1), s, z)`` with scalar s, z -> one kernel that divides once a row
     (and, where x is ``a * dequantize(q) + mask``, reads the 8-bit q and the mask itself); with
-    ``top_byte`` (aarch64) its output as the top byte of a fixed-point convert.
+    ``top_byte`` (aarch64) its output as the top byte of a fixed-point convert; ``llvm``: a CPU target
+    (:func:`exp_nonpositive`).
 
     Softmax divides every exp by the row's sum and quantize divides the result by s: two divisions an
     element, which the scheduled kernel could not hide (results/PERFORMANCE-LOG.md). Here the row's max,
@@ -145,11 +153,11 @@ def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main", top_byte: 
         name = f"softmax_quantize_{'x'.join(map(str, shape))}_{len(kernels)}"
         scores = _scores_source(sm.args[0], values, uses)
         if scores is None:
-            kernels[name], args = _te_softmax_quantize(shape, s, z, dtype, name, top_byte=top_byte), [sm.args[0]]
+            kernels[name], args = _te_softmax_quantize(shape, s, z, dtype, name, None, top_byte, llvm), [sm.args[0]]
         else:
             q, qz, a, mask = scores
             source = (str(q.ty.dtype), qz, a, tuple(int(d) for d in mask.ty.shape))
-            kernels[name], args = _te_softmax_quantize(shape, s, z, dtype, name, source, top_byte), [q, mask]
+            kernels[name], args = _te_softmax_quantize(shape, s, z, dtype, name, source, top_byte, llvm), [q, mask]
         return args, name, relax.TensorType(shape, dtype)
 
     gvs = {}  # name -> GlobalVar, once the kernels are in the module
