@@ -10,10 +10,12 @@ sums (a / c and b / c folded at compile time), ``y + y * erf(y)`` one more (LLVM
 fmla / vfmadd), and the divide by c, the add of 1, the multiplies by 0.5, x and m and quantize's divide
 by s become one multiply. The same value in real arithmetic: float32 may round an 8-bit tie the other way.
 
-erf itself is a (2, 3) rational in y^2 on y clamped to [-3, 3] (:data:`INT8_ERF`, within 6.5e-5 of erf
-everywhere: under 0.01 of an 8-bit output step at GELU's largest outputs), 4 multiply-adds and 3 multiplies
+erf itself is a (2, 2) rational in y^2 on y clamped to [-2.5, 2.5] (:data:`INT8_ERF`, within 2.1e-4 of erf
+everywhere: about 0.01 of an 8-bit output step at GELU's largest outputs), 3 multiply-adds and 2 multiplies
 summed in powers of y^2, where TVM's fast_erf (9 multiply-adds, to 4) was a third of the kernel's epilogue
-on the boards' cores. Float GELU's erf (:func:`rational_erfs`) is the (3, 3) one, within 5e-6.
+on the boards' cores (the (2, 3) one before, within 6.5e-5, took a multiply, a multiply-add and a constant
+register more a vector: results/PERFORMANCE-LOG.md 51). Float GELU's erf (:func:`rational_erfs`) is the (3, 3)
+one, within 5e-6.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ _ERF, _MUL, _ADD, _DIV = (tvm.ir.Op.get("relax." + op) for op in ("erf", "multip
 ERF_CLAMP = 3.2
 ERF_P = (1.1283811330795288, 0.1536232829093933, 0.0433727502822876, 0.000759333313908428)
 ERF_Q = (1.0, 0.46952515840530396, 0.0947762206196785, 0.009370459243655205)
-# (2, 3), for GELU folded into an 8-bit quantize: within 6.5e-5 of erf everywhere (erf(3) = 1 - 2.2e-5),
-# GELU's output within 0.01 of an 8-bit step; one multiply-add and one constant a vector fewer
-ERF8_CLAMP = 3.0
-ERF8_P = (1.1280969468861761, 0.20406967540261803, 0.0306171003278368)
-ERF8_Q = (1.0, 0.5124603028371147, 0.10126098334957791, 0.003458026583773201)
+# (2, 2), for GELU folded into an 8-bit quantize: within 2.1e-4 of erf everywhere (erf(2.5) = 1 - 4.1e-4;
+# minimax on [0, 6] with the clamp), GELU's output within about 0.01 of an 8-bit step; Q is monic, so
+# t^2 + q0 + q1 t: no t^3, two multiply-adds and two constants a vector fewer than the float one
+ERF8_CLAMP = 2.5
+ERF8_P = (5.4853315353393555, 2.5372822284698486, 0.1484125256538391)
+ERF8_Q = (4.867077350616455, 3.829761028289795, 1.0)
 
 
 def _form(clamp, p, q):
@@ -54,11 +57,15 @@ FLOAT_ERF, INT8_ERF = _form(ERF_CLAMP, ERF_P, ERF_Q), _form(ERF8_CLAMP, ERF8_P, 
 
 
 def _ratio(t, t2, t3, mul, add, const, p, q):
-    """(P(t), Q(t)) as ((p0 + p1 t) + p2 t^2) [+ p3 t^3] and ((t^3 + q0) + q1 t) + q2 t^2."""
+    """(P(t), Q(t)) as ((p0 + p1 t) + p2 t^2) [+ p3 t^3] and ((t^n + q0) + q1 t) [+ q2 t^2], Q monic of degree
+    n = 2 or 3 (``t3()`` gives t^3, computed only where a term needs it)."""
+    powers = (t, t2, t3()) if len(p) > 3 or len(q) > 3 else (t, t2)
     num = add(mul(t, const(p[1])), const(p[0]))
-    for power, c in zip((t2, t3), p[2:]):
+    for power, c in zip(powers[1:], p[2:]):
         num = add(num, mul(power, const(c)))
-    den = add(add(add(t3, const(q[0])), mul(t, const(q[1]))), mul(t2, const(q[2])))
+    den = add(add(powers[len(q) - 2], const(q[0])), mul(t, const(q[1])))
+    for power, c in zip(powers[1:], q[2:-1]):
+        den = add(den, mul(power, const(c)))
     return num, den
 
 
@@ -68,7 +75,7 @@ def erf_rational(y: np.ndarray, form=FLOAT_ERF) -> np.ndarray:
     y = np.clip(np.asarray(y, np.float32), np.float32(-clamp), np.float32(clamp))
     t = y * y
     t2 = t * t
-    num, den = _ratio(t, t2, t2 * t, np.multiply, np.add, np.float32, p, q)
+    num, den = _ratio(t, t2, lambda: t2 * t, np.multiply, np.add, np.float32, p, q)
     return y * num / den
 
 
@@ -88,7 +95,7 @@ def _emit_erf(builder, y, form=FLOAT_ERF):
     yc = builder.emit(relax.op.clip(y, -clamp, clamp))
     t = mul(yc, yc)
     t2 = mul(t, t)
-    num, den = _ratio(t, t2, mul(t2, t), mul, add, const, p, q)
+    num, den = _ratio(t, t2, lambda: mul(t2, t), mul, add, const, p, q)
     return builder.emit(relax.op.divide(mul(yc, num), den))
 
 

@@ -239,7 +239,7 @@ def test_gelu_epilogue_folds_to_two_multiply_adds_and_one_multiply():
     new, n = fold_gelu_quantize(mod)
     script = new["main"].script()
     assert n == 1 and script.count("R.divide") == 1 and "R.erf" not in script and script.count("R.clip") == 1
-    assert script.count("R.multiply") == 3 + 8  # the fold's 3; erf's y^2, y^4, y^6, P's 2 terms, Q's 2, y * P
+    assert script.count("R.multiply") == 3 + 6  # the fold's 3; erf's y^2, y^4, P's 2 terms, Q's 1, y * P
     acc = np.random.default_rng(7).integers(-40000, 40000, (1, 16, N)).astype("int32")
     old, folded = _run(relax.get_pipeline("zero")(mod), acc).astype(int), _run(new, acc).astype(int)
     assert np.abs(old - folded).max() <= 1 and np.mean(old != folded) < 0.01
@@ -249,11 +249,12 @@ def test_gelu_epilogue_folds_to_two_multiply_adds_and_one_multiply():
 def test_erf_rational_is_within_5e_6_of_erf_everywhere():
     """The emitted erf: a (3, 3) rational in y^2 on y clamped to [-3.2, 3.2], evaluated in float32 in the
     emitted order, within 5e-6 of erf on [-8, 8] (beyond 3.2, erf is within 6e-6 of +-1); the int8 GELU's
-    (2, 3) one on [-3, 3] within 6.5e-5 (beyond 3, erf is within 2.2e-5 of +-1)."""
+    (2, 2) one on [-2.5, 2.5] within 2.1e-4 (beyond 2.5, erf is within 4.1e-4 of +-1, less the fit's own error
+    there)."""
     y = np.linspace(-8, 8, 400001)
     exact = np.array([math.erf(v) for v in y])
     assert np.abs(erf_rational(y) - exact).max() < 5e-6
-    assert np.abs(erf_rational(y, INT8_ERF) - exact).max() < 6.5e-5
+    assert np.abs(erf_rational(y, INT8_ERF) - exact).max() < 2.1e-4
 
 
 def test_fp32_erfs_become_the_rational_and_gelu_keeps_its_values():
