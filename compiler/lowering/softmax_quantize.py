@@ -20,7 +20,20 @@ _ROUND = 0x4B40007F  # the float32 1.5 * 2^23 + 127 (exact)
 _ROUND_VALUE = 1.5 * 2 ** 23 + 127
 
 
-def exp_nonpositive(x, f32, llvm: bool = True):
+# exp's constants as a kernel input on LLVM targets (:func:`exp_nonpositive`): LOG2E, the rounding constant
+# twice (TVM's simplifier cancels (t + c[1]) - c[1]), P's five coefficients. Not the clamp: a max with a
+# loaded value is a compare and a select (LLVM cannot rule out a NaN), with a constant one fmaxnm
+EXP_CONSTANTS = (LOG2E, _ROUND_VALUE, _ROUND_VALUE, *EXP2_P)
+
+
+def exp_constants():
+    """:data:`EXP_CONSTANTS` as the float32 array a softmax kernel takes (``consts``)."""
+    import numpy as np
+
+    return np.array(EXP_CONSTANTS, np.float32)
+
+
+def exp_nonpositive(x, f32, llvm: bool = True, consts=None):
     """exp(x) for x <= 0 (softmax's x - max): 2^n * P(f), t = x log2(e) clamped at -126, n = round(t), f = t - n,
     2^n built in the exponent bits. With ``llvm`` (CPU) n is rounded by adding 1.5 * 2^23 + 127
     (:data:`_ROUND`): the sum is an integer, round(t) + 1.5 * 2^23 + 127, whose low 9 bits are n + 127, 2^n's
@@ -28,18 +41,26 @@ def exp_nonpositive(x, f32, llvm: bool = True):
     expression; there n is round(t)). P is summed as (c0 + c1 f) + f^2 ((c2 + c3 f) + c4 f^2): two constant
     addends, where Horner's four each cost a register copy on NEON (fmla overwrites its addend). 14
     instructions a vector on NEON where frinti + fcvtzs + Horner took 16 and TVM's fast_exp (clamps both ways,
-    6 Horner steps, a final max) 32."""
+    6 Horner steps, a final max) 32.
+
+    ``consts`` (LLVM targets): a float32 [8] input holding :data:`EXP_CONSTANTS`, read in place of the
+    constants but the clamp. LLVM hoists a loop-invariant load and its splat out of the loop, but rebuilt each
+    splatted constant inside it (a ``dup`` from a general register per constant a trip: 9 of the A76's 44
+    instructions per 8 elements, results/PERFORMANCE-LOG.md 51)."""
     from tvm import te, tirx
 
-    c = [f32(v) for v in EXP2_P]
-    # 1.5 * 2^23 + 127 twice: as bits (TVM's simplifier cancels (t + c) - c for one float constant c)
-    bits = tirx.reinterpret("float32", tirx.const(_ROUND, "int32"))
+    if consts is not None:
+        log2e, rounding, rounding_value, *c = (consts[tirx.const(j, "int64")] for j in range(len(EXP_CONSTANTS)))
+    else:
+        log2e, rounding_value, c = f32(LOG2E), f32(float(_ROUND_VALUE)), [f32(v) for v in EXP2_P]
+        # 1.5 * 2^23 + 127 twice: as bits (TVM's simplifier cancels (t + c) - c for one float constant c)
+        rounding = tirx.reinterpret("float32", tirx.const(_ROUND, "int32"))
 
     def one(*i):
-        t = te.max(x[i] * f32(LOG2E), f32(-126.0))
+        t = te.max(x[i] * log2e, f32(-126.0))
         if llvm:
-            m = t + bits
-            f = t - (m - f32(float(_ROUND_VALUE)))
+            m = t + rounding
+            f = t - (m - rounding_value)
             exponent = tirx.shift_left(tirx.reinterpret("int32", m), tirx.const(23, "int32"))
         else:
             n = te.round(t)
@@ -83,9 +104,11 @@ def _te_softmax_quantize(shape: tuple[int, ...], scale: float, zero: int, out_dt
         inputs = [q, mask]
         x = te.compute(full, lambda *i: f32(a) * (q[i].astype("float32") - f32(q_zero)) + mask[tuple(
             i64(0) if d == 1 else idx for d, idx in zip(mask_shape, i))], name="x")
+    consts = te.placeholder((i64(len(EXP_CONSTANTS)),), "float32", name="consts") if llvm else None
+    inputs += [consts] if llvm else []
     k1, k2 = te.reduce_axis((i64(0), n), "k1"), te.reduce_axis((i64(0), n), "k2")
     top = te.compute(rows, lambda *i: te.max(x[(*i, k1)], axis=k1), name="row_max")
-    e = exp_nonpositive(te.compute(full, lambda *i: x[i] - top[i[:-1]], name="shifted"), f32, llvm)
+    e = exp_nonpositive(te.compute(full, lambda *i: x[i] - top[i[:-1]], name="shifted"), f32, llvm, consts)
     total = te.compute(rows, lambda *i: te.sum(e[(*i, k2)], axis=k2), name="row_sum")
     inv = te.compute(rows, lambda *i: f32(1.0) / (total[i] * f32(scale)), name="row_scale")
     if out_dtype == "float32":  # softmax itself (:func:`float_softmaxes`)
@@ -164,7 +187,8 @@ def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main", top_byte: 
 
     def emit(builder, visit, item):
         args, name, out_ty = item
-        return builder.emit(relax.call_tir(gvs[name], [visit(a) for a in args], out_ty))
+        consts = [relax.const(exp_constants())] if llvm else []
+        return builder.emit(relax.call_tir(gvs[name], [visit(a) for a in args] + consts, out_ty))
 
     return rewrite_bindings(mod, match, emit, func_name, kernels=kernels, gvs=gvs)
 
@@ -194,7 +218,7 @@ def float_softmaxes(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
 
     def emit(builder, visit, item):
         x, name, out_ty = item
-        return builder.emit(relax.call_tir(gvs[name], [visit(x)], out_ty))
+        return builder.emit(relax.call_tir(gvs[name], [visit(x), relax.const(exp_constants())], out_ty))
 
     return rewrite_functions(mod, match, emit, kernels, gvs)
 
