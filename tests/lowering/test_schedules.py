@@ -85,9 +85,11 @@ def test_a_fused_chain_of_ops_runs_as_one_parallel_loop():
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(v)).numpy(), ref)
 
 
-def test_softmax_runs_as_one_loop_over_rows():
+# rows of 64 and of 20 keys (a 20-token bucket's attention: 4 lanes, where they were scalar loops)
+@pytest.mark.parametrize("keys, lanes", [(64, 8), (20, 4)])
+def test_softmax_runs_as_one_loop_over_rows(keys, lanes):
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, 4, 16, 64), "float32"))
+    x = relax.Var("x", relax.TensorType((1, 4, 16, keys), "float32"))
     with bb.function("main", [x]):
         with bb.dataflow():
             out = bb.emit_output(relax.op.nn.softmax(x, axis=-1))
@@ -95,8 +97,9 @@ def test_softmax_runs_as_one_loop_over_rows():
     target = tvm.target.Target(TARGET)
     mod, counts = default_schedules(relax.get_pipeline("zero")(bb.get()), target)
     assert counts == {"tensorized": 0, "tiled": 0, "parallel": 1, "naive": 0}
-    assert _prim(mod).script().count("T.parallel") == 1
-    v = np.random.default_rng(1).standard_normal((1, 4, 16, 64)).astype(np.float32) * 4
+    script = _prim(mod).script()
+    assert script.count("T.parallel") == 1 and script.count(f"T.vectorized(T.int64({lanes}))") >= 3  # max, exp, sum, out
+    v = np.random.default_rng(1).standard_normal((1, 4, 16, keys)).astype(np.float32) * 4
     got = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())["main"](tvm.runtime.tensor(v)).numpy()
     e = np.exp(v - v.max(-1, keepdims=True))
     np.testing.assert_allclose(got, e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
