@@ -285,8 +285,10 @@ def _width(extent: int, most: int = 32) -> int | None:
 
 def _rows(one: tvm.IRModule):
     """Softmax and layer norm along the last axis as one parallel loop over rows: each row's partial
-    reductions (8 lanes, vectorized), its elementwise work and its output computed together while the
-    row is in L1, instead of a parallel pass over the whole tensor per step (4 fork-joins a kernel)."""
+    reductions (8 lanes, vectorized; 4 in rows of 12 or 20, where softmax's were scalar loops: 1.19 M of an
+    A76 inference at 20 tokens where 16 tokens' took 0.31 M), its elementwise work and its output computed
+    together while the row is in L1, instead of a parallel pass over the whole tensor per step (4 fork-joins
+    a kernel)."""
     from tvm.s_tir import Schedule
 
     sch = Schedule(one)
@@ -297,7 +299,7 @@ def _rows(one: tvm.IRModule):
     for b in blocks:
         if b not in spatial:
             k = sch.get_loops(b)[-1]
-            _, k_i = sch.split(k, [None, _lanes(int(sch.get(k).extent))])
+            _, k_i = sch.split(k, [None, _width(int(sch.get(k).extent), 8)])
             rfs.append(sch.rfactor(k_i, len(sch.get_loops(b)) - 2))
     rows = sch.fuse(*sch.get_loops(blocks[-1])[:-1])
     for b in reversed(sch.get_child_blocks(sch.get_sblock("root"))[:-1]):
@@ -309,15 +311,10 @@ def _rows(one: tvm.IRModule):
     for b in spatial:
         inner = sch.get_loops(b)[-1]
         if not sch.get(inner).same_as(sch.get(rows)) and int(sch.get(inner).extent) % 4 == 0:
-            sch.vectorize(sch.split(inner, [None, _lanes(int(sch.get(inner).extent))])[1])
+            sch.vectorize(sch.split(inner, [None, _width(int(sch.get(inner).extent), 8)])[1])
     sch.parallel(rows)
     return sch
 
-
-def _lanes(extent: int) -> int:
-    """A row loop's vector: 8 lanes where they divide it, else 4 (rows of 12, 20: before, softmax's there
-    were scalar, 1.19 M of an A76 inference at 20 tokens where 16 tokens' took 0.31 M)."""
-    return 8 if extent % 8 == 0 else 4
 
 
 def _packing(one: tvm.IRModule):
