@@ -79,12 +79,12 @@ def erf_rational(y: np.ndarray, form=FLOAT_ERF) -> np.ndarray:
     return y * num / den
 
 
-def _emit_erf(builder, y, form=FLOAT_ERF):
-    """:func:`erf_rational` as Relax ops (elementwise: they fuse into the kernel's epilogue)."""
+def _emit_erf(builder, y, form=FLOAT_ERF, dtype: str = "float32"):
+    """:func:`erf_rational` as Relax ops (elementwise: they fuse into the kernel's epilogue), in ``dtype``."""
     clamp, p, q = form
 
     def const(c):
-        return relax.const(np.float32(c))
+        return relax.const(np.dtype(dtype).type(c))
 
     def mul(a, b):
         return builder.emit(relax.op.multiply(a, b))
@@ -147,11 +147,13 @@ def _erf_input(var, values, uses):
     return None
 
 
-def fold_gelu_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, int]:
+def fold_gelu_quantize(mod: tvm.IRModule, func_name: str = "main", half: bool = False) -> tuple[tvm.IRModule, int]:
     """``quantize(k * x * (1 + erf(x / c)), s, z)``, x = a * float(acc) + b and k the product of the constant
     factors (0.5, SmoothQuant's per-channel m) -> with y = float(acc) * (a / c) + b / c,
     ``quantize((y + y * erf(y)) * (k * c / s) + z, 1, 0)``. Constant operands only (run FoldConstant
-    first). Returns (module, how many quantizes were folded)."""
+    first). With ``half`` (a CPU with float16 vector arithmetic, the A76's), y is rounded to float16 and
+    everything after it computed in float16: 8 values a vector instead of 4. Returns (module, how many
+    quantizes were folded)."""
     def match(_var, value, values, uses):
         if not (quantize_of_var(value) and str(value.attrs.out_dtype) in ("uint8", "int8")
                 and uses.get(value.args[0]) == 1):
@@ -180,10 +182,13 @@ def fold_gelu_quantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.
         y = builder.emit(relax.op.astype(visit(acc), "float32"))
         y = builder.emit(relax.op.multiply(y, relax.const(a)))
         y = builder.emit(relax.op.add(y, relax.const(b)))
-        g = builder.emit(relax.op.add(y, builder.emit(relax.op.multiply(y, _emit_erf(builder, y, INT8_ERF)))))
-        g = builder.emit(relax.op.multiply(g, relax.const(k)))
+        dtype = "float16" if half else "float32"
+        if half:
+            y = builder.emit(relax.op.astype(y, dtype))
+        g = builder.emit(relax.op.add(y, builder.emit(relax.op.multiply(y, _emit_erf(builder, y, INT8_ERF, dtype)))))
+        g = builder.emit(relax.op.multiply(g, relax.const(k.astype(dtype))))
         if z:
-            g = builder.emit(relax.op.add(g, relax.const(np.float32(z))))
+            g = builder.emit(relax.op.add(g, relax.const(np.dtype(dtype).type(z))))
         return quantize_by_one(builder, g, quantize)
 
     return rewrite_bindings(mod, match, emit, func_name)

@@ -82,6 +82,11 @@ def _aarch64(tvm_target) -> bool:
     return tvm_target.kind.name == "llvm" and str(tvm_target.attrs.get("mtriple", "")).startswith("aarch64")
 
 
+def _half(tvm_target) -> bool:
+    """Whether the CPU computes float16 vectors (aarch64 with FEAT_FP16: the A76, A78; not the A72)."""
+    return _aarch64(tvm_target) and bool(tvm.target.codegen.llvm_cpu_has_features(["fullfp16"], tvm_target))
+
+
 def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
     phases = {"layout": [SinkTransposes()]}  # NCW convolutions vs NWC layer norms and packed kernels
     if _aarch64(tvm_target):
@@ -91,7 +96,7 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
         phases["requantize"] = [  # after sinking: the tables then sit where the transposes no longer are
             LookupTables(report), DropRoundTrips(report),
             _in_target(relax.transform.FoldConstant(), tvm_target),  # the epilogues' constants, so that they fold
-            FoldRequantize(report), FoldGeluQuantize(report),
+            FoldRequantize(report), FoldGeluQuantize(report, half=_half(tvm_target)),
             FoldSoftmaxQuantize(report, top_byte=_aarch64(tvm_target), llvm=tvm_target.kind.name == "llvm"),
             FoldLayerNormQuantize(report)]
     return phases

@@ -26,24 +26,29 @@ _ADD, _MULTIPLY, _LAYER_NORM = (tvm.ir.Op.get("relax." + op) for op in ("add", "
 
 
 def top_byte(v, out_dtype: str):
-    """The 8-bit ``floor(v)``, clamped, of a float32 TIR value: ``fptosi.sat(v * 2^24) >> 24``."""
+    """The 8-bit ``floor(v)``, clamped, of a float32 TIR value: ``fptosi.sat(v * 2^24) >> 24``; of a
+    float16 one ``fptosi.sat(v * 2^8) >> 8`` (one fcvtzs #8 and one shrn for 8 values)."""
     from tvm import tirx
 
-    wide, convert = ("int32", "llvm.fptosi.sat") if out_dtype == "int8" else ("uint32", "llvm.fptoui.sat")
-    top = tirx.call_llvm_pure_intrin(wide, convert, v * tirx.const(2.0 ** 24, "float32"))
-    return (top >> tirx.const(24, wide)).astype(out_dtype)
+    dtype = str(v.ty.dtype if hasattr(v, "ty") else v.dtype)  # a PrimExpr, or a TE tensor's element
+    bits = 16 if dtype == "float16" else 32
+    wide = ("int" if out_dtype == "int8" else "uint") + str(bits)
+    convert = "llvm.fptosi.sat" if out_dtype == "int8" else "llvm.fptoui.sat"
+    top = tirx.call_llvm_pure_intrin(wide, convert, v * tirx.const(2.0 ** (bits - 8), dtype))
+    return (top >> tirx.const(bits - 8, wide)).astype(out_dtype)
 
 
-def _kernel(shape, out_dtype: str, scale, offset, name: str) -> tvm.tirx.PrimFunc:
-    """``top_byte(x * scale + offset)`` on float32 ``x`` of ``shape``. ``scale`` and ``offset`` are each a
-    float or the shape of a float32 tensor broadcast against ``x`` (the kernel's next inputs, in order)."""
+def _kernel(shape, out_dtype: str, scale, offset, name: str, dtype: str = "float32") -> tvm.tirx.PrimFunc:
+    """``top_byte(x * scale + offset)`` on ``x`` of ``shape`` (float32, or float16). ``scale`` and ``offset``
+    are each a float or the shape of a tensor of x's dtype broadcast against ``x`` (the kernel's next inputs,
+    in order)."""
     from tvm import te, tirx
 
     def i64(dims):  # the shapes Relax's own kernels carry: FuseTIR matches buffers by their types
         return tuple(tirx.IntImm("int64", d) for d in dims)
 
-    x = te.placeholder(i64(shape), "float32", name="x")
-    m, c = (te.placeholder(i64(p), "float32", name=n) if isinstance(p, tuple) else p
+    x = te.placeholder(i64(shape), dtype, name="x")
+    m, c = (te.placeholder(i64(p), dtype, name=n) if isinstance(p, tuple) else p
             for p, n in ((scale, "m"), (offset, "c")))
 
     def at(t, i):
@@ -51,8 +56,8 @@ def _kernel(shape, out_dtype: str, scale, offset, name: str) -> tvm.tirx.PrimFun
         return t[tuple(tirx.const(0, "int64") if int(d) == 1 else i[lead + k] for k, d in enumerate(t.shape))]
 
     def one(*i):
-        v = x[i] * at(m, i) if isinstance(m, te.Tensor) else x[i] if m == 1.0 else x[i] * tirx.const(m, "float32")
-        v = v + at(c, i) if isinstance(c, te.Tensor) else v + tirx.const(c, "float32") if c else v
+        v = x[i] * at(m, i) if isinstance(m, te.Tensor) else x[i] if m == 1.0 else x[i] * tirx.const(m, dtype)
+        v = v + at(c, i) if isinstance(c, te.Tensor) else v + tirx.const(c, dtype) if c else v
         return top_byte(v, out_dtype)
 
     out = te.compute(i64(shape), one, name="quantized")
@@ -60,8 +65,8 @@ def _kernel(shape, out_dtype: str, scale, offset, name: str) -> tvm.tirx.PrimFun
     return te.create_prim_func([x, *tensors, out]).with_attr("global_symbol", name)
 
 
-def _constant(expr) -> np.ndarray | None:
-    ok = isinstance(expr, tvm.ir.expr.Constant) and str(expr.ty.dtype) == "float32"
+def _constant(expr, dtype: str) -> np.ndarray | None:
+    ok = isinstance(expr, tvm.ir.expr.Constant) and str(expr.ty.dtype) == dtype
     return expr.value.numpy().astype(np.float64) if ok else None
 
 
@@ -72,11 +77,11 @@ def top_byte_quantizes(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
     ``multiply(w, c)``, the kernel multiplies w by ``c / s``. Returns (module, how many quantizes)."""
     kernels, gvs, names = {}, {}, {}
 
-    def kernel(shape, out, scale, offset) -> str:
-        key = (shape, out, scale, offset)
+    def kernel(shape, out, scale, offset, dtype) -> str:
+        key = (shape, out, scale, offset, dtype)
         if key not in names:
             names[key] = f"quantize_top_byte_{len(names)}"
-            kernels[names[key]] = _kernel(shape, out, scale, offset, names[key])
+            kernels[names[key]] = _kernel(shape, out, scale, offset, names[key], dtype)
         return names[key]
 
     def match(_var, value, values, uses):
@@ -84,23 +89,25 @@ def top_byte_quantizes(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
                 and str(value.attrs.out_dtype) in ("int8", "uint8")):
             return None
         x, s, z = value.args[0], scalar(value.args[1]), scalar(value.args[2])
-        out, shape = str(value.attrs.out_dtype), tuple(int(d) for d in x.ty.shape)
+        out, shape, dtype = str(value.attrs.out_dtype), tuple(int(d) for d in x.ty.shape), str(x.ty.dtype)
+        if dtype not in ("float32", "float16"):
+            return None
         producer = values.get(x) if isinstance(x, relax.Var) and uses.get(x) == 1 else None
         op = producer.op if isinstance(producer, relax.Call) else None
         if op is not None and (op.same_as(_ADD) or op.same_as(_MULTIPLY)):
             for w, c in (producer.args, producer.args[::-1]):
-                c = _constant(c)
+                c = _constant(c, dtype)
                 if c is None or c.ndim > len(shape) or not tvm_ffi.structural_equal(w.ty.shape, x.ty.shape):
                     continue
                 if op.same_as(_MULTIPLY):  # quantize's 1 / s into the multiplier: no divide
-                    return kernel(shape, out, c.shape, z + 0.5), w, [(c / s).astype(np.float32)], None, out
+                    return kernel(shape, out, c.shape, z + 0.5, dtype), w, [(c / s).astype(dtype)], None, out
                 if s == 1.0:
-                    return kernel(shape, out, 1.0, c.shape), w, [(c + z + 0.5).astype(np.float32)], None, out
+                    return kernel(shape, out, 1.0, c.shape, dtype), w, [(c + z + 0.5).astype(dtype)], None, out
         if op is not None and op.same_as(_LAYER_NORM) and s == 1.0:
-            c = _constant(producer.args[2])
+            c = _constant(producer.args[2], dtype)
             if c is not None:  # beta + z + 0.5: the layer norm's output is v itself
-                return kernel(shape, out, 1.0, 0.0), None, [(c + z + 0.5).astype(np.float32)], producer, out
-        return kernel(shape, out, 1.0 / s, z + 0.5), x, [], None, out
+                return kernel(shape, out, 1.0, 0.0, dtype), None, [(c + z + 0.5).astype(dtype)], producer, out
+        return kernel(shape, out, 1.0 / s, z + 0.5, dtype), x, [], None, out
 
     def emit(builder, visit, item):
         name, x, constants, layer_norm, out = item

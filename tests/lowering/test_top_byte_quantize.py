@@ -17,9 +17,9 @@ from squeezeedge.lowering.top_byte_quantize import top_byte_quantizes
 A76 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"})
 
 
-def _module(dtype: str, scale: float, zero: int, before: str | None = None):
+def _module(dtype: str, scale: float, zero: int, before: str | None = None, x_dtype: str = "float32"):
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((32, 64), "float32"))
+    x = relax.Var("x", relax.TensorType((32, 64), x_dtype))
     with bb.function("main", [x]):
         with bb.dataflow():
             v = x
@@ -31,7 +31,7 @@ def _module(dtype: str, scale: float, zero: int, before: str | None = None):
             elif before == "layer_norm":
                 g, b = np.full(64, 60, "float32"), np.linspace(-3, 3, 64, dtype="float32")
                 v = bb.emit(relax.op.nn.layer_norm(x, relax.const(g), relax.const(b), axes=[-1]))
-            q = bb.emit(relax.op.quantize(v, relax.const(np.float32(scale)), relax.const(np.array(zero, dtype)),
+            q = bb.emit(relax.op.quantize(v, relax.const(np.dtype(x_dtype).type(scale)), relax.const(np.array(zero, dtype)),
                                           axis=-1, out_dtype=dtype))
             out = bb.emit_output(q)
         bb.emit_func_output(out)
@@ -62,6 +62,20 @@ def test_top_byte_quantize_equals_tvms_but_at_ties(dtype, scale, zero):
     if scale != 0.05:
         assert np.array_equal(got[tie], np.clip(np.floor(half + 0.5) + zero, lo, hi))
     assert np.abs(got[tie] - want[tie]).max() <= 1
+
+
+@pytest.mark.parametrize("dtype, zero", [("int8", -7), ("uint8", 128)])
+def test_a_float16_input_takes_a_16_bit_convert_and_gives_the_same_values(dtype, zero):
+    """float16 values (the A76's GELU epilogue): the top byte of fptosi.sat(v * 2^8), the same values as
+    floor(x + z + 0.5) clamped, quarter steps and far out of range (inf included) alike."""
+    quarter = np.arange(-250, 250) + 0.25
+    x = np.concatenate([quarter, quarter + 0.5, [60000, -60000, np.inf, -np.inf] * 262]).astype("float16")
+    x = x.reshape(32, 64)
+    ours, n = top_byte_quantizes(_module(dtype, 1.0, zero, x_dtype="float16"))
+    assert n == 1 and "R.quantize" not in ours.script()
+    lo, hi = (-128, 127) if dtype == "int8" else (0, 255)
+    want = np.clip(np.floor(x.astype(np.float64) + zero + 0.5), lo, hi)
+    assert np.array_equal(_run(ours, x), want)
 
 
 @pytest.mark.parametrize("before, scale", [("add", 1.0), ("layer_norm", 1.0), ("multiply", 0.4)])
