@@ -22,6 +22,7 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
+from squeezeedge.errors import CompileError
 from squeezeedge.lowering.tir_walk import llvm_intrinsics_called, reduction_updates
 
 INT_DTYPES = ("uint8", "int8")
@@ -41,6 +42,7 @@ class RewriteReport:
     gelus_folded: int = 0  # quantize(GELU(a * acc + b)) with its constants folded (compiler/lowering/gelu_quantize.py)
     softmax_folded: int = 0  # quantize(softmax(x)) dividing once a row (compiler/lowering/softmax_quantize.py)
     layer_norms_folded: int = 0  # quantize(layer_norm(x)) with 1/s in its constants (compiler/lowering/layer_norm_quantize.py)
+    accumulator_biases: int = 0  # sdot kernels whose sums start at the bias (compiler/lowering/accumulator_bias.py)
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -180,8 +182,9 @@ def _i64(*dims):
     return tuple(tvm.tirx.const(d, "int64") for d in dims)  # Relax shapes are int64
 
 
-def _packed_sum(out_shape: tuple[int, ...], k_all: int, spec: PackedDot, product):
-    """out[..., n] = sum over k of product(lead, n, k, k // spec.k, k % spec.k): the packed kernel's compute.
+def _packed_sum(out_shape: tuple[int, ...], k_all: int, spec: PackedDot, product, init=None):
+    """out[..., n] = sum over k of product(lead, n, k, k // spec.k, k % spec.k): the packed kernel's compute,
+    each sum started at ``init(n)`` where given (a bias in the accumulator, one-output-a-step kernels only).
     With ``spec.partial``, spec.partial partial sums an output, lane j summing the k of each spec.k-block
     the lane instruction puts there (2j, 2j+1, 2j+8, 2j+9: compiler/lowering/intrinsics.py), and a block
     adding them (named ``spec.block + "_sum"``)."""
@@ -190,7 +193,8 @@ def _packed_sum(out_shape: tuple[int, ...], k_all: int, spec: PackedDot, product
     if not spec.partial:
         k = te.reduce_axis(_i64(0, k_all), "k")
         return te.compute(_i64(*out_shape), lambda *idx: te.sum(
-            product(idx[:-1], idx[-1], k, k // spec.k, k % spec.k), axis=k), name=spec.block)
+            product(idx[:-1], idx[-1], k, k // spec.k, k % spec.k), axis=k,
+            init=None if init is None else init(idx[-1])), name=spec.block)
     kb, t = te.reduce_axis(_i64(0, k_all // spec.k), "kb"), te.reduce_axis(_i64(0, spec.k // spec.partial), "t")
 
     def lane(*idx):
@@ -203,9 +207,11 @@ def _packed_sum(out_shape: tuple[int, ...], k_all: int, spec: PackedDot, product
         (lanes[(*idx, *_i64(j))] for j in range(1, spec.partial)), lanes[(*idx, *_i64(0))]), name=spec.block + "_sum")
 
 
-def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str, spec: PackedDot = VNNI):
+def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str, spec: PackedDot = VNNI,
+               bias: bool = False):
     """x [..., K] x weights pre-packed for ``spec`` -> int32 [..., N]: the layout the dot-product
-    instruction wants, so a schedule can tensorize the inner lanes x k block."""
+    instruction wants, so a schedule can tensorize the inner lanes x k block. With ``bias``, a third input,
+    int32 [N], starts each output's sum (:mod:`squeezeedge.lowering.accumulator_bias`)."""
     from tvm import te
 
     *lead, k_all = shape_x
@@ -219,8 +225,26 @@ def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str, spe
         return x[(*lead_idx, g * kg + k)].astype("int32") \
             * w[g, (n % ng) // lanes, k_block, n % lanes, k_in].astype("int32")
 
-    y = _packed_sum((*lead, n_out), kg, spec, product)
-    return te.create_prim_func([x, w, y]).with_attr("global_symbol", name)
+    b = te.placeholder(_i64(n_out), "int32", name="bias") if bias else None
+    y = _packed_sum((*lead, n_out), kg, spec, product, None if b is None else lambda n: b[n])
+    func = te.create_prim_func([x, w, *([b] if bias else []), y])
+    return (_bias_init(func, spec.block) if bias else func).with_attr("global_symbol", name)
+
+
+def _bias_init(func, block: str):
+    """``func`` with its reduction block's init ``out[..., n] = 0`` made ``out[..., n] = bias[n]``. TVM 0.27's
+    te.create_prim_func drops a reduction's ``init`` (it always writes the reducer's identity), so the init
+    is rewritten in the function's TVMScript and parsed back. The block's declared reads stay the update's
+    (x and w): decompose_reduction gives the update block the block's reads, and tensorize matches them
+    against the intrinsic's."""
+    import re
+
+    text = func.script()
+    init = re.search(rf"\n(\s*)({block}\[[^\]]*, (v_\w+)\]) = 0\n", text)
+    if init is None:
+        raise CompileError(f"{block}: no reduction init to start at the bias")
+    text = text.replace(init.group(0), f"\n{init.group(1)}{init.group(2)} = bias[{init.group(3)}]\n")
+    return tvm.script.from_source(text)
 
 
 def _te_packed_pair(shape_a: tuple[int, ...], n_out: int, name: str, spec: PackedDot = None):

@@ -31,7 +31,8 @@ from tvm import relax
 
 from squeezeedge.artifact import Artifact
 from squeezeedge.errors import CompileError
-from squeezeedge.lowering.int8 import Integerize, RewriteReport, packed_dot_for
+from squeezeedge.lowering.accumulator_bias import AccumulatorBias
+from squeezeedge.lowering.int8 import SDOT, Integerize, RewriteReport, packed_dot_for
 from squeezeedge.lowering.lengths import FIRST_BUCKET, buckets, merge
 from squeezeedge.lowering.lookup import LookupTables
 from squeezeedge.lowering.relax import _static_dims, import_onnx
@@ -99,6 +100,8 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
             FoldRequantize(report), FoldGeluQuantize(report, half=_half(tvm_target)),
             FoldSoftmaxQuantize(report, top_byte=_aarch64(tvm_target), llvm=tvm_target.kind.name == "llvm"),
             FoldLayerNormQuantize(report)]
+        if packed_dot_for(tvm_target) is SDOT:  # NEON's fmla overwrites its addend: the bias a copy a vector
+            phases["requantize"].append(AccumulatorBias(report))
     return phases
 
 

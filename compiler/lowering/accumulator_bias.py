@@ -1,0 +1,131 @@
+"""A packed sdot kernel's bias started in its int32 accumulators (:func:`fold_accumulator_bias`).
+
+After the epilogue folds a layer's output is ``a * float(acc) + b`` (a, b per output channel), or
+``quantize(a * float(acc) + b, 1, z)``. NEON's fmla overwrites its addend, so the ``+ b`` costs a register
+copy a vector besides the multiply-add (the residual layers' fadd after it one more). Started at
+``bias = round(b / a)`` (``round((b + z + 0.5) / a)`` before an 8-bit quantize on aarch64, whose top-byte
+convert floors ``v + 0.5``), the sums need no ``+ b``: the epilogue is ``a * float(acc)``, one fmul, where
+the accumulators were zeroed (movi) they are now copied from the bias (mov). The value moves by
+``b - a * bias``, at most half an accumulator step ``a / 2``: under 1% of an 8-bit output step for
+SqueezeBERT's layers (their ``a`` is s_x * s_w, the output step s_x alone or larger). results/PERFORMANCE-LOG.md 52.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from squeezeedge.lowering.int8 import SDOT, _te_packed
+from squeezeedge.lowering.qdq import QUANTIZE, qparams_scalar, scalar
+from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings
+from squeezeedge.lowering.top_byte_quantize import _kernel as top_byte_kernel
+
+_ADD, _MULTIPLY, _ASTYPE, _CALL_TIR = (tvm.ir.Op.get("relax." + op) for op in ("add", "multiply", "astype", "call_tir"))
+LIMIT = 2 ** 24  # the largest bias started in an accumulator: far from int32's limits after any K of s8 products
+
+
+def _call(var, values, uses, op):
+    value = values.get(var) if isinstance(var, relax.Var) and uses.get(var) == 1 else None
+    return value if isinstance(value, relax.Call) and value.op.same_as(op) else None
+
+
+def _channel_const(expr, n: int) -> np.ndarray | None:
+    """A float32 constant of one value per output channel (or one for all) as [n] float64, else None."""
+    if not isinstance(expr, tvm.ir.expr.Constant) or str(expr.ty.dtype) != "float32":
+        return None
+    v = expr.value.numpy()
+    if v.size not in (1, n) or (v.size == n and v.shape[-1] != n):
+        return None
+    return np.broadcast_to(v.reshape(-1).astype(np.float64), (n,))
+
+
+def _epilogue(var, values, uses):
+    """(call_tir of a packed sdot kernel, a, b) when ``var`` = add(multiply(astype(acc, f32), a), b), each
+    step read once and acc that kernel's output; else None."""
+    add = values.get(var)
+    if not (isinstance(add, relax.Call) and add.op.same_as(_ADD)):
+        return None
+    mul = _call(add.args[0], values, uses, _MULTIPLY)
+    cast = None if mul is None else _call(mul.args[0], values, uses, _ASTYPE)
+    acc = None if cast is None or str(cast.attrs.dtype) != "float32" else _call(cast.args[0], values, uses, _CALL_TIR)
+    if acc is None:
+        return None
+    gv, args = acc.args[0], list(acc.args[1].fields)
+    name = gv.name_hint
+    if not name.startswith(SDOT.block + "_") or "_pair_" in name or len(args) != 2 \
+            or not isinstance(args[1], tvm.ir.expr.Constant):
+        return None
+    n = int(acc.ty.shape[-1])
+    a, b = _channel_const(mul.args[1], n), _channel_const(add.args[1], n)
+    if a is None or b is None or np.any(a == 0):
+        return None
+    return acc, a, b
+
+
+def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, int]:
+    """Every ``a * float(acc) + b`` after a packed sdot kernel (acc read there alone) as
+    ``a * float(acc')``, acc' the kernel started at round(b / a); ``quantize(a * float(acc) + b, 1, z)`` as
+    the top byte of ``a * float(acc')``, acc' started at round((b + z + 0.5) / a). Returns (module, how
+    many kernels now start at a bias)."""
+    kernels, gvs, made = {}, {}, {}
+    quantized = set()  # vars an 8-bit quantize of scale 1 reads (that quantize's match takes them whole)
+
+    def packed_kernel(acc) -> str:
+        gv, (x, w) = acc.args[0], list(acc.args[1].fields)
+        name = gv.name_hint + "_bias"
+        if name not in made:
+            shape = tuple(int(d) for d in x.ty.shape)
+            groups = int(w.ty.shape[0])
+            made[name] = _te_packed(shape, int(acc.ty.shape[-1]), groups, name, SDOT, bias=True)
+            kernels[name] = made[name]
+        return name
+
+    def top_byte(shape, out) -> str:
+        name = "accumulator_top_byte_" + "x".join(map(str, shape)) + "_" + out
+        if name not in made:
+            made[name] = kernels[name] = top_byte_kernel(shape, out, (shape[-1],), 0.0, name)
+        return name
+
+    def match(var, value, vals, uses):
+        if not quantized:
+            quantized.update(v.args[0] for v in vals.values() if isinstance(v, relax.Call) and v.op.same_as(QUANTIZE))
+            quantized.add(None)
+        if isinstance(value, relax.Call) and value.op.same_as(QUANTIZE) and qparams_scalar(value) \
+                and scalar(value.args[1]) == 1.0 and str(value.attrs.out_dtype) in ("int8", "uint8") \
+                and uses.get(value.args[0]) == 1:
+            found = _epilogue(value.args[0], vals, uses)
+            if found is None:
+                return None
+            acc, a, b = found
+            bias = np.round((b + scalar(value.args[2]) + 0.5) / a)
+            if np.abs(bias).max() >= LIMIT:
+                return None
+            shape = tuple(int(d) for d in acc.ty.shape)
+            return packed_kernel(acc), acc, a, bias, top_byte(shape, str(value.attrs.out_dtype))
+        if var in quantized:
+            return None
+        found = _epilogue(var, vals, uses)
+        if found is None:
+            return None
+        acc, a, b = found
+        bias = np.round(b / a)
+        if np.abs(bias).max() >= LIMIT:
+            return None
+        return packed_kernel(acc), acc, a, bias, None
+
+    def emit(builder, visit, item):
+        kernel, acc, a, bias, top = item
+        x, w = (visit(arg) for arg in acc.args[1].fields)
+        start = builder.emit(relax.call_tir(gvs[kernel], [x, w, relax.const(bias.astype(np.int32))], acc.ty))
+        y = builder.emit(relax.op.astype(start, "float32"))
+        scale = relax.const(a.astype(np.float32))
+        if top is None:
+            return builder.emit(relax.op.multiply(y, scale))
+        return builder.emit(relax.call_tir(gvs[top], [y, scale], relax.TensorType(acc.ty.shape,
+                                                                                    top.rsplit("_", 1)[1])))
+
+    return rewrite_bindings(mod, match, emit, func_name, kernels, gvs)
+
+
+AccumulatorBias = counted_pass("AccumulatorBias", "accumulator_biases")(fold_accumulator_bias)

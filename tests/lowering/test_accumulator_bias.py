@@ -1,0 +1,87 @@
+"""compiler/lowering/accumulator_bias.py: a packed sdot kernel's ``a * float(acc) + b`` epilogue becomes sums
+started at round(b / a) and one multiply, within half an accumulator step of the old values; before an
+8-bit quantize the quantize's zero point and half step go into the start too (the top-byte convert then
+floors a * float(acc) alone), within one step and nearly always equal; other kernels are left alone.
+The kernels run here as plain TIR (no sdot): what is checked is the rewrite and the bias start's values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from squeezeedge.lowering.accumulator_bias import fold_accumulator_bias
+from squeezeedge.lowering.int8 import SDOT, VNNI, _pack, _te_packed
+
+M, K, N = 16, 64, 32
+
+
+def _module(spec, quantize: bool):
+    """s8 x [1, M, K] -> packed kernel -> a * float(acc) + b [-> quantize(., 1, z)]."""
+    rng = np.random.default_rng(3)
+    w = rng.integers(-127, 128, (N, K)).astype(np.int8)
+    a = ((rng.random(N) * 1e-3 + 1e-4) * (4 if quantize else 1)).astype(np.float32)  # quantized: both clips
+    b = rng.normal(0, 2, N).astype(np.float32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, M, K), spec.x_dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            gv = bb.add_func(_te_packed((1, M, K), N, 1, f"{spec.block}_test", spec), f"{spec.block}_test")
+            acc = bb.emit(relax.call_tir(gv, [x, relax.const(_pack(w, 1, spec))], relax.TensorType((1, M, N), "int32")))
+            y = bb.emit(relax.op.add(relax.op.multiply(bb.emit(relax.op.astype(acc, "float32")), relax.const(a)),
+                                     relax.const(b)))
+            if quantize:
+                y = bb.emit(relax.op.quantize(y, relax.const(np.float32(1.0)), relax.const(np.int8(3)), axis=-1,
+                                              out_dtype="int8"))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get(), a
+
+
+def _run(mod, x):
+    ex = tvm.compile(relax.get_pipeline("zero")(mod), target="llvm")
+    return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def test_sums_start_at_the_bias_and_the_epilogue_is_one_multiply():
+    mod, a = _module(SDOT, quantize=False)
+    new, n = fold_accumulator_bias(mod)
+    script = new["main"].script()
+    assert n == 1 and "R.add" not in script and script.count("R.multiply") == 1 and "_bias" in script
+    x = np.random.default_rng(4).integers(-128, 128, (1, M, K)).astype(np.int8)
+    x[0, 0] = 127  # the largest sums
+    old, got = _run(mod, x), _run(new, x)
+    assert np.all(np.abs(got - old) <= a / 2 * 1.001 + 1e-6 * np.abs(old))  # half an accumulator step
+    assert not np.array_equal(got, old)  # the dropped remainder b - a * round(b / a) is really gone
+
+
+def test_an_8_bit_quantize_after_takes_its_zero_point_and_half_step_into_the_start():
+    mod, _ = _module(SDOT, quantize=True)
+    new, n = fold_accumulator_bias(mod)
+    script = new["main"].script()
+    assert n == 1 and "R.quantize" not in script and "R.add" not in script and "accumulator_top_byte" in script
+    x = np.random.default_rng(5).integers(-128, 128, (1, M, K)).astype(np.int8)
+    old, got = _run(mod, x).astype(int), _run(new, x).astype(int)
+    assert np.abs(got - old).max() <= 1 and np.mean(got != old) < 0.01
+    assert old.min() == -128 and old.max() == 127  # both clips reached
+
+
+def test_other_kernels_are_left_alone():
+    """x86's VNNI kernels (a three-operand FMA: the bias costs nothing there)."""
+    mod, _ = _module(VNNI, quantize=False)
+    new, n = fold_accumulator_bias(mod)
+    assert n == 0 and "R.add" in new["main"].script()
+
+
+def test_the_te_init_workaround_starts_every_output_at_its_bias():
+    """TVM 0.27's te.create_prim_func drops a reduction's init; the kernel's TVMScript is rewritten so that
+    each output starts at bias[n] (a zero input then gives the bias back)."""
+    func = _te_packed((1, 4, K), N, 1, "main", SDOT, bias=True)
+    assert "= bias[" in func.script()
+    lib = tvm.tirx.build(tvm.IRModule({"main": func}), target="llvm")
+    bias = np.arange(N, dtype=np.int32) * 1000 - 7
+    out = tvm.runtime.tensor(np.zeros((1, 4, N), np.int32))
+    lib(tvm.runtime.tensor(np.zeros((1, 4, K), np.int8)), tvm.runtime.tensor(np.ones((1, N // 4, K // 4, 4, 4), np.int8)),
+        tvm.runtime.tensor(bias), out)
+    assert np.array_equal(out.numpy(), np.broadcast_to(bias, (1, 4, N)))
