@@ -405,6 +405,11 @@ class _Integerizer:
         packed = self.packed
         spec = NEON if packed is NEON16 else packed if packed in (AVX2, VNNI, SDOT) else None
         sa, sb = (tuple(int(d) for d in t.ty.shape) for t in (aq, bq))
+        n_out, pad = (sb[-1], _pair_padding(spec, sa, sb)) if len(sa) == len(sb) else (None, None)
+        if pad:  # a 14-token bucket's keys: both operands padded with their zero points, the extra outputs dropped
+            norm = self.builder.normalize  # types the new calls (what the packing reads of them)
+            aq, bq, sa, sb = norm(_padded(aq, sa, 0, pad[0], za)), norm(_padded(bq, sb, pad[0], pad[1], zb)), \
+                (*sa[:-1], sa[-1] + pad[0]), (*sb[:-2], sb[-2] + pad[0], sb[-1] + pad[1])
         if spec is None or len(sa) != len(sb) or len(sa) < 3 or sa[:-2] != sb[:-2] or sa[-1] != sb[-2] \
                 or sb[-1] % spec.lanes or sa[-1] % spec.k \
                 or (spec is VNNI and (_dtype(aq), _dtype(bq)) != ("uint8", "uint8")) \
@@ -416,7 +421,8 @@ class _Integerizer:
         if spec is AVX2:
             return relax.call_tir(gv, [_widen(aq, AVX2.x_dtype, za), _pack_relax(bq, sb, AVX2, zb)], out_ty)
         if spec in (SDOT, NEON):
-            return _zero_points(relax.call_tir(gv, [aq, _pack_relax(bq, sb, spec)], out_ty), aq, bq, za, zb)
+            acc = _zero_points(relax.call_tir(gv, [aq, _pack_relax(bq, sb, spec)], out_ty), aq, bq, za, zb)
+            return relax.op.strided_slice(acc, [len(sb) - 1], [0], [n_out]) if sb[-1] != n_out else acc
         return _vnni_zero_points(relax.call_tir(gv, [aq, _pack_relax(bq, sb, VNNI, 128)], out_ty), aq, bq, za, zb)
 
     def conv(self, orig, m):
@@ -488,6 +494,26 @@ class _Integerizer:
             acc = _zero_points(relax.op.matmul(aq, bq, out_dtype="int32"), aq, bq, za, zb)
         self.report.matmul_activation += 1
         return _rescaled(acc, np.float32(sa * sb))
+
+
+def _pair_padding(spec: PackedDot | None, sa: tuple[int, ...], sb: tuple[int, ...]) -> tuple[int, int] | None:
+    """(k, n) zeros to add to an aarch64 attention matmul's reduction and output lengths so that its packed
+    kernel takes them (a 14-token bucket: 14 keys, K of P V and N of Q K^T, to 16), or None where none is
+    needed or the shapes are not an attention matmul's."""
+    if spec not in (SDOT, NEON) or len(sa) < 3 or sa[:-2] != sb[:-2] or sa[-1] != sb[-2]:
+        return None
+    step = spec.wide[0] if spec.wide else spec.k
+    k = (-sa[-1]) % step if sa[-1] % spec.k else 0
+    n = (-sb[-1]) % spec.lanes
+    return (k, n) if k or n else None
+
+
+def _padded(x, shape: tuple[int, ...], rows: int, columns: int, zero: int):
+    """x [..., R, C] with ``rows`` more rows and ``columns`` more columns, all ``zero`` (the operand's zero
+    point: (zero - zero) adds nothing to any product)."""
+    if not rows and not columns:
+        return x
+    return relax.op.nn.pad(x, [0] * (2 * len(shape) - 4) + [0, rows, 0, columns], pad_value=float(zero))
 
 
 def _vnni_zero_points(acc, aq, bq, za: int, zb: int):

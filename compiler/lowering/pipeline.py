@@ -151,11 +151,13 @@ def fuse(mod, tvm_target, dump_ir: Path | None = None):
 def bucket_lengths(parent: Artifact, tvm_target) -> list[int]:
     """The lengths a library of this export (or its quantized model) is built for on ``tvm_target``:
     one for a static export, buckets up to its --seq-len for a --dynamic one, each a whole number of the
-    target's vectors (:mod:`squeezeedge.lowering.lengths`)."""
+    target's vectors (:mod:`squeezeedge.lowering.lengths`; an int8 model on aarch64 also 14)."""
     from squeezeedge.lowering.schedules import vector_lanes
 
     dynamic = any(not isinstance(d, int) for i in parent.results["inputs"] for d in i["shape"])
     multiple = vector_lanes(tvm_target) if tvm_target.kind.name == "llvm" else FIRST_BUCKET
+    if parent.stage == "quantize" and _aarch64(tvm_target):
+        multiple = 2  # 14 tokens too: the packed attention pads 14 keys to 16 (int8.packed_pair)
     return buckets(_static_dims(parent)["seq"], dynamic, multiple)
 
 

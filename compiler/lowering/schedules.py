@@ -241,7 +241,7 @@ def _reductions(one: tvm.IRModule):
         if any(r[-1].min.same_as(s_var) and any(_uses(d.min, k_var) for d in r[:-1]) for r in reads) \
                 and _width(int(sch.get(loops[-2]).extent)):
             plans.append((block, "column"))
-        elif any(_uses(r[-1].min, k_var) for r in reads) and int(sch.get(loops[-1]).extent) % 4 == 0 \
+        elif any(_uses(r[-1].min, k_var) for r in reads) and int(sch.get(loops[-1]).extent) % 2 == 0 \
                 and not any(_uses(d.min, k_var) for r in reads for d in r[:-1]):
             plans.append((block, "row"))
         else:
@@ -299,7 +299,7 @@ def _rows(one: tvm.IRModule):
     for b in blocks:
         if b not in spatial:
             k = sch.get_loops(b)[-1]
-            _, k_i = sch.split(k, [None, _width(int(sch.get(k).extent), 8)])
+            _, k_i = sch.split(k, [None, _width(int(sch.get(k).extent), 8) or 2])  # 2: rows of 14
             rfs.append(sch.rfactor(k_i, len(sch.get_loops(b)) - 2))
     rows = sch.fuse(*sch.get_loops(blocks[-1])[:-1])
     for b in reversed(sch.get_child_blocks(sch.get_sblock("root"))[:-1]):
@@ -310,8 +310,8 @@ def _rows(one: tvm.IRModule):
         sch.vectorize(k_i)
     for b in spatial:
         inner = sch.get_loops(b)[-1]
-        if not sch.get(inner).same_as(sch.get(rows)) and int(sch.get(inner).extent) % 4 == 0:
-            sch.vectorize(sch.split(inner, [None, _width(int(sch.get(inner).extent), 8)])[1])
+        if not sch.get(inner).same_as(sch.get(rows)) and int(sch.get(inner).extent) % 2 == 0:
+            sch.vectorize(sch.split(inner, [None, _width(int(sch.get(inner).extent), 8) or 2])[1])
     sch.parallel(rows)
     return sch
 
