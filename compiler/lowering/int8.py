@@ -233,8 +233,8 @@ def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str, spe
 
 def _bias_init(func, block: str):
     """``func`` with its reduction block's init ``out[..., n] = 0`` made ``out[..., n] = bias[n]``. TVM 0.27's
-    te.create_prim_func drops a reduction's ``init`` (it always writes the reducer's identity), so the init
-    is rewritten in the function's TVMScript and parsed back. The block's declared reads stay the update's
+    te.create_prim_func drops a reduction's ``init`` (it writes the reducer's identity even for ``init=7``;
+    apache/tvm#17301 fixed a sibling case), so the init is rewritten in the function's TVMScript and parsed back. The block's declared reads stay the update's
     (x and w): decompose_reduction gives the update block the block's reads, and tensorize matches them
     against the intrinsic's."""
     import re
