@@ -85,7 +85,10 @@ def _jsonl(text: str, column: str, path: Path) -> list[str]:
 
 def _delimited(text: str, delimiter: str, column: str | None, path: Path) -> tuple[list[str], str]:
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    header = reader.fieldnames or []
+    try:
+        header = reader.fieldnames or []  # reads the first row: a malformed one raises here too
+    except csv.Error as exc:
+        raise CalibrationError(f"calibration file {path}: malformed {path.suffix[1:]} ({exc})") from None
     if column is None:
         if "text" not in header:
             raise CalibrationError(f"calibration file {path}: give --text-column (columns: {', '.join(header)})")
