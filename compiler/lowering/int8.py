@@ -234,9 +234,9 @@ def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str, spe
 def _bias_init(func, block: str):
     """``func`` with its reduction block's init ``out[..., n] = 0`` made ``out[..., n] = bias[n]``. TVM 0.27's
     te.create_prim_func drops a reduction's ``init`` (it writes the reducer's identity even for ``init=7``;
-    apache/tvm#17301 fixed a sibling case), so the init is rewritten in the function's TVMScript and parsed back. The block's declared reads stay the update's
-    (x and w): decompose_reduction gives the update block the block's reads, and tensorize matches them
-    against the intrinsic's."""
+    apache/tvm#17301 fixed a sibling case), so the init is rewritten in the function's TVMScript and parsed
+    back. The block's declared reads stay the update's (x and w): decompose_reduction gives the update block
+    the block's reads, and tensorize matches them against the intrinsic's."""
     import re
 
     text = func.script()
@@ -405,7 +405,7 @@ class _Integerizer:
         packed = self.packed
         spec = NEON if packed is NEON16 else packed if packed in (AVX2, VNNI, SDOT) else None
         sa, sb = (tuple(int(d) for d in t.ty.shape) for t in (aq, bq))
-        n_out, pad = (sb[-1], _pair_padding(spec, sa, sb)) if len(sa) == len(sb) else (None, None)
+        n_out, pad = sb[-1], _pair_padding(spec, sa, sb)
         if pad:  # a 14-token bucket's keys: both operands padded with their zero points, the extra outputs dropped
             norm = self.builder.normalize  # types the new calls (what the packing reads of them)
             aq, bq, sa, sb = norm(_padded(aq, sa, 0, pad[0], za)), norm(_padded(bq, sb, pad[0], pad[1], zb)), \

@@ -85,17 +85,14 @@ def _jsonl(text: str, column: str, path: Path) -> list[str]:
 
 def _delimited(text: str, delimiter: str, column: str | None, path: Path) -> tuple[list[str], str]:
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    try:
-        header = reader.fieldnames or []  # reads the first row: a malformed one raises here too
-    except csv.Error as exc:
-        raise CalibrationError(f"calibration file {path}: malformed {path.suffix[1:]} ({exc})") from None
-    if column is None:
-        if "text" not in header:
-            raise CalibrationError(f"calibration file {path}: give --text-column (columns: {', '.join(header)})")
-        column = "text"
-    if column not in header:
-        raise CalibrationError(f"calibration file {path} has no column '{column}' (columns: {', '.join(header)})")
-    try:
+    try:  # the header read parses the first row: a malformed one raises there too
+        header = reader.fieldnames or []
+        if column is None:
+            if "text" not in header:
+                raise CalibrationError(f"calibration file {path}: give --text-column (columns: {', '.join(header)})")
+            column = "text"
+        if column not in header:
+            raise CalibrationError(f"calibration file {path} has no column '{column}' (columns: {', '.join(header)})")
         return [row.get(column) or "" for row in reader], column
     except csv.Error as exc:
         raise CalibrationError(f"calibration file {path}: malformed {path.suffix[1:]} ({exc})") from None
