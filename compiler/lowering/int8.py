@@ -43,6 +43,7 @@ class RewriteReport:
     softmax_folded: int = 0  # quantize(softmax(x)) dividing once a row (compiler/lowering/softmax_quantize.py)
     layer_norms_folded: int = 0  # quantize(layer_norm(x)) with 1/s in its constants (compiler/lowering/layer_norm_quantize.py)
     accumulator_biases: int = 0  # sdot kernels whose sums start at the bias (compiler/lowering/accumulator_bias.py)
+    operands_zip_packed: int = 0  # attention K / V packed for sdot by zips (compiler/lowering/zip_packing.py)
     skipped: list[str] = field(default_factory=list)
 
     @property

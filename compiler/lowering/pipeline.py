@@ -45,6 +45,7 @@ from squeezeedge.lowering.round_trips import DropRoundTrips
 from squeezeedge.lowering.softmax_quantize import FloatSoftmaxes, FoldSoftmaxQuantize
 from squeezeedge.lowering.top_byte_quantize import TopByteQuantizes
 from squeezeedge.lowering.transposes import SinkTransposes
+from squeezeedge.lowering.zip_packing import ZipPackOperands
 
 BUCKET_PHASES = ("integer", "layout", "requantize")  # run on each length bucket's module
 MODULE_PHASES = ("legalize",)  # run once the buckets are merged
@@ -102,6 +103,7 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
             FoldLayerNormQuantize(report)]
         if packed_dot_for(tvm_target) is SDOT:  # NEON's fmla overwrites its addend: the bias a copy a vector
             phases["requantize"].append(AccumulatorBias(report))
+            phases["requantize"].append(ZipPackOperands(report))  # K and V packed by zips, not byte gathers
     return phases
 
 
