@@ -99,7 +99,8 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
             LookupTables(report), DropRoundTrips(report),
             _in_target(relax.transform.FoldConstant(), tvm_target),  # the epilogues' constants, so that they fold
             FoldRequantize(report), FoldGeluQuantize(report, half=_half(tvm_target)),
-            FoldSoftmaxQuantize(report, top_byte=_aarch64(tvm_target), llvm=tvm_target.kind.name == "llvm"),
+            FoldSoftmaxQuantize(report, top_byte=_aarch64(tvm_target), llvm=tvm_target.kind.name == "llvm",
+                                half=_half(tvm_target)),
             FoldLayerNormQuantize(report)]
         if packed_dot_for(tvm_target) is SDOT:  # NEON's fmla overwrites its addend: the bias a copy a vector
             phases["requantize"].append(AccumulatorBias(report))

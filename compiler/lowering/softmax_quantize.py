@@ -26,11 +26,19 @@ _ROUND_VALUE = 1.5 * 2 ** 23 + 127
 EXP_CONSTANTS = (LOG2E, _ROUND_VALUE, _ROUND_VALUE, *EXP2_P)
 
 
-def exp_constants():
-    """:data:`EXP_CONSTANTS` as the float32 array a softmax kernel takes (``consts``)."""
+# float16 (cores with FEAT_FP16, :func:`exp_nonpositive_half`): 2^f on [-0.5, 0.5] to degree 3, within 1.6e-4
+# relative with its coefficients in float16 (float16's own step is 4.9e-4); n rounded by adding 1.5 * 2^10 + 15
+EXP2_P_HALF = (0.9999279426072722, 0.6932468449397033, 0.24260880101247778, 0.05524476451922677)
+_ROUND_HALF = 1.5 * 2 ** 10 + 15
+EXP_CONSTANTS_HALF = (LOG2E, _ROUND_HALF, _ROUND_HALF, *EXP2_P_HALF)
+
+
+def exp_constants(half: bool = False):
+    """:data:`EXP_CONSTANTS` as the float32 array a softmax kernel takes (``consts``); ``half``:
+    :data:`EXP_CONSTANTS_HALF` in float16."""
     import numpy as np
 
-    return np.array(EXP_CONSTANTS, np.float32)
+    return np.array(EXP_CONSTANTS_HALF, np.float16) if half else np.array(EXP_CONSTANTS, np.float32)
 
 
 def exp_nonpositive(x, f32, llvm: bool = True, consts=None):
@@ -74,8 +82,33 @@ def exp_nonpositive(x, f32, llvm: bool = True, consts=None):
     return te.compute(x.shape, one, name="exp")
 
 
+def exp_nonpositive_half(x, consts):
+    """exp(x) for float16 x <= 0 on 8 lanes a vector: :func:`exp_nonpositive`'s steps in float16, t clamped at
+    -15 and n rounded by adding 1.5 * 2^10 + 15 (float16's step is 1 there), the sum's low 5 bits n + 15;
+    shifted left 10 they are 2^n's exponent field, 0 (2^n = 0) at n = -15: exp(x) below 2^-14.5 (4.3e-5) is 0,
+    a masked key's exactly. ``consts``: a float16 [7] input holding :data:`EXP_CONSTANTS_HALF`."""
+    from tvm import te, tirx
+
+    log2e, rounding, rounding_value, *c = (consts[tirx.const(j, "int64")] for j in range(len(EXP_CONSTANTS_HALF)))
+
+    def one(*i):
+        t = te.max(x[i] * log2e, tirx.const(-15.0, "float16"))
+        m = t + rounding
+        f = t - (m - rounding_value)
+        two_n = tirx.reinterpret("float16", tirx.shift_left(tirx.reinterpret("int16", m), tirx.const(10, "int16")))
+        return ((c[0] + c[1] * f) + f * f * (c[2] + c[3] * f)) * two_n
+
+    return te.compute(x.shape, one, name="exp")
+
+
+def half_fits(scale: float, zero: int) -> bool:
+    """Whether a softmax's 8-bit outputs, e / (sum * scale) + zero with e and the sum at most 1 and 128 x 1,
+    stay well inside float16 (its largest finite value is 65504)."""
+    return 1.0 / scale + abs(zero) + 1 < 60000
+
+
 def _te_softmax_quantize(shape: tuple[int, ...], scale: float, zero: int, out_dtype: str, name: str,
-                         source: tuple | None = None, top_byte: bool = False, llvm: bool = True):
+                         source: tuple | None = None, top_byte: bool = False, llvm: bool = True, half: bool = False):
     """x [..., N] -> quantize(softmax(x, -1), scale, zero): the row's max, exp (:func:`exp_nonpositive`),
     sum, then one reciprocal a row, 1 / (sum * scale), and a multiply an element, where softmax then
     quantize divided each element twice.
@@ -86,7 +119,11 @@ def _te_softmax_quantize(shape: tuple[int, ...], scale: float, zero: int, out_dt
 
     With ``top_byte`` (aarch64) the 8-bit output is :func:`~squeezeedge.lowering.top_byte_quantize.top_byte`
     of ``e * (1 / (sum * s)) + z + 0.5``: one multiply-add, a fixed-point convert and half a narrow a
-    vector, where round, clamp both ways and convert took 5 and a half."""
+    vector, where round, clamp both ways and convert took 5 and a half.
+
+    With ``half`` (with ``top_byte``, cores with FEAT_FP16) x minus the row's max is rounded to float16 and
+    exp (:func:`exp_nonpositive_half`), the multiply by the row's 1 / (sum * s) and the top byte run on 8
+    float16 lanes; the sum adds float32s."""
     from tvm import te
 
     i64 = lambda d: tvm.tirx.const(d, "int64")  # noqa: E731
@@ -104,10 +141,19 @@ def _te_softmax_quantize(shape: tuple[int, ...], scale: float, zero: int, out_dt
         inputs = [q, mask]
         x = te.compute(full, lambda *i: f32(a) * (q[i].astype("float32") - f32(q_zero)) + mask[tuple(
             i64(0) if d == 1 else idx for d, idx in zip(mask_shape, i))], name="x")
-    consts = te.placeholder((i64(len(EXP_CONSTANTS)),), "float32", name="consts") if llvm else None
+    consts = te.placeholder((i64(len(EXP_CONSTANTS_HALF if half else EXP_CONSTANTS)),),
+                            "float16" if half else "float32", name="consts") if llvm else None
     inputs += [consts] if llvm else []
     k1, k2 = te.reduce_axis((i64(0), n), "k1"), te.reduce_axis((i64(0), n), "k2")
     top = te.compute(rows, lambda *i: te.max(x[(*i, k1)], axis=k1), name="row_max")
+    if half:
+        h = te.compute(full, lambda *i: (x[i] - top[i[:-1]]).astype("float16"), name="shifted")
+        e = exp_nonpositive_half(h, consts)
+        total = te.compute(rows, lambda *i: te.sum(e[(*i, k2)].astype("float32"), axis=k2), name="row_sum")
+        inv = te.compute(rows, lambda *i: (f32(1.0) / (total[i] * f32(scale))).astype("float16"), name="row_scale")
+        out = te.compute(full, lambda *i: top_byte_of(e[i] * inv[i[:-1]] + tvm.tirx.const(zero + 0.5, "float16"),
+                                                      out_dtype), name="quantized")
+        return te.create_prim_func([*inputs, out]).with_attr("global_symbol", name)
     e = exp_nonpositive(te.compute(full, lambda *i: x[i] - top[i[:-1]], name="shifted"), f32, llvm, consts)
     total = te.compute(rows, lambda *i: te.sum(e[(*i, k2)], axis=k2), name="row_sum")
     inv = te.compute(rows, lambda *i: f32(1.0) / (total[i] * f32(scale)), name="row_scale")
@@ -147,12 +193,13 @@ def _scores_source(x, values, uses):
     return None
 
 
-def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main", top_byte: bool = False, llvm: bool = True
-                          ) -> tuple[tvm.IRModule, int]:
+def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main", top_byte: bool = False, llvm: bool = True,
+                          half: bool = False) -> tuple[tvm.IRModule, int]:
     """``quantize(softmax(x, axis=-1), s, z)`` with scalar s, z -> one kernel that divides once a row
     (and, where x is ``a * dequantize(q) + mask``, reads the 8-bit q and the mask itself); with
     ``top_byte`` (aarch64) its output as the top byte of a fixed-point convert; ``llvm``: a CPU target
-    (:func:`exp_nonpositive`).
+    (:func:`exp_nonpositive`); ``half`` (with both, cores with FEAT_FP16): exp and the output in float16
+    where the quantize's scale lets (:func:`half_fits`).
 
     Softmax divides every exp by the row's sum and quantize divides the result by s: two divisions an
     element, which the scheduled kernel could not hide (results/PERFORMANCE-LOG.md). Here the row's max,
@@ -175,19 +222,20 @@ def fold_softmax_quantize(mod: tvm.IRModule, func_name: str = "main", top_byte: 
         dtype = str(value.attrs.out_dtype)
         name = f"softmax_quantize_{'x'.join(map(str, shape))}_{len(kernels)}"
         scores = _scores_source(sm.args[0], values, uses)
+        in_half = half and top_byte and llvm and half_fits(s, z)
         if scores is None:
-            kernels[name], args = _te_softmax_quantize(shape, s, z, dtype, name, None, top_byte, llvm), [sm.args[0]]
+            source, args = None, [sm.args[0]]
         else:
             q, qz, a, mask = scores
-            source = (str(q.ty.dtype), qz, a, tuple(int(d) for d in mask.ty.shape))
-            kernels[name], args = _te_softmax_quantize(shape, s, z, dtype, name, source, top_byte, llvm), [q, mask]
-        return args, name, relax.TensorType(shape, dtype)
+            source, args = (str(q.ty.dtype), qz, a, tuple(int(d) for d in mask.ty.shape)), [q, mask]
+        kernels[name] = _te_softmax_quantize(shape, s, z, dtype, name, source, top_byte, llvm, in_half)
+        return args, name, relax.TensorType(shape, dtype), in_half
 
     gvs = {}  # name -> GlobalVar, once the kernels are in the module
 
     def emit(builder, visit, item):
-        args, name, out_ty = item
-        consts = [relax.const(exp_constants())] if llvm else []
+        args, name, out_ty, in_half = item
+        consts = [relax.const(exp_constants(in_half))] if llvm else []
         return builder.emit(relax.call_tir(gvs[name], [visit(a) for a in args] + consts, out_ty))
 
     return rewrite_bindings(mod, match, emit, func_name, kernels=kernels, gvs=gvs)
