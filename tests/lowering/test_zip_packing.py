@@ -11,7 +11,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from squeezeedge.lowering.zip_packing import packed_layout, zip_pack_kernel, zip_pack_operands
+from squeezeedge.lowering.int8 import SDOT, _pack_relax, _padded
+from squeezeedge.lowering.zip_packing import packed_layout, padded, zip_pack_kernel, zip_pack_operands
 
 
 def _run(mod, *arrays):
@@ -35,6 +36,40 @@ def test_the_kernel_gives_the_packed_layout(tokens, heads, head_dim, tokens_inne
     out = tvm.runtime.empty(ref.shape, "int8")
     lib["pack"](tvm.runtime.tensor(x), out)
     assert np.array_equal(out.numpy(), ref)
+
+
+@pytest.mark.parametrize("tokens, padded_to, pad", [(14, 16, 0), (10, 16, -3), (18, 20, 7)])
+@pytest.mark.parametrize("tokens_inner", [True, False])
+def test_the_kernel_pads_the_tokens_with_the_zero_point(tokens, padded_to, pad, tokens_inner):
+    x = np.random.default_rng(4).integers(-128, 128, (1, tokens, 64)).astype(np.int8)
+    ref = packed_layout(padded(x, padded_to, pad), 2, tokens_inner)
+    kernel = zip_pack_kernel(tokens, 2, 32, tokens_inner, "pack", padded_to, pad)
+    out = tvm.runtime.empty(ref.shape, "int8")
+    tvm.compile(tvm.IRModule({"pack": kernel}), target="llvm")["pack"](tvm.runtime.tensor(x), out)
+    assert np.array_equal(out.numpy(), ref)
+
+
+@pytest.mark.parametrize("tokens_inner", [True, False])
+def test_the_pass_takes_a_padded_operand_as_int8_packs_it(tokens_inner):
+    """A 14-token bucket's K and V: heads split off, the tokens padded to 16 with the zero point (int8._padded),
+    packed by int8._pack_relax for sdot: one zip kernel reading x itself."""
+    tokens, heads, head_dim, zero = 14, 2, 32, -5
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, tokens, heads * head_dim), "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            per_head = bb.emit(relax.op.permute_dims(relax.op.reshape(x, (1, tokens, heads, head_dim)), [0, 2, 1, 3]))
+            b = per_head if tokens_inner else bb.emit(relax.op.permute_dims(per_head, [0, 1, 3, 2]))  # V, or K^T
+            shape = (1, heads, 16, head_dim) if tokens_inner else (1, heads, head_dim, 16)
+            b = bb.emit(_padded(b, tuple(int(d) for d in b.ty.shape), *((2, 0) if tokens_inner else (0, 2)), zero))
+            out = bb.emit_output(_pack_relax(b, shape, SDOT))
+        bb.emit_func_output(out)
+    mod = relax.transform.Normalize()(bb.get())
+    new, n = zip_pack_operands(mod)
+    assert n == 1 and "R.nn.pad" not in new["main"].script()
+    v = np.random.default_rng(6).integers(-128, 128, (1, tokens, heads * head_dim)).astype(np.int8)
+    assert np.array_equal(_run(new, v), _run(mod, v))
+    assert np.array_equal(_run(new, v), packed_layout(padded(v, 16, zero), heads, tokens_inner))
 
 
 def _attention_operand(tokens: int, heads: int, head_dim: int, axes: list[int]):
