@@ -503,8 +503,7 @@ def _pair_padding(spec: PackedDot | None, sa: tuple[int, ...], sb: tuple[int, ..
     needed or the shapes are not an attention matmul's."""
     if spec not in (SDOT, NEON) or len(sa) < 3 or sa[:-2] != sb[:-2] or sa[-1] != sb[-2]:
         return None
-    step = spec.wide[0] if spec.wide else spec.k
-    k = (-sa[-1]) % step if sa[-1] % spec.k else 0
+    k = (-sa[-1]) % spec.k
     n = (-sb[-1]) % spec.lanes
     return (k, n) if k or n else None
 

@@ -3,16 +3,17 @@
 the weights; an input of L tokens runs in the smallest bucket that holds it, padded with the attention
 mask's zeros.
 
-The ladder steps by 4/3 and 3/2 (powers of two and their midpoints), plus 14, 20 and 40 where real text lives,
-keeping the lengths that are a whole number of the target's vectors: 12, 16, 20, 24, 32, 40, 48, 64, 96 on
-NEON (4 lanes; int8 on aarch64 takes 14 too, its attention's keys padded to 16 inside the packed matmuls:
-A76 static 14 tokens 33.9 M where 16 take 38.0), 16, 24, 32, 40, 48, ... on AVX2 (8), 16, 32, 48, 64, 96 on AVX-512 (16; a 12-token bucket
-there ran slower than 16: its attention matmuls leave the packed kernel and its row tiles shrink), 16, 32,
-48, ... on a GPU. Every layer's work grows with the bucket, so padding is work: on the held-out texts
-(median 14 tokens, 5..40) the old 16/32/64 ladder ran a text at 20.0 tokens on average, NEON's at 17.4
-without 20 and 40 and at 16.7 with them (the texts' own mean is 14.9). Each bucket is another copy of every
-kernel (compile time and ~0.7 MB of code at full size; the weights are shared, below).
-results/PERFORMANCE-LOG.md 46 and 48.
+The ladder steps by 4/3 and 3/2 (powers of two and their midpoints), plus 10, 14, 18, 20, 36 and 40 where
+real text lives, keeping the lengths that are a whole number of the target's vectors: 12, 16, 20, 24, 32,
+36, 40, 48, 64, 96 on NEON (4 lanes; int8 on aarch64 takes 10, 14 and 18 too, its attention's keys padded to
+a multiple of 4 inside the packed matmuls: A76 static 10 / 14 / 18 tokens 25.4 / 33.5 / 45.1 M where 12 /
+16 / 20 take ~30 / 37.4 / ~51), 16, 24, 32, 40, 48, ... on AVX2 (8), 16, 32, 48, 64, 96 on AVX-512 (16; a
+12-token bucket there ran slower than 16: its attention matmuls leave the packed kernel and its row tiles
+shrink), 16, 32, 48, ... on a GPU. Every layer's work grows with the bucket, so padding is work: on the
+held-out texts (median 14 tokens, 5..40) the old 16/32/64 ladder ran a text at 20.0 tokens on average,
+NEON's at 17.4 without 20 and 40 and at 16.7 with them (the texts' own mean is 14.9). Each bucket is
+another copy of every kernel (compile time and ~0.7 MB of code at full size; the weights are shared,
+below). results/PERFORMANCE-LOG.md 46, 48 and 53.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from squeezeedge.errors import InputError
 FIRST_BUCKET = 16  # real text here: median 14 tokens, p90 18 (calibration/sentences.txt)
 
 
-# where real text lives, a step of 1.25 more: 20 and 40 (17-18 and 33-40 tokens padded 4 and 8 less); 14
-# where buckets may be even (aarch64 int8, :func:`squeezeedge.lowering.pipeline.bucket_lengths`: 25 of the 64
-# held-out texts are 13 or 14 tokens)
-QUARTER_STEPS = (14, 20, 40)
+# where real text lives, a step of 1.25 more: 20 and 40 (17-18 and 33-40 tokens padded 4 and 8 less), 36
+# (33-36 tokens); 10, 14 and 18 where buckets may be even (aarch64 int8,
+# :func:`squeezeedge.lowering.pipeline.bucket_lengths`): of the 64 held-out texts 6 are 5-10 tokens, 25 are
+# 13-14 and 3 are 17-18
+QUARTER_STEPS = (10, 14, 18, 20, 36, 40)
 
 
 def buckets(max_len: int, dynamic: bool, multiple: int = 4) -> list[int]:

@@ -31,11 +31,12 @@ def _buckets(target: str) -> list[int]:
 
 
 def test_buckets_are_powers_of_two_and_their_midpoints_in_whole_vectors_up_to_the_maximum():
-    assert buckets(128, dynamic=True, multiple=4) == [12, 16, 20, 24, 32, 40, 48, 64, 96, 128]  # NEON
-    assert buckets(128, dynamic=True, multiple=2) == [12, 14, 16, 20, 24, 32, 40, 48, 64, 96, 128]  # aarch64 int8
+    assert buckets(128, dynamic=True, multiple=4) == [12, 16, 20, 24, 32, 36, 40, 48, 64, 96, 128]  # NEON
+    assert buckets(128, dynamic=True, multiple=2) == [10, 12, 14, 16, 18, 20, 24, 32, 36, 40, 48, 64, 96,
+                                                      128]  # aarch64 int8
     assert buckets(128, dynamic=True, multiple=8) == [16, 24, 32, 40, 48, 64, 96, 128]  # AVX2
     assert buckets(128, dynamic=True, multiple=16) == [16, 32, 48, 64, 96, 128]  # AVX-512
-    assert buckets(100, dynamic=True) == [12, 16, 20, 24, 32, 40, 48, 64, 96, 100]
+    assert buckets(100, dynamic=True) == [12, 16, 20, 24, 32, 36, 40, 48, 64, 96, 100]
     assert buckets(16, dynamic=True) == [12, 16] and buckets(12, dynamic=True) == [12]
     assert _buckets("rpi5") == [12, 16, 20, 24, MAX] and _buckets("x86-avx512") == [16, MAX]
     assert buckets(128, dynamic=False) == [128]
@@ -164,8 +165,8 @@ def test_an_emulated_pi5_library_takes_every_length(dyn_int8, tmp_path):
     res = cli("-q", "build", dyn_int8, "--target", "rpi5", "--bundle", "--out", out)
     assert res.exit_code == 0, res.output
     meta = json.loads((out / "metadata.json").read_text())
-    # 14 too (int8 on aarch64: the attention's 14 keys padded to 16), and 13 tokens run in it
-    assert meta["lengths"] == [12, 14, 16, 20, 24, MAX] and meta["validation"]["lengths"] == [1, 12, 13, MAX]
+    # 10, 14 and 18 too (int8 on aarch64: the attention's keys padded to a multiple of 4), 11 tokens run in 12
+    assert meta["lengths"] == [10, 12, 14, 16, 18, 20, 24, MAX] and meta["validation"]["lengths"] == [1, 10, 11, MAX]
     assert meta["validation"]["ran"].startswith("under qemu")
     with tarfile.open(out.with_name(out.name + ".tar.gz")) as tar:
         tar.extractall(tmp_path, filter="data")
