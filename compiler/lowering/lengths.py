@@ -31,8 +31,8 @@ QUARTER_STEPS = (10, 14, 18, 20, 36, 40)
 
 
 def buckets(max_len: int, dynamic: bool, multiple: int = 4) -> list[int]:
-    """Bucket lengths, ascending, the last being ``max_len``: those of 12, 16, 20, 24, 32, 40, 48, 64, 96,
-    ... (powers of two, their midpoints and :data:`QUARTER_STEPS`) below it that are multiples of
+    """Bucket lengths, ascending, the last being ``max_len``: those of 10, 12, 14, 16, 18, 20, 24, 32, 36, 40,
+    48, 64, 96, ... (powers of two, their midpoints and :data:`QUARTER_STEPS`) below it that are multiples of
     ``multiple`` (the target's vector lanes). A static export has one: its own length."""
     if not dynamic:
         return [max_len]
