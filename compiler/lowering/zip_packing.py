@@ -1,8 +1,9 @@
 """The attention's run-time operand packing for sdot as NEON zips (:func:`zip_pack_operands`).
 
 The packed attention matmuls (:meth:`squeezeedge.lowering.int8._Rewriter.packed_pair`) read K and V in
-sdot's layout: 4 x 4 blocks of 4 tokens x 4 head dims. After the transposes sink, each is a reshape and a
-permute_dims of the key / value projection's output x [1, S, H*D] (int8, tokens x channels):
+sdot's layout: 4 x 4 blocks of 4 tokens x 4 head dims. After the transposes sink, each is a chain of
+reshapes and permute_dims (and, in a bucket whose keys are padded to a multiple of 4, a pad with the operand's
+zero point) of the key / value projection's output x [1, S, H*D] (int8, tokens x channels):
 
 - V, P V's operand: out[0, h, d / 4, s / 4, d % 4, s % 4] (a block's bytes transposed);
 - K, Q K^T's operand: out[0, h, s / 4, d / 4, s % 4, d % 4] (4-byte words from 4 tokens).
@@ -153,8 +154,8 @@ def _match_layout(x_shape: tuple[int, ...], steps, out_shape: tuple[int, ...]):
 
 
 def zip_pack_operands(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, int]:
-    """Every ``permute_dims(reshape(x, ...))`` of an int8 [1, S, H*D] x into sdot's K or V layout as a call of
-    :func:`zip_pack_kernel`. Returns (module, how many were rewritten)."""
+    """Every chain of reshapes, permutes, pads and casts taking an int8 [1, S, H*D] x into sdot's K or V layout
+    (padded or not) as a call of :func:`zip_pack_kernel`. Returns (module, how many were rewritten)."""
     kernels, gvs = {}, {}
 
     def match(_var, value, values, uses):
