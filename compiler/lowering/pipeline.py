@@ -43,6 +43,7 @@ from squeezeedge.lowering.gelu_quantize import FoldGeluQuantize, RationalErfs
 from squeezeedge.lowering.layer_norm_quantize import FoldLayerNormQuantize
 from squeezeedge.lowering.requantize import FoldRequantize
 from squeezeedge.lowering.round_trips import DropRoundTrips
+from squeezeedge.lowering.schedules import aarch64 as _aarch64
 from squeezeedge.lowering.softmax_quantize import FloatSoftmaxes, FoldSoftmaxQuantize
 from squeezeedge.lowering.top_byte_quantize import TopByteQuantizes
 from squeezeedge.lowering.transposes import SinkTransposes
@@ -79,10 +80,6 @@ def step_names(tvm_target, integer: bool = True, merged: bool = False) -> list[s
     module = _module_phases(tvm_target)
     return (["import"] + [p.info.name for phase in BUCKET_PHASES for p in bucket.get(phase, [])]
             + (["merge"] if merged else []) + [p.info.name for phase in MODULE_PHASES for p in module[phase]])
-
-
-def _aarch64(tvm_target) -> bool:
-    return tvm_target.kind.name == "llvm" and str(tvm_target.attrs.get("mtriple", "")).startswith("aarch64")
 
 
 def _half(tvm_target) -> bool:

@@ -397,7 +397,7 @@ def schedule_kernel(one: tvm.IRModule, tvm_target):
 
     lanes = vector_lanes(tvm_target)
     registers = 16 if lanes == 8 else 32  # AVX2 has 16 vector registers; AVX-512 and NEON 32
-    neon = tvm_target.kind.name == "llvm" and str(tvm_target.attrs.get("mtriple", "")).startswith("aarch64")
+    neon = aarch64(tvm_target)
     spec = _packed_block(one["main"])
     try:
         if spec is not None:
@@ -430,6 +430,11 @@ def default_schedules(mod: tvm.IRModule, tvm_target) -> tuple[tvm.IRModule, dict
     """
     mod, counts = reschedule(mod, lambda one: schedule_kernel(one, tvm_target))
     return mod, {k: counts[k] for k in ("tensorized", "tiled", "parallel", "naive")}
+
+
+def aarch64(tvm_target) -> bool:
+    """Whether ``tvm_target`` is an LLVM CPU target for aarch64 (the boards' NEON cores)."""
+    return tvm_target.kind.name == "llvm" and str(tvm_target.attrs.get("mtriple", "")).startswith("aarch64")
 
 
 def vector_lanes(tvm_target) -> int:

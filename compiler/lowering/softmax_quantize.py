@@ -102,8 +102,8 @@ def exp_nonpositive_half(x, consts):
 
 
 def half_fits(scale: float, zero: int) -> bool:
-    """Whether a softmax's 8-bit outputs, e / (sum * scale) + zero with e and the sum at most 1 and 128 x 1,
-    stay well inside float16 (its largest finite value is 65504)."""
+    """Whether a softmax's float16 values before its 8-bit output, e / (sum * scale) + zero + 0.5 with e at
+    most 1 and the sum at least 1 (the row's max has e = 1), stay well inside float16 (at most 65504)."""
     return 1.0 / scale + abs(zero) + 1 < 60000
 
 

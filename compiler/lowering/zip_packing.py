@@ -77,7 +77,7 @@ def zip_pack_kernel(tokens: int, heads: int, head_dim: int, tokens_inner: bool, 
                          f"{_zip(pairs[0][j // 2], pairs[1][j // 2], second, j % 2)}" for j in range(4))
 
     body = f"        for h, a, q in T.grid({heads}, {tokens // 4}, {head_dim // 16}):\n{stores('a', 4, ' ' * 12)}"
-    if tokens % 4 or total > tokens:  # the last block of real tokens and its padding, then blocks of padding only
+    if total > tokens:  # the last block of real tokens and its padding, then blocks of padding only
         tails = [(a, min(4, max(0, tokens - 4 * a))) for a in range(tokens // 4, a_n)]
         body += "".join(f"\n        for h, q in T.grid({heads}, {head_dim // 16}):\n{stores(a, real, ' ' * 12)}"
                         for a, real in tails)
