@@ -147,13 +147,72 @@ def _erf_input(var, values, uses):
     return None
 
 
-def fold_gelu_quantize(mod: tvm.IRModule, func_name: str = "main", half: bool = False) -> tuple[tvm.IRModule, int]:
+def _scaled_form(form=INT8_ERF):
+    """(lam, clamp, (n0, n1), (d0, d1)): ``form``'s (2, 2) rational on w = lam y, lam its P's t^2 coefficient,
+    where both P and Q are monic: erf(y) = w N(s) / D(s), s = w^2 clamped as w at lam * clamp, N = s^2 + n1 s
+    + n0, D = s^2 + d1 s + d0. Each is one add and one multiply-add from s and s^2 (a constant addend would
+    cost a register copy on NEON: fmla overwrites its addend)."""
+    clamp, p, q = form
+    lam = p[2]
+    return lam, clamp * lam, (p[0] * lam ** 3, p[1] * lam), (q[0] * lam ** 4, q[1] * lam ** 2)
+
+
+def nearest_byte(v, out_dtype: str, neon: bool):
+    """The 8-bit round(v) (ties to even, as quantize rounds), saturated, of a float16 TIR value: on NEON one
+    fcvtns (fcvtnu) and one sqxtn (uqxtn) for 8 values; elsewhere round, clamp, cast (the same values)."""
+    from tvm import tirx
+
+    lo, hi = (-128, 127) if out_dtype == "int8" else (0, 255)
+    if not neon:
+        r = tirx.round(v)
+        return tirx.max(tirx.min(r, tirx.const(hi, "float16")), tirx.const(lo, "float16")).astype(out_dtype)
+    wide = "int16" if out_dtype == "int8" else "uint16"
+    w = tirx.call_llvm_pure_intrin(wide, "llvm.aarch64.neon.fcvtn" + ("s" if out_dtype == "int8" else "u"), v)
+    w = tirx.min(w, tirx.const(hi, wide))
+    return (tirx.max(w, tirx.const(lo, wide)) if out_dtype == "int8" else w).astype(out_dtype)
+
+
+def gelu_quantize_half(shape, k_shape, out_dtype: str, zero: float, name: str, neon: bool) -> tvm.tirx.PrimFunc:
+    """w [shape] float16 (GELU's input times lam, :func:`_scaled_form`), k [k_shape] (broadcast against it) ->
+    round(k (w + w erf) + zero) in ``out_dtype``: one elementwise kernel (it fuses into the matmul before it
+    as its epilogue), 8 float16 lanes a vector on the A76. With ``neon`` s^2 is fmulx, which LLVM does not
+    see as a multiply: as an fmul it folded s^2 + n0 into a multiply-add with a copied constant addend (the
+    monic form's gain gone), and the output is :func:`nearest_byte`'s two instructions, no + 0.5."""
+    from tvm import te, tirx
+
+    def i64(dims):
+        return tuple(tirx.IntImm("int64", d) for d in dims)
+
+    lam, clamp, (n0, n1), (d0, d1) = _scaled_form()
+    h = lambda c: tirx.const(float(np.float16(c)), "float16")  # noqa: E731
+    w = te.placeholder(i64(shape), "float16", name="w")
+    k = te.placeholder(i64(k_shape), "float16", name="k")
+
+    def one(*i):
+        x = w[i]
+        wc = te.min(te.max(x, h(-clamp)), h(clamp))
+        s = wc * wc
+        s2 = tirx.call_llvm_pure_intrin("float16", "llvm.arithmetic.fence", s * s) if neon else s * s
+        num, den = (s2 + h(n0)) + s * h(n1), (s2 + h(d0)) + s * h(d1)
+        lead = len(i) - len(k_shape)
+        v = (x + x * (wc * num / den)) * k[tuple(tirx.const(0, "int64") if d == 1 else i[lead + j]
+                                               for j, d in enumerate(k_shape))]
+        return nearest_byte(v + h(zero) if zero else v, out_dtype, neon)
+
+    out = te.compute(i64(shape), one, name="gelu_quantized")
+    return te.create_prim_func([w, k, out]).with_attr("global_symbol", name)
+
+
+def fold_gelu_quantize(mod: tvm.IRModule, func_name: str = "main", half: bool = False,
+                       neon: bool = False) -> tuple[tvm.IRModule, int]:
     """``quantize(k * x * (1 + erf(x / c)), s, z)``, x = a * float(acc) + b and k the product of the constant
     factors (0.5, SmoothQuant's per-channel m) -> with y = float(acc) * (a / c) + b / c,
     ``quantize((y + y * erf(y)) * (k * c / s) + z, 1, 0)``. Constant operands only (run FoldConstant
-    first). With ``half`` (a CPU with float16 vector arithmetic, the A76's), y is rounded to float16 and
-    everything after it computed in float16: 8 values a vector instead of 4. Returns (module, how many
-    quantizes were folded)."""
+    first). With ``half`` (a CPU with float16 vector arithmetic, the A76's), y (times lam) is rounded to float16
+    and everything after it is :func:`gelu_quantize_half`, in float16: 8 values a vector instead of 4
+    (``neon``: its aarch64 instructions). Returns (module, how many quantizes were folded)."""
+    kernels, gvs = {}, {}
+    lam = _scaled_form()[0]
     def match(_var, value, values, uses):
         if not (quantize_of_var(value) and str(value.attrs.out_dtype) in ("uint8", "int8")
                 and uses.get(value.args[0]) == 1):
@@ -173,25 +232,31 @@ def fold_gelu_quantize(mod: tvm.IRModule, func_name: str = "main", half: bool = 
             c = found[1]
             k = np.prod(np.broadcast_arrays(*consts), axis=0) if len(consts) > 1 else consts[0]
             s, z = scalar(value.args[1]), scalar(value.args[2])
-            return (acc, (np.asarray(a) / c).astype(np.float32), (np.asarray(b) / c).astype(np.float32),
-                    (k * c / s).astype(np.float32), z, value)
+            scale = lam if half else 1.0  # the float16 kernel's w = lam y
+            a, b, k = (np.asarray(a) * scale / c), (np.asarray(b) * scale / c), k * c / s / scale
+            name = None
+            if half:
+                out, shape = str(value.attrs.out_dtype), tuple(int(d) for d in value.ty.shape)
+                name = f"gelu_quantize_{'x'.join(map(str, shape))}_{out}_{len(kernels)}"
+                kernels[name] = gelu_quantize_half(shape, k.shape, out, float(z), name, neon)
+            return acc, a.astype(np.float32), b.astype(np.float32), k.astype(np.float32), z, value, name
         return None
 
     def emit(builder, visit, item):
-        acc, a, b, k, z, quantize = item
+        acc, a, b, k, z, quantize, name = item
         y = builder.emit(relax.op.astype(visit(acc), "float32"))
         y = builder.emit(relax.op.multiply(y, relax.const(a)))
         y = builder.emit(relax.op.add(y, relax.const(b)))
-        dtype = "float16" if half else "float32"
         if half:
-            y = builder.emit(relax.op.astype(y, dtype))
-        g = builder.emit(relax.op.add(y, builder.emit(relax.op.multiply(y, _emit_erf(builder, y, INT8_ERF, dtype)))))
-        g = builder.emit(relax.op.multiply(g, relax.const(k.astype(dtype))))
+            y = builder.emit(relax.op.astype(y, "float16"))
+            return builder.emit(relax.call_tir(gvs[name], [y, relax.const(k.astype(np.float16))], quantize.ty))
+        g = builder.emit(relax.op.add(y, builder.emit(relax.op.multiply(y, _emit_erf(builder, y, INT8_ERF)))))
+        g = builder.emit(relax.op.multiply(g, relax.const(k)))
         if z:
-            g = builder.emit(relax.op.add(g, relax.const(np.dtype(dtype).type(z))))
+            g = builder.emit(relax.op.add(g, relax.const(np.float32(z))))
         return quantize_by_one(builder, g, quantize)
 
-    return rewrite_bindings(mod, match, emit, func_name)
+    return rewrite_bindings(mod, match, emit, func_name, kernels, gvs)
 
 
 FoldGeluQuantize = counted_pass("FoldGeluQuantize", "gelus_folded")(fold_gelu_quantize)

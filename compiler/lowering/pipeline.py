@@ -113,7 +113,7 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
         phases["requantize"] = [  # after sinking: the tables then sit where the transposes no longer are
             LookupTables(report), DropRoundTrips(report),
             _in_target(relax.transform.FoldConstant(), tvm_target),  # the epilogues' constants, so that they fold
-            FoldRequantize(report), FoldGeluQuantize(report, half=_half(tvm_target)),
+            FoldRequantize(report), FoldGeluQuantize(report, half=_half(tvm_target), neon=_aarch64(tvm_target)),
             FoldSoftmaxQuantize(report, top_byte=_aarch64(tvm_target), llvm=tvm_target.kind.name == "llvm",
                                 half=_half(tvm_target)),
             FoldLayerNormQuantize(report)]
@@ -123,13 +123,26 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
     return phases
 
 
+@tvm.transform.module_pass(opt_level=0, name="DropUnusedKernels")
+def drop_unused_kernels(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """The module without PrimFuncs no Relax function calls: the kernels a rewrite added that FuseTIR then
+    copied into fused ones (gelu_quantize_half's, the top-byte quantizes'). Relax's DeadCodeElimination keeps
+    every function with a global symbol, and TVM would compile (and schedule) each as a kernel of its own."""
+    used = {gv.name_hint for f in mod.functions.values() if isinstance(f, relax.Function)
+            for gv in relax.analysis.all_global_vars(f)}
+    keep = {gv: f for gv, f in mod.functions.items() if isinstance(f, relax.Function) or gv.name_hint in used}
+    if len(keep) == len(mod.functions):
+        return mod
+    return tvm.IRModule(keep, attrs=mod.attrs, global_infos=mod.global_infos)
+
+
 def _module_phases(tvm_target) -> dict[str, list]:
     t = relax.transform
     cpu = tvm_target.kind.name == "llvm"
     fast_math = [RationalErfs(), FloatSoftmaxes(), t.FastMathTransform()] if cpu else []
     quantizes = [TopByteQuantizes()] if _aarch64(tvm_target) else []
     return {"legalize": [ReciprocalDivides, *fast_math, *quantizes, t.LegalizeOps(), t.AnnotateTIROpPattern(),
-                         t.FoldConstant(), t.FuseOps(), t.FuseTIR()]}
+                         t.FoldConstant(), t.FuseOps(), t.FuseTIR(), drop_unused_kernels]}
 
 
 def _sequential(phases: dict, order: tuple[str, ...], name: str) -> tvm.transform.Sequential:

@@ -244,9 +244,12 @@ def test_gelu_epilogue_folds_to_two_multiply_adds_and_one_multiply(half):
     mod = _gelu_epilogue()
     new, n = fold_gelu_quantize(mod, half=half)
     script = new["main"].script()
-    assert n == 1 and script.count("R.divide") == 1 and "R.erf" not in script and script.count("R.clip") == 1
-    assert script.count("R.multiply") == 3 + 6  # the fold's 3; erf's y^2, y^4, P's 2 terms, Q's 1, y * P
-    assert ('"float16"' in script) == half
+    assert n == 1 and "R.erf" not in script and ('"float16"' in script) == half
+    if half:  # y times lam in float16, then one elementwise kernel (gelu_quantize_half)
+        assert script.count("R.multiply") == 1 and "gelu_quantize_1x16" in script and "R.quantize" not in script
+    else:
+        assert script.count("R.divide") == 1 and script.count("R.clip") == 1
+        assert script.count("R.multiply") == 3 + 6  # the fold's 3; erf's y^2, y^4, P's 2 terms, Q's 1, y * P
     acc = np.random.default_rng(7).integers(-40000, 40000, (1, 16, N)).astype("int32")
     old, folded = _run(relax.get_pipeline("zero")(mod), acc).astype(int), _run(new, acc).astype(int)
     assert np.abs(old - folded).max() <= 1 and np.mean(old != folded) < (0.05 if half else 0.01)
@@ -254,16 +257,31 @@ def test_gelu_epilogue_folds_to_two_multiply_adds_and_one_multiply(half):
 
 
 def test_the_a76_gelu_epilogue_computes_8_float16_values_a_vector():
-    """On the A76 (FEAT_FP16) the folded GELU after y runs on 8-lane float16 vectors, its 8-bit output the
-    top byte of a float16 fixed-point convert (fcvtzs #8, no rounding instruction)."""
-    from squeezeedge.lowering.top_byte_quantize import top_byte_quantizes
-
+    """On the A76 (FEAT_FP16) the folded GELU after y runs on 8-lane float16 vectors: w^4 an fmulx (no
+    multiply-add with a copied constant addend), the 8-bit output one fcvtns and one sqxtn (no + 0.5, no
+    rounding instruction)."""
     a76 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"})
-    mod, _ = top_byte_quantizes(fold_gelu_quantize(_gelu_epilogue(), half=True)[0])
-    asm = tvm.compile(relax.get_pipeline("zero")(mod), target=a76).mod.imports[0].inspect_source("asm")
-    for op in ("fmla", "fdiv", "fminnm"):
+    mod, _ = fold_gelu_quantize(_gelu_epilogue(), half=True, neon=True)
+    (kernel,) = [f for gv, f in mod.functions.items() if gv.name_hint.startswith("gelu_quantize")]
+    sch = tvm.s_tir.Schedule(kernel)  # as the sdot kernel's schedule vectorizes its epilogue: 8 lanes
+    sch.vectorize(sch.split(sch.get_loops(sch.get_sblock("gelu_quantized"))[-1], [None, 8])[1])
+    asm = tvm.tirx.build(sch.mod, target=a76).inspect_source("asm")
+    for op in ("fmla", "fdiv", "fmulx", "fcvtns"):
         assert re.search(rf"\t{op}\tv\d+\.8h", asm), op
-    assert re.search(r"\tfcvtzs\tv\d+\.8h, v\d+\.8h, #8", asm) and "\tfrint" not in asm
+    assert re.search(r"\tsqxtn\tv\d+\.8b, v\d+\.8h", asm) and not re.search(r"\t(frint\w*|fcvtzs)\tv\d+\.8h", asm)
+
+
+def test_the_scaled_erf_is_the_int8_one():
+    """gelu_quantize_half's erf: w N(w^2) / D(w^2) on w = lam y, both monic, is INT8_ERF's rational (within
+    float32's rounding of its coefficients) on [-4, 4]."""
+    from squeezeedge.lowering.gelu_quantize import _scaled_form
+
+    lam, clamp, (n0, n1), (d0, d1) = _scaled_form()
+    y = np.linspace(-4, 4, 8001)
+    w = np.clip(lam * y, -clamp, clamp)
+    s = w * w
+    scaled = w * (s * s + n1 * s + n0) / (s * s + d1 * s + d0)
+    np.testing.assert_allclose(scaled, erf_rational(y, INT8_ERF), atol=2e-6)
 
 
 def test_erf_rational_is_within_5e_6_of_erf_everywhere():
