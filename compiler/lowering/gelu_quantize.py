@@ -175,9 +175,9 @@ def nearest_byte(v, out_dtype: str, neon: bool):
 def gelu_quantize_half(shape, k_shape, out_dtype: str, zero: float, name: str, neon: bool) -> tvm.tirx.PrimFunc:
     """w [shape] float16 (GELU's input times lam, :func:`_scaled_form`), k [k_shape] (broadcast against it) ->
     round(k (w + w erf) + zero) in ``out_dtype``: one elementwise kernel (it fuses into the matmul before it
-    as its epilogue), 8 float16 lanes a vector on the A76. With ``neon`` s^2 is fmulx, which LLVM does not
-    see as a multiply: as an fmul it folded s^2 + n0 into a multiply-add with a copied constant addend (the
-    monic form's gain gone), and the output is :func:`nearest_byte`'s two instructions, no + 0.5."""
+    as its epilogue), 8 float16 lanes a vector on the A76. With ``neon`` s^2 sits behind llvm.arithmetic.fence
+    (no instruction): without it LLVM folded s^2 + n0 into a multiply-add with a copied constant addend (the
+    monic form's gain gone); and the output is :func:`nearest_byte`'s two instructions, no + 0.5."""
     from tvm import te, tirx
 
     def i64(dims):

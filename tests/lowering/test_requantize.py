@@ -257,17 +257,19 @@ def test_gelu_epilogue_folds_to_two_multiply_adds_and_one_multiply(half):
 
 
 def test_the_a76_gelu_epilogue_computes_8_float16_values_a_vector():
-    """On the A76 (FEAT_FP16) the folded GELU after y runs on 8-lane float16 vectors: w^4 an fmulx (no
-    multiply-add with a copied constant addend), the 8-bit output one fcvtns and one sqxtn (no + 0.5, no
-    rounding instruction)."""
+    """On the A76 (FEAT_FP16) the folded GELU after y runs on 8-lane float16 vectors: w^4 behind an arithmetic
+    fence, so its sums are an add and a multiply-add each (no multiply-add with a copied constant addend),
+    the 8-bit output one fcvtns and one sqxtn (no + 0.5, no rounding instruction)."""
     a76 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"})
     mod, _ = fold_gelu_quantize(_gelu_epilogue(), half=True, neon=True)
     (kernel,) = [f for gv, f in mod.functions.items() if gv.name_hint.startswith("gelu_quantize")]
     sch = tvm.s_tir.Schedule(kernel)  # as the sdot kernel's schedule vectorizes its epilogue: 8 lanes
     sch.vectorize(sch.split(sch.get_loops(sch.get_sblock("gelu_quantized"))[-1], [None, 8])[1])
     asm = tvm.tirx.build(sch.mod, target=a76).inspect_source("asm")
-    for op in ("fmla", "fdiv", "fmulx", "fcvtns"):
+    for op in ("fmla", "fdiv", "fadd", "fcvtns"):
         assert re.search(rf"\t{op}\tv\d+\.8h", asm), op
+    fmla, fdiv = (len(re.findall(rf"\t{op}\tv\d+\.8h", asm)) for op in ("fmla", "fdiv"))
+    assert fmla == 3 * fdiv  # N's and D's last terms and y + y erf: no constant addend (none copied)
     assert re.search(r"\tsqxtn\tv\d+\.8b, v\d+\.8h", asm) and not re.search(r"\t(frint\w*|fcvtzs)\tv\d+\.8h", asm)
 
 
