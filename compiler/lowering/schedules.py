@@ -125,10 +125,11 @@ def _pack_rows(sch, block, tiles, rows: int, step: int) -> None:
     if step == 4 and rows % 4 == 0 and int(sch.get(k).extent) % 16 == 0:  # 4-byte steps: word transposes
         from squeezeedge.lowering.intrinsics import PACK_ROWS_INTRIN
 
-        k_o, k_m, k_i = sch.split(k, [None, 4, 4])
+        k_o, k_u, k_m, k_i = sch.split(k, [None, 2, 4, 4])  # 2 blocks a trip: a row's 32 bytes one ldp
         r_o, r_i = sch.split(r, [None, 4])
-        sch.reorder(k_o, r_o, r_i, k_m, k_i)
+        sch.reorder(k_o, r_o, k_u, r_i, k_m, k_i)
         sch.tensorize(r_i, PACK_ROWS_INTRIN)
+        sch.unroll(k_u)
         return
     inner = sch.get_loops(cache)[-1]
     if int(sch.get(inner).extent) % 16 == 0:
