@@ -203,6 +203,13 @@ def gelu_quantize_half(shape, k_shape, out_dtype: str, zero: float, name: str, n
     return te.create_prim_func([w, k, out]).with_attr("global_symbol", name)
 
 
+def _from_sdot(var, values) -> bool:
+    """Whether ``var`` is a packed sdot kernel's output (a call_tir of an ``arm_sdot`` kernel)."""
+    value = values.get(var)
+    return isinstance(value, relax.Call) and value.op.same_as(tvm.ir.Op.get("relax.call_tir")) \
+        and value.args[0].name_hint.startswith("arm_sdot")
+
+
 def fold_gelu_quantize(mod: tvm.IRModule, func_name: str = "main", half: bool = False,
                        neon: bool = False) -> tuple[tvm.IRModule, int]:
     """``quantize(k * x * (1 + erf(x / c)), s, z)``, x = a * float(acc) + b and k the product of the constant
@@ -238,7 +245,9 @@ def fold_gelu_quantize(mod: tvm.IRModule, func_name: str = "main", half: bool = 
             if half:
                 out, shape = str(value.attrs.out_dtype), tuple(int(d) for d in value.ty.shape)
                 name = f"gelu_quantize_{'x'.join(map(str, shape))}_{out}_{len(kernels)}"
-                kernels[name] = gelu_quantize_half(shape, k.shape, out, float(z), name, neon)
+                # NEON's own instructions only where the epilogue lands in an sdot kernel (vectors of 8 or 4
+                # lanes); a generic kernel may vectorize wider, and LLVM cannot split a target intrinsic
+                kernels[name] = gelu_quantize_half(shape, k.shape, out, float(z), name, neon and _from_sdot(acc, values))
             return acc, a.astype(np.float32), b.astype(np.float32), k.astype(np.float32), z, value, name
         return None
 

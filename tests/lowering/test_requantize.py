@@ -260,10 +260,11 @@ def test_the_a76_gelu_epilogue_computes_8_float16_values_a_vector():
     """On the A76 (FEAT_FP16) the folded GELU after y runs on 8-lane float16 vectors: w^4 behind an arithmetic
     fence, so its sums are an add and a multiply-add each (no multiply-add with a copied constant addend),
     the 8-bit output one fcvtns and one sqxtn (no + 0.5, no rounding instruction)."""
+    from squeezeedge.lowering.gelu_quantize import gelu_quantize_half
+
     a76 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"})
-    mod, _ = fold_gelu_quantize(_gelu_epilogue(), half=True, neon=True)
-    (kernel,) = [f for gv, f in mod.functions.items() if gv.name_hint.startswith("gelu_quantize")]
-    sch = tvm.s_tir.Schedule(kernel)  # as the sdot kernel's schedule vectorizes its epilogue: 8 lanes
+    sch = tvm.s_tir.Schedule(gelu_quantize_half((1, 16, N), (N,), "int8", 0.0, "main", neon=True))
+    # as the sdot kernel's schedule vectorizes its epilogue: 8 lanes
     sch.vectorize(sch.split(sch.get_loops(sch.get_sblock("gelu_quantized"))[-1], [None, 8])[1])
     asm = tvm.tirx.build(sch.mod, target=a76).inspect_source("asm")
     for op in ("fmla", "fdiv", "fadd", "fcvtns"):
@@ -271,6 +272,15 @@ def test_the_a76_gelu_epilogue_computes_8_float16_values_a_vector():
     fmla, fdiv = (len(re.findall(rf"\t{op}\tv\d+\.8h", asm)) for op in ("fmla", "fdiv"))
     assert fmla == 3 * fdiv  # N's and D's last terms and y + y erf: no constant addend (none copied)
     assert re.search(r"\tsqxtn\tv\d+\.8b, v\d+\.8h", asm) and not re.search(r"\t(frint\w*|fcvtzs)\tv\d+\.8h", asm)
+
+
+def test_the_gelu_kernel_takes_neon_instructions_only_after_an_sdot_kernel():
+    """NEON's own instructions (fcvtns, the fence) only where the folded GELU is an sdot kernel's epilogue
+    (vectorized 8 or 4 lanes): after any other producer (here the function's input; on the Pi 5 a u8 model's
+    generic matmul) the kernel is the portable one, which LLVM can split at any width."""
+    mod, n = fold_gelu_quantize(_gelu_epilogue(), half=True, neon=True)
+    (kernel,) = [f for gv, f in mod.functions.items() if gv.name_hint.startswith("gelu_quantize")]
+    assert n == 1 and "llvm.aarch64" not in kernel.script() and "arithmetic.fence" not in kernel.script()
 
 
 def test_the_scaled_erf_is_the_int8_one():
