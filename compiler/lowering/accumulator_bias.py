@@ -16,7 +16,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from squeezeedge.lowering.int8 import SDOT, SDOT_ROWS, _te_packed
+from squeezeedge.lowering.int8 import SDOT, _te_packed
 from squeezeedge.lowering.qdq import QUANTIZE, qparams_scalar, scalar
 from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings
 from squeezeedge.lowering.top_byte_quantize import _kernel as top_byte_kernel
@@ -77,8 +77,7 @@ def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
         if name not in made:
             shape = tuple(int(d) for d in x.ty.shape)
             groups = int(w.ty.shape[0])
-            spec = SDOT_ROWS if name.startswith(SDOT_ROWS.block + "_") else SDOT
-            made[name] = _te_packed(shape, int(acc.ty.shape[-1]), groups, name, spec, bias=True)
+            made[name] = _te_packed(shape, int(acc.ty.shape[-1]), groups, name, SDOT, bias=True)
             kernels[name] = made[name]
         return name
 

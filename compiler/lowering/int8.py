@@ -26,7 +26,7 @@ from squeezeedge.errors import CompileError
 from squeezeedge.lowering.tir_walk import llvm_intrinsics_called, reduction_updates
 
 INT_DTYPES = ("uint8", "int8")
-MAC_KERNELS = ("conv1d", "matmul", "vnni_dot", "arm_sdot", "arm_sdot_rows", "arm_neon_dot", "arm_neon_k16", "arm_neon_k32", "avx2_madd", "avx2_u8s8")  # names of multiply-accumulate kernels
+MAC_KERNELS = ("conv1d", "matmul", "vnni_dot", "arm_sdot", "arm_neon_dot", "arm_neon_k16", "arm_neon_k32", "avx2_madd", "avx2_u8s8")  # names of multiply-accumulate kernels
 
 
 @dataclass
@@ -105,26 +105,15 @@ class PackedDot:
     # every load from one base at offsets past ldp's reach (A76, 16 tokens: 8.66 -> 9.30 M, where the
     # grouped 3072 -> 768 layer went 8.74 -> 8.52 M)
     interleave: int = 1
-    # > 0: the instruction computes this many rows (:data:`SDOT_ROWS`), each from a lane of one activation
-    # vector; ``row_fallback`` (a ``wide`` tuple) serves a kernel whose row count no tile of them divides
-    row_block: int = 0
-    row_fallback: tuple[int, str, tuple[int, int], int] | None = None
 
     def block_lanes(self, groups: int) -> int:
         """Outputs side by side in a packed weight's k block, for a layer of ``groups`` groups."""
-        return self.lanes * self.interleave if groups > 1 or self.row_block else self.lanes
+        return self.lanes * self.interleave if groups > 1 else self.lanes
 
 
 VNNI = PackedDot("vnni_dot", 16, 4, ("uint8",), "uint8", "int8", "dot_16x4_vnni", "vpdpbusd")
 SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_sdot", "sdot", (8, 4),
                  (16, "dot_4x16_i8i8s32_sdot", (8, 2), 4), interleave=2)
-# Reductions longer than LONG_K (SqueezeBERT's residual layers, K = 768 a group): 4 rows a step from one
-# activation vector, 8 x 3 tiles (24 accumulators), each step 2 activation and 3 weight vectors, the 3 side
-# by side (interleave 3: 2 steps are 3 paired loads); 16 steps a loop trip
-LONG_K = 256
-SDOT_ROWS = PackedDot("arm_sdot_rows", 4, 4, ("int8",), "int8", "int8", "dot_4rows_i8i8s32_sdot", "sdot", (8, 3),
-                      (4, "dot_4rows_i8i8s32_sdot", (8, 3), 16), interleave=3, row_block=4,
-                      row_fallback=(16, "dot_4x16_i8i8s32_sdot", (8, 3), 4))
 # Cores without dot product (Cortex-A72, the Pi 4): each output's 16 products a step widened (smull,
 # smull2) into 4 int32 partial sums (sadalp) that stay in a register for the whole reduction, exact for
 # any s8 operands (the attention's two activations), 4 instructions a step; 4 x 4 tiles (16 accumulators,
@@ -146,7 +135,7 @@ AVX2 = PackedDot("avx2_madd", 8, 2, ("uint8", "int8"), "int16", "int16", "dot_8x
 # Twice the products per cycle, exact only for weights in [-64, 64] (7-bit, quantize's weight_bits = 7):
 # u8 activations x s8 weights, vpmaddubsw's int16 pair sums then cannot saturate. Chosen per layer.
 AVX2_U8S8 = PackedDot("avx2_u8s8", 8, 4, ("uint8",), "uint8", "int8", "dot_8x4_u8s8s32_avx2", "vpmaddubsw")
-PACKED = (VNNI, SDOT, SDOT_ROWS, NEON, NEON16, NEON32, AVX2, AVX2_U8S8)
+PACKED = (VNNI, SDOT, NEON, NEON16, NEON32, AVX2, AVX2_U8S8)
 SEVEN_BIT = 64  # the largest weight magnitude AVX2_U8S8 is exact for
 
 
@@ -156,8 +145,6 @@ def packed_for_layer(packed: PackedDot | None, dtype: str, w: np.ndarray) -> Pac
     paired in int16 (smlal2) where no weight is -128, else each half apart (the attention's sequence)."""
     if packed is AVX2 and dtype in AVX2_U8S8.accepts and int(np.abs(w.astype(np.int16)).max()) <= SEVEN_BIT:
         return AVX2_U8S8
-    if packed is SDOT and w.shape[1] > LONG_K:
-        return SDOT_ROWS
     if packed is NEON16 and int(w.min()) < -127:
         return NEON
     if packed is NEON16 and fits_four_products(w):
@@ -234,17 +221,8 @@ def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str, spe
     x = te.placeholder(_i64(*shape_x), spec.x_dtype, name="x")
     w = te.placeholder(_i64(groups, ng // lanes, kg // spec.k, lanes, spec.k), spec.w_dtype, name="w")
 
-    # row tiles of the instruction's rows (PackedDot.row_block): the reduction steps in descending order. LLVM's
-    # loop strength reduction counted an ascending step's activation address up to 0, their buffer's end (K
-    # bytes a row) then in every load's offset, past ldp's reach: each a single load (A76 768 x 768 layer, 16
-    # tokens: 8.47 -> 8.18 M); counting down to 0 leaves offsets within a trip
-    descending = bool(spec.row_block) and (lead[-1] if lead else 1) % spec.row_block == 0
-
     def product(lead_idx, n, k, k_block, k_in):
         g = n // ng
-        if descending:
-            k_block = kg // spec.k - 1 - k_block
-            k = k_block * spec.k + k_in
         return x[(*lead_idx, g * kg + k)].astype("int32") \
             * w[g, (n % ng) // lanes, k_block, n % lanes, k_in].astype("int32")
 
