@@ -180,8 +180,7 @@ def gelu_quantize_half(shape, k_shape, out_dtype: str, zero: float, name: str, n
     monic form's gain gone); and the output is :func:`nearest_byte`'s two instructions, no + 0.5."""
     from tvm import te, tirx
 
-    def i64(dims):
-        return tuple(tirx.IntImm("int64", d) for d in dims)
+    from squeezeedge.lowering.top_byte_quantize import at, i64
 
     lam, clamp, (n0, n1), (d0, d1) = _scaled_form()
     h = lambda c: tirx.const(float(np.float16(c)), "float16")  # noqa: E731
@@ -194,9 +193,7 @@ def gelu_quantize_half(shape, k_shape, out_dtype: str, zero: float, name: str, n
         s = wc * wc
         s2 = tirx.call_llvm_pure_intrin("float16", "llvm.arithmetic.fence", s * s) if neon else s * s
         num, den = (s2 + h(n0)) + s * h(n1), (s2 + h(d0)) + s * h(d1)
-        lead = len(i) - len(k_shape)
-        v = (x + x * (wc * num / den)) * k[tuple(tirx.const(0, "int64") if d == 1 else i[lead + j]
-                                               for j, d in enumerate(k_shape))]
+        v = (x + x * (wc * num / den)) * at(k, i)
         return nearest_byte(v + h(zero) if zero else v, out_dtype, neon)
 
     out = te.compute(i64(shape), one, name="gelu_quantized")
@@ -218,7 +215,7 @@ def fold_gelu_quantize(mod: tvm.IRModule, func_name: str = "main", half: bool = 
     first). With ``half`` (a CPU with float16 vector arithmetic, the A76's), y (times lam) is rounded to float16
     and everything after it is :func:`gelu_quantize_half`, in float16: 8 values a vector instead of 4
     (``neon``: its aarch64 instructions). Returns (module, how many quantizes were folded)."""
-    kernels, gvs = {}, {}
+    kernels, gvs, names = {}, {}, {}
     lam = _scaled_form()[0]
     def match(_var, value, values, uses):
         if not (quantize_of_var(value) and str(value.attrs.out_dtype) in ("uint8", "int8")
@@ -242,12 +239,15 @@ def fold_gelu_quantize(mod: tvm.IRModule, func_name: str = "main", half: bool = 
             scale = lam if half else 1.0  # the float16 kernel's w = lam y
             a, b, k = (np.asarray(a) * scale / c), (np.asarray(b) * scale / c), k * c / s / scale
             name = None
-            if half:
-                out, shape = str(value.attrs.out_dtype), tuple(int(d) for d in value.ty.shape)
-                name = f"gelu_quantize_{'x'.join(map(str, shape))}_{out}_{len(kernels)}"
+            if half:  # one kernel per distinct parameters (k is its input), not one a layer
                 # NEON's own instructions only where the epilogue lands in an sdot kernel (vectors of 8 or 4
                 # lanes); a generic kernel may vectorize wider, and LLVM cannot split a target intrinsic
-                kernels[name] = gelu_quantize_half(shape, k.shape, out, float(z), name, neon and _from_sdot(acc, values))
+                key = (tuple(int(d) for d in value.ty.shape), k.shape, str(value.attrs.out_dtype), float(z),
+                       neon and _from_sdot(acc, values))
+                if key not in names:
+                    names[key] = f"gelu_quantize_{'x'.join(map(str, key[0]))}_{key[2]}_{len(names)}"
+                    kernels[names[key]] = gelu_quantize_half(*key[:4], names[key], key[4])
+                name = names[key]
             return acc, a.astype(np.float32), b.astype(np.float32), k.astype(np.float32), z, value, name
         return None
 

@@ -38,22 +38,30 @@ def top_byte(v, out_dtype: str):
     return (top >> tirx.const(bits - 8, wide)).astype(out_dtype)
 
 
+def i64(dims) -> tuple:
+    """A TE shape in int64, as Relax's own kernels carry them (FuseTIR matches buffers by their types)."""
+    from tvm import tirx
+
+    return tuple(tirx.IntImm("int64", d) for d in dims)
+
+
+def at(t, i):
+    """TE tensor ``t`` read at index ``i`` of a larger tensor it broadcasts against (numpy's rules)."""
+    from tvm import tirx
+
+    lead = len(i) - len(t.shape)
+    return t[tuple(tirx.const(0, "int64") if int(d) == 1 else i[lead + k] for k, d in enumerate(t.shape))]
+
+
 def _kernel(shape, out_dtype: str, scale, offset, name: str, dtype: str = "float32") -> tvm.tirx.PrimFunc:
     """``top_byte(x * scale + offset)`` on ``x`` of ``shape`` (float32, or float16). ``scale`` and ``offset``
     are each a float or the shape of a tensor of x's dtype broadcast against ``x`` (the kernel's next inputs,
     in order)."""
     from tvm import te, tirx
 
-    def i64(dims):  # the shapes Relax's own kernels carry: FuseTIR matches buffers by their types
-        return tuple(tirx.IntImm("int64", d) for d in dims)
-
     x = te.placeholder(i64(shape), dtype, name="x")
     m, c = (te.placeholder(i64(p), dtype, name=n) if isinstance(p, tuple) else p
             for p, n in ((scale, "m"), (offset, "c")))
-
-    def at(t, i):
-        lead = len(i) - len(t.shape)
-        return t[tuple(tirx.const(0, "int64") if int(d) == 1 else i[lead + k] for k, d in enumerate(t.shape))]
 
     def one(*i):
         v = x[i] * at(m, i) if isinstance(m, te.Tensor) else x[i] if m == 1.0 else x[i] * tirx.const(m, dtype)
