@@ -100,15 +100,14 @@ class PackedDot:
     # > 1: the weight layout puts this many instructions' outputs side by side in each k block ([G,
     # N/G/(lanes x interleave), K/G/k, lanes x interleave, k]): a 2-column tile's weights for a reduction
     # step then sit in one run (paired loads), where the second column's were K x lanes bytes away, past
-    # ldp's reach for K = 768 (sdot, 8 x 2 tiles). Grouped weight layers only: run-time packed operands
-    # keep ``lanes``, and on the ungrouped 768 x 768 layer LLVM's loop strength reduction then addressed
-    # every load from one base at offsets past ldp's reach (A76, 16 tokens: 8.66 -> 9.30 M, where the
-    # grouped 3072 -> 768 layer went 8.74 -> 8.52 M)
+    # ldp's reach for K = 768 (sdot, 8 x 2 tiles). Weight layers only (run-time packed operands keep
+    # ``lanes``); the ungrouped 768 x 768 layer's steps descend (:func:`_te_packed`: ascending, LLVM's loop
+    # strength reduction put its offsets past ldp's reach: A76 16 tokens 8.66 -> 9.30 M)
     interleave: int = 1
 
     def block_lanes(self, groups: int) -> int:
         """Outputs side by side in a packed weight's k block, for a layer of ``groups`` groups."""
-        return self.lanes * self.interleave if groups > 1 else self.lanes
+        return self.lanes * self.interleave
 
 
 VNNI = PackedDot("vnni_dot", 16, 4, ("uint8",), "uint8", "int8", "dot_16x4_vnni", "vpdpbusd")
@@ -221,8 +220,18 @@ def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str, spe
     x = te.placeholder(_i64(*shape_x), spec.x_dtype, name="x")
     w = te.placeholder(_i64(groups, ng // lanes, kg // spec.k, lanes, spec.k), spec.w_dtype, name="w")
 
+    # the ungrouped layer's reduction steps in descending order (each step's 16 k ascending, as the
+    # instruction reads them): ascending, LLVM's loop strength reduction addressed its interleaved weights
+    # from one base at offsets past ldp's reach (see ``interleave``); counted down, every pair is one ldp
+    # (A76 128 tokens: that layer 68.56 -> 66.92 M; the grouped layers gain nothing from it: +0.35 M)
+    step = spec.wide[0] if spec.wide and spec.instruction == "sdot" and groups == 1 and kg % spec.wide[0] == 0 \
+        else 0
+
     def product(lead_idx, n, k, k_block, k_in):
         g = n // ng
+        if step:  # the reduction's steps descending, each step's k ascending
+            k = kg - step - k // step * step + k % step
+            k_block, k_in = k // spec.k, k % spec.k
         return x[(*lead_idx, g * kg + k)].astype("int32") \
             * w[g, (n % ng) // lanes, k_block, n % lanes, k_in].astype("int32")
 

@@ -82,6 +82,7 @@ def test_the_te_init_workaround_starts_every_output_at_its_bias():
     lib = tvm.tirx.build(tvm.IRModule({"main": func}), target="llvm")
     bias = np.arange(N, dtype=np.int32) * 1000 - 7
     out = tvm.runtime.tensor(np.zeros((1, 4, N), np.int32))
-    lib(tvm.runtime.tensor(np.zeros((1, 4, K), np.int8)), tvm.runtime.tensor(np.ones((1, N // 4, K // 4, 4, 4), np.int8)),
+    lanes = SDOT.block_lanes(1)
+    lib(tvm.runtime.tensor(np.zeros((1, 4, K), np.int8)), tvm.runtime.tensor(np.ones((1, N // lanes, K // 4, lanes, 4), np.int8)),
         tvm.runtime.tensor(bias), out)
     assert np.array_equal(out.numpy(), np.broadcast_to(bias, (1, 4, N)))
