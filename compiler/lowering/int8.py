@@ -39,6 +39,7 @@ class RewriteReport:
     lookup_tables: int = 0  # elementwise functions between dequantize and quantize (compiler/lowering/lookup.py)
     round_trips_dropped: int = 0  # dequantize -> reshape/transpose -> quantize (compiler/lowering/round_trips.py)
     epilogues_folded: int = 0  # quantize(a * acc + b) as one multiply-add (compiler/lowering/requantize.py)
+    scale_chains_folded: int = 0  # a * float(acc) + b in one multiply before a tensor's add (compiler/lowering/requantize.py)
     gelus_folded: int = 0  # quantize(GELU(a * acc + b)) with its constants folded (compiler/lowering/gelu_quantize.py)
     softmax_folded: int = 0  # quantize(softmax(x)) dividing once a row (compiler/lowering/softmax_quantize.py)
     layer_norms_folded: int = 0  # quantize(layer_norm(x)) with 1/s in its constants (compiler/lowering/layer_norm_quantize.py)

@@ -41,7 +41,7 @@ from squeezeedge.lowering.blocked_weights import BlockConvWeights
 from squeezeedge.lowering.divides import ReciprocalDivides
 from squeezeedge.lowering.gelu_quantize import FoldGeluQuantize, RationalErfs
 from squeezeedge.lowering.layer_norm_quantize import FoldLayerNormQuantize
-from squeezeedge.lowering.requantize import FoldRequantize
+from squeezeedge.lowering.requantize import FoldRequantize, FoldScaleChains
 from squeezeedge.lowering.round_trips import DropRoundTrips
 from squeezeedge.lowering.schedules import aarch64 as _aarch64
 from squeezeedge.lowering.softmax_quantize import FloatSoftmaxes, FoldSoftmaxQuantize
@@ -113,7 +113,7 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
         phases["requantize"] = [  # after sinking: the tables then sit where the transposes no longer are
             LookupTables(report), DropRoundTrips(report),
             _in_target(relax.transform.FoldConstant(), tvm_target),  # the epilogues' constants, so that they fold
-            FoldRequantize(report), FoldGeluQuantize(report, half=_half(tvm_target), neon=_aarch64(tvm_target)),
+            FoldRequantize(report), FoldScaleChains(report), FoldGeluQuantize(report, half=_half(tvm_target), neon=_aarch64(tvm_target)),
             FoldSoftmaxQuantize(report, top_byte=_aarch64(tvm_target), llvm=tvm_target.kind.name == "llvm",
                                 half=_half(tvm_target)),
             FoldLayerNormQuantize(report)]

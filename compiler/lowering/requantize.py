@@ -95,3 +95,35 @@ def fold_requantize(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRM
 
 
 FoldRequantize = counted_pass("FoldRequantize", "epilogues_folded")(fold_requantize)
+
+
+def fold_scale_chains(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, int]:
+    """``add(chain, v)``, chain = a * float(acc) + b through two or more constant steps and read there alone,
+    v a tensor -> ``float(acc) * a (+ b) + v``: the attention scores' two scales (s_q s_k, then 1 / sqrt(d))
+    one multiply, where each was a multiply an element before the mask's add. The same value in real
+    arithmetic (float32 rounds once where it rounded twice). Returns (module, how many were folded)."""
+    def match(_var, value, values, uses):
+        if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.add"
+                and isinstance(value.args[1], relax.Var) and uses.get(value.args[0]) == 1):
+            return None
+        found = affine_chain(value.args[0], values, uses)
+        if found is None:
+            return None
+        steps, cur = 0, values.get(value.args[0])
+        while isinstance(cur, relax.Call) and isinstance(cur.op, tvm.ir.Op) and cur.op.name in _AFFINE:
+            steps, cur = steps + 1, values.get(next(a for a in cur.args if isinstance(a, relax.Var)))
+        # only where fewer operations come out (the residual layers' multiply and bias add stay as they are)
+        return (*found, value.args[1]) if steps > 1 + bool(np.any(found[2] != 0)) else None
+
+    def emit(builder, visit, item):
+        acc, a, b, other = item
+        x = builder.emit(relax.op.astype(visit(acc), "float32"))
+        x = builder.emit(relax.op.multiply(x, relax.const(np.asarray(a, np.float32))))
+        if np.any(b != 0):
+            x = builder.emit(relax.op.add(x, relax.const(np.asarray(b, np.float32))))
+        return builder.emit(relax.op.add(x, visit(other)))
+
+    return rewrite_bindings(mod, match, emit, func_name)
+
+
+FoldScaleChains = counted_pass("FoldScaleChains", "scale_chains_folded")(fold_scale_chains)

@@ -219,7 +219,7 @@ def _lower(parent: Artifact, tvm_target, cfg: BuildConfig, precision: str, dump_
                  "matmul_weight": report.matmul_weight, "matmul_activation": report.matmul_activation,
                  "float_layers_kept": len(floats), "lookup_tables": report.lookup_tables,
                  "round_trips_dropped": report.round_trips_dropped, "epilogues_folded": report.epilogues_folded,
-                 "gelus_folded": report.gelus_folded,
+                 "scale_chains_folded": report.scale_chains_folded, "gelus_folded": report.gelus_folded,
                  "softmax_folded": report.softmax_folded, "layer_norms_folded": report.layer_norms_folded}, lengths
 
 

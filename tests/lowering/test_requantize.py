@@ -14,7 +14,7 @@ from tvm import relax
 
 from squeezeedge.lowering.gelu_quantize import INT8_ERF, erf_rational, fold_gelu_quantize, rational_erfs
 from squeezeedge.lowering.layer_norm_quantize import fold_layer_norm_quantize
-from squeezeedge.lowering.requantize import fold_requantize
+from squeezeedge.lowering.requantize import fold_requantize, fold_scale_chains
 from squeezeedge.lowering.round_trips import drop_round_trips
 from squeezeedge.lowering.softmax_quantize import fold_softmax_quantize
 
@@ -107,6 +107,39 @@ def test_requantize_epilogue_folds_to_one_multiply_add(with_bias, out_dtype, hea
 def test_requantize_with_a_runtime_operand_is_left_alone():
     new, n = fold_requantize(_epilogue(scale_is_input=True))
     assert n == 0 and "R.subtract" in new["main"].script()
+
+
+def _scores(with_bias: bool) -> tvm.IRModule:
+    """The attention's scores: int32 sums -> cast -> s_q s_k -> / sqrt(d) (-> a bias) -> + the mask (an input)."""
+    bb = relax.BlockBuilder()
+    acc, mask = relax.Var("acc", relax.TensorType((1, 2, 8, 8), "int32")), relax.Var("mask", relax.TensorType((1, 1, 1, 8), "float32"))
+    with bb.function("main", [acc, mask]):
+        with bb.dataflow():
+            x = bb.emit(relax.op.multiply(bb.emit(relax.op.astype(acc, "float32")), relax.const(1.25e-4, "float32")))
+            x = bb.emit(relax.op.divide(x, relax.const(8.0, "float32")))
+            if with_bias:
+                x = bb.emit(relax.op.add(x, relax.const(0.5, "float32")))
+            out = bb.emit_output(bb.emit(relax.op.add(x, mask)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_the_scores_two_scales_fold_into_one_multiply(with_bias):
+    """a * float(acc) + b before a tensor's add: one multiply (and the bias add), the same values within
+    float32's rounding; a chain already that short is left alone."""
+    mod = _scores(with_bias)
+    new, n = fold_scale_chains(mod)
+    script = new["main"].script()
+    assert n == 1 and "R.divide" not in script and script.count("R.multiply") == 1
+    assert script.count("R.add") == 1 + with_bias
+    rng = np.random.default_rng(0)
+    acc = rng.integers(-300000, 300000, (1, 2, 8, 8)).astype("int32")
+    mask = np.where(rng.random((1, 1, 1, 8)) < 0.3, -10000.0, 0.0).astype("float32")
+    run = lambda m: relax.VirtualMachine(tvm.compile(m, target="llvm"), tvm.cpu())["main"](  # noqa: E731
+        tvm.runtime.tensor(acc), tvm.runtime.tensor(mask)).numpy()
+    np.testing.assert_allclose(run(new), run(mod), rtol=1e-6, atol=1e-6)
+    assert fold_scale_chains(new)[1] == 0
 
 
 def _softmax_quantize(masked: bool = True) -> tvm.IRModule:
