@@ -40,7 +40,8 @@ class RewriteReport:
     round_trips_dropped: int = 0  # dequantize -> reshape/transpose -> quantize (compiler/lowering/round_trips.py)
     epilogues_folded: int = 0  # quantize(a * acc + b) as one multiply-add (compiler/lowering/requantize.py)
     scale_chains_folded: int = 0  # a * float(acc) + b in one multiply before a tensor's add (compiler/lowering/requantize.py)
-    gelus_folded: int = 0  # quantize(GELU(a * acc + b)) with its constants folded (compiler/lowering/gelu_quantize.py)
+    gelus_folded: int = 0
+    gelus_narrowed: int = 0  # sdot sums into the float16 GELU through int16 (compiler/lowering/gelu_quantize.py)  # quantize(GELU(a * acc + b)) with its constants folded (compiler/lowering/gelu_quantize.py)
     softmax_folded: int = 0  # quantize(softmax(x)) dividing once a row (compiler/lowering/softmax_quantize.py)
     layer_norms_folded: int = 0  # quantize(layer_norm(x)) with 1/s in its constants (compiler/lowering/layer_norm_quantize.py)
     accumulator_biases: int = 0  # sdot kernels whose sums start at the bias (compiler/lowering/accumulator_bias.py)

@@ -39,7 +39,7 @@ from squeezeedge.lowering.lookup import LookupTables
 from squeezeedge.lowering.relax import _static_dims, import_onnx
 from squeezeedge.lowering.blocked_weights import BlockConvWeights
 from squeezeedge.lowering.divides import ReciprocalDivides
-from squeezeedge.lowering.gelu_quantize import FoldGeluQuantize, RationalErfs
+from squeezeedge.lowering.gelu_quantize import FoldGeluQuantize, NarrowGeluInputs, RationalErfs
 from squeezeedge.lowering.layer_norm_quantize import FoldLayerNormQuantize
 from squeezeedge.lowering.requantize import FoldRequantize, FoldScaleChains
 from squeezeedge.lowering.round_trips import DropRoundTrips
@@ -119,6 +119,7 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
             FoldLayerNormQuantize(report)]
         if packed_dot_for(tvm_target) is SDOT:  # NEON's fmla overwrites its addend: the bias a copy a vector
             phases["requantize"].append(AccumulatorBias(report))
+            phases["requantize"].append(NarrowGeluInputs(report))
             phases["requantize"].append(ZipPackOperands(report))  # K and V packed by zips, not byte gathers
     return phases
 

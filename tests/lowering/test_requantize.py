@@ -440,3 +440,55 @@ def test_fp32_softmax_becomes_one_kernel_with_the_softmax_exp():
     ref = e / e.sum(-1, keepdims=True)
     assert np.abs(got - ref).max() < 1e-5 * ref.max() and np.all(got[..., 12:] <= 2.0 ** -126)  # as fast_exp's
     np.testing.assert_allclose(got.sum(-1), 1, rtol=1e-5)
+
+
+def _sums_into_the_half_gelu(n: int = 64) -> tvm.IRModule:
+    """x (int32, an sdot kernel's sums before its bias) -> + bias (a kernel named as sdot's, its bias a constant)
+    -> float32 * a -> float16 -> gelu_quantize_half: what AccumulatorBias leaves before the A76's GELU."""
+    from tvm import te
+
+    from squeezeedge.lowering.gelu_quantize import gelu_quantize_half
+
+    rng = np.random.default_rng(3)
+    xs, bs = te.placeholder((1, 16, n), "int32", name="x"), te.placeholder((n,), "int32", name="bias")
+    ws = te.placeholder((1,), "int8", name="w")  # the weights an sdot kernel reads (unused here)
+    sdot = te.create_prim_func([xs, ws, bs, te.compute((1, 16, n), lambda i, j, c: xs[i, j, c] + bs[c], name="s")])
+    k = (rng.random((1, 1, n)) * 10 + 5).astype("float16")  # 255 / 2k: the inputs' reach past erf's clamp
+    bb = relax.BlockBuilder()
+    x, w = relax.Var("x", relax.TensorType((1, 16, n), "int32")), relax.Var("w", relax.TensorType((1,), "int8"))
+    sdot_gv = bb.add_func(sdot.with_attr("global_symbol", "arm_sdot_t_bias"), "arm_sdot_t_bias")
+    gelu_gv = bb.add_func(gelu_quantize_half((1, 16, n), (1, 1, n), "int8", -3.0, "gelu_quantize_t", False),
+                          "gelu_quantize_t")
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            acc = bb.emit(relax.call_tir(sdot_gv, [x, w, relax.const(rng.integers(-3000, 3000, n).astype("int32"))],
+                                         relax.TensorType((1, 16, n), "int32")))
+            y = bb.emit(relax.op.astype(acc, "float32"))
+            y = bb.emit(relax.op.multiply(y, relax.const((rng.random(n) * 4e-4 + 1e-4).astype("float32"))))
+            y = bb.emit(relax.op.astype(y, "float16"))
+            out = bb.emit_output(bb.emit(relax.call_tir(gelu_gv, [y, relax.const(k)],
+                                                        relax.TensorType((1, 16, n), "int8"))))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_the_a76_gelu_reads_its_sums_through_int16():
+    """sdot's sums into the float16 GELU shifted and saturated to int16, converted, one float16 multiply
+    (compiler/lowering/gelu_quantize.py narrow_gelu_inputs): the 8-bit outputs one step at most from the
+    float32 path's and under 5% a step apart; sums far past int16 saturate to 127 and, negative, to GELU's 0
+    (z = -3, one step at most: the float32 path gave -7 to -23 there, erf's rational past its clamp times a
+    huge input)."""
+    from squeezeedge.lowering.gelu_quantize import narrow_gelu_inputs
+
+    mod = _sums_into_the_half_gelu()
+    new, n = narrow_gelu_inputs(mod)
+    script = new["main"].script()
+    assert n == 1 and "R.right_shift" in script and '"int16"' in script and '"float32"' not in script
+    sums = np.random.default_rng(5).integers(-60000, 60000, (1, 16, 64)).astype("int32")
+    sums[0, 0] = 2 ** 22  # far past int16 after the shift: saturated, the output too
+    sums[0, 1] = -(2 ** 22)
+    run = lambda m: relax.VirtualMachine(tvm.compile(m, target="llvm"), tvm.cpu())["main"](  # noqa: E731
+        tvm.runtime.tensor(sums), tvm.runtime.tensor(np.zeros(1, np.int8))).numpy().astype(int)
+    old, narrow = run(mod), run(new)
+    assert np.abs(old - narrow)[0, 2:].max() <= 1 and np.mean(old[0, 2:] != narrow[0, 2:]) < 0.05
+    assert np.all(narrow[0, 0] == 127) and np.abs(narrow[0, 1] + 3).max() <= 1
