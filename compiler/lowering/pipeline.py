@@ -40,7 +40,7 @@ from squeezeedge.lowering.relax import _static_dims, import_onnx
 from squeezeedge.lowering.blocked_weights import BlockConvWeights
 from squeezeedge.lowering.divides import ReciprocalDivides
 from squeezeedge.lowering.gelu_quantize import FoldGeluQuantize, NarrowGeluInputs, RationalErfs
-from squeezeedge.lowering.layer_norm_quantize import FoldLayerNormQuantize
+from squeezeedge.lowering.layer_norm_quantize import FoldLayerNormQuantize, LayerNormOutputs
 from squeezeedge.lowering.requantize import FoldRequantize, FoldScaleChains
 from squeezeedge.lowering.round_trips import DropRoundTrips
 from squeezeedge.lowering.schedules import aarch64 as _aarch64
@@ -141,7 +141,7 @@ def _module_phases(tvm_target) -> dict[str, list]:
     t = relax.transform
     cpu = tvm_target.kind.name == "llvm"
     fast_math = [RationalErfs(), FloatSoftmaxes(), t.FastMathTransform()] if cpu else []
-    quantizes = [TopByteQuantizes()] if _aarch64(tvm_target) else []
+    quantizes = [LayerNormOutputs(), TopByteQuantizes()] if _aarch64(tvm_target) else []
     return {"legalize": [ReciprocalDivides, *fast_math, *quantizes, t.LegalizeOps(), t.AnnotateTIROpPattern(),
                          t.FoldConstant(), t.FuseOps(), t.FuseTIR(), drop_unused_kernels]}
 

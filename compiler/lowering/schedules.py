@@ -308,20 +308,26 @@ def _rows(one: tvm.IRModule, unroll: int = 1):
             _, k_i = sch.split(k, [None, _width(int(sch.get(k).extent), 8) or 2])  # 2: rows of 14
             rfs.append(sch.rfactor(k_i, len(sch.get_loops(b)) - 2))
     rows = sch.fuse(*sch.get_loops(blocks[-1])[:-1])
+    under = lambda b: any(sch.get(loop).same_as(sch.get(rows)) for loop in sch.get_loops(b))  # noqa: E731
     for b in reversed(sch.get_child_blocks(sch.get_sblock("root"))[:-1]):
-        sch.compute_at(b, rows, preserve_unit_loops=False)
+        if not under(b):  # (blocks of one multi-output compute share its loops already)
+            sch.compute_at(b, rows, preserve_unit_loops=False)
     for rf in rfs:  # under the row loop: k_i, k_o -> k_o, k_i (the 8 partial results as one vector)
         *_, k_i, k_o = sch.get_loops(rf)
         sch.reorder(k_o, k_i)
         sch.vectorize(k_i)
+    done = []
     for b in spatial:
         inner = sch.get_loops(b)[-1]
         extent = int(sch.get(inner).extent)
+        if any(sch.get(inner).same_as(d) for d in done):
+            continue
         if not sch.get(inner).same_as(sch.get(rows)) and extent % 2 == 0:
             width = _width(extent, 8) or 2
             times = next(u for u in (unroll, 4, 2, 1) if u <= unroll and extent % (width * u) == 0)
             *_, repeat, lanes = sch.split(inner, [None, times, width])
             sch.vectorize(lanes)
+            done.append(sch.get(lanes))
             if times > 1:
                 sch.unroll(repeat)
     sch.parallel(rows)

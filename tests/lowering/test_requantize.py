@@ -492,3 +492,45 @@ def test_the_a76_gelu_reads_its_sums_through_int16():
     old, narrow = run(mod), run(new)
     assert np.abs(old - narrow)[0, 2:].max() <= 1 and np.mean(old[0, 2:] != narrow[0, 2:]) < 0.05
     assert np.all(narrow[0, 0] == 127) and np.abs(narrow[0, 1] + 3).max() <= 1
+
+
+def _layer_norm_read_twice(c: int = 64) -> tvm.IRModule:
+    """x -> y = layer_norm(x) -> quantize(y * m) (the next layer's input) and y + x (the residual's add)."""
+    rng = np.random.default_rng(11)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, c), "float32"))
+    const = lambda v: relax.const(v.astype("float32"))  # noqa: E731
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.layer_norm(x, const(rng.random(c) + 0.5), const(rng.standard_normal(c)),
+                                               axes=[-1], epsilon=1e-12))
+            v = bb.emit(relax.op.multiply(y, const(rng.random(c) + 0.5)))
+            q = bb.emit(relax.op.quantize(v, relax.const(0.02, "float32"), relax.const(3, "int8"), axis=2,
+                                          out_dtype="int8"))
+            out = bb.emit_output(relax.Tuple([q, bb.emit(relax.op.add(y, x))]))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_a_layer_norm_read_twice_writes_its_quantize_too():
+    """layer_norm_outputs: one kernel writes y and its 8-bit quantize (the statistics in one pass), scheduled as
+    one loop over rows; y within float32's rounding of TVM's layer norm, the bytes one step at most apart."""
+    from squeezeedge.lowering.layer_norm_quantize import layer_norm_outputs
+    from squeezeedge.lowering.pipeline import fuse
+    from squeezeedge.lowering.schedules import default_schedules
+
+    mod = _layer_norm_read_twice()
+    new, n = layer_norm_outputs(mod)
+    script = new["main"].script()
+    assert n == 1 and "R.nn.layer_norm" not in script and "R.quantize" not in script
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "num-cores": 2})
+    fused, counts = default_schedules(fuse(new, target), target)
+    kernel = next(f.script() for gv, f in fused.functions.items() if isinstance(f, tvm.tirx.PrimFunc)
+                  and "layer_norm_quantize" in gv.name_hint)
+    assert kernel.count("T.parallel") == 1 and "T.vectorized" in kernel
+    x = (np.random.default_rng(2).standard_normal((1, 16, 64)) * 3 + 0.5).astype("float32")
+    run = lambda m: [o.numpy() for o in relax.VirtualMachine(tvm.compile(m, target="llvm"), tvm.cpu())["main"](  # noqa: E731
+        tvm.runtime.tensor(x))]
+    (q_old, r_old), (q_new, r_new) = run(mod), run(fused)
+    np.testing.assert_allclose(r_new, r_old, rtol=1e-5, atol=1e-5)
+    assert np.abs(q_old.astype(int) - q_new).max() <= 1 and np.mean(q_old != q_new) < 0.02
