@@ -113,7 +113,7 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
         phases["requantize"] = [  # after sinking: the tables then sit where the transposes no longer are
             LookupTables(report), DropRoundTrips(report),
             _in_target(relax.transform.FoldConstant(), tvm_target),  # the epilogues' constants, so that they fold
-            FoldRequantize(report), FoldScaleChains(report), FoldGeluQuantize(report, half=_half(tvm_target), neon=_aarch64(tvm_target)),
+            FoldRequantize(report, moves=_aarch64(tvm_target)), FoldScaleChains(report), FoldGeluQuantize(report, half=_half(tvm_target), neon=_aarch64(tvm_target)),
             FoldSoftmaxQuantize(report, top_byte=_aarch64(tvm_target), llvm=tvm_target.kind.name == "llvm",
                                 half=_half(tvm_target)),
             FoldLayerNormQuantize(report)]

@@ -534,3 +534,28 @@ def test_a_layer_norm_read_twice_writes_its_quantize_too():
     (q_old, r_old), (q_new, r_new) = run(mod), run(fused)
     np.testing.assert_allclose(r_new, r_old, rtol=1e-5, atol=1e-5)
     assert np.abs(q_old.astype(int) - q_new).max() <= 1 and np.mean(q_old != q_new) < 0.02
+
+
+def test_the_heads_merge_moves_after_the_quantize_with_its_scale():
+    """The attention's output: scale -> heads merged (permute, reshape) -> SmoothQuant's per-channel m -> quantize
+    folds into one multiply-add and quantize on the kernel's own layout, m mapped back through the merge, the
+    8-bit values then moved (fold_requantize): the same bytes."""
+    rng = np.random.default_rng(4)
+    bb = relax.BlockBuilder()
+    acc = relax.Var("acc", relax.TensorType((1, 12, 16, 64), "int32"))
+    with bb.function("main", [acc]):
+        with bb.dataflow():
+            x = bb.emit(relax.op.multiply(bb.emit(relax.op.astype(acc, "float32")), relax.const(2e-5, "float32")))
+            x = bb.emit(relax.op.reshape(bb.emit(relax.op.permute_dims(x, [0, 1, 3, 2])), (1, 768, 16)))
+            x = bb.emit(relax.op.multiply(x, relax.const((rng.random((768, 1)) + 0.5).astype("float32"))))
+            q = bb.emit(relax.op.quantize(x, relax.const(0.003, "float32"), relax.const(0, "int8"), axis=1,
+                                          out_dtype="int8"))
+            out = bb.emit_output(relax.op.permute_dims(q, [0, 2, 1]))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    new, n = fold_requantize(mod)
+    script = new["main"].script()
+    assert n == 1 and script.count("R.multiply") == 1 and script.index("R.quantize") < script.index("R.reshape")
+    acc_v = rng.integers(-200000, 200000, (1, 12, 16, 64)).astype("int32")
+    old, folded = _run(mod, acc_v).astype(int), _run(new, acc_v).astype(int)
+    assert np.abs(old - folded).max() <= 1 and np.mean(old != folded) < 0.01 and old.min() == -128
