@@ -98,25 +98,25 @@ def fold_requantize(mod: tvm.IRModule, func_name: str = "main", moves: bool = Tr
     def match(_var, value, values, uses):
         if not (quantize_of_var(value) and str(value.attrs.out_dtype) in ("uint8", "int8")):
             return None
-        source, moves = value.args[0], []
+        source, steps = value.args[0], []
         while isinstance(values.get(source), relax.Call) and isinstance(values[source].op, tvm.ir.Op) \
                 and uses.get(source) == 1 and (values[source].op.name == "relax.reshape" or moves and (
                     values[source].op.name == "relax.permute_dims") or moves and (
                     values[source].op.name == "relax.multiply" and isinstance(values[source].args[1], tvm.ir.expr.Constant))):
-            moves.append((source, values[source]))  # the attention's heads split or merged (and a scale after):
+            steps.append((source, values[source]))  # the attention's heads split or merged (and a scale after):
             source = values[source].args[0]  # quantized first, then moved as bytes
-        while moves and moves[-1][1].op.name not in _MOVES:  # the chain's own multiplies stay in it
-            source = moves.pop()[0]
-        moves = [m for _, m in moves]
+        while steps and steps[-1][1].op.name not in _MOVES:  # the chain's own multiplies stay in it
+            source = steps.pop()[0]
+        steps = [m for _, m in steps]
         found = affine_chain(source, values, uses)
-        if found is None or (moves and uses.get(source) != 1):
+        if found is None or (steps and uses.get(source) != 1):
             return None
         acc, a, b = found
-        if moves:
-            factor = _factor_before(moves[::-1], tuple(int(d) for d in source.ty.shape))
+        if steps:
+            factor = _factor_before(steps[::-1], tuple(int(d) for d in source.ty.shape))
             a, b = np.asarray(a) * factor, np.asarray(b) * factor
         s, z = scalar(value.args[1]), scalar(value.args[2])
-        layout = [m for m in moves if m.op.name in _MOVES]
+        layout = [m for m in steps if m.op.name in _MOVES]
         return acc, (np.asarray(a) / s).astype(np.float32), (np.asarray(b) / s + z).astype(np.float32), value, layout
 
     def emit(builder, visit, item):
