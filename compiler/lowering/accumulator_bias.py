@@ -16,7 +16,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from squeezeedge.lowering.int8 import SDOT, _te_packed
+from squeezeedge.lowering.int8 import SDOT, _te_packed, _te_packed_pair
 from squeezeedge.lowering.qdq import QUANTIZE, qparams_scalar, scalar
 from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings
 from squeezeedge.lowering.top_byte_quantize import _kernel as top_byte_kernel
@@ -53,14 +53,50 @@ def _epilogue(var, values, uses):
         return None
     gv, args = acc.args[0], list(acc.args[1].fields)
     name = gv.name_hint
-    if not name.startswith(SDOT.block + "_") or "_pair_" in name or len(args) != 2 \
-            or not isinstance(args[1], tvm.ir.expr.Constant):
+    if not name.startswith(SDOT.block + "_") or len(args) != 2 \
+            or not ("_pair_" in name or isinstance(args[1], tvm.ir.expr.Constant)):
         return None
     n = int(acc.ty.shape[-1])
     a, b = _channel_const(mul.args[1], n), _channel_const(add.args[1], n)
     if a is None or b is None or np.any(a == 0):
         return None
     return acc, a, b
+
+
+def fixed_point(a: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """(sh, m): each per-channel scale a as m / 2^(31 + sh), m int32 below 2^31 (the largest a's m at least
+    2^30: 30 significant bits or more where float32 had 24), sh the most in 1..16 that allows it; None where a
+    scale is 1/2 or more (no shift left) or not positive."""
+    if np.any(a <= 0) or a.max() >= 0.5:
+        return None
+    shift = min(16, int(np.floor(-np.log2(a.max()))))
+    while a.max() * 2.0 ** shift >= 1.0:
+        shift -= 1
+    m = np.round(a * 2.0 ** (31 + shift))
+    return (shift, m.astype(np.int32)) if shift >= 1 and m.max() < 2 ** 31 else None
+
+
+def requantize_kernel(shape, shift: int, name: str) -> tvm.tirx.PrimFunc:
+    """acc int32 [shape], m int32 [N] -> int8: ``(acc m) >> (31 + shift)`` saturated, written so that LLVM
+    selects sqdmulh (the doubling high half), sqshrn #shift into int16 and sqxtn: 5 instructions for 8 values
+    (+ the store) where the float top byte took 8 (scvtf, fmul, fcvtzs #24 twice each, uzp2, shrn). The
+    accumulators start at round((b + z + 0.5) / a) as for the top byte: both floor acc a + b + z + 0.5."""
+    from tvm import te, tirx
+
+    from squeezeedge.lowering.top_byte_quantize import i64
+
+    acc = te.placeholder(i64(shape), "int32", name="acc")
+    m = te.placeholder(i64((shape[-1],)), "int32", name="m")
+    c = tirx.const
+
+    def one(*i):
+        high = (acc[i].astype("int64") * m[i[-1]].astype("int64")) >> c(31, "int64")
+        high = tirx.max(tirx.min(high, c(2 ** 31 - 1, "int64")), c(-2 ** 31, "int64")).astype("int32")
+        half = tirx.max(tirx.min(high >> c(shift, "int32"), c(32767, "int32")), c(-32768, "int32")).astype("int16")
+        return tirx.max(tirx.min(half, c(127, "int16")), c(-128, "int16")).astype("int8")
+
+    out = te.compute(i64(shape), one, name="requantized")
+    return te.create_prim_func([acc, m, out]).with_attr("global_symbol", name)
 
 
 def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, int]:
@@ -76,8 +112,10 @@ def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
         name = gv.name_hint + "_bias"
         if name not in made:
             shape = tuple(int(d) for d in x.ty.shape)
-            groups = int(w.ty.shape[0])
-            made[name] = _te_packed(shape, int(acc.ty.shape[-1]), groups, name, SDOT, bias=True)
+            if "_pair_" in name:  # the attention's matmuls: b packed at run time
+                made[name] = _te_packed_pair(shape, int(acc.ty.shape[-1]), name, SDOT, bias=True)
+            else:
+                made[name] = _te_packed(shape, int(acc.ty.shape[-1]), int(w.ty.shape[0]), name, SDOT, bias=True)
             kernels[name] = made[name]
         return name
 
@@ -101,8 +139,12 @@ def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
             bias = np.round((b + scalar(value.args[2]) + 0.5) / a)
             if np.abs(bias).max() >= LIMIT:
                 return None
-            shape = tuple(int(d) for d in acc.ty.shape)
-            return packed_kernel(acc), acc, a, bias, top_byte(shape, str(value.attrs.out_dtype))
+            shape, out = tuple(int(d) for d in acc.ty.shape), str(value.attrs.out_dtype)
+            fixed = fixed_point(a) if out == "int8" else None
+            if fixed is not None:  # the 8-bit value from the int32 sums in integer instructions
+                shift, m = fixed
+                return packed_kernel(acc), acc, m, bias, integer_requantize(shape, shift)
+            return packed_kernel(acc), acc, a, bias, top_byte(shape, out)
         if var in quantized:
             return None
         found = _epilogue(var, vals, uses)
@@ -114,10 +156,18 @@ def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
             return None
         return packed_kernel(acc), acc, a, bias, None
 
+    def integer_requantize(shape, shift: int) -> str:
+        name = f"accumulator_requantize_{'x'.join(map(str, shape))}_{shift}"
+        if name not in made:
+            made[name] = kernels[name] = requantize_kernel(shape, shift, name)
+        return name
+
     def emit(builder, visit, item):
         kernel, acc, a, bias, top = item
         x, w = (visit(arg) for arg in acc.args[1].fields)
         start = builder.emit(relax.call_tir(gvs[kernel], [x, w, relax.const(bias.astype(np.int32))], acc.ty))
+        if top is not None and top.startswith("accumulator_requantize_"):
+            return builder.emit(relax.call_tir(gvs[top], [start, relax.const(a)], relax.TensorType(acc.ty.shape, "int8")))
         y = builder.emit(relax.op.astype(start, "float32"))
         scale = relax.const(a.astype(np.float32))
         if top is None:

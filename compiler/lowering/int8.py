@@ -259,10 +259,10 @@ def _bias_init(func, block: str):
     return tvm.script.from_source(text)
 
 
-def _te_packed_pair(shape_a: tuple[int, ...], n_out: int, name: str, spec: PackedDot = None):
+def _te_packed_pair(shape_a: tuple[int, ...], n_out: int, name: str, spec: PackedDot = None, bias: bool = False):
     """a [..., M, K] x b packed per batch entry [..., N/lanes, K/k, lanes, k] -> int32 [..., M, N]: the
     packed kernel for an activation x activation matmul (attention), b packed at run time
-    (:func:`_pack_relax`)."""
+    (:func:`_pack_relax`). With ``bias``, a third input, int32 [N], starts each output's sum."""
     from tvm import te
 
     spec = spec or AVX2
@@ -274,8 +274,10 @@ def _te_packed_pair(shape_a: tuple[int, ...], n_out: int, name: str, spec: Packe
         *batch, i = lead_idx
         return a[(*batch, i, k)].astype("int32") * w[(*batch, n // spec.lanes, k_block, n % spec.lanes, k_in)].astype("int32")
 
-    y = _packed_sum((*lead, m, n_out), k_all, spec, product)
-    return te.create_prim_func([a, w, y]).with_attr("global_symbol", name)
+    b = te.placeholder(_i64(n_out), "int32", name="bias") if bias else None
+    y = _packed_sum((*lead, m, n_out), k_all, spec, product, None if b is None else lambda n: b[n])
+    func = te.create_prim_func([a, w, *([b] if bias else []), y])
+    return (_bias_init(func, spec.block) if bias else func).with_attr("global_symbol", name)
 
 
 def _widen(x, dtype: str, zero: int = 0):

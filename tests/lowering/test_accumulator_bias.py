@@ -86,3 +86,23 @@ def test_the_te_init_workaround_starts_every_output_at_its_bias():
     lib(tvm.runtime.tensor(np.zeros((1, 4, K), np.int8)), tvm.runtime.tensor(np.ones((1, N // lanes, K // 4, lanes, 4), np.int8)),
         tvm.runtime.tensor(bias), out)
     assert np.array_equal(out.numpy(), np.broadcast_to(bias, (1, 4, N)))
+
+
+def test_the_integer_requantize_floors_as_the_top_byte_does():
+    """requantize_kernel with fixed_point's (sh, m): floor(acc a) saturated to int8, as the float top byte computes
+    it, for per-channel scales 1e-4 to 1e-2 (the largest m at least 2^30), sums up to +-2^22: equal to the exact
+    value but where acc a lies within 1e-6 of an integer."""
+    from squeezeedge.lowering.accumulator_bias import fixed_point, requantize_kernel
+
+    rng = np.random.default_rng(8)
+    a = 10.0 ** rng.uniform(-4, -2, 64)
+    shift, m = fixed_point(a)
+    assert m.max() >= 2 ** 30 and 1 <= shift <= 16 and fixed_point(np.full(4, 0.7)) is None
+    acc = rng.integers(-(2 ** 22), 2 ** 22, (1, 16, 64)).astype(np.int32)
+    lib = tvm.tirx.build(tvm.IRModule({"main": requantize_kernel((1, 16, 64), shift, "main")}), target="llvm")
+    out = tvm.runtime.tensor(np.zeros((1, 16, 64), np.int8))
+    lib(tvm.runtime.tensor(acc), tvm.runtime.tensor(m), out)
+    exact = acc.astype(np.float64) * a
+    want = np.clip(np.floor(exact), -128, 127)
+    near = np.abs(exact - np.round(exact)) < 1e-6
+    assert np.array_equal(out.numpy()[~near], want[~near]) and want.min() == -128 and want.max() == 127
