@@ -16,7 +16,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from squeezeedge.lowering.int8 import SDOT, _te_packed, _te_packed_pair
+from squeezeedge.lowering.int8 import SDOT, SDOT_ROWS, _te_packed, _te_packed_pair
 from squeezeedge.lowering.qdq import QUANTIZE, qparams_scalar, scalar
 from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings
 from squeezeedge.lowering.top_byte_quantize import _kernel as top_byte_kernel
@@ -115,7 +115,8 @@ def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
             if "_pair_" in name:  # the attention's matmuls: b packed at run time
                 made[name] = _te_packed_pair(shape, int(acc.ty.shape[-1]), name, SDOT, bias=True)
             else:
-                made[name] = _te_packed(shape, int(acc.ty.shape[-1]), int(w.ty.shape[0]), name, SDOT, bias=True)
+                spec = SDOT_ROWS if name.startswith(SDOT_ROWS.block + "_") else SDOT
+                made[name] = _te_packed(shape, int(acc.ty.shape[-1]), int(w.ty.shape[0]), name, spec, bias=True)
             kernels[name] = made[name]
         return name
 

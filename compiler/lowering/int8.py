@@ -26,7 +26,7 @@ from squeezeedge.errors import CompileError
 from squeezeedge.lowering.tir_walk import llvm_intrinsics_called, reduction_updates
 
 INT_DTYPES = ("uint8", "int8")
-MAC_KERNELS = ("conv1d", "matmul", "vnni_dot", "arm_sdot", "arm_neon_dot", "arm_neon_k16", "arm_neon_k32", "avx2_madd", "avx2_u8s8")  # names of multiply-accumulate kernels
+MAC_KERNELS = ("conv1d", "matmul", "vnni_dot", "arm_sdot", "arm_sdot_rows", "arm_neon_dot", "arm_neon_k16", "arm_neon_k32", "avx2_madd", "avx2_u8s8")  # names of multiply-accumulate kernels
 
 
 @dataclass
@@ -106,6 +106,9 @@ class PackedDot:
     # ``lanes``); the ungrouped 768 x 768 layer's steps descend (:func:`_te_packed`: ascending, LLVM's loop
     # strength reduction put its offsets past ldp's reach: A76 16 tokens 8.66 -> 9.30 M)
     interleave: int = 1
+    # > 0: the instruction computes this many rows (:data:`SDOT_ROWS`), each from a lane of one activation
+    # vector (a kernel's rows a multiple of twice this: :func:`packed_for_layer`)
+    row_block: int = 0
 
     def block_lanes(self, groups: int) -> int:
         """Outputs side by side in a packed weight's k block, for a layer of ``groups`` groups."""
@@ -115,6 +118,15 @@ class PackedDot:
 VNNI = PackedDot("vnni_dot", 16, 4, ("uint8",), "uint8", "int8", "dot_16x4_vnni", "vpdpbusd")
 SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_sdot", "sdot", (8, 4),
                  (16, "dot_4x16_i8i8s32_sdot", (8, 2), 4), interleave=2)
+# Reductions longer than LONG_K (SqueezeBERT's residual layers, K = 768 a group) in a length bucket of 8-row
+# tiles: 4 rows a step from one activation vector, 8 x 3 tiles (24 accumulators), each step 2 activation and
+# 3 weight vectors, the 3 side by side (interleave 3: 2 steps are 3 paired loads; 10.4% loads where SDOT's 8
+# x 2 took 12.5%); 16 steps a loop trip. Its weights' layout is its own: a bucket of other lengths (10, 12,
+# 14, 18, 20, 36) takes SDOT's with its own copy of those layers' weights (on 4-row blocks a 14-token bucket
+# had 7 x 3 tiles: A76 33.39 -> 37.50 M; results/PERFORMANCE-LOG.md 54)
+LONG_K = 256
+SDOT_ROWS = PackedDot("arm_sdot_rows", 4, 4, ("int8",), "int8", "int8", "dot_4rows_i8i8s32_sdot", "sdot", (8, 3),
+                      (4, "dot_4rows_i8i8s32_sdot", (8, 3), 16), interleave=3, row_block=4)
 # Cores without dot product (Cortex-A72, the Pi 4): each output's 16 products a step widened (smull,
 # smull2) into 4 int32 partial sums (sadalp) that stay in a register for the whole reduction, exact for
 # any s8 operands (the attention's two activations), 4 instructions a step; 4 x 4 tiles (16 accumulators,
@@ -136,16 +148,18 @@ AVX2 = PackedDot("avx2_madd", 8, 2, ("uint8", "int8"), "int16", "int16", "dot_8x
 # Twice the products per cycle, exact only for weights in [-64, 64] (7-bit, quantize's weight_bits = 7):
 # u8 activations x s8 weights, vpmaddubsw's int16 pair sums then cannot saturate. Chosen per layer.
 AVX2_U8S8 = PackedDot("avx2_u8s8", 8, 4, ("uint8",), "uint8", "int8", "dot_8x4_u8s8s32_avx2", "vpmaddubsw")
-PACKED = (VNNI, SDOT, NEON, NEON16, NEON32, AVX2, AVX2_U8S8)
+PACKED = (VNNI, SDOT, SDOT_ROWS, NEON, NEON16, NEON32, AVX2, AVX2_U8S8)
 SEVEN_BIT = 64  # the largest weight magnitude AVX2_U8S8 is exact for
 
 
-def packed_for_layer(packed: PackedDot | None, dtype: str, w: np.ndarray) -> PackedDot | None:
+def packed_for_layer(packed: PackedDot | None, dtype: str, w: np.ndarray, rows: int = 1) -> PackedDot | None:
     """The target's instruction for one layer: on AVX2, u8 activations with 7-bit weights take the
     u8 x s8 instruction; anything else the exact int16 one. Without dot product on aarch64: products
     paired in int16 (smlal2) where no weight is -128, else each half apart (the attention's sequence)."""
     if packed is AVX2 and dtype in AVX2_U8S8.accepts and int(np.abs(w.astype(np.int16)).max()) <= SEVEN_BIT:
         return AVX2_U8S8
+    if packed is SDOT and w.shape[1] > LONG_K and rows % (2 * SDOT_ROWS.row_block) == 0:
+        return SDOT_ROWS
     if packed is NEON16 and int(w.min()) < -127:
         return NEON
     if packed is NEON16 and fits_four_products(w):
@@ -225,15 +239,20 @@ def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str, spe
     # the ungrouped layer's reduction steps in descending order (each step's 16 k ascending, as the
     # instruction reads them): ascending, LLVM's loop strength reduction addressed its interleaved weights
     # from one base at offsets past ldp's reach (see ``interleave``); counted down, every pair is one ldp
-    # (A76 128 tokens: that layer 68.56 -> 66.92 M; the grouped layers gain nothing from it: +0.35 M)
+    # (A76 128 tokens: that layer 68.56 -> 66.92 M; the grouped layers gain nothing from it: +0.35 M).
+    # Row tiles of the instruction's rows (PackedDot.row_block) count their 4-byte steps down too
+    descending = bool(spec.row_block) and (lead[-1] if lead else 1) % spec.row_block == 0
     step = spec.wide[0] if spec.wide and spec.instruction == "sdot" and groups == 1 and kg % spec.wide[0] == 0 \
-        else 0
+        and not spec.row_block else 0
 
     def product(lead_idx, n, k, k_block, k_in):
         g = n // ng
         if step:  # the reduction's steps descending, each step's k ascending
             k = kg - step - k // step * step + k % step
             k_block, k_in = k // spec.k, k % spec.k
+        if descending:
+            k_block = kg // spec.k - 1 - k_block
+            k = k_block * spec.k + k_in
         return x[(*lead_idx, g * kg + k)].astype("int32") \
             * w[g, (n % ng) // lanes, k_block, n % lanes, k_in].astype("int32")
 
@@ -395,7 +414,7 @@ class _Integerizer:
         """call_tir of the packed kernel on u8 x of ``shape`` [..., K] -> [..., N] int32, or None if it
         does not fit (the fallback is the plain integer conv1d/matmul)."""
         n, kg = w_nk.shape
-        spec = packed_for_layer(self.packed, dtype, w_nk)
+        spec = packed_for_layer(self.packed, dtype, w_nk, shape[-2] if len(shape) > 1 else 1)
         if spec is None or dtype not in spec.accepts or n % (spec.block_lanes(groups) * groups) or kg % spec.k \
                 or shape[-1] != kg * groups:
             return None

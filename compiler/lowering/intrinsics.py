@@ -296,7 +296,7 @@ SDOT_4x16_INTRIN = "dot_4x16_i8i8s32_sdot"
 
 def _lane(A, j: int):
     """Lane j (4 bytes) of A's 16, copied to all 4 lanes."""
-    return T.reinterpret(T.Shuffle([T.reinterpret(A.vload([0], "int8x16"), dtype="int32x4")], [j] * 4),
+    return T.reinterpret(T.Shuffle([T.reinterpret(A.vload([0] * len(A.shape), "int8x16"), dtype="int32x4")], [j] * 4),
                          dtype="int8x16")
 
 
@@ -342,3 +342,103 @@ def _sdot_4x16_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
 
 
 TensorIntrin.register(SDOT_4x16_INTRIN, _sdot_4x16_desc, _sdot_4x16_impl, override=True)
+
+
+SDOT_ROWS_INTRIN = "dot_4rows_i8i8s32_sdot"
+
+
+# 4 rows x 4 outputs x 4 products: A is 4 rows' 4 activations (16 bytes, a row a lane), B one weight block (4
+# outputs' 4 weights); row r's outputs take lane r of A. A tile's reduction step then loads 2 activation
+# vectors for 8 rows and 3 weight vectors for 12 outputs: 8 x 3 tiles in 29 registers
+@T.prim_func(s_tir=True)
+def _sdot_rows_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (4, 4), "int8", offset_factor=1)
+    B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
+    C = T.match_buffer(c, (4, 4), "int32", offset_factor=1, strides=[T.int32(), 1])
+    with T.sblock("root"):
+        T.reads(C[0:4, 0:4], A[0:4, 0:4], B[0:4, 0:4])
+        T.writes(C[0:4, 0:4])
+        for i in T.serial(0, 4):
+            for j in T.serial(0, 4):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                        C[vi, vj] = C[vi, vj] + T.cast(A[vi, vk], "int32") * T.cast(B[vj, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _sdot_rows_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (4, 4), "int8", offset_factor=1)
+    B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
+    C = T.match_buffer(c, (4, 4), "int32", offset_factor=1, strides=[T.int32(), 1])
+    with T.sblock("root"):
+        T.reads(C[0:4, 0:4], A[0:4, 0:4], B[0:4, 0:4])
+        T.writes(C[0:4, 0:4])
+        C[0, T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(_SDOT, C.vload([0, 0], dtype="int32x4"),
+                                                                  B.vload([0, 0], dtype="int8x16"), _lane(A, 0),
+                                                                  dtype="int32x4")
+        C[1, T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(_SDOT, C.vload([1, 0], dtype="int32x4"),
+                                                                  B.vload([0, 0], dtype="int8x16"), _lane(A, 1),
+                                                                  dtype="int32x4")
+        C[2, T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(_SDOT, C.vload([2, 0], dtype="int32x4"),
+                                                                  B.vload([0, 0], dtype="int8x16"), _lane(A, 2),
+                                                                  dtype="int32x4")
+        C[3, T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(_SDOT, C.vload([3, 0], dtype="int32x4"),
+                                                                  B.vload([0, 0], dtype="int8x16"), _lane(A, 3),
+                                                                  dtype="int32x4")
+
+
+TensorIntrin.register(SDOT_ROWS_INTRIN, _sdot_rows_desc, _sdot_rows_impl, override=True)
+
+
+PACK_ROWS_INTRIN = "pack_4rows_i8_words"
+
+
+# The activations' copy for SDOT_ROWS_INTRIN: 4 rows' 16 bytes (4 reduction steps) -> 4 vectors of the 4 rows'
+# 4 bytes of one step, a 4 x 4 transpose of 32-bit words (zip1 / zip2 on words, then on doublewords)
+@T.prim_func(s_tir=True)
+def _pack_rows_desc(x: T.handle, p: T.handle) -> None:
+    X = T.match_buffer(x, (4, 16), "int8", offset_factor=1, strides=[T.int32(), 1])
+    P = T.match_buffer(p, (4, 4, 4), "int8", offset_factor=1, strides=[T.int32(), 4, 1])
+    with T.sblock("root"):
+        T.reads(X[0:4, 0:16])
+        T.writes(P[0:4, 0:4, 0:4])
+        for r in T.serial(0, 4):
+            for t in T.serial(0, 4):
+                for j in T.serial(0, 4):
+                    with T.sblock("copy"):
+                        vr = T.axis.spatial(4, r)
+                        vk = T.axis.spatial(16, t * 4 + j)
+                        P[vk // 4, vr, vk % 4] = X[vr, vk]
+
+
+def _words(X, r: int):
+    return T.reinterpret(X.vload([r, 0], "int8x16"), dtype="int32x4")
+
+
+def _zip_words(a, b, high: int):
+    return T.Shuffle([a, b], [2 * high, 4 + 2 * high, 2 * high + 1, 5 + 2 * high])
+
+
+def _zip_doubles(a, b, high: int):
+    return T.reinterpret(T.Shuffle([a, b], [2 * high, 2 * high + 1, 4 + 2 * high, 5 + 2 * high]), dtype="int8x16")
+
+
+@T.prim_func(s_tir=True)
+def _pack_rows_impl(x: T.handle, p: T.handle) -> None:
+    X = T.match_buffer(x, (4, 16), "int8", offset_factor=1, strides=[T.int32(), 1])
+    P = T.match_buffer(p, (4, 4, 4), "int8", offset_factor=1, strides=[T.int32(), 4, 1])
+    with T.sblock("root"):
+        T.reads(X[0:4, 0:16])
+        T.writes(P[0:4, 0:4, 0:4])
+        P[0, 0, T.ramp(T.int32(0), 1, 16)] = _zip_doubles(_zip_words(_words(X, 0), _words(X, 1), 0),
+                                                           _zip_words(_words(X, 2), _words(X, 3), 0), 0)
+        P[1, 0, T.ramp(T.int32(0), 1, 16)] = _zip_doubles(_zip_words(_words(X, 0), _words(X, 1), 0),
+                                                           _zip_words(_words(X, 2), _words(X, 3), 0), 1)
+        P[2, 0, T.ramp(T.int32(0), 1, 16)] = _zip_doubles(_zip_words(_words(X, 0), _words(X, 1), 1),
+                                                           _zip_words(_words(X, 2), _words(X, 3), 1), 0)
+        P[3, 0, T.ramp(T.int32(0), 1, 16)] = _zip_doubles(_zip_words(_words(X, 0), _words(X, 1), 1),
+                                                           _zip_words(_words(X, 2), _words(X, 3), 1), 1)
+
+
+TensorIntrin.register(PACK_ROWS_INTRIN, _pack_rows_desc, _pack_rows_impl, override=True)

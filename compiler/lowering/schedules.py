@@ -71,13 +71,17 @@ def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int
     step, intrin, tile, unroll = spec.k, spec.intrin, spec.tile, 1
     if spec.wide and k_ext % spec.wide[0] == 0:
         step, intrin, tile, unroll = spec.wide
+    block_rows = spec.row_block  # (a multiple of them: packed_for_layer)
     if rows is None or columns is None:
         rows, columns = tile or ((8, 1) if k_ext <= SHORT_K else (4, 3))
     columns = next(c for c in (columns, 2, 1) if n_ext % (c * spec.lanes) == 0)
     # a tile that does not divide the rows takes the most rows that do (8-row tiles: 6 at 12 tokens, 5 at 20;
     # where they took 4, the A76 static counted 33.50 -> 31.63 M at 12, 55.78 -> 54.14 M at 20)
-    rows = next((r for r in range(rows, 1, -1) if m_ext % r == 0), 1) if m_ext > rows else 1
+    rows = next((r for r in range(rows, 1, -1) if m_ext % r == 0 and r % max(block_rows, 1) == 0), 1) \
+        if m_ext > rows else m_ext if block_rows else 1
     r_o, *r_i = sch.split(lead[-1], [None, rows]) if rows > 1 else [lead[-1]]  # unit loops break tensorize
+    if block_rows and rows > block_rows:  # row blocks of the instruction's rows, the last one tensorized
+        r_i = sch.split(r_i[0], [None, block_rows])
     n_o, *n_m, n_i = sch.split(n, [None, columns, spec.lanes] if columns > 1 else [None, spec.lanes])
     k_o, k_i = sch.split(k, [None, step])
     k_u = []
@@ -85,20 +89,24 @@ def tensorize_packed(sch, spec: PackedDot, rows: int | None = None, columns: int
     unroll = next(u for u in range(unroll, 0, -1) if trips % u == 0 and (trips // u > 1 or u == 1))
     if unroll > 1:
         k_o, *k_u = sch.split(k_o, [None, unroll])
-    sch.reorder(*lead[:-1], r_o, n_o, k_o, *k_u, *r_i, *n_m, n_i, k_i)
+    if block_rows:
+        sch.reorder(*lead[:-1], r_o, n_o, k_o, *k_u, *r_i[:-1], *n_m, r_i[-1], n_i, k_i)
+    else:
+        sch.reorder(*lead[:-1], r_o, n_o, k_o, *k_u, *r_i, *n_m, n_i, k_i)
     r_o = sch.fuse(*lead[:-1], r_o) if lead[:-1] else r_o  # batch and heads (attention) run in parallel too
-    width = max(8, spec.lanes)  # float epilogue lanes: a whole vector of the instruction's width
     for epi in epilogue:
         sch.reverse_compute_at(epi, n_o)
         inner = sch.get_loops(epi)[-1]
-        if int(sch.get(inner).extent) % width == 0:
+        # float epilogue lanes: 8 (two float32 vectors, one float16), else the instruction's (3 x 4 columns)
+        width = next((w for w in (max(8, spec.lanes), spec.lanes) if int(sch.get(inner).extent) % w == 0), 0)
+        if width:
             sch.vectorize(sch.split(inner, [None, width])[1])
     sch.parallel(r_o)
     if spec.instruction == "sdot" and rows > 1:  # x86 addresses any offset: its rows stay where they are
         _pack_rows(sch, block, r_o, rows, step)
     sch.decompose_reduction(block, k_o)
-    sch.tensorize(n_i, intrin)
-    for loop in (*k_u, *r_i, *n_m):
+    sch.tensorize(r_i[-1] if block_rows else n_i, intrin)
+    for loop in (*k_u, *(r_i[:-1] if block_rows else r_i), *n_m):
         sch.unroll(loop)
 
 
@@ -111,6 +119,16 @@ def _pack_rows(sch, block, tiles, rows: int, step: int) -> None:
     sch.compute_at(cache, tiles, preserve_unit_loops=True)
     sch.transform_layout(cache, ("write", 0), lambda *i: (*i[:-2], i[-2] // rows, i[-1] // step, i[-2] % rows,
                                                              i[-1] % step))
+    *_, r, k = sch.get_loops(cache)
+    if step == 4 and rows % 4 == 0 and int(sch.get(k).extent) % 16 == 0:  # 4-byte steps: word transposes
+        from squeezeedge.lowering.intrinsics import PACK_ROWS_INTRIN
+
+        k_o, k_u, k_m, k_i = sch.split(k, [None, 2, 4, 4])  # 2 blocks a trip: a row's 32 bytes one ldp
+        r_o, r_i = sch.split(r, [None, 4])
+        sch.reorder(k_o, r_o, k_u, r_i, k_m, k_i)
+        sch.tensorize(r_i, PACK_ROWS_INTRIN)
+        sch.unroll(k_u)
+        return
     inner = sch.get_loops(cache)[-1]
     if int(sch.get(inner).extent) % 16 == 0:
         sch.vectorize(sch.split(inner, [None, 16])[1])

@@ -300,7 +300,7 @@ def _hot_loop(code: str, mnemonic: str) -> str:
     """The loop (a label to the branch back to it) densest in ``mnemonic``: a kernel's innermost reduction."""
     loops = []
     for m in re.finditer(r"^(\.LBB\w+):\n", code, re.M):
-        back = re.search(rf"^\tb\.\w+\t{re.escape(m.group(1))}\n", code[m.end():], re.M)
+        back = re.search(rf"^\t(?:b\.\w+|cbnz\t\w+,|cbz\t\w+,)\s*{re.escape(m.group(1))}\n", code[m.end():], re.M)
         if back:
             loops.append(code[m.end():m.end() + back.start()])
     return max(loops, key=lambda body: body.count(f"\t{mnemonic}\t") / body.count("\n"))
@@ -342,3 +342,53 @@ def test_sdot_row_tiles_take_the_most_rows_that_divide_the_bucket(tokens, rows):
     assert counts["tensorized"] == 1
     code = tvm.tirx.build(mod, target=target).inspect_source("asm")
     assert _hot_loop(code[code.index("main_compute_:"):], "sdot").count("\tsdot\t") == rows * 2 * 4 * 4
+
+
+def test_long_reductions_take_the_4_row_sdot_layout_and_are_exact():
+    """Layers reducing over more than LONG_K a group (SqueezeBERT's residual layers, 768) take SDOT_ROWS, its
+    weights 3 instructions' outputs side by side (ungrouped too); shorter ones keep SDOT. The kernel's own
+    TIR on that layout, run on x86 without the aarch64 instructions, equals numpy's int32 matmul at s8's
+    extremes (the instructions themselves are checked against x86 under qemu in tests/deploy/test_cross.py)."""
+    from squeezeedge.lowering.int8 import LONG_K, SDOT, SDOT_ROWS
+
+    rng = np.random.default_rng(11)
+    for kg, rows, want in ((LONG_K, 16, SDOT), (LONG_K + 4, 16, SDOT_ROWS), (LONG_K + 4, 128, SDOT_ROWS),
+                           (LONG_K + 4, 14, SDOT), (LONG_K + 4, 12, SDOT), (LONG_K + 4, 1, SDOT)):
+        assert packed_for_layer(SDOT, "int8", np.zeros((48, kg), np.int8), rows) is want
+    for shape, n, groups in (((1, 8, 1536), 48, 1), ((1, 4, 3072), 96, 4)):
+        x = rng.integers(-128, 128, shape).astype(np.int8)
+        w = rng.integers(-127, 128, (n, shape[-1] // groups)).astype(np.int8)
+        x.reshape(-1, shape[-1])[0], w[0] = -128, -127
+        packed = _pack(w, groups, SDOT_ROWS)
+        assert packed.shape == (groups, n // groups // 12, shape[-1] // groups // 4, 12, 4)
+        lib = tvm.tirx.build(tvm.IRModule({"main": _te_packed(shape, n, groups, "main", SDOT_ROWS)}), target="llvm")
+        y = tvm.runtime.tensor(np.zeros((*shape[:-1], n), np.int32))
+        lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(packed), y)
+        np.testing.assert_array_equal(y.numpy(), _reference(x, w, groups))
+
+
+A76 = A72 | {"mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
+
+
+@pytest.mark.parametrize("tokens, groups", [(16, 4), (128, 4), (16, 1), (128, 1)])
+def test_4_row_sdot_tiles_load_2_rows_vectors_and_3_weight_vectors_a_step(tokens, groups):
+    """SDOT_ROWS on the A76: 8 x 3 tiles, each reduction step 24 sdot (lanes 0-3 of 2 activation vectors,
+    each 4 rows' 4 bytes) against 3 weight vectors, 16 steps a loop trip, its loads paired (2 steps' 5 vectors
+    in 3 ldp and an ldr at most), the reduction steps in descending order (:func:`_te_packed`) so that LLVM
+    addresses them from a pointer it counts down; each row tile's activations packed by word transposes (zip1 /
+    zip2 on .4s, then on .2d, LLVM's zip1 there an insert of the low half), not byte moves."""
+    from squeezeedge.lowering.int8 import SDOT_ROWS
+
+    target = tvm.target.Target(A76)
+    func = _te_packed((1, tokens, 768 * groups), 768, groups, "main", SDOT_ROWS)
+    mod, counts = default_schedules(tvm.IRModule({"main": func}), target)
+    assert counts["tensorized"] == 1
+    code = tvm.tirx.build(mod, target=target).inspect_source("asm")
+    code = code[code.index("main_compute_:"):]
+    loop = _hot_loop(code, "sdot")
+    assert loop.count("\tsdot\t") == 8 * 3 * 16 and re.search(r"\tsdot\tv\d+\.4s, v\d+\.16b, v\d+\.4b\[3\]", loop)
+    pairs, singles = loop.count("\tldp\tq"), loop.count("\tldr\tq")
+    assert pairs >= 40 and pairs + singles <= 48
+    assert re.search(r"\tzip1\tv\d+\.4s", code) and re.search(r"\tzip2\tv\d+\.4s", code)
+    assert re.search(r"\tzip2\tv\d+\.2d", code) and re.search(r"\tmov\tv\d+\.d\[1\], v\d+\.d\[0\]", code)  # zip1 .2d
+    assert not re.search(r"\tstr\tb\d+", code)
