@@ -30,14 +30,20 @@ def _call(var, values, uses, op):
     return value if isinstance(value, relax.Call) and value.op.same_as(op) else None
 
 
-def _channel_const(expr, n: int) -> np.ndarray | None:
-    """A float32 constant of one value per output channel (or one for all) as [n] float64, else None."""
+def _channel_const(expr, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A float32 constant broadcast against int32 sums of ``shape`` [..., M, N] that does not vary along M
+    (one value per output channel, per head and channel in the attention, or one for all), as [..., N]
+    float64; else None."""
     if not isinstance(expr, tvm.ir.expr.Constant) or str(expr.ty.dtype) != "float32":
         return None
     v = expr.value.numpy()
-    if v.size not in (1, n) or (v.size == n and v.shape[-1] != n):
+    if v.ndim > len(shape) or (v.ndim >= 2 and v.shape[-2] != 1):
         return None
-    return np.broadcast_to(v.reshape(-1).astype(np.float64), (n,))
+    try:
+        full = np.broadcast_to(v.astype(np.float64), (*shape[:-2], 1, shape[-1]))
+    except ValueError:
+        return None
+    return full.reshape(*shape[:-2], shape[-1])
 
 
 def _epilogue(var, values, uses):
@@ -56,8 +62,8 @@ def _epilogue(var, values, uses):
     if not name.startswith(SDOT.block + "_") or len(args) != 2 \
             or not ("_pair_" in name or isinstance(args[1], tvm.ir.expr.Constant)):
         return None
-    n = int(acc.ty.shape[-1])
-    a, b = _channel_const(mul.args[1], n), _channel_const(add.args[1], n)
+    shape = tuple(int(d) for d in acc.ty.shape)
+    a, b = _channel_const(mul.args[1], shape), _channel_const(add.args[1], shape)
     if a is None or b is None or np.any(a == 0):
         return None
     return acc, a, b
@@ -76,27 +82,32 @@ def fixed_point(a: np.ndarray) -> tuple[int, np.ndarray] | None:
     return (shift, m.astype(np.int32)) if shift >= 1 and m.max() < 2 ** 31 else None
 
 
-def requantize_kernel(shape, shift: int, name: str) -> tvm.tirx.PrimFunc:
+def requantize_kernel(shape, shift: int, name: str, offset: bool = False) -> tvm.tirx.PrimFunc:
     """acc int32 [shape], m int32 [N] -> int8: ``(acc m) >> (31 + shift)`` saturated, written so that LLVM
     selects sqdmulh (the doubling high half), sqshrn #shift into int16 and sqxtn: 5 instructions for 8 values
     (+ the store) where the float top byte took 8 (scvtf, fmul, fcvtzs #24 twice each, uzp2, shrn). The
-    accumulators start at round((b + z + 0.5) / a) as for the top byte: both floor acc a + b + z + 0.5."""
+    accumulators start at round((b + z + 0.5) / a) as for the top byte: both floor acc a + b + z + 0.5. With
+    ``offset`` an int32 [..., N] input, round((b + z + 0.5) 2^shift), is added before the shift instead (one
+    add for 4 values; exact for the attention's b = z = 0)."""
     from tvm import te, tirx
 
     from squeezeedge.lowering.top_byte_quantize import i64
 
     acc = te.placeholder(i64(shape), "int32", name="acc")
-    m = te.placeholder(i64((shape[-1],)), "int32", name="m")
+    m = te.placeholder(i64((*shape[:-2], shape[-1])), "int32", name="m")  # per output (and head), not row
+    add = te.placeholder(i64((*shape[:-2], shape[-1])), "int32", name="offset") if offset else None
     c = tirx.const
 
     def one(*i):
-        high = (acc[i].astype("int64") * m[i[-1]].astype("int64")) >> c(31, "int64")
+        high = (acc[i].astype("int64") * m[(*i[:-2], i[-1])].astype("int64")) >> c(31, "int64")
         high = tirx.max(tirx.min(high, c(2 ** 31 - 1, "int64")), c(-2 ** 31, "int64")).astype("int32")
+        if add is not None:
+            high = high + add[(*i[:-2], i[-1])]
         half = tirx.max(tirx.min(high >> c(shift, "int32"), c(32767, "int32")), c(-32768, "int32")).astype("int16")
         return tirx.max(tirx.min(half, c(127, "int16")), c(-128, "int16")).astype("int8")
 
     out = te.compute(i64(shape), one, name="requantized")
-    return te.create_prim_func([acc, m, out]).with_attr("global_symbol", name)
+    return te.create_prim_func([acc, m, *([add] if offset else []), out]).with_attr("global_symbol", name)
 
 
 def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, int]:
@@ -123,7 +134,7 @@ def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
     def top_byte(shape, out) -> str:
         name = "accumulator_top_byte_" + "x".join(map(str, shape)) + "_" + out
         if name not in made:
-            made[name] = kernels[name] = top_byte_kernel(shape, out, (shape[-1],), 0.0, name)
+            made[name] = kernels[name] = top_byte_kernel(shape, out, (*shape[:-2], 1, shape[-1]), 0.0, name)
         return name
 
     def match(var, value, vals, uses):
@@ -144,6 +155,11 @@ def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
             fixed = fixed_point(a) if out == "int8" else None
             if fixed is not None:  # the 8-bit value from the int32 sums in integer instructions
                 shift, m = fixed
+                # the start's rounding moves the output by up to a / 2 of a step: where a is large (the
+                # attention's P V, a ~ 0.02) the offset is added after the multiply instead, to 2^-shift
+                exact = (b + scalar(value.args[2]) + 0.5) * 2.0 ** shift
+                if np.max(np.abs(np.round(exact) - exact)) * 2.0 ** -shift < np.max(np.abs(bias * a - exact * 2.0 ** -shift)):
+                    return None, acc, (m, np.round(exact).astype(np.int32)), None, integer_requantize(shape, shift, True)
                 return packed_kernel(acc), acc, m, bias, integer_requantize(shape, shift)
             return packed_kernel(acc), acc, a, bias, top_byte(shape, out)
         if var in quantized:
@@ -157,20 +173,26 @@ def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
             return None
         return packed_kernel(acc), acc, a, bias, None
 
-    def integer_requantize(shape, shift: int) -> str:
-        name = f"accumulator_requantize_{'x'.join(map(str, shape))}_{shift}"
+    def integer_requantize(shape, shift: int, offset: bool = False) -> str:
+        name = f"accumulator_requantize_{'x'.join(map(str, shape))}_{shift}{'_offset' if offset else ''}"
         if name not in made:
-            made[name] = kernels[name] = requantize_kernel(shape, shift, name)
+            made[name] = kernels[name] = requantize_kernel(shape, shift, name, offset)
         return name
 
     def emit(builder, visit, item):
         kernel, acc, a, bias, top = item
+        if kernel is None:  # the sums as they were, the offset added in the requantize
+            m, offset = a
+            return builder.emit(relax.call_tir(gvs[top], [visit(acc), relax.const(m), relax.const(offset)],
+                                               relax.TensorType(acc.ty.shape, "int8")))
         x, w = (visit(arg) for arg in acc.args[1].fields)
-        start = builder.emit(relax.call_tir(gvs[kernel], [x, w, relax.const(bias.astype(np.int32))], acc.ty))
+        pair = "_pair_" in kernel  # bias [..., N] per head; a weight layer's [N]
+        bias = bias.astype(np.int32) if pair else bias.reshape(-1).astype(np.int32)
+        start = builder.emit(relax.call_tir(gvs[kernel], [x, w, relax.const(bias)], acc.ty))
         if top is not None and top.startswith("accumulator_requantize_"):
             return builder.emit(relax.call_tir(gvs[top], [start, relax.const(a)], relax.TensorType(acc.ty.shape, "int8")))
         y = builder.emit(relax.op.astype(start, "float32"))
-        scale = relax.const(a.astype(np.float32))
+        scale = relax.const(a[..., None, :].astype(np.float32))  # [..., 1, N]: constant along the rows
         if top is None:
             return builder.emit(relax.op.multiply(y, scale))
         return builder.emit(relax.call_tir(gvs[top], [y, scale], relax.TensorType(acc.ty.shape,

@@ -210,7 +210,7 @@ def _packed_sum(out_shape: tuple[int, ...], k_all: int, spec: PackedDot, product
         k = te.reduce_axis(_i64(0, k_all), "k")
         return te.compute(_i64(*out_shape), lambda *idx: te.sum(
             product(idx[:-1], idx[-1], k, k // spec.k, k % spec.k), axis=k,
-            init=None if init is None else init(idx[-1])), name=spec.block)
+            init=None if init is None else init(idx)), name=spec.block)
     kb, t = te.reduce_axis(_i64(0, k_all // spec.k), "kb"), te.reduce_axis(_i64(0, spec.k // spec.partial), "t")
 
     def lane(*idx):
@@ -257,12 +257,12 @@ def _te_packed(shape_x: tuple[int, ...], n_out: int, groups: int, name: str, spe
             * w[g, (n % ng) // lanes, k_block, n % lanes, k_in].astype("int32")
 
     b = te.placeholder(_i64(n_out), "int32", name="bias") if bias else None
-    y = _packed_sum((*lead, n_out), kg, spec, product, None if b is None else lambda n: b[n])
+    y = _packed_sum((*lead, n_out), kg, spec, product, None if b is None else lambda idx: b[idx[-1]])
     func = te.create_prim_func([x, w, *([b] if bias else []), y])
     return (_bias_init(func, spec.block) if bias else func).with_attr("global_symbol", name)
 
 
-def _bias_init(func, block: str):
+def _bias_init(func, block: str, leading: bool = False):
     """``func`` with its reduction block's init ``out[..., n] = 0`` made ``out[..., n] = bias[n]``. TVM 0.27's
     te.create_prim_func drops a reduction's ``init`` (it writes the reducer's identity even for ``init=7``;
     apache/tvm#17301 fixed a sibling case), so the init is rewritten in the function's TVMScript and parsed
@@ -271,17 +271,19 @@ def _bias_init(func, block: str):
     import re
 
     text = func.script()
-    init = re.search(rf"\n(\s*)({block}\[[^\]]*, (v_\w+)\]) = 0\n", text)
+    init = re.search(rf"\n(\s*)({block}\[([^\]]*)\]) = 0\n", text)
     if init is None:
         raise CompileError(f"{block}: no reduction init to start at the bias")
-    text = text.replace(init.group(0), f"\n{init.group(1)}{init.group(2)} = bias[{init.group(3)}]\n")
+    index = [v.strip() for v in init.group(3).split(",")]
+    at = [*index[:-2], index[-1]] if leading else index[-1:]  # bias [..., N] (no rows' axis), or [N]
+    text = text.replace(init.group(0), f"\n{init.group(1)}{init.group(2)} = bias[{', '.join(at)}]\n")
     return tvm.script.from_source(text)
 
 
 def _te_packed_pair(shape_a: tuple[int, ...], n_out: int, name: str, spec: PackedDot = None, bias: bool = False):
     """a [..., M, K] x b packed per batch entry [..., N/lanes, K/k, lanes, k] -> int32 [..., M, N]: the
     packed kernel for an activation x activation matmul (attention), b packed at run time
-    (:func:`_pack_relax`). With ``bias``, a third input, int32 [N], starts each output's sum."""
+    (:func:`_pack_relax`). With ``bias``, a third input, int32 [..., N], starts each output's sum."""
     from tvm import te
 
     spec = spec or AVX2
@@ -293,10 +295,10 @@ def _te_packed_pair(shape_a: tuple[int, ...], n_out: int, name: str, spec: Packe
         *batch, i = lead_idx
         return a[(*batch, i, k)].astype("int32") * w[(*batch, n // spec.lanes, k_block, n % spec.lanes, k_in)].astype("int32")
 
-    b = te.placeholder(_i64(n_out), "int32", name="bias") if bias else None
-    y = _packed_sum((*lead, m, n_out), k_all, spec, product, None if b is None else lambda n: b[n])
+    b = te.placeholder(_i64(*lead, n_out), "int32", name="bias") if bias else None  # one per head and output
+    y = _packed_sum((*lead, m, n_out), k_all, spec, product, None if b is None else lambda idx: b[(*idx[:-2], idx[-1])])
     func = te.create_prim_func([a, w, *([b] if bias else []), y])
-    return (_bias_init(func, spec.block) if bias else func).with_attr("global_symbol", name)
+    return (_bias_init(func, spec.block, leading=True) if bias else func).with_attr("global_symbol", name)
 
 
 def _widen(x, dtype: str, zero: int = 0):

@@ -103,7 +103,7 @@ def test_the_integer_requantize_floors_as_the_top_byte_does():
     acc = rng.integers(-(2 ** 22), 2 ** 22, (1, 16, 64)).astype(np.int32)
     lib = tvm.tirx.build(tvm.IRModule({"main": requantize_kernel((1, 16, 64), shift, "main")}), target="llvm")
     out = tvm.runtime.tensor(np.zeros((1, 16, 64), np.int8))
-    lib(tvm.runtime.tensor(acc), tvm.runtime.tensor(m), out)
+    lib(tvm.runtime.tensor(acc), tvm.runtime.tensor(m.reshape(1, 64)), out)
     exact = acc.astype(np.float64) * a
     want = np.clip(np.floor(exact), -128, 127)
     near = np.abs(exact - np.round(exact)) < 1e-6
