@@ -69,6 +69,25 @@ def _epilogue(var, values, uses):
     return acc, a, b
 
 
+def _masked_scores(var, values, uses):
+    """(the attention scores' pair sdot kernel call, a, mask) when ``var`` = add(multiply(astype(acc, f32), a),
+    mask), a a scalar constant and mask a float32 tensor constant along the rows (one value a key: after
+    :func:`squeezeedge.lowering.masks.narrow_masks`); else None."""
+    add = values.get(var)
+    if not (isinstance(add, relax.Call) and add.op.same_as(_ADD) and isinstance(add.args[1], relax.Var)):
+        return None
+    mul = _call(add.args[0], values, uses, _MULTIPLY)
+    cast = None if mul is None else _call(mul.args[0], values, uses, _ASTYPE)
+    acc = None if cast is None else _call(cast.args[0], values, uses, _CALL_TIR)
+    mask = add.args[1]
+    if acc is None or not acc.args[0].name_hint.startswith(SDOT.block + "_pair_") or str(mask.ty.dtype) != "float32" \
+            or not isinstance(mul.args[1], tvm.ir.expr.Constant) or mul.args[1].value.numpy().size != 1 \
+            or mask.ty.ndim != acc.ty.ndim or int(mask.ty.shape[-2]) != 1:
+        return None
+    a = float(mul.args[1].value.numpy().reshape(-1)[0])
+    return (acc, a, mask) if a > 0 else None
+
+
 def fixed_point(a: np.ndarray) -> tuple[int, np.ndarray] | None:
     """(sh, m): each per-channel scale a as m / 2^(31 + sh), m int32 below 2^31 (the largest a's m at least
     2^30: 30 significant bits or more where float32 had 24), sh the most in 1..16 that allows it; None where a
@@ -164,6 +183,10 @@ def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
             return packed_kernel(acc), acc, a, bias, top_byte(shape, out)
         if var in quantized:
             return None
+        masked = _masked_scores(var, vals, uses)
+        if masked is not None:  # the scores start at mask / a: no mask load and add an element
+            acc, a, mask = masked
+            return packed_kernel(acc), acc, np.float64(a), mask, None
         found = _epilogue(var, vals, uses)
         if found is None:
             return None
@@ -187,6 +210,16 @@ def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
                                                relax.TensorType(acc.ty.shape, "int8")))
         x, w = (visit(arg) for arg in acc.args[1].fields)
         pair = "_pair_" in kernel  # bias [..., N] per head; a weight layer's [N]
+        if isinstance(bias, relax.Var):  # the scores' mask at run time, in accumulator steps (-inf: -2^30)
+            shape = [int(d) for d in acc.ty.shape]
+            start = builder.emit(relax.op.round(relax.op.clip(
+                relax.op.multiply(visit(bias), relax.const(np.float32(1 / a))), -2.0 ** 30, 2.0 ** 30)))
+            start = builder.emit(relax.op.astype(start, "int32"))
+            start = builder.emit(relax.op.reshape(start, [*[int(d) for d in list(bias.ty.shape)[:-2]], shape[-1]]))
+            start = builder.emit(relax.op.broadcast_to(start, [*shape[:-2], shape[-1]]))
+            out = builder.emit(relax.call_tir(gvs[kernel], [x, w, start], acc.ty))
+            return builder.emit(relax.op.multiply(builder.emit(relax.op.astype(out, "float32")),
+                                                  relax.const(np.float32(a))))
         bias = bias.astype(np.int32) if pair else bias.reshape(-1).astype(np.int32)
         start = builder.emit(relax.call_tir(gvs[kernel], [x, w, relax.const(bias)], acc.ty))
         if top is not None and top.startswith("accumulator_requantize_"):

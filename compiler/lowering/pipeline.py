@@ -40,6 +40,7 @@ from squeezeedge.lowering.relax import _static_dims, import_onnx
 from squeezeedge.lowering.blocked_weights import BlockConvWeights
 from squeezeedge.lowering.divides import ReciprocalDivides
 from squeezeedge.lowering.gelu_quantize import FoldGeluQuantize, NarrowGeluInputs, RationalErfs
+from squeezeedge.lowering.masks import NarrowMasks
 from squeezeedge.lowering.layer_norm_quantize import FoldLayerNormQuantize, LayerNormOutputs
 from squeezeedge.lowering.requantize import FoldRequantize, FoldScaleChains
 from squeezeedge.lowering.round_trips import DropRoundTrips
@@ -113,7 +114,8 @@ def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:
         phases["requantize"] = [  # after sinking: the tables then sit where the transposes no longer are
             LookupTables(report), DropRoundTrips(report),
             _in_target(relax.transform.FoldConstant(), tvm_target),  # the epilogues' constants, so that they fold
-            FoldRequantize(report, moves=_aarch64(tvm_target)), FoldScaleChains(report), FoldGeluQuantize(report, half=_half(tvm_target), neon=_aarch64(tvm_target)),
+            *([NarrowMasks()] if _aarch64(tvm_target) else []), FoldRequantize(report, moves=_aarch64(tvm_target)),
+            FoldScaleChains(report), FoldGeluQuantize(report, half=_half(tvm_target), neon=_aarch64(tvm_target)),
             FoldSoftmaxQuantize(report, top_byte=_aarch64(tvm_target), llvm=tvm_target.kind.name == "llvm",
                                 half=_half(tvm_target)),
             FoldLayerNormQuantize(report)]

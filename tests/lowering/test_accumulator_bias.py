@@ -108,3 +108,34 @@ def test_the_integer_requantize_floors_as_the_top_byte_does():
     want = np.clip(np.floor(exact), -128, 127)
     near = np.abs(exact - np.round(exact)) < 1e-6
     assert np.array_equal(out.numpy()[~near], want[~near]) and want.min() == -128 and want.max() == 127
+
+
+def test_the_scores_start_at_the_mask():
+    """The attention's scores: a * float(sums) + mask, the mask one value a key (narrow_masks' [1, 1, 1, S]),
+    as sums started at mask / a (0, or -2^30 for a masked key) and one multiply: the same scores where the
+    key is kept, far below every kept one where it is masked."""
+    from squeezeedge.lowering.int8 import _te_packed_pair
+
+    rng = np.random.default_rng(6)
+    sa, n = (1, 2, 8, 16), 16
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(sa, "int8"))
+    w = relax.Var("w", relax.TensorType((1, 2, n // 4, sa[-1] // 4, 4, 4), "int8"))
+    mask = relax.Var("mask", relax.TensorType((1, 1, 1, n), "float32"))
+    with bb.function("main", [x, w, mask]):
+        with bb.dataflow():
+            gv = bb.add_func(_te_packed_pair(sa, n, "arm_sdot_pair_t", SDOT), "arm_sdot_pair_t")
+            acc = bb.emit(relax.call_tir(gv, [x, w], relax.TensorType((*sa[:-1], n), "int32")))
+            y = bb.emit(relax.op.multiply(bb.emit(relax.op.astype(acc, "float32")), relax.const(np.float32(1.5e-5))))
+            out = bb.emit_output(bb.emit(relax.op.add(y, mask)))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    new, count = fold_accumulator_bias(mod)
+    assert count == 1 and "_bias" in new["main"].script() and new["main"].script().count("R.add") == 0
+    args = (rng.integers(-128, 128, sa).astype(np.int8), rng.integers(-128, 128, (1, 2, n // 4, sa[-1] // 4, 4, 4)).astype(np.int8),
+            np.where(np.arange(n) < 11, 0.0, np.finfo(np.float32).min).astype(np.float32).reshape(1, 1, 1, n))
+    run = lambda m: relax.VirtualMachine(tvm.compile(relax.get_pipeline("zero")(m), target="llvm"), tvm.cpu())[  # noqa: E731
+        "main"](*(tvm.runtime.tensor(v) for v in args)).numpy()
+    old, got = run(mod), run(new)
+    np.testing.assert_allclose(got[..., :11], old[..., :11], rtol=1e-6)
+    assert got[..., 11:].max() < -1e4 and got[..., :11].min() > -1.0

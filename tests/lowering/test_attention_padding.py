@@ -36,3 +36,30 @@ def test_keys_padded_to_the_packed_kernel_give_the_exact_product(packed, shape_a
     ref = ((a.astype(np.float64) - za) * sa) @ ((b.astype(np.float64) - zb) * sb)
     assert out.shape == ref.shape
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+
+
+def test_the_mask_is_kept_one_value_a_key():
+    """narrow_masks: logical_and(all-true [1, 1, S, S], m [1, 1, 1, S]) read by a where read by the scores' add
+    is m: the where and the add broadcast one value a key; the scores are the same."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from squeezeedge.lowering.masks import narrow_masks
+
+    bb = relax.BlockBuilder()
+    m = relax.Var("m", relax.TensorType((1, 1, 1, 8), "bool"))
+    scores = relax.Var("s", relax.TensorType((1, 2, 8, 8), "float32"))
+    with bb.function("main", [m, scores]):
+        with bb.dataflow():
+            both = bb.emit(relax.op.logical_and(relax.const(np.ones((1, 1, 8, 8), bool)), m))
+            where = bb.emit(relax.op.where(both, relax.const(0.0, "float32"), relax.const(-1e30, "float32")))
+            out = bb.emit_output(bb.emit(relax.op.add(scores, where)))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    new, n = narrow_masks(mod)
+    assert n == 1 and "R.logical_and" not in new["main"].script() and "(1, 1, 1, 8)" in new["main"].script()
+    args = (np.arange(8).reshape(1, 1, 1, 8) % 3 > 0, np.random.default_rng(0).random((1, 2, 8, 8)).astype("float32"))
+    run = lambda md: relax.VirtualMachine(tvm.compile(md, target="llvm"), tvm.cpu())["main"](  # noqa: E731
+        *(tvm.runtime.tensor(a) for a in args)).numpy()
+    np.testing.assert_array_equal(run(new), run(mod))
