@@ -88,6 +88,27 @@ def _masked_scores(var, values, uses):
     return (acc, a, mask) if a > 0 else None
 
 
+def _offset_after(a: np.ndarray, offset: np.ndarray, bias: np.ndarray, shift: int) -> np.ndarray | None:
+    """round(offset 2^shift) as int32, the + b + z + 0.5 added after the fixed-point multiply, where that is
+    nearer the exact value than the accumulators' start ``bias`` (round(offset / a), off by up to a / 2 of an
+    output step: the attention's P V has a ~ 0.02); else None."""
+    exact = offset * 2.0 ** shift
+    if np.max(np.abs(np.round(exact) - exact)) * 2.0 ** -shift < np.max(np.abs(bias * a - offset)):
+        return np.round(exact).astype(np.int32)
+    return None
+
+
+def _mask_start(builder, mask, mask_var, a: float, acc):
+    """The scores' sums' start from the mask at run time: round(mask / a) clipped to +-2^30 (a masked key's
+    -inf: -2^30, past any sum), one value a key broadcast over the heads ([..., N] of the pair kernel)."""
+    shape = [int(d) for d in acc.ty.shape]
+    start = builder.emit(relax.op.round(relax.op.clip(relax.op.multiply(mask, relax.const(np.float32(1 / a))),
+                                                      -2.0 ** 30, 2.0 ** 30)))
+    start = builder.emit(relax.op.astype(start, "int32"))
+    start = builder.emit(relax.op.reshape(start, [*[int(d) for d in list(mask_var.ty.shape)[:-2]], shape[-1]]))
+    return builder.emit(relax.op.broadcast_to(start, [*shape[:-2], shape[-1]]))
+
+
 def fixed_point(a: np.ndarray) -> tuple[int, np.ndarray] | None:
     """(sh, m): each per-channel scale a as m / 2^(31 + sh), m int32 below 2^31 (the largest a's m at least
     2^30: 30 significant bits or more where float32 had 24), sh the most in 1..16 that allows it; None where a
@@ -129,32 +150,44 @@ def requantize_kernel(shape, shift: int, name: str, offset: bool = False) -> tvm
     return te.create_prim_func([acc, m, *([add] if offset else []), out]).with_attr("global_symbol", name)
 
 
+class _Kernels:
+    """The PrimFuncs fold_accumulator_bias adds, each made once: packed kernels started at a bias, the top-byte
+    and integer requantizes. ``kernels`` (name -> PrimFunc) is what rewrite_bindings adds to the module."""
+
+    def __init__(self, kernels: dict):
+        self.kernels, self.made = kernels, {}
+
+    def _once(self, name: str, make) -> str:
+        if name not in self.made:
+            self.made[name] = self.kernels[name] = make()
+        return name
+
+    def packed(self, acc) -> str:
+        gv, (x, w) = acc.args[0], list(acc.args[1].fields)
+        name, shape, n = gv.name_hint + "_bias", tuple(int(d) for d in x.ty.shape), int(acc.ty.shape[-1])
+        if "_pair_" in name:  # the attention's matmuls: b packed at run time
+            return self._once(name, lambda: _te_packed_pair(shape, n, name, SDOT, bias=True))
+        spec = SDOT_ROWS if name.startswith(SDOT_ROWS.block + "_") else SDOT
+        return self._once(name, lambda: _te_packed(shape, n, int(w.ty.shape[0]), name, spec, bias=True))
+
+    def top_byte(self, shape, out) -> str:
+        name = "accumulator_top_byte_" + "x".join(map(str, shape)) + "_" + out
+        return self._once(name, lambda: top_byte_kernel(shape, out, (*shape[:-2], 1, shape[-1]), 0.0, name))
+
+    def requantize(self, shape, shift: int, offset: bool = False) -> str:
+        name = f"accumulator_requantize_{'x'.join(map(str, shape))}_{shift}{'_offset' if offset else ''}"
+        return self._once(name, lambda: requantize_kernel(shape, shift, name, offset))
+
+
 def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, int]:
     """Every ``a * float(acc) + b`` after a packed sdot kernel (acc read there alone) as
     ``a * float(acc')``, acc' the kernel started at round(b / a); ``quantize(a * float(acc) + b, 1, z)`` as
     the top byte of ``a * float(acc')``, acc' started at round((b + z + 0.5) / a). Returns (module, how
     many kernels now start at a bias)."""
-    kernels, gvs, made = {}, {}, {}
+    kernels, gvs = {}, {}
+    make = _Kernels(kernels)
+    packed_kernel, top_byte, integer_requantize = make.packed, make.top_byte, make.requantize
     quantized = set()  # vars an 8-bit quantize of scale 1 reads (that quantize's match takes them whole)
-
-    def packed_kernel(acc) -> str:
-        gv, (x, w) = acc.args[0], list(acc.args[1].fields)
-        name = gv.name_hint + "_bias"
-        if name not in made:
-            shape = tuple(int(d) for d in x.ty.shape)
-            if "_pair_" in name:  # the attention's matmuls: b packed at run time
-                made[name] = _te_packed_pair(shape, int(acc.ty.shape[-1]), name, SDOT, bias=True)
-            else:
-                spec = SDOT_ROWS if name.startswith(SDOT_ROWS.block + "_") else SDOT
-                made[name] = _te_packed(shape, int(acc.ty.shape[-1]), int(w.ty.shape[0]), name, spec, bias=True)
-            kernels[name] = made[name]
-        return name
-
-    def top_byte(shape, out) -> str:
-        name = "accumulator_top_byte_" + "x".join(map(str, shape)) + "_" + out
-        if name not in made:
-            made[name] = kernels[name] = top_byte_kernel(shape, out, (*shape[:-2], 1, shape[-1]), 0.0, name)
-        return name
 
     def match(var, value, vals, uses):
         if not quantized:
@@ -174,11 +207,9 @@ def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
             fixed = fixed_point(a) if out == "int8" else None
             if fixed is not None:  # the 8-bit value from the int32 sums in integer instructions
                 shift, m = fixed
-                # the start's rounding moves the output by up to a / 2 of a step: where a is large (the
-                # attention's P V, a ~ 0.02) the offset is added after the multiply instead, to 2^-shift
-                exact = (b + scalar(value.args[2]) + 0.5) * 2.0 ** shift
-                if np.max(np.abs(np.round(exact) - exact)) * 2.0 ** -shift < np.max(np.abs(bias * a - exact * 2.0 ** -shift)):
-                    return None, acc, (m, np.round(exact).astype(np.int32)), None, integer_requantize(shape, shift, True)
+                offset = _offset_after(a, b + scalar(value.args[2]) + 0.5, bias, shift)
+                if offset is not None:
+                    return None, acc, (m, offset), None, integer_requantize(shape, shift, True)
                 return packed_kernel(acc), acc, m, bias, integer_requantize(shape, shift)
             return packed_kernel(acc), acc, a, bias, top_byte(shape, out)
         if var in quantized:
@@ -196,12 +227,6 @@ def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
             return None
         return packed_kernel(acc), acc, a, bias, None
 
-    def integer_requantize(shape, shift: int, offset: bool = False) -> str:
-        name = f"accumulator_requantize_{'x'.join(map(str, shape))}_{shift}{'_offset' if offset else ''}"
-        if name not in made:
-            made[name] = kernels[name] = requantize_kernel(shape, shift, name, offset)
-        return name
-
     def emit(builder, visit, item):
         kernel, acc, a, bias, top = item
         if kernel is None:  # the sums as they were, the offset added in the requantize
@@ -211,13 +236,8 @@ def fold_accumulator_bias(mod: tvm.IRModule, func_name: str = "main") -> tuple[t
         x, w = (visit(arg) for arg in acc.args[1].fields)
         pair = "_pair_" in kernel  # bias [..., N] per head; a weight layer's [N]
         if isinstance(bias, relax.Var):  # the scores' mask at run time, in accumulator steps (-inf: -2^30)
-            shape = [int(d) for d in acc.ty.shape]
-            start = builder.emit(relax.op.round(relax.op.clip(
-                relax.op.multiply(visit(bias), relax.const(np.float32(1 / a))), -2.0 ** 30, 2.0 ** 30)))
-            start = builder.emit(relax.op.astype(start, "int32"))
-            start = builder.emit(relax.op.reshape(start, [*[int(d) for d in list(bias.ty.shape)[:-2]], shape[-1]]))
-            start = builder.emit(relax.op.broadcast_to(start, [*shape[:-2], shape[-1]]))
-            out = builder.emit(relax.call_tir(gvs[kernel], [x, w, start], acc.ty))
+            out = builder.emit(relax.call_tir(gvs[kernel], [x, w, _mask_start(builder, visit(bias), bias, a, acc)],
+                                              acc.ty))
             return builder.emit(relax.op.multiply(builder.emit(relax.op.astype(out, "float32")),
                                                   relax.const(np.float32(a))))
         bias = bias.astype(np.int32) if pair else bias.reshape(-1).astype(np.int32)

@@ -119,8 +119,8 @@ VNNI = PackedDot("vnni_dot", 16, 4, ("uint8",), "uint8", "int8", "dot_16x4_vnni"
 SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_sdot", "sdot", (8, 4),
                  (16, "dot_4x16_i8i8s32_sdot", (8, 2), 4), interleave=2)
 # Reductions longer than LONG_K (SqueezeBERT's residual layers, K = 768 a group) in a length bucket of 8-row
-# tiles: 4 rows a step from one activation vector, 8 x 3 tiles (24 accumulators), each step 2 activation and
-# 3 weight vectors, the 3 side by side (interleave 3: 2 steps are 3 paired loads; 10.4% loads where SDOT's 8
+# tiles: 4 rows a step from one activation vector, 8 x 3 tiles (24 accumulators), a reduction step's loads 2
+# activation and 3 weight vectors, the 3 side by side (interleave 3: 2 steps are 3 paired loads; 10.4% loads where SDOT's 8
 # x 2 took 12.5%); 16 steps a loop trip. Its weights' layout is its own: a bucket of other lengths (10, 12,
 # 14, 18, 20, 36) takes SDOT's with its own copy of those layers' weights (on 4-row blocks a 14-token bucket
 # had 7 x 3 tiles: A76 33.39 -> 37.50 M; results/PERFORMANCE-LOG.md 54)
