@@ -18,16 +18,11 @@ from tvm import relax
 
 from squeezeedge.lowering.int8 import SDOT, SDOT_ROWS, _te_packed, _te_packed_pair
 from squeezeedge.lowering.qdq import QUANTIZE, qparams_scalar, scalar
-from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings
+from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings, single_use_call as _call
 from squeezeedge.lowering.top_byte_quantize import _kernel as top_byte_kernel
 
 _ADD, _MULTIPLY, _ASTYPE, _CALL_TIR = (tvm.ir.Op.get("relax." + op) for op in ("add", "multiply", "astype", "call_tir"))
 LIMIT = 2 ** 24  # the largest bias started in an accumulator: far from int32's limits after any K of s8 products
-
-
-def _call(var, values, uses, op):
-    value = values.get(var) if isinstance(var, relax.Var) and uses.get(var) == 1 else None
-    return value if isinstance(value, relax.Call) and value.op.same_as(op) else None
 
 
 def _channel_const(expr, shape: tuple[int, ...]) -> np.ndarray | None:

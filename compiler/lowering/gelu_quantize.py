@@ -26,7 +26,7 @@ from tvm import relax
 
 from squeezeedge.lowering.qdq import quantize_by_one, quantize_of_var, scalar
 from squeezeedge.lowering.requantize import affine_chain
-from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings, rewrite_functions
+from squeezeedge.lowering.rewrite import counted_pass, rewrite_bindings, rewrite_functions, single_use_call
 
 _ERF, _MUL, _ADD, _DIV = (tvm.ir.Op.get("relax." + op) for op in ("erf", "multiply", "add", "divide"))
 
@@ -299,21 +299,17 @@ def narrow_gelu_inputs(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.
     from squeezeedge.lowering.accumulator_bias import LIMIT
 
     clamp = _scaled_form()[1]
-    call_tir = tvm.ir.Op.get("relax.call_tir")
-
-    def single(var, values, uses, op: str):
-        v = values.get(var) if isinstance(var, relax.Var) and uses.get(var) == 1 else None
-        return v if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name == op else None
+    call_tir, astype, multiply = (tvm.ir.Op.get("relax." + op) for op in ("call_tir", "astype", "multiply"))
 
     def match(_var, value, values, uses):
         if not (isinstance(value, relax.Call) and value.op.same_as(call_tir)
                 and value.args[0].name_hint.startswith("gelu_quantize_")):
             return None
         h, k = value.args[1].fields
-        half = single(h, values, uses, "relax.astype")
-        mul = None if half is None else single(half.args[0], values, uses, "relax.multiply")
-        cast = None if mul is None else single(mul.args[0], values, uses, "relax.astype")
-        acc = None if cast is None else single(cast.args[0], values, uses, "relax.call_tir")
+        half = single_use_call(h, values, uses, astype)
+        mul = None if half is None else single_use_call(half.args[0], values, uses, multiply)
+        cast = None if mul is None else single_use_call(mul.args[0], values, uses, astype)
+        acc = None if cast is None else single_use_call(cast.args[0], values, uses, call_tir)
         if acc is None or not acc.args[0].name_hint.startswith("arm_sdot") or len(acc.args[1].fields) != 3 \
                 or not all(isinstance(c, tvm.ir.expr.Constant) for c in (mul.args[1], k, acc.args[1].fields[2])):
             return None

@@ -40,8 +40,8 @@ class RewriteReport:
     round_trips_dropped: int = 0  # dequantize -> reshape/transpose -> quantize (compiler/lowering/round_trips.py)
     epilogues_folded: int = 0  # quantize(a * acc + b) as one multiply-add (compiler/lowering/requantize.py)
     scale_chains_folded: int = 0  # a * float(acc) + b in one multiply before a tensor's add (compiler/lowering/requantize.py)
-    gelus_folded: int = 0
-    gelus_narrowed: int = 0  # sdot sums into the float16 GELU through int16 (compiler/lowering/gelu_quantize.py)  # quantize(GELU(a * acc + b)) with its constants folded (compiler/lowering/gelu_quantize.py)
+    gelus_folded: int = 0  # quantize(GELU(a * acc + b)) with its constants folded (compiler/lowering/gelu_quantize.py)
+    gelus_narrowed: int = 0  # sdot sums into the float16 GELU through int16 (compiler/lowering/gelu_quantize.py)
     softmax_folded: int = 0  # quantize(softmax(x)) dividing once a row (compiler/lowering/softmax_quantize.py)
     layer_norms_folded: int = 0  # quantize(layer_norm(x)) with 1/s in its constants (compiler/lowering/layer_norm_quantize.py)
     accumulator_biases: int = 0  # sdot kernels whose sums start at the bias (compiler/lowering/accumulator_bias.py)
@@ -120,10 +120,10 @@ SDOT = PackedDot("arm_sdot", 4, 4, ("int8",), "int8", "int8", "dot_4x4_i8i8s32_s
                  (16, "dot_4x16_i8i8s32_sdot", (8, 2), 4), interleave=2)
 # Reductions longer than LONG_K (SqueezeBERT's residual layers, K = 768 a group) in a length bucket of 8-row
 # tiles: 4 rows a step from one activation vector, 8 x 3 tiles (24 accumulators), a reduction step's loads 2
-# activation and 3 weight vectors, the 3 side by side (interleave 3: 2 steps are 3 paired loads; 10.4% loads where SDOT's 8
-# x 2 took 12.5%); 16 steps a loop trip. Its weights' layout is its own: a bucket of other lengths (10, 12,
-# 14, 18, 20, 36) takes SDOT's with its own copy of those layers' weights (on 4-row blocks a 14-token bucket
-# had 7 x 3 tiles: A76 33.39 -> 37.50 M; results/PERFORMANCE-LOG.md 54)
+# activation and 3 weight vectors, the 3 side by side (interleave 3: 2 steps are 3 paired loads; 10.4% loads
+# where SDOT's 8 x 2 took 12.5%); 16 steps a loop trip. Its weights' layout is its own: a bucket of other
+# lengths (10, 12, 14, 18, 20, 36) takes SDOT's with its own copy of those layers' weights (on 4-row blocks a
+# 14-token bucket had 7 x 3 tiles: A76 33.39 -> 37.50 M; results/PERFORMANCE-LOG.md 54)
 LONG_K = 256
 SDOT_ROWS = PackedDot("arm_sdot_rows", 4, 4, ("int8",), "int8", "int8", "dot_4rows_i8i8s32_sdot", "sdot", (8, 3),
                       (4, "dot_4rows_i8i8s32_sdot", (8, 3), 16), interleave=3, row_block=4)

@@ -100,17 +100,13 @@ def layer_norm_outputs(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
             return None
         return src, ln, m
 
-    found_in = {}  # id(values) of the function being rewritten -> {layer norm var: its quantize's parts}
+    scanned = {"values": None, "quantizes": {}}  # the function being rewritten: {layer norm var: its quantize's parts}
 
     def match(var, value, values, uses):
-        if id(values) not in found_in:
-            found_in.clear()
-            found_in[id(values)] = {}
-            for v, val in values.items():
-                found = quantized_norm(val, values, uses)
-                if found is not None:
-                    found_in[id(values)][found[0]] = (v, val, *found[1:])
-        quantizes = found_in[id(values)]
+        if scanned["values"] is not values:  # (held, so a later function's bindings never take its place)
+            found = ((v, quantized_norm(val, values, uses), val) for v, val in values.items())
+            scanned.update(values=values, quantizes={f[0]: (v, val, *f[1:]) for v, f, val in found if f is not None})
+        quantizes = scanned["quantizes"]
         if var in quantizes:
             qvar, quantize, ln, m = quantizes[var]
             s, z = scalar(quantize.args[1]), scalar(quantize.args[2])

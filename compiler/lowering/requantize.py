@@ -58,6 +58,18 @@ def affine_chain(root, values, uses):
 _MOVES = ("relax.reshape", "relax.permute_dims")
 
 
+def _movable(call, moves: bool) -> bool:
+    """Whether ``call`` may sit between an epilogue and its quantize and move after it: a reshape; with
+    ``moves`` also a permute_dims or a multiply by a constant (folded into the epilogue)."""
+    if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)):
+        return False
+    if call.op.name == "relax.reshape":
+        return True
+    if call.op.name == "relax.permute_dims":
+        return moves
+    return moves and call.op.name == "relax.multiply" and isinstance(call.args[1], tvm.ir.expr.Constant)
+
+
 def _factor_before(steps: list, shape: tuple[int, ...]) -> np.ndarray:
     """The constant multiplies among ``steps`` (reshapes, permute_dims and multiplies, in the order they run on
     a tensor of ``shape``) as one factor on that tensor before them, broadcast-compressed: where each of its
@@ -99,10 +111,7 @@ def fold_requantize(mod: tvm.IRModule, func_name: str = "main", moves: bool = Tr
         if not (quantize_of_var(value) and str(value.attrs.out_dtype) in ("uint8", "int8")):
             return None
         source, steps = value.args[0], []
-        while isinstance(values.get(source), relax.Call) and isinstance(values[source].op, tvm.ir.Op) \
-                and uses.get(source) == 1 and (values[source].op.name == "relax.reshape" or moves and (
-                    values[source].op.name == "relax.permute_dims") or moves and (
-                    values[source].op.name == "relax.multiply" and isinstance(values[source].args[1], tvm.ir.expr.Constant))):
+        while uses.get(source) == 1 and _movable(values.get(source), moves):
             steps.append((source, values[source]))  # the attention's heads split or merged (and a scale after):
             source = values[source].args[0]  # quantized first, then moved as bytes
         while steps and steps[-1][1].op.name not in _MOVES:  # the chain's own multiplies stay in it

@@ -28,6 +28,13 @@ def bindings(func) -> tuple[dict, dict]:
     return values, uses
 
 
+def single_use_call(var, values: dict, uses: dict, op):
+    """The call bound to ``var`` when it is a call of ``op`` (a tvm.ir.Op) read by one binding alone, else None:
+    a step of a chain a rewrite may replace whole."""
+    value = values.get(var) if isinstance(var, relax.Var) and uses.get(var) == 1 else None
+    return value if isinstance(value, relax.Call) and value.op.same_as(op) else None
+
+
 def rebind(mod: tvm.IRModule, func_name: str, replace: dict, emit) -> tvm.IRModule:
     """A copy of ``mod`` where each binding of a var in ``replace`` is replaced by what
     ``emit(builder, visit, replace[var])`` emits (``visit`` maps an old expression to the new graph's);
