@@ -263,9 +263,9 @@ def _compile(mod, target: Target, tvm_target, database: Artifact | None, coverag
                     and len(macs["float"]) > coverage["float_layers_kept"] * buckets:
                 raise CompileError(f"int8 lowering incomplete: {len(macs['float'])} compiled kernels still "
                                    f"multiply in float ({sorted(set(macs['float']))[0]}, ...)")
-            from squeezeedge.lowering.pipeline import wide_indices
+            from squeezeedge.lowering.pipeline import tir_lowering
 
-            with (tvm_target if gpu else contextlib.nullcontext()), wide_indices(tvm_target):  # nvcc's callback reads the arch from the current target
+            with (tvm_target if gpu else contextlib.nullcontext()), tir_lowering(tvm_target):  # nvcc's callback reads the arch from the current target
                 ex = tvm.compile(mod, target=tvm_target)
         except CompileError:
             raise

@@ -1,0 +1,67 @@
+"""StackBuffers: a kernel's small global buffers on the stack, not a runtime workspace call each time their
+scope runs (squeezeedge.lowering.stack_buffers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+
+from squeezeedge.lowering.int8 import SDOT, _te_packed
+from squeezeedge.lowering.pipeline import tir_lowering
+from squeezeedge.lowering.schedules import default_schedules
+from squeezeedge.lowering.stack_buffers import STACK_BYTES, StackBuffers
+
+A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"],
+       "num-cores": 4}
+WORKSPACE = "TVMBackendAllocWorkspace"
+
+
+def _a76_asm(lowering: bool) -> str:
+    target = tvm.target.Target(A76)
+    mod, _ = default_schedules(tvm.IRModule({"main": _te_packed((1, 16, 768), 768, 4, "main", SDOT)}), target)
+    if lowering:
+        with tir_lowering(target):
+            return tvm.tirx.build(mod, target=target).inspect_source("asm")
+    return tvm.tirx.build(mod, target=target).inspect_source("asm")
+
+
+def test_a76_row_tiles_copy_to_the_stack():
+    """Each 8-row tile's 6 KB copy of its activations: a workspace call pair a tile under TVM's own
+    lowering, none under the build's (tir_lowering), sdot either way."""
+    plain, ours = _a76_asm(False), _a76_asm(True)
+    assert WORKSPACE in plain
+    assert WORKSPACE not in ours and "\tsdot\t" in ours
+
+
+def _staged(rows: int, width: int):
+    """y = (x + 1) * 2 with x + 1 staged, a row tile at a time, in a global buffer under a parallel loop."""
+    x = te.placeholder((64, width), "float32", name="x")
+    t = te.compute((64, width), lambda i, j: x[i, j] + 1.0, name="t")
+    y = te.compute((64, width), lambda i, j: t[i, j] * 2.0, name="y")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, y]))
+    i, _ = sch.get_loops(sch.get_sblock("y"))
+    outer, _ = sch.split(i, [None, rows])
+    sch.compute_at(sch.get_sblock("t"), outer)
+    sch.parallel(outer)
+    return sch.mod
+
+
+@pytest.mark.parametrize("rows, width, stacked", [(8, 768, True), (16, 1024, False)])
+def test_stacked_buffers_compute_the_same_in_parallel_tasks(rows, width, stacked):
+    """Run on this machine (4 tasks at once): a 24 KB tile buffer moved to the stack computes exactly what
+    numpy does; a 64 KB one, past STACK_BYTES, stays a workspace allocation (and is right too)."""
+    assert (rows * width * 4 <= STACK_BYTES) == stacked
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 4})
+    builtin = tvm.tirx.transform.LowerTVMBuiltin
+    tvm.tirx.transform.LowerTVMBuiltin = lambda: tvm.transform.Sequential([StackBuffers(), builtin()])
+    try:
+        lib = tvm.tirx.build(_staged(rows, width), target=target)
+    finally:
+        tvm.tirx.transform.LowerTVMBuiltin = builtin
+    assert (WORKSPACE in lib.inspect_source("ll")) != stacked
+    x = np.random.default_rng(0).standard_normal((64, width)).astype("float32")
+    y = tvm.runtime.tensor(np.zeros_like(x))
+    lib(tvm.runtime.tensor(x), y)
+    np.testing.assert_array_equal(y.numpy(), (x + np.float32(1)) * np.float32(2))
