@@ -3,7 +3,10 @@ scope runs (squeezeedge.lowering.stack_buffers)."""
 
 from __future__ import annotations
 
-import numpy as np
+import os
+import subprocess
+import sys
+
 import pytest
 import tvm
 from tvm import te
@@ -49,9 +52,10 @@ def _staged(rows: int, width: int):
 
 
 @pytest.mark.parametrize("rows, width, stacked", [(8, 768, True), (16, 1024, False)])
-def test_stacked_buffers_compute_the_same_in_parallel_tasks(rows, width, stacked):
-    """Run on this machine (4 tasks at once): a 24 KB tile buffer moved to the stack computes exactly what
-    numpy does; a 64 KB one, past STACK_BYTES, stays a workspace allocation (and is right too)."""
+def test_stacked_buffers_compute_the_same_in_parallel_tasks(rows, width, stacked, tmp_path):
+    """Run on this machine (4 tasks at once, in a child process: the first library a process runs starts
+    TVM's thread pool for good): a 24 KB tile buffer moved to the stack computes exactly what numpy does; a
+    64 KB one, past STACK_BYTES, stays a workspace allocation (and is right too)."""
     assert (rows * width * 4 <= STACK_BYTES) == stacked
     target = tvm.target.Target({"kind": "llvm", "num-cores": 4})
     builtin = tvm.tirx.transform.LowerTVMBuiltin
@@ -61,7 +65,14 @@ def test_stacked_buffers_compute_the_same_in_parallel_tasks(rows, width, stacked
     finally:
         tvm.tirx.transform.LowerTVMBuiltin = builtin
     assert (WORKSPACE in lib.inspect_source("ll")) != stacked
-    x = np.random.default_rng(0).standard_normal((64, width)).astype("float32")
-    y = tvm.runtime.tensor(np.zeros_like(x))
-    lib(tvm.runtime.tensor(x), y)
-    np.testing.assert_array_equal(y.numpy(), (x + np.float32(1)) * np.float32(2))
+    lib.export_library(tmp_path / "staged.so")
+    run = (
+        "import numpy as np, tvm\n"
+        f"lib = tvm.runtime.load_module('{tmp_path / 'staged.so'}')\n"
+        f"x = np.random.default_rng(0).standard_normal((64, {width})).astype('float32')\n"
+        "y = tvm.runtime.tensor(np.zeros_like(x))\n"
+        "lib(tvm.runtime.tensor(x), y)\n"
+        "np.testing.assert_array_equal(y.numpy(), (x + np.float32(1)) * np.float32(2))\n")
+    res = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, timeout=300,
+                         env=os.environ | {"TVM_NUM_THREADS": "4"})
+    assert res.returncode == 0, res.stderr[-2000:]
