@@ -101,16 +101,18 @@ def tir_lowering(tvm_target):
       16 tokens 35.88 -> 35.80 M."""
     from tvm import tirx
 
-    from squeezeedge.lowering.stack_buffers import StackBuffers
+    from squeezeedge.lowering.stack_buffers import before_lower_builtin
 
-    narrow, builtin = tirx.transform.NarrowDataType, tirx.transform.LowerTVMBuiltin
-    if _aarch64(tvm_target):
-        tirx.transform.NarrowDataType = lambda bits: narrow(64)
-        tirx.transform.LowerTVMBuiltin = lambda: tvm.transform.Sequential([StackBuffers(), builtin()])
-    try:
+    if not _aarch64(tvm_target):
         yield
+        return
+    narrow = tirx.transform.NarrowDataType
+    tirx.transform.NarrowDataType = lambda bits: narrow(64)
+    try:
+        with before_lower_builtin():
+            yield
     finally:
-        tirx.transform.NarrowDataType, tirx.transform.LowerTVMBuiltin = narrow, builtin
+        tirx.transform.NarrowDataType = narrow
 
 
 def _bucket_phases(tvm_target, report: RewriteReport | None) -> dict[str, list]:

@@ -15,6 +15,8 @@ boards' 8 MB thread stacks.
 
 from __future__ import annotations
 
+import contextlib
+
 import tvm
 from tvm.tirx import stmt as s
 
@@ -68,3 +70,16 @@ def StackBuffers(limit: int = STACK_BYTES):  # noqa: N802  (a pass, named as TVM
         body = _on_stack(func.body, limit)
         return func if body.same_as(func.body) else func.with_body(body)
     return stack_buffers
+
+
+@contextlib.contextmanager
+def before_lower_builtin(limit: int = STACK_BYTES):
+    """While open, TVM's TIR pipeline runs :func:`StackBuffers` right before ``LowerTVMBuiltin`` (the pipeline
+    looks the pass up when it runs)."""
+    transform = tvm.tirx.transform
+    builtin = transform.LowerTVMBuiltin
+    transform.LowerTVMBuiltin = lambda: tvm.transform.Sequential([StackBuffers(limit), builtin()])
+    try:
+        yield
+    finally:
+        transform.LowerTVMBuiltin = builtin

@@ -3,6 +3,7 @@ scope runs (squeezeedge.lowering.stack_buffers)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from tvm import te
 from squeezeedge.lowering.int8 import SDOT, _te_packed
 from squeezeedge.lowering.pipeline import tir_lowering
 from squeezeedge.lowering.schedules import default_schedules
-from squeezeedge.lowering.stack_buffers import STACK_BYTES, StackBuffers
+from squeezeedge.lowering.stack_buffers import STACK_BYTES, before_lower_builtin
 
 A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"],
        "num-cores": 4}
@@ -24,10 +25,8 @@ WORKSPACE = "TVMBackendAllocWorkspace"
 def _a76_asm(lowering: bool) -> str:
     target = tvm.target.Target(A76)
     mod, _ = default_schedules(tvm.IRModule({"main": _te_packed((1, 16, 768), 768, 4, "main", SDOT)}), target)
-    if lowering:
-        with tir_lowering(target):
-            return tvm.tirx.build(mod, target=target).inspect_source("asm")
-    return tvm.tirx.build(mod, target=target).inspect_source("asm")
+    with tir_lowering(target) if lowering else contextlib.nullcontext():
+        return tvm.tirx.build(mod, target=target).inspect_source("asm")
 
 
 def test_a76_row_tiles_copy_to_the_stack():
@@ -58,12 +57,8 @@ def test_stacked_buffers_compute_the_same_in_parallel_tasks(rows, width, stacked
     64 KB one, past STACK_BYTES, stays a workspace allocation (and is right too)."""
     assert (rows * width * 4 <= STACK_BYTES) == stacked
     target = tvm.target.Target({"kind": "llvm", "num-cores": 4})
-    builtin = tvm.tirx.transform.LowerTVMBuiltin
-    tvm.tirx.transform.LowerTVMBuiltin = lambda: tvm.transform.Sequential([StackBuffers(), builtin()])
-    try:
+    with before_lower_builtin():  # on any CPU: the build's tir_lowering uses it on aarch64 only
         lib = tvm.tirx.build(_staged(rows, width), target=target)
-    finally:
-        tvm.tirx.transform.LowerTVMBuiltin = builtin
     assert (WORKSPACE in lib.inspect_source("ll")) != stacked
     lib.export_library(tmp_path / "staged.so")
     run = (
